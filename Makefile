@@ -1,0 +1,34 @@
+# meshagent: the newcomer's commands are `make demo` and `make test` (both install what they need).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+QUICK ?=
+
+.PHONY: install test lint unit demo bench vm-test clean
+
+install:
+	bash scripts/install.sh
+
+lint: install
+	$(VENV)/bin/ruff check agent tests bench vm-tests
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+test: install lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: install
+	$(PY) -m pytest -m "not kernel" $(PYTEST_ARGS)
+
+demo: install
+	$(PY) -m meshagent.demo
+
+bench: install
+	$(PY) bench/run_all.py $(if $(QUICK),--quick,)
+
+vm-test: install
+	bash vm-tests/run.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Command-line interface: thin commands; formatting lives in printers elsewhere."""

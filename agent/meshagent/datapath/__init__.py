@@ -1,0 +1,1 @@
+"""The kernel side: BPF programs compiled with BCC, maps, tc attachment, events."""

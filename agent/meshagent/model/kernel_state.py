@@ -1,0 +1,110 @@
+"""What the kernel should hold, as pure values: the contract between the compilers and the datapath.
+
+The policy and service compilers produce these; `meshagent.datapath` translates them into map entries in
+one place (the per-map modules under `meshagent.datapath.maps`). Everything here is in host byte order.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+
+# Reserved numeric identities (the datapath knows these numbers too: bpf/lib/identity.h).
+IDENTITY_ANY = 0  # wildcard in a policy entry: any peer
+IDENTITY_HOST = 1  # the node itself
+IDENTITY_WORLD = 2  # an address the ipcache does not know
+IDENTITY_FIRST_LABELS = 256  # first identity allocated for a set of labels
+IDENTITY_FIRST_CIDR = 1 << 24  # first identity allocated for a CIDR peer (ipBlock)
+
+RULE_ID_NONE = 0  # no rule matched: a default verdict
+
+
+class Direction(enum.IntEnum):
+    """Direction relative to the endpoint (pod): INGRESS is traffic towards the pod."""
+
+    INGRESS = 0
+    EGRESS = 1
+
+
+class Action(enum.IntEnum):
+    ALLOW = 1
+    DENY = 2
+
+
+class Protocol(enum.IntEnum):
+    ANY = 0
+    ICMP = 1
+    TCP = 6
+    UDP = 17
+    SCTP = 132
+
+
+class Verdict(enum.IntEnum):
+    """Verdict on a new connection (mirrors MA_VERDICT_* in bpf/lib/events.h)."""
+
+    ALLOWED = 1
+    DENIED = 2
+    AUDITED = 3  # would have been denied; passed because of audit mode
+
+
+@dataclass(frozen=True, order=True)
+class PolicyEntry:
+    """One rule for one endpoint: (peer identity, protocol, destination port range) in a direction.
+
+    peer_identity IDENTITY_ANY, protocol ANY and port range 0..0 are wildcards. A port range needs a
+    protocol. `audit` on a DENY entry lets the connection pass, reported as audited.
+    """
+
+    endpoint_id: int
+    direction: Direction
+    peer_identity: int
+    protocol: Protocol
+    port_lo: int
+    port_hi: int
+    action: Action
+    rule_id: int
+    audit: bool = False
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.port_lo <= self.port_hi <= 0xFFFF):
+            raise ValueError(f"bad port range {self.port_lo}-{self.port_hi}")
+        if self.protocol == Protocol.ANY and (self.port_lo, self.port_hi) != (0, 0):
+            raise ValueError("a port range needs a protocol")
+        if self.port_lo == 0 and self.port_hi != 0:
+            raise ValueError("port range must start at 1 (0..0 means any port)")
+
+    @property
+    def any_port(self) -> bool:
+        return self.port_lo == 0 and self.port_hi == 0
+
+
+@dataclass(frozen=True)
+class EndpointEntry:
+    """A local pod as the datapath sees it: its host-side interface, identity and enforcement."""
+
+    ifindex: int
+    endpoint_id: int
+    identity: int
+    ipv4: IPv4Address
+    enforce_ingress: bool = False
+    enforce_egress: bool = False
+    audit_ingress: bool = False
+    audit_egress: bool = False
+
+
+@dataclass(frozen=True, order=True)
+class IPCacheEntry:
+    """An address or prefix and the identity of whatever holds it."""
+
+    cidr: IPv4Network
+    identity: int
+
+
+@dataclass(frozen=True)
+class KernelState:
+    """Everything the policy datapath needs; applied to the maps as a diff."""
+
+    endpoints: frozenset[EndpointEntry] = field(default_factory=frozenset)
+    ipcache: frozenset[IPCacheEntry] = field(default_factory=frozenset)
+    policy: frozenset[PolicyEntry] = field(default_factory=frozenset)

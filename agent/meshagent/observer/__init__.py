@@ -1,0 +1,1 @@
+"""Flow observability: flows from datapath events, a Hubble-compatible gRPC API, metrics."""

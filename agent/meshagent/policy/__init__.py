@@ -1,0 +1,1 @@
+"""Policy engine: identities, NetworkPolicy and admin-rule semantics, compiler to kernel state."""
