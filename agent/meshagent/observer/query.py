@@ -1,0 +1,157 @@
+"""GetFlows semantics over a FlowRing, independent of gRPC: validation, last/first N, time window, follow."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from meshagent.observer.filters import FilterError, FlowMatcher
+from meshagent.observer.proto.flow import flow_pb2 as pb
+from meshagent.observer.proto.observer import observer_pb2 as opb
+from meshagent.observer.ring import FlowRing, RingEntry
+
+logger = logging.getLogger(__name__)
+
+_UINT64_MAX = (1 << 64) - 1
+
+
+class InvalidRequest(ValueError):
+    """The request contradicts itself or carries a malformed filter (gRPC INVALID_ARGUMENT)."""
+
+
+@dataclass(frozen=True)
+class FlowQuery:
+    number: int | None  # None: no count limit
+    first: bool
+    follow: bool
+    since_ns: int | None
+    until_ns: int | None
+    matcher: FlowMatcher
+
+
+def _ts_ns(ts: object) -> int:
+    seconds = getattr(ts, "seconds", 0)
+    nanos = getattr(ts, "nanos", 0)
+    return int(seconds) * 1_000_000_000 + int(nanos)
+
+
+def parse_request(req: opb.GetFlowsRequest) -> FlowQuery:
+    """Validates a GetFlowsRequest (raises InvalidRequest with a readable message)."""
+    if req.first and req.follow:
+        raise InvalidRequest("'first' and 'follow' contradict each other: first N is a fixed set")
+    since = _ts_ns(req.since) if req.HasField("since") else None
+    until = _ts_ns(req.until) if req.HasField("until") else None
+    for name, ts in (("since", req.since), ("until", req.until)):
+        if req.HasField(name) and not 0 <= ts.nanos < 1_000_000_000:
+            raise InvalidRequest(f"'{name}' has nanos out of range: {ts.nanos}")
+    if since is not None and until is not None and since > until:
+        raise InvalidRequest("'since' is after 'until'")
+    try:
+        matcher = FlowMatcher(req.whitelist, req.blacklist)
+    except FilterError as err:
+        raise InvalidRequest(f"invalid filter: {err}") from err
+    # number 0 means "no limit" (hubble --all sends the maximum uint64, which means the same).
+    number = None if req.number in (0, _UINT64_MAX) else int(req.number)
+    return FlowQuery(
+        number=number, first=req.first, follow=req.follow, since_ns=since, until_ns=until, matcher=matcher
+    )
+
+
+@dataclass(frozen=True)
+class LostNotice:
+    """Entries this reader missed because the ring overwrote them first."""
+
+    count: int
+
+
+QueryItem = RingEntry | LostNotice
+
+
+def _in_window(q: FlowQuery, e: RingEntry) -> bool:
+    if q.since_ns is not None and e.time_ns < q.since_ns:
+        return False
+    return not (q.until_ns is not None and e.time_ns > q.until_ns)
+
+
+def _wanted(q: FlowQuery, e: RingEntry) -> bool:
+    if e.lost is not None:
+        return _in_window(q, e)
+    assert e.flow is not None
+    return _in_window(q, e) and q.matcher(e.flow)
+
+
+def run_query(
+    ring: FlowRing,
+    q: FlowQuery,
+    *,
+    active: Callable[[], bool],
+    now_ns: Callable[[], int],
+    poll_s: float = 0.2,
+) -> Iterator[QueryItem]:
+    """Yields what a GetFlows client should get, in order. Stops when done or when `active()` turns False."""
+    if q.first:
+        yield from _first(ring, q)
+        return
+    start = ring.next_seq
+    yield from _history_last(ring, q, start)
+    if not q.follow:
+        return
+    seq = start
+    while active():
+        if q.until_ns is not None and now_ns() > q.until_ns:
+            return
+        if not ring.wait_for(seq, poll_s):
+            continue
+        entries, seq, lost = ring.read_from(seq)
+        if lost:
+            yield LostNotice(lost)
+        for e in entries:
+            if _wanted(q, e):
+                yield e
+
+
+def _first(ring: FlowRing, q: FlowQuery) -> Iterator[QueryItem]:
+    sent = 0
+    seq = ring.oldest_seq
+    end = ring.next_seq
+    while seq < end:
+        entries, seq, lost = ring.read_from(seq, limit=min(1024, end - seq))
+        if lost:
+            yield LostNotice(lost)
+        for e in entries:
+            if e.seq >= end or not _wanted(q, e):
+                continue
+            yield e
+            if e.flow is not None:
+                sent += 1
+                if q.number is not None and sent >= q.number:
+                    return
+
+
+def _history_last(ring: FlowRing, q: FlowQuery, end: int) -> Iterator[QueryItem]:
+    """The last `number` wanted entries before `end`, oldest first (all of them if no number)."""
+    if q.number is None:
+        picked = [e for e in ring.snapshot() if e.seq < end and _wanted(q, e)]
+        yield from picked
+        return
+    if q.number == 0:
+        return
+    picked_rev: list[RingEntry] = []
+    flows = 0
+    seq = end - 1
+    oldest = ring.oldest_seq
+    while seq >= oldest and flows < q.number:
+        e = ring.get(seq)
+        seq -= 1
+        if e is None:
+            break  # overwritten while we walked back: what we have is the newest part
+        if _wanted(q, e):
+            picked_rev.append(e)
+            if e.flow is not None:
+                flows += 1
+    yield from reversed(picked_rev)
+
+
+def lost_event(notice_count: int, source: int = pb.HUBBLE_RING_BUFFER) -> pb.LostEvent:
+    return pb.LostEvent(source=source, num_events_lost=notice_count)  # type: ignore[arg-type]

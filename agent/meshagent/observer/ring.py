@@ -1,0 +1,132 @@
+"""A bounded, overwrite-oldest ring of flows (and lost-event markers) that many readers follow by sequence."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from meshagent.observer.proto.flow import flow_pb2 as pb
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RingEntry:
+    """One slot: a flow, or a marker saying events were lost upstream (kernel buffer, queue)."""
+
+    seq: int
+    time_ns: int  # wall clock, for since/until
+    flow: pb.Flow | None = None
+    lost: pb.LostEvent | None = None
+
+
+class FlowRing:
+    """Fixed capacity; the writer never blocks, so a slow reader loses the oldest entries (and is told).
+
+    Sequence numbers start at 0 and never repeat; entry `seq` lives in slot `seq % capacity` while
+    `seq >= oldest_seq`.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"ring capacity must be at least 1, got {capacity}")
+        self._cap = capacity
+        self._slots: list[RingEntry | None] = [None] * capacity
+        self._next = 0
+        self._cond = threading.Condition(threading.Lock())
+        self._waiters = 0
+        self._closed = False
+
+    @property
+    def capacity(self) -> int:
+        return self._cap
+
+    @property
+    def next_seq(self) -> int:
+        return self._next
+
+    @property
+    def oldest_seq(self) -> int:
+        return max(0, self._next - self._cap)
+
+    def __len__(self) -> int:
+        return min(self._next, self._cap)
+
+    @property
+    def overwritten(self) -> int:
+        """Entries pushed out because the ring was full."""
+        return max(0, self._next - self._cap)
+
+    def push_flow(self, time_ns: int, flow: pb.Flow) -> None:
+        self._push(time_ns, flow, None)
+
+    def push_lost(self, time_ns: int, lost: pb.LostEvent) -> None:
+        self._push(time_ns, None, lost)
+
+    def push_many(self, items: Iterable[tuple[int, pb.Flow]]) -> None:
+        with self._cond:
+            for time_ns, flow in items:
+                seq = self._next
+                self._slots[seq % self._cap] = RingEntry(seq, time_ns, flow, None)
+                self._next = seq + 1
+            if self._waiters:
+                self._cond.notify_all()
+
+    def _push(self, time_ns: int, flow: pb.Flow | None, lost: pb.LostEvent | None) -> None:
+        with self._cond:
+            seq = self._next
+            self._slots[seq % self._cap] = RingEntry(seq, time_ns, flow, lost)
+            self._next = seq + 1
+            if self._waiters:
+                self._cond.notify_all()
+
+    def get(self, seq: int) -> RingEntry | None:
+        """The entry with this sequence number, or None if it was overwritten or not written yet."""
+        entry = self._slots[seq % self._cap]
+        if entry is None or entry.seq != seq:
+            return None
+        return entry
+
+    def read_from(self, seq: int, limit: int = 1024) -> tuple[list[RingEntry], int, int]:
+        """Up to `limit` entries from `seq`: (entries, next seq to read, number lost before them)."""
+        with self._cond:
+            oldest = max(0, self._next - self._cap)
+            lost = 0
+            if seq < oldest:
+                lost = oldest - seq
+                seq = oldest
+            end = min(self._next, seq + limit)
+            out = [self._slots[s % self._cap] for s in range(seq, end)]
+        return [e for e in out if e is not None], end, lost
+
+    def wait_for(self, seq: int, timeout: float) -> bool:
+        """Block until an entry with sequence >= seq exists (True) or timeout/close (False)."""
+        with self._cond:
+            if self._next > seq:
+                return True
+            if self._closed:
+                return False
+            self._waiters += 1
+            try:
+                self._cond.wait_for(lambda: self._next > seq or self._closed, timeout)
+            finally:
+                self._waiters -= 1
+            return self._next > seq
+
+    def wake_all(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def snapshot(self) -> list[RingEntry]:
+        """Everything held, oldest first."""
+        with self._cond:
+            start = max(0, self._next - self._cap)
+            out = [self._slots[s % self._cap] for s in range(start, self._next)]
+        return [e for e in out if e is not None]
