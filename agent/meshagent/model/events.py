@@ -26,7 +26,7 @@ class DropReason(enum.IntEnum):
     CT_FULL = 5  # the conntrack map refused a new entry
     FRAG_NO_FIRST = 6  # a non-first fragment whose first fragment was not seen
     IPV6_UNSUPPORTED = 7  # IPv6 (other than neighbour discovery) to or from a pod under policy
-    UNKNOWN_L4 = 8  # a protocol the policy cannot match, to or from a pod under policy
+    UNKNOWN_L4 = 8  # reserved: not emitted (policies match any IP protocol by number)
 
 
 @dataclass(frozen=True)

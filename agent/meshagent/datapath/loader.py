@@ -1,0 +1,104 @@
+"""Compiling and loading the endpoint programs with BCC, with our errors and the compiler/verifier log."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bcc import BPF
+
+from meshagent.datapath.errors import CompileError, DatapathError, LoadError
+from meshagent.datapath.source import assemble
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PIN_DIR = Path("/sys/fs/bpf/meshagent")
+ENTRY_SOURCE = "endpoint.c"
+PROGRAM_FROM_ENDPOINT = "ma_from_endpoint"
+PROGRAM_TO_ENDPOINT = "ma_to_endpoint"
+
+
+@dataclass(frozen=True)
+class Capacities:
+    """Map sizes, passed to the compiler as -D defines (bpf/lib/common.h has the defaults)."""
+
+    ipcache: int = 65536
+    endpoints: int = 1024
+    policy: int = 262144
+    conntrack: int = 262144
+    frags: int = 8192
+    event_pages: int = 256  # ring buffer pages (4 KiB each); a power of two
+
+    def cflags(self) -> list[str]:
+        return [
+            f"-DMA_IPCACHE_MAX={self.ipcache}",
+            f"-DMA_ENDPOINTS_MAX={self.endpoints}",
+            f"-DMA_POLICY_MAX={self.policy}",
+            f"-DMA_CT_MAX={self.conntrack}",
+            f"-DMA_FRAGS_MAX={self.frags}",
+            f"-DMA_EVENTS_PAGES={self.event_pages}",
+        ]
+
+
+@dataclass
+class LoadedPrograms:
+    bpf: Any  # bcc.BPF
+    from_endpoint: Any  # bcc function handle (.fd, .name)
+    to_endpoint: Any
+
+
+def ensure_bpffs(pin_dir: Path) -> None:
+    """Mounts bpffs at /sys/fs/bpf when it is missing (it is not mounted at boot on our machines)."""
+    root = Path("/sys/fs/bpf")
+    if pin_dir.is_relative_to(root) and not os.path.ismount(root):
+        logger.info("mounting bpffs at %s", root)
+        result = subprocess.run(["mount", "-t", "bpf", "bpf", str(root)], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise DatapathError(f"cannot mount bpffs at {root}: {result.stderr.strip()}")
+    pin_dir.mkdir(parents=True, exist_ok=True)
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[list[str]]:
+    """BCC writes compiler and verifier messages to fd 2; keep them for our exceptions."""
+    out: list[str] = []
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield out
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            out.append(sink.read().decode(errors="replace"))
+
+
+def load(*, pin_dir: Path, capacities: Capacities, extra_cflags: tuple[str, ...] = ()) -> LoadedPrograms:
+    ensure_bpffs(pin_dir)
+    cflags = [f'-DMA_PIN_DIR="{pin_dir}"', *capacities.cflags(), *extra_cflags]
+    text = assemble(ENTRY_SOURCE)
+    log: list[str] = []
+    try:
+        with _captured_stderr() as log:
+            bpf = BPF(text=text, cflags=cflags)
+    except Exception as err:
+        raise CompileError(f"compiling {ENTRY_SOURCE} failed", log="".join(log).strip()) from err
+    if log and log[0].strip():
+        logger.debug("compiler output: %s", log[0].strip())
+    programs = []
+    for name in (PROGRAM_FROM_ENDPOINT, PROGRAM_TO_ENDPOINT):
+        try:
+            with _captured_stderr() as log:
+                programs.append(bpf.load_func(name, BPF.SCHED_CLS))
+        except Exception as err:
+            bpf.cleanup()
+            raise LoadError(f"the verifier refused {name}", log="".join(log).strip()) from err
+    return LoadedPrograms(bpf=bpf, from_endpoint=programs[0], to_endpoint=programs[1])

@@ -1,0 +1,106 @@
+"""ma_ct: connection tracking entries, keyed per endpoint interface and connection (LRU hash)."""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+from meshagent.datapath.maps.ipcache import addr_from_net
+
+MAP_NAME = "ma_ct"
+
+# MA_CT_F_* in bpf/lib/types.h
+FLAG_FIN_FWD = 0x01
+FLAG_FIN_REV = 0x02
+FLAG_CLOSED = 0x04
+
+
+class CTKey(ctypes.Structure):
+    """Must match struct ma_ct_key in bpf/lib/types.h."""
+
+    _fields_ = [
+        ("ifindex", ctypes.c_uint32),
+        ("saddr_net", ctypes.c_uint32),
+        ("daddr_net", ctypes.c_uint32),
+        ("sport", ctypes.c_uint16),
+        ("dport", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
+    ]
+
+
+class CTValue(ctypes.Structure):
+    """Must match struct ma_ct_value in bpf/lib/types.h."""
+
+    _fields_ = [
+        ("packets_fwd", ctypes.c_uint64),
+        ("bytes_fwd", ctypes.c_uint64),
+        ("packets_rev", ctypes.c_uint64),
+        ("bytes_rev", ctypes.c_uint64),
+        ("created_ns", ctypes.c_uint64),
+        ("last_seen_ns", ctypes.c_uint64),
+        ("rule_id", ctypes.c_uint32),
+        ("src_identity", ctypes.c_uint32),
+        ("dst_identity", ctypes.c_uint32),
+        ("direction", ctypes.c_uint8),
+        ("verdict", ctypes.c_uint8),
+        ("flags", ctypes.c_uint8),
+        ("tcp_flags", ctypes.c_uint8),
+    ]
+
+
+C_FIELD_NAMES = {"saddr_net": "saddr", "daddr_net": "daddr"}
+
+
+@dataclass(frozen=True)
+class Connection:
+    """A conntrack entry as the agent reads it (host order)."""
+
+    ifindex: int
+    saddr: IPv4Address
+    daddr: IPv4Address
+    sport: int
+    dport: int
+    proto: int
+    packets_fwd: int
+    bytes_fwd: int
+    packets_rev: int
+    bytes_rev: int
+    created_ns: int
+    last_seen_ns: int
+    rule_id: int
+    src_identity: int
+    dst_identity: int
+    direction: int
+    verdict: int
+    flags: int
+    tcp_flags: int
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.flags & FLAG_CLOSED)
+
+
+def decode(key: CTKey, value: CTValue) -> Connection:
+    return Connection(
+        ifindex=key.ifindex,
+        saddr=addr_from_net(key.saddr_net),
+        daddr=addr_from_net(key.daddr_net),
+        sport=key.sport,
+        dport=key.dport,
+        proto=key.proto,
+        packets_fwd=value.packets_fwd,
+        bytes_fwd=value.bytes_fwd,
+        packets_rev=value.packets_rev,
+        bytes_rev=value.bytes_rev,
+        created_ns=value.created_ns,
+        last_seen_ns=value.last_seen_ns,
+        rule_id=value.rule_id,
+        src_identity=value.src_identity,
+        dst_identity=value.dst_identity,
+        direction=value.direction,
+        verdict=value.verdict,
+        flags=value.flags,
+        tcp_flags=value.tcp_flags,
+    )

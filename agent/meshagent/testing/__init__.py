@@ -1,0 +1,1 @@
+"""Test topology and traffic tools shared by tests, benchmarks and the demo."""
