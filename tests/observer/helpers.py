@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -152,9 +152,13 @@ class Served:
         return f"unix://{self.socket}"
 
 
-def make_pipeline(capacity: int = 4096, node_name: str = "node-a") -> FlowPipeline:
+def make_pipeline(
+    capacity: int = 4096, node_name: str = "node-a", kernel_lost: Callable[[], int] | None = None
+) -> FlowPipeline:
     return FlowPipeline(
-        builder=FlowBuilder(enricher=enricher(), node_name=node_name), ring=FlowRing(capacity)
+        builder=FlowBuilder(enricher=enricher(), node_name=node_name),
+        ring=FlowRing(capacity),
+        kernel_lost=kernel_lost,
     )
 
 

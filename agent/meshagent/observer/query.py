@@ -51,8 +51,14 @@ def parse_request(req: opb.GetFlowsRequest) -> FlowQuery:
         matcher = FlowMatcher(req.whitelist, req.blacklist)
     except FilterError as err:
         raise InvalidRequest(f"invalid filter: {err}") from err
-    # number 0 means "no limit" (hubble --all sends the maximum uint64, which means the same).
-    number = None if req.number in (0, _UINT64_MAX) else int(req.number)
+    # As Hubble: `follow` with number 0 and no `since` streams only new flows; otherwise number 0 (or the
+    # maximum uint64 that `hubble observe --all` sends) means no count limit.
+    if req.number == 0 and req.follow and since is None:
+        number: int | None = 0
+    elif req.number in (0, _UINT64_MAX):
+        number = None
+    else:
+        number = int(req.number)
     return FlowQuery(
         number=number, first=req.first, follow=req.follow, since_ns=since, until_ns=until, matcher=matcher
     )

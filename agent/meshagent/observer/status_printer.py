@@ -1,0 +1,42 @@
+"""`meshagent status` text: what the flow observer holds, has seen and has lost."""
+
+from __future__ import annotations
+
+import logging
+from typing import TextIO
+
+from meshagent.observer.proto.observer import observer_pb2 as opb
+
+logger = logging.getLogger(__name__)
+
+
+def _duration(ns: int) -> str:
+    s = ns // 1_000_000_000
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    parts = [f"{d}d"] if d else []
+    parts += [f"{h}h"] if h or d else []
+    parts += [f"{m}m"] if m or h or d else []
+    return "".join(parts) + f"{s}s"
+
+
+def print_status(out: TextIO, status: opb.ServerStatusResponse, nodes: opb.GetNodesResponse) -> None:
+    full = 100.0 * status.num_flows / status.max_flows if status.max_flows else 0.0
+    rows = [
+        ("Nodes", ", ".join(f"{n.name} ({n.version})" for n in nodes.nodes) or "-"),
+        ("Flows held", f"{status.num_flows}/{status.max_flows} ({full:.1f}% full)"),
+        ("Flows seen", str(status.seen_flows)),
+        ("Flow rate", f"{status.flows_rate:.1f} flows/s (last minute)"),
+        (
+            "Lost events",
+            f"datapath {status.lost_events_datapath}, queue {status.lost_events_queue}, "
+            f"slow followers {status.lost_events_followers}",
+        ),
+        ("Ring overwritten", str(status.ring_overwritten)),
+        ("Uptime", _duration(status.uptime_ns)),
+    ]
+    width = max(len(k) for k, _ in rows) + 1
+    for k, v in rows:
+        out.write(f"{(k + ':').ljust(width)} {v}\n")
+    out.flush()
