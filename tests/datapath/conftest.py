@@ -3,18 +3,16 @@ directory (never the production path) and removed at the end; a fresh topology p
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
+from meshagent.datapath.datapath import Datapath
 from meshagent.model.kernel_state import KernelState
+from meshagent.testing.topology import Topology
 
-if os.geteuid() == 0:
-    from meshagent.datapath.datapath import Datapath
-    from meshagent.testing.topology import Topology
+from tests.datapath.helpers import EventLog
 
 
 @pytest.fixture(scope="session")
@@ -24,14 +22,14 @@ def pin_dir() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def node() -> Iterator["Topology"]:
+def node() -> Iterator[Topology]:
     """The node namespace lives for the session, because the datapath attaches inside it."""
     with Topology() as topology:
         yield topology
 
 
 @pytest.fixture(scope="session")
-def datapath(pin_dir: Path, node: "Topology") -> Iterator["Datapath"]:
+def datapath(pin_dir: Path, node: Topology) -> Iterator[Datapath]:
     dp = Datapath(pin_dir=pin_dir, netns=node.node)
     dp.load()
     try:
@@ -42,7 +40,7 @@ def datapath(pin_dir: Path, node: "Topology") -> Iterator["Datapath"]:
 
 
 @pytest.fixture
-def topo(node: "Topology", datapath: "Datapath") -> Iterator["Topology"]:
+def topo(node: Topology, datapath: Datapath) -> Iterator[Topology]:
     """The session's node, emptied of pods, state and connections after each test."""
     try:
         yield node
@@ -51,3 +49,13 @@ def topo(node: "Topology", datapath: "Datapath") -> Iterator["Topology"]:
         datapath.flush_conntrack()
         for name in list(node.pods):
             node.remove_pod(name)
+
+
+@pytest.fixture
+def events(datapath: Datapath) -> Iterator[EventLog]:
+    log = EventLog()
+    datapath.start_events(log)
+    try:
+        yield log
+    finally:
+        datapath.stop_events()

@@ -81,48 +81,48 @@ class Datapath:
         caps = self.capacities
         self.ipcache_map = TypedMap(
             name=ipcache.MAP_NAME,
-            fd=bpf[ipcache.MAP_NAME].map_fd,
+            fd=bpf[ipcache.MAP_NAME.encode()].map_fd,
             key_type=ipcache.IPCacheKey,
             value_type=ipcache.IPCacheValue,
             capacity=caps.ipcache,
         )
         self.endpoints_map = TypedMap(
             name=endpoints.MAP_NAME,
-            fd=bpf[endpoints.MAP_NAME].map_fd,
+            fd=bpf[endpoints.MAP_NAME.encode()].map_fd,
             key_type=endpoints.EndpointKey,
             value_type=endpoints.EndpointValue,
             capacity=caps.endpoints,
         )
         self.policy_map = TypedMap(
             name=policy.MAP_NAME,
-            fd=bpf[policy.MAP_NAME].map_fd,
+            fd=bpf[policy.MAP_NAME.encode()].map_fd,
             key_type=policy.PolicyKey,
             value_type=policy.PolicyValue,
             capacity=caps.policy,
         )
         self.ct_map = TypedMap(
             name=conntrack.MAP_NAME,
-            fd=bpf[conntrack.MAP_NAME].map_fd,
+            fd=bpf[conntrack.MAP_NAME.encode()].map_fd,
             key_type=conntrack.CTKey,
             value_type=conntrack.CTValue,
             capacity=caps.conntrack,
         )
         self.frags_map = TypedMap(
             name=frags.MAP_NAME,
-            fd=bpf[frags.MAP_NAME].map_fd,
+            fd=bpf[frags.MAP_NAME.encode()].map_fd,
             key_type=frags.FragKey,
             value_type=frags.FragValue,
             capacity=caps.frags,
         )
         self.metrics_map = PerCpuArray(
             name=metrics.MAP_NAME,
-            fd=bpf[metrics.MAP_NAME].map_fd,
+            fd=bpf[metrics.MAP_NAME.encode()].map_fd,
             value_type=metrics.MetricsValue,
             capacity=metrics.REASONS * 2,
         )
         self.lost_map = PerCpuArray(
             name=events_lost.MAP_NAME,
-            fd=bpf[events_lost.MAP_NAME].map_fd,
+            fd=bpf[events_lost.MAP_NAME.encode()].map_fd,
             value_type=events_lost.LostValue,
             capacity=1,
         )
@@ -155,6 +155,7 @@ class Datapath:
         """Stops reading events and releases our handles. Programs stay attached and maps stay pinned:
         the kernel keeps enforcing without the agent."""
         self.stop_events()
+        self._reader = None
         if self._programs is not None:
             self._programs.bpf.cleanup()
             self._programs = None
@@ -279,15 +280,14 @@ class Datapath:
     def start_events(self, on_event: Callable[[DatapathEvent], None], *, thread: bool = True) -> EventReader:
         """Delivers decoded events to `on_event` (from a reader thread unless thread=False, in which case
         the caller drains with EventReader.drain())."""
-        self._reader = EventReader(self.bpf, on_event)
-        if thread:
-            self._reader.start()
+        if self._reader is None:
+            self._reader = EventReader(self.bpf)
+        self._reader.start(on_event, thread=thread)
         return self._reader
 
     def stop_events(self) -> None:
         if self._reader is not None:
             self._reader.stop()
-            self._reader = None
 
     def lost_events(self) -> int:
         """Events the kernel could not put in the ring buffer since the maps were created."""

@@ -114,22 +114,21 @@ def decode(data: bytes | memoryview) -> DatapathEvent:
 
 
 class EventReader:
-    """Drains the ring buffer on its own thread and hands decoded events to `on_event`.
+    """Drains the ring buffer on its own thread and hands decoded events to a consumer.
 
-    `on_event` runs on the reader thread; it should be quick (queue the event, do not block).
+    The consumer runs on the reader thread; it should be quick (queue the event, do not block).
     """
 
-    def __init__(
-        self, bpf: Any, on_event: Callable[[DatapathEvent], None], *, interval_s: float = 0.01
-    ) -> None:
+    def __init__(self, bpf: Any, *, interval_s: float = 0.01) -> None:
         self._bpf = bpf
-        self._on_event = on_event
+        self._on_event: Callable[[DatapathEvent], None] | None = None
         self._interval_s = interval_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.decode_errors = 0
         self.delivered = 0
-        bpf[MAP_NAME].open_ring_buffer(self._callback)
+        # BCC registers a ring buffer once per BPF object: the reader lives as long as the programs.
+        bpf[MAP_NAME.encode()].open_ring_buffer(self._callback)
 
     def _callback(self, _ctx: Any, data: Any, size: int) -> int:
         # BCC wants an int back (returning None costs an exception per event, GUIDE §1).
@@ -139,13 +138,21 @@ class EventReader:
             self.decode_errors += 1
             return 0
         self.delivered += 1
+        if self._on_event is None:
+            return 0
         try:
             self._on_event(event)
         except Exception:  # a consumer bug must not kill the reader
             logger.exception("event consumer failed")
         return 0
 
-    def start(self) -> None:
+    def start(self, on_event: Callable[[DatapathEvent], None], *, thread: bool = True) -> None:
+        """Delivers events to `on_event`, from a reader thread unless thread=False (then call drain())."""
+        self.stop()
+        self._on_event = on_event
+        self._stop.clear()
+        if not thread:
+            return
         self._thread = threading.Thread(target=self._run, name="ma-events", daemon=True)
         self._thread.start()
 
@@ -164,3 +171,4 @@ class EventReader:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        self._on_event = None

@@ -2,9 +2,9 @@
 
     node netns   : plays the node; the agent attaches to the pods' host-side veths here. Forwarding is on,
                    and its default route is `unreachable`: nothing in it can reach the real network.
-    pod netns    : one per pod, `eth0` with the pod's /32 and a default route via 169.254.1.1, an address
-                   of the node's loopback that every host-side veth answers ARP for (routed veths, one /32 route per pod in the node,
-                   as Calico and Cilium do).
+    pod netns    : one per pod, `eth0` with the pod's /32 and a default route via 169.254.1.1, an
+                   address of the node's loopback that every host-side veth answers ARP for (routed
+                   veths, one /32 route per pod in the node, as Calico and Cilium do).
 
 Everything is deleted by close() (also on failure: use it as a context manager). Names carry a per-run
 prefix so that runs never collide with one another or with anything else on the machine.

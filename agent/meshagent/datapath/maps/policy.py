@@ -129,7 +129,8 @@ def compile_entries(entries: Iterable[PolicyEntry]) -> dict[TrieKey, TrieValue]:
     """The exact trie content that implements `entries` with deny-wins semantics."""
     trie: dict[TrieKey, TrieValue] = {}
     for entry in entries:
-        value = TrieValue(entry.rule_id, int(entry.action), FLAG_AUDIT if entry.audit else 0)
+        audit = entry.audit and entry.action == Action.DENY  # only a deny can be softened to a report
+        value = TrieValue(entry.rule_id, int(entry.action), FLAG_AUDIT if audit else 0)
         for key in _trie_keys(entry):
             current = trie.get(key)
             if current is None or value.stronger_than(current):

@@ -1,0 +1,80 @@
+"""Every ctypes mirror must match what BCC compiled from bpf/lib/types.h: sizes and field offsets."""
+
+from __future__ import annotations
+
+import ctypes
+from types import ModuleType
+from typing import Any
+
+import pytest
+from meshagent.datapath import events
+from meshagent.datapath.datapath import Datapath
+from meshagent.datapath.maps import conntrack, endpoints, events_lost, frags, ipcache, metrics, policy
+
+pytestmark = pytest.mark.kernel
+
+
+def _layout(struct: type[Any]) -> dict[str, tuple[int, int]]:
+    """Field name -> (offset, size), without the padding fields BCC may add."""
+    out = {}
+    for name, *_ in struct._fields_:
+        if name.startswith("__pad"):
+            continue
+        field = getattr(struct, name)
+        out[name] = (field.offset, field.size)
+    return out
+
+
+def _assert_mirrors(ours: type[Any], compiled: type[Any], module: ModuleType) -> None:
+    renames = getattr(module, "C_FIELD_NAMES", {})
+    ours_layout = {renames.get(name, name): layout for name, layout in _layout(ours).items()}
+    assert ctypes.sizeof(ours) == ctypes.sizeof(compiled), f"{ours.__name__}: size differs"
+    assert ours_layout == _layout(compiled), f"{ours.__name__} does not mirror the compiled struct"
+
+
+@pytest.mark.parametrize(
+    ("module", "key", "value"),
+    [
+        (ipcache, ipcache.IPCacheKey, ipcache.IPCacheValue),
+        (endpoints, endpoints.EndpointKey, endpoints.EndpointValue),
+        (policy, policy.PolicyKey, policy.PolicyValue),
+        (conntrack, conntrack.CTKey, conntrack.CTValue),
+        (frags, frags.FragKey, frags.FragValue),
+    ],
+)
+def test_map_mirrors_match_compiled_types(
+    datapath: Datapath, module: ModuleType, key: type[Any], value: type[Any]
+) -> None:
+    table = datapath.bpf[module.MAP_NAME.encode()]
+    _assert_mirrors(key, table.Key, module)
+    _assert_mirrors(value, table.Leaf, module)
+
+
+def test_per_cpu_value_mirrors(datapath: Datapath) -> None:
+    # BCC describes a per-CPU value as an array with one element per CPU.
+    metrics_table = datapath.bpf[metrics.MAP_NAME.encode()]
+    _assert_mirrors(metrics.MetricsValue, metrics_table.Leaf._type_, metrics)
+    lost_table = datapath.bpf[events_lost.MAP_NAME.encode()]
+    assert ctypes.sizeof(lost_table.Leaf._type_) == ctypes.sizeof(events_lost.LostValue)
+
+
+_C_SIZES = {"__u64": 8, "__u32": 4, "__u16": 2, "__u8": 1}
+
+
+def test_event_record_mirror(datapath: Datapath) -> None:
+    """The ring buffer's record type, as BCC's front end saw it in ringbuf_output(), field by field."""
+    from bcc.libbcc import lib
+
+    module, name = datapath.bpf.module, events.MAP_NAME.encode()
+    compiled = []
+    for index in range(lib.bpf_perf_event_fields(module, name)):
+        field_name, field_type = lib.bpf_perf_event_field(module, name, index).decode().split("#")
+        element, _, count = field_type.partition("[")
+        size = _C_SIZES[element.strip()] * (int(count.rstrip("]")) if count else 1)
+        compiled.append((field_name, size))
+    renames = events.C_FIELD_NAMES
+    ours = [
+        (renames.get(field, field), getattr(events.EventRecord, field).size)
+        for field, *_ in events.EventRecord._fields_
+    ]
+    assert ours == compiled
