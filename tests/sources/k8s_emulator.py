@@ -156,6 +156,7 @@ class KubeEmulator:
         self._history: list[_Change] = []
         self._compacted_rv = 0
         self._drop_generation = 0
+        self._expire_generation = 0
         self._running = False
         self._server: http.server.ThreadingHTTPServer | None = None
         self._serve_thread: threading.Thread | None = None
@@ -221,6 +222,13 @@ class KubeEmulator:
         """Abort every open watch stream mid-stream (no terminating chunk), like a dying proxy."""
         with self._cond:
             self._drop_generation += 1
+            self._cond.notify_all()
+
+    def expire_watches(self) -> None:
+        """Send every open watch an in-stream ERROR 410 (as a server whose watch cache fell
+        behind compaction does) and end it."""
+        with self._cond:
+            self._expire_generation += 1
             self._cond.notify_all()
 
     # --- state -------------------------------------------------------------------------
@@ -516,6 +524,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         with emu._cond:
             emu.counters.bump(emu.counters.watches, route.plural)
             drop_generation = emu._drop_generation
+            expire_generation = emu._expire_generation
             if since in ("", "0"):
                 # No version: start with the current state as synthetic ADDED events.
                 pending = [{"type": "ADDED", "object": copy.deepcopy(o)} for o in emu._matching(route, query)]
@@ -549,7 +558,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                             self.close_connection = True
                             self.connection.shutdown(socket.SHUT_RDWR)
                             return
-                        if last < emu._compacted_rv:
+                        if last < emu._compacted_rv or emu._expire_generation != expire_generation:
                             pending, expired = [], True
                             break
                         start = bisect.bisect_right(emu._history, last, key=lambda c: c.rv)

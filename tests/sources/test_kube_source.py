@@ -269,3 +269,48 @@ def test_report_rejected_without_rbac_gives_up_quietly(rig: KubeRig) -> None:
     rig.source.report_rejected(ObjectRef("NetworkPolicy", "c", "web"), "InvalidPolicy", "three")
     time.sleep(0.3)
     assert rig.emulator.events == []  # it stopped trying after the 403
+
+
+def test_in_stream_410_relists_without_duplicates(rig: KubeRig) -> None:
+    emu = rig.emulator
+    for i in range(3):
+        emu.apply(objects.pod(f"p{i}", "web", ip=f"10.1.0.{i + 1}"))
+    assert rig.source.wait_ready(5)
+    assert wait_until(lambda: len(rig.store.objects(Kind.POD)) == 3)
+    rig.recorder.clear()
+    lists = emu.counters.lists.get("pods", 0)
+    emu.expire_watches()
+    assert wait_until(lambda: emu.counters.lists.get("pods", 0) > lists)
+    changed = emu.apply(objects.pod("p1", "web", ip="10.1.0.50"))
+    assert wait_until(lambda: rig.store.get(Kind.POD, "web", "p1") == changed)
+    time.sleep(0.3)
+    assert rig.recorder.summary() == [("MODIFIED", "Pod", "web/p1", changed["metadata"]["resourceVersion"])]
+    assert next(k for k in rig.source.status().kinds if k.kind == "Pod").relists >= 1
+
+
+def test_status_metrics_parse_and_follow_an_outage(rig: KubeRig) -> None:
+    from meshagent.sources.metrics import SourceStatusCollector
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    registry = CollectorRegistry()
+    registry.register(SourceStatusCollector(rig.source.status))
+
+    def samples() -> dict[tuple[str, str], float]:
+        text = generate_latest(registry).decode()
+        return {
+            (s.name, s.labels.get("kind", "")): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    rig.emulator.apply(objects.pod("p", "web"))
+    assert rig.source.wait_ready(5)
+    assert wait_until(lambda: samples()[("meshagent_source_objects", "Pod")] == 1.0)
+    now = samples()
+    assert now[("meshagent_source_ready", "")] == 1.0 and now[("meshagent_source_connected", "")] == 1.0
+    assert now[("meshagent_source_last_sync_timestamp_seconds", "Pod")] > 1.7e9
+    rig.emulator.stop()
+    assert wait_until(lambda: samples()[("meshagent_source_connected", "")] == 0.0)
+    assert samples()[("meshagent_source_reconnects_total", "Pod")] >= 1.0
+    assert samples()[("meshagent_source_objects", "Pod")] == 1.0  # the last known state is kept
