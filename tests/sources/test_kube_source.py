@@ -314,3 +314,21 @@ def test_status_metrics_parse_and_follow_an_outage(rig: KubeRig) -> None:
     assert wait_until(lambda: samples()[("meshagent_source_connected", "")] == 0.0)
     assert samples()[("meshagent_source_reconnects_total", "Pod")] >= 1.0
     assert samples()[("meshagent_source_objects", "Pod")] == 1.0  # the last known state is kept
+
+
+def test_watch_timeouts_rewatch_without_relisting(emulator: KubeEmulator) -> None:
+    settings = FAST.__class__(**{**FAST.__dict__, "watch_timeout": 1})
+    r = make_rig(emulator, settings)
+    r.dispatcher.start()
+    r.source.start()
+    try:
+        assert r.source.wait_ready(5)
+        assert wait_until(lambda: emulator.counters.watches.get("pods", 0) >= 3, timeout=6)
+        made = emulator.apply(objects.pod("late", "default"))
+        assert wait_until(lambda: r.store.get(Kind.POD, "default", "late") == made)
+        pods = next(k for k in r.source.status().kinds if k.kind == "Pod")
+        assert pods.relists == 0 and pods.reconnects == 0 and pods.connected
+        assert emulator.counters.lists["pods"] == 1
+    finally:
+        r.source.stop()
+        r.dispatcher.stop()

@@ -131,7 +131,12 @@ class ResourceClient:
         return obj
 
     def watch(
-        self, *, resource_version: str, timeout_seconds: int, read_timeout: float
+        self,
+        *,
+        resource_version: str,
+        timeout_seconds: int,
+        read_timeout: float,
+        on_open: Callable[[], None] | None = None,
     ) -> Iterator[WatchEvent]:
         """Events after `resource_version` until the server ends the stream (after timeout_seconds).
 
@@ -142,9 +147,19 @@ class ResourceClient:
         """
         w = watch.Watch()
         self._watch = w
+        list_function = self._list
+
+        def open_stream(*args, **kwargs):  # type: ignore[no-untyped-def]  # untyped on purpose, see _untyped
+            # Called by Watch to start each request: a 2xx answer means we are connected again,
+            # even if no event or bookmark comes for a while.
+            resp = list_function(*args, **kwargs)
+            if on_open is not None and 200 <= int(getattr(resp, "status", 0)) <= 299:
+                on_open()
+            return resp
+
         try:
             for event in w.stream(
-                self._list,
+                open_stream,
                 resource_version=resource_version,
                 allow_watch_bookmarks=True,
                 timeout_seconds=timeout_seconds,

@@ -109,6 +109,8 @@ class EventRecorder:
         if now - self._sent.get(key, -self._repeat_after) < self._repeat_after:
             return
         self._sent[key] = now
+        if len(self._sent) > 10_000:  # forget old reports so the memory stays bounded
+            self._sent = {k: t for k, t in self._sent.items() if now - t < self._repeat_after}
         body = event_body(obj_ref, reason, message, component=self._component, host=self._host)
         try:
             self._queue.put_nowait(body)

@@ -153,6 +153,7 @@ class Informer:
             resource_version=resource_version,
             timeout_seconds=timeout,
             read_timeout=timeout + self._settings.read_grace,
+            on_open=lambda: self._set_status(connected=True),
         ):
             if self._stop.is_set():
                 break
