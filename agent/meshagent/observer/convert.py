@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from ipaddress import IPv4Address
 
 from meshagent.model.events import DatapathEvent, DropReason, EventType
@@ -17,7 +18,7 @@ from meshagent.model.kernel_state import (
     Verdict,
 )
 from meshagent.observer.clock import WallClock
-from meshagent.observer.enrich import Enricher, PolicyRef
+from meshagent.observer.enrich import Enricher, PolicyRef, ServiceRef
 from meshagent.observer.proto.flow import flow_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -63,10 +64,6 @@ RESERVED_HOST = "reserved:host"
 PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_SCTP = 1, 6, 17, 132
 
 
-def tcp_flag_names(bits: int) -> list[str]:
-    return [name for bit, name in _TCP_FLAG_BITS if bits & bit]
-
-
 class _UuidSource:
     """Unique flow ids, cheap: a random per-process prefix plus a counter, in UUID text form."""
 
@@ -86,68 +83,128 @@ class _UuidSource:
 class FlowBuilder:
     """Turns one DatapathEvent into one flow.Flow. Thread-safe for a single caller at a time per instance."""
 
-    def __init__(self, *, enricher: Enricher, node_name: str, clock: WallClock | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        enricher: Enricher,
+        node_name: str,
+        clock: WallClock | None = None,
+        cache_ttl_s: float = 1.0,  # metadata changes show up in flows within this time
+        cache_max: int = 65536,
+    ) -> None:
         self._enricher = enricher
         self._node_name = node_name
         self._clock = clock or WallClock()
         self._uuids = _UuidSource()
         self._ifnames: dict[int, str] = {}
+        self._templates: dict[tuple[object, ...], pb.Flow] = {}
+        self._cache_ttl_s = cache_ttl_s
+        self._cache_max = cache_max
+        self._cache_expiry = 0.0
 
     @property
     def node_name(self) -> str:
         return self._node_name
 
     def build(self, ev: DatapathEvent) -> pb.Flow:
-        wall_ns = self._clock.to_wall_ns(ev.timestamp_ns)
+        # Everything but time, uuid, ports, flags and reply comes from a per-"conversation" template: the
+        # enrichment lookups and nested message building run once per key per cache period, not per event.
+        now = time.monotonic()
+        if now >= self._cache_expiry or len(self._templates) >= self._cache_max:
+            self._templates.clear()
+            self._cache_expiry = now + self._cache_ttl_s
+        dst_svc = self._enricher.service_by_addr(ev.daddr, ev.dport, ev.protocol)
+        # A source service only exists for replies coming back from a service address.
+        src_svc = self._enricher.service_by_addr(ev.saddr, ev.sport, ev.protocol) if ev.is_reply else None
+        # Plain ints in the key: IPv4Address hashes through Python code, several times slower.
+        key = (
+            ev.type,
+            ev.verdict,
+            ev.drop_reason,
+            ev.direction,
+            ev.endpoint_id,
+            ev.ifindex,
+            int(ev.saddr),
+            int(ev.daddr),
+            ev.protocol,
+            ev.rule_id,
+            ev.src_identity,
+            ev.dst_identity,
+            dst_svc,
+            src_svc,
+        )
+        template = self._templates.get(key)
+        if template is None:
+            template = self._template(ev, dst_svc, src_svc)
+            self._templates[key] = template
         f = pb.Flow()
+        f.CopyFrom(template)
+        wall_ns = self._clock.to_wall_ns(ev.timestamp_ns)
         f.time.seconds, f.time.nanos = divmod(wall_ns, 1_000_000_000)
         f.uuid = self._uuids.next()
+        if ev.is_reply:
+            f.is_reply.value = True
+            f.reply = True
+        proto = ev.protocol
+        if proto == PROTO_TCP:
+            tcp = f.l4.TCP
+            tcp.source_port = ev.sport
+            tcp.destination_port = ev.dport
+            bits = ev.tcp_flags
+            if bits:
+                names = _flag_names(bits)
+                flags = tcp.flags
+                for n in names:
+                    setattr(flags, n, True)
+                f.Summary = _TCP_SUMMARY[bits]
+        elif proto == PROTO_UDP:
+            f.l4.UDP.source_port = ev.sport
+            f.l4.UDP.destination_port = ev.dport
+        elif proto == PROTO_SCTP:
+            f.l4.SCTP.source_port = ev.sport
+            f.l4.SCTP.destination_port = ev.dport
+        return f
+
+    def _template(self, ev: DatapathEvent, dst_svc: ServiceRef | None, src_svc: ServiceRef | None) -> pb.Flow:
+        f = pb.Flow()
         f.node_name = self._node_name
         f.Type = pb.L3_L4
         f.IP.source = str(ev.saddr)
         f.IP.destination = str(ev.daddr)
         f.IP.ipVersion = pb.IPv4
-        self._fill_l4(f, ev)
+        if ev.protocol == PROTO_TCP:
+            f.l4.TCP.flags.SetInParent()  # present even with no bit set, as Hubble does
+            f.Summary = "TCP"
+        elif ev.protocol == PROTO_UDP:
+            f.l4.UDP.SetInParent()
+            f.Summary = "UDP"
+        elif ev.protocol == PROTO_SCTP:
+            f.l4.SCTP.SetInParent()
+            f.Summary = "SCTP"
+        elif ev.protocol == PROTO_ICMP:
+            # The event carries no ICMP type/code fields; the message marks the flow as ICMPv4.
+            f.l4.ICMPv4.SetInParent()
+            f.Summary = "ICMPv4"
+        else:
+            f.Summary = f"IPv4 protocol {ev.protocol}"
         self._fill_verdict(f, ev)
         egress = ev.direction == Direction.EGRESS
         f.traffic_direction = pb.EGRESS if egress else pb.INGRESS
         f.trace_observation_point = pb.FROM_ENDPOINT if egress else pb.TO_ENDPOINT
-        f.is_reply.value = ev.is_reply
-        f.reply = ev.is_reply
+        f.is_reply.value = False
+        f.reply = False
         f.interface.index = ev.ifindex
         f.interface.name = self._ifname(ev.ifindex)
         self._fill_endpoint(f.source, ev.saddr, ev.src_identity, ev.endpoint_id if egress else 0)
         self._fill_endpoint(f.destination, ev.daddr, ev.dst_identity, 0 if egress else ev.endpoint_id)
-        self._fill_services(f, ev)
+        if dst_svc is not None:
+            f.destination_service.name = dst_svc.name
+            f.destination_service.namespace = dst_svc.namespace
+        if src_svc is not None:
+            f.source_service.name = src_svc.name
+            f.source_service.namespace = src_svc.namespace
         self._fill_policies(f, ev, egress)
-        f.Summary = _summary(f)
         return f
-
-    def _fill_l4(self, f: pb.Flow, ev: DatapathEvent) -> None:
-        if ev.protocol == PROTO_TCP:
-            tcp = f.l4.TCP
-            tcp.source_port = ev.sport
-            tcp.destination_port = ev.dport
-            flags = tcp.flags
-            bits = ev.tcp_flags
-            # Always touch `flags` so the message is present even with no bit set (Hubble does the same).
-            flags.FIN = bool(bits & 0x01)
-            flags.SYN = bool(bits & 0x02)
-            flags.RST = bool(bits & 0x04)
-            flags.PSH = bool(bits & 0x08)
-            flags.ACK = bool(bits & 0x10)
-            flags.URG = bool(bits & 0x20)
-            flags.ECE = bool(bits & 0x40)
-            flags.CWR = bool(bits & 0x80)
-        elif ev.protocol == PROTO_UDP:
-            f.l4.UDP.source_port = ev.sport
-            f.l4.UDP.destination_port = ev.dport
-        elif ev.protocol == PROTO_SCTP:
-            f.l4.SCTP.source_port = ev.sport
-            f.l4.SCTP.destination_port = ev.dport
-        elif ev.protocol == PROTO_ICMP:
-            # The event carries no ICMP type/code fields; the message marks the flow as ICMPv4.
-            f.l4.ICMPv4.SetInParent()
 
     def _fill_verdict(self, f: pb.Flow, ev: DatapathEvent) -> None:
         drop = DROP_REASON_TO_HUBBLE.get(ev.drop_reason, pb.DROP_REASON_UNKNOWN)
@@ -194,16 +251,6 @@ class FlowBuilder:
             if not identity:
                 ep.identity = IDENTITY_WORLD
 
-    def _fill_services(self, f: pb.Flow, ev: DatapathEvent) -> None:
-        dst = self._enricher.service_by_addr(ev.daddr, ev.dport, ev.protocol)
-        if dst is not None:
-            f.destination_service.name = dst.name
-            f.destination_service.namespace = dst.namespace
-        src = self._enricher.service_by_addr(ev.saddr, ev.sport, ev.protocol)
-        if src is not None:
-            f.source_service.name = src.name
-            f.source_service.namespace = src.namespace
-
     def _fill_policies(self, f: pb.Flow, ev: DatapathEvent, egress: bool) -> None:
         if not ev.rule_id:
             return
@@ -241,19 +288,15 @@ def _add_policy(p: pb.Policy, ref: PolicyRef) -> None:
     p.revision = ref.revision
 
 
-def _summary(f: pb.Flow) -> str:
-    which = f.l4.WhichOneof("protocol")
-    if which == "TCP":
-        names = tcp_flag_names_from_msg(f.l4.TCP.flags)
-        return "TCP Flags: " + ", ".join(names) if names else "TCP"
-    if which == "UDP":
-        return "UDP"
-    if which == "SCTP":
-        return "SCTP"
-    if which == "ICMPv4":
-        return "ICMPv4"
-    return "IPv4"
+def _flag_names(bits: int) -> tuple[str, ...]:
+    return tuple(name for bit, name in _TCP_FLAG_BITS if bits & bit)
 
 
-def tcp_flag_names_from_msg(flags: pb.TCPFlags) -> list[str]:
-    return [n for n in ("SYN", "FIN", "RST", "PSH", "ACK", "URG", "ECE", "CWR", "NS") if getattr(flags, n)]
+def _summary_for(bits: int) -> str:
+    # Hubble's order: SYN first, then FIN, RST, PSH, ACK, ...
+    order = ("SYN", "FIN", "RST", "PSH", "ACK", "URG", "ECE", "CWR")
+    names = set(_flag_names(bits))
+    return "TCP Flags: " + ", ".join(n for n in order if n in names) if names else "TCP"
+
+
+_TCP_SUMMARY = [_summary_for(b) for b in range(256)]
