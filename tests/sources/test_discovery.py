@@ -9,7 +9,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from meshagent.datapath.discovery import NotUpYet, PodInterface, find_pod_interface, wait_for_pod_interface
+from meshagent.datapath.discovery import (
+    EndpointInterfaces,
+    NotUpYet,
+    PodInterface,
+    find_pod_interface,
+    wait_for_pod_interface,
+)
 
 pytestmark = pytest.mark.kernel
 
@@ -88,3 +94,24 @@ def test_own_namespace_when_netns_is_none(topo: Topology) -> None:
         timeout=30,
     ).stdout
     assert f"PodInterface(ifname='{topo.host_veth}'" in out
+
+
+def test_endpoint_interfaces_report_state_per_endpoint(topo: Topology) -> None:
+    sh("link", "set", topo.host_veth, "up", netns=topo.node)
+    sh("link", "set", "eth0", "up", netns=topo.pod)
+    sh("route", "add", f"{POD_IP}/32", "dev", topo.host_veth, "scope", "link", netns=topo.node)
+    # A second pod whose veth exists but whose end in the pod is still down.
+    sh("link", "add", "mad2h", "type", "veth", "peer", "name", "eth1", "netns", topo.pod, netns=topo.node)
+    sh("link", "set", "mad2h", "up", netns=topo.node)
+    sh("route", "add", "10.213.0.8/32", "dev", "mad2h", "scope", "link", netns=topo.node)
+    tracker = EndpointInterfaces(netns=topo.node)
+    changed = tracker.refresh({"web/a": POD_IP, "web/b": "10.213.0.8", "web/c": "10.213.0.9"})
+    assert isinstance(changed["web/a"], PodInterface) and changed["web/a"].ifname == topo.host_veth
+    assert isinstance(changed["web/b"], NotUpYet) and "carrier" in changed["web/b"].reason
+    assert isinstance(changed["web/c"], NotUpYet) and "no /32 route" in changed["web/c"].reason
+    assert tracker.pending() == ["web/b", "web/c"]
+    sh("link", "set", "eth1", "up", netns=topo.pod)
+    changed = tracker.refresh({"web/a": POD_IP, "web/b": "10.213.0.8"})
+    assert list(changed) == ["web/b"] and isinstance(changed["web/b"], PodInterface)
+    assert changed["web/b"].ifname == "mad2h"
+    assert tracker.pending() == [] and set(tracker.states) == {"web/a", "web/b"}

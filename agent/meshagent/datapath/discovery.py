@@ -12,7 +12,9 @@ import ipaddress
 import logging
 import socket
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from pyroute2 import IPRoute
 
@@ -45,28 +47,38 @@ def find_pod_interface(
     """The host-side interface of the /32 route to `pod_ip` in the network namespace `netns`
     (a name under /run/netns; None = the agent's own), or why it is not usable yet."""
     ip = ipaddress.IPv4Address(str(pod_ip))
+    return find_pod_interfaces([ip], netns=netns)[ip]
+
+
+def find_pod_interfaces(
+    pod_ips: Iterable[str | ipaddress.IPv4Address], *, netns: str | None = None
+) -> dict[ipaddress.IPv4Address, PodInterface | NotUpYet]:
+    """find_pod_interface for many pods from one dump of routes and links (one netlink round
+    trip per node refresh, not per pod)."""
+    wanted = {ipaddress.IPv4Address(str(ip)) for ip in pod_ips}
     try:
         with IPRoute(netns=netns) as ipr:
-            routes = [
-                r
-                for r in ipr.get_routes(family=socket.AF_INET, table=RT_TABLE_MAIN)
-                if r["dst_len"] == 32 and r.get_attr("RTA_DST") == str(ip) and r["type"] == RTN_UNICAST
-            ]
-            if not routes:
-                return NotUpYet(f"no /32 route to {ip}")
-            route = routes[0]
-            gateway = route.get_attr("RTA_GATEWAY")
-            if gateway:
-                return NotUpYet(f"route to {ip} goes via gateway {gateway}, not to a local veth")
-            oif = route.get_attr("RTA_OIF")
-            if not oif:
-                return NotUpYet(f"route to {ip} names no interface")
-            links = ipr.get_links(oif)
+            routes: dict[ipaddress.IPv4Address, Any] = {}
+            for r in ipr.get_routes(family=socket.AF_INET, table=RT_TABLE_MAIN):
+                dst = r.get_attr("RTA_DST")
+                if r["dst_len"] == 32 and r["type"] == RTN_UNICAST and dst:
+                    routes.setdefault(ipaddress.IPv4Address(dst), r)
+            links = {int(link["index"]): link for link in ipr.get_links()} if routes.keys() & wanted else {}
     except OSError as err:
         raise DiscoveryError(f"reading routes in netns {netns or '(own)'}: {err}") from err
-    if not links:
-        return NotUpYet(f"interface {oif} of the route to {ip} is gone")
-    link = links[0]
+    return {ip: _resolve(ip, routes.get(ip), links) for ip in wanted}
+
+
+def _resolve(ip: ipaddress.IPv4Address, route: Any, links: dict[int, Any]) -> PodInterface | NotUpYet:
+    if route is None:
+        return NotUpYet(f"no /32 route to {ip}")
+    gateway = route.get_attr("RTA_GATEWAY")
+    if gateway:
+        return NotUpYet(f"route to {ip} goes via gateway {gateway}, not to a local veth")
+    oif = route.get_attr("RTA_OIF")
+    link = links.get(int(oif)) if oif else None
+    if link is None:
+        return NotUpYet(f"the route to {ip} names no existing interface")
     ifname = str(link.get_attr("IFLA_IFNAME"))
     flags = int(link["flags"])
     if not flags & IFF_UP:
@@ -74,6 +86,38 @@ def find_pod_interface(
     if not flags & IFF_LOWER_UP:
         return NotUpYet(f"{ifname} has no carrier (the pod's end is not up)")
     return PodInterface(ifname, int(link["index"]))
+
+
+class EndpointInterfaces:
+    """Per-endpoint interface state for the local pods, refreshed on demand.
+
+    The caller (the agent's endpoint manager) calls `refresh` with the local pods' IPs
+    whenever pods change and periodically while some are not up yet; `changed` tells which
+    endpoints need (re)attaching or detaching.
+    """
+
+    def __init__(self, *, netns: str | None = None) -> None:
+        self.netns = netns
+        self._states: dict[str, PodInterface | NotUpYet] = {}
+
+    @property
+    def states(self) -> dict[str, PodInterface | NotUpYet]:
+        return dict(self._states)
+
+    def pending(self) -> list[str]:
+        """Endpoints whose network is not up yet (worth a retry)."""
+        return sorted(k for k, v in self._states.items() if isinstance(v, NotUpYet))
+
+    def refresh(self, pods: Mapping[str, str | ipaddress.IPv4Address]) -> dict[str, PodInterface | NotUpYet]:
+        """Resolve every pod (key -> IPv4); returns the endpoints whose state changed (removed
+        pods are dropped without being reported)."""
+        found = find_pod_interfaces(pods.values(), netns=self.netns)
+        states = {key: found[ipaddress.IPv4Address(str(ip))] for key, ip in pods.items()}
+        changed = {k: v for k, v in states.items() if self._states.get(k) != v}
+        for key, state in changed.items():
+            logger.info("endpoint %s: %s", key, state)
+        self._states = states
+        return changed
 
 
 def wait_for_pod_interface(
