@@ -1,0 +1,663 @@
+"""The policy compiler: desired state (namespaces, pods, policies, local endpoints) -> KernelState.
+
+Incremental: every change (`upsert_*`, `delete_*`, `set_local_endpoint`, ...) returns the KernelDiff it
+causes and recompiles only the endpoints it can affect. What an endpoint's entries depend on is tracked:
+  - the pod itself (labels, ports, identity) and its namespace (labels, audit);
+  - the policies that select it (recorded at its last compile);
+  - for each of those, how its peers resolve to identities: selector peers are kept up to date per
+    identity added or removed; ipBlock peers are recomputed when a pod IP or prefix inside them changes;
+    egress named ports when a pod with named ports changes.
+`tests/policy` checks that any sequence of changes ends in the state a full recompute gives.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+
+from meshagent.model.admin_policy import AdminNetworkPolicy, AdminPort
+from meshagent.model.cluster import LocalEndpoint, Namespace, Pod
+from meshagent.model.kernel_state import (
+    Direction,
+    EndpointEntry,
+    IPCacheEntry,
+    KernelState,
+    PolicyEntry,
+    Protocol,
+)
+from meshagent.model.netpol import NetworkPolicy, PolicyPort, PolicyType
+from meshagent.policy.decide import (
+    PORT_MAX,
+    PORT_MIN,
+    AdminLayer,
+    AllowRule,
+    Atom,
+    DirectionRules,
+    PortRange,
+    compile_direction,
+)
+from meshagent.policy.diff import KernelDiff, diff_sets, endpoint_key, ipcache_key, policy_key
+from meshagent.policy.identity import IdentityAllocator, IdentityLabels, LabelFilter
+from meshagent.policy.peers import (
+    BlockPeer,
+    PeerSpec,
+    SelectorPeer,
+    admin_rule_specs,
+    has_egress_named_ports,
+    np_rule_specs,
+    policy_prefixes,
+    policy_specs,
+)
+from meshagent.policy.rules import RuleKind, RuleRef, RuleTable
+
+logger = logging.getLogger(__name__)
+
+PodKey = tuple[str, str]
+PolicyKey = tuple[RuleKind, str, str]  # (kind, namespace or "", name)
+AnyPolicy = NetworkPolicy | AdminNetworkPolicy
+
+_DIRECTION_TYPE = {Direction.INGRESS: PolicyType.INGRESS, Direction.EGRESS: PolicyType.EGRESS}
+
+
+def policy_key_of(policy: AnyPolicy) -> PolicyKey:
+    if isinstance(policy, NetworkPolicy):
+        return (RuleKind.NETWORK_POLICY, policy.namespace, policy.name)
+    return (RuleKind.ADMIN_NETWORK_POLICY, "", policy.name)
+
+
+def namespace_labels(namespace: str, known: Namespace | None) -> dict[str, str]:
+    return known.label_dict() if known is not None else Namespace(namespace).label_dict()
+
+
+def admin_subject_matches(policy: AdminNetworkPolicy, pod: Pod, ns_labels: dict[str, str]) -> bool:
+    subject = policy.subject
+    if not subject.namespace_selector.matches(ns_labels):
+        return False
+    return subject.pod_selector is None or subject.pod_selector.matches(pod.label_dict())
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    endpoint: EndpointEntry
+    entries: frozenset[PolicyEntry]
+
+
+class PolicyCompiler:
+    """Holds the desired state and its compiled KernelState; see the module docstring."""
+
+    def __init__(
+        self, *, label_filter: LabelFilter | None = None, identities: IdentityAllocator | None = None
+    ) -> None:
+        self.label_filter = label_filter or LabelFilter()
+        self.identities = identities or IdentityAllocator()
+        self.rules = RuleTable()
+        self._namespaces: dict[str, Namespace] = {}
+        self._pods: dict[PodKey, Pod] = {}
+        self._pods_by_ns: dict[str, set[PodKey]] = defaultdict(set)
+        self._pod_identity: dict[PodKey, int] = {}
+        self._id_labels: dict[int, IdentityLabels] = {}
+        self._id_dicts: dict[int, tuple[dict[str, str], dict[str, str]]] = {}
+        self._id_members: dict[int, set[PodKey]] = {}
+        self._ip_pods: dict[IPv4Address, set[PodKey]] = defaultdict(set)
+        self._netpols: dict[PolicyKey, NetworkPolicy] = {}
+        self._np_by_ns: dict[str, dict[PolicyKey, NetworkPolicy]] = defaultdict(dict)
+        self._admins: dict[PolicyKey, AdminNetworkPolicy] = {}
+        self._local: dict[PodKey, LocalEndpoint] = {}
+        self._spec_users: dict[PeerSpec, set[PolicyKey]] = defaultdict(set)
+        self._sel_cache: dict[SelectorPeer, set[int]] = {}
+        self._block_cache: dict[BlockPeer, frozenset[int]] = {}
+        self._prefix_refs: dict[IPv4Network, int] = defaultdict(int)
+        self._egress_named: set[PolicyKey] = set()
+        self._compiled: dict[PodKey, _Compiled] = {}
+        self._ep_policies: dict[PodKey, set[PolicyKey]] = {}
+        self._policy_eps: dict[PolicyKey, set[PodKey]] = defaultdict(set)
+        self._ipcache: dict[IPv4Network, int] = {}
+        self._dirty_eps: set[PodKey] = set()
+        self._dirty_prefixes: set[IPv4Network] = set()
+
+    # ----------------------------------------------------------------- queries
+
+    def state(self) -> KernelState:
+        return KernelState(
+            endpoints=frozenset(c.endpoint for c in self._compiled.values()),
+            ipcache=frozenset(IPCacheEntry(cidr, ident) for cidr, ident in self._ipcache.items()),
+            policy=frozenset(e for c in self._compiled.values() for e in c.entries),
+        )
+
+    def identity_of(self, key: PodKey) -> int | None:
+        return self._pod_identity.get(key)
+
+    def identity_labels(self, identity: int) -> IdentityLabels | None:
+        return self._id_labels.get(identity)
+
+    def cidr_of_identity(self, identity: int) -> IPv4Network | None:
+        for cidr, ident in self._ipcache.items():
+            if ident == identity and cidr in self._prefix_refs:
+                return cidr
+        return None
+
+    def endpoint(self, key: PodKey) -> EndpointEntry | None:
+        compiled = self._compiled.get(key)
+        return compiled.endpoint if compiled else None
+
+    def policies_selecting(self, key: PodKey) -> list[PolicyKey]:
+        return sorted(self._ep_policies.get(key, ()))
+
+    @property
+    def namespaces(self) -> dict[str, Namespace]:
+        return dict(self._namespaces)
+
+    @property
+    def pods(self) -> dict[PodKey, Pod]:
+        return dict(self._pods)
+
+    @property
+    def network_policies(self) -> list[NetworkPolicy]:
+        return list(self._netpols.values())
+
+    @property
+    def admin_policies(self) -> list[AdminNetworkPolicy]:
+        return list(self._admins.values())
+
+    @property
+    def local_endpoints(self) -> dict[PodKey, LocalEndpoint]:
+        return dict(self._local)
+
+    # ----------------------------------------------------------------- changes
+
+    def upsert_namespace(self, namespace: Namespace) -> KernelDiff:
+        return self._set_namespace(namespace.name, namespace)
+
+    def delete_namespace(self, name: str) -> KernelDiff:
+        # Pods of a deleted namespace go with their own deletes; until then they keep the default labels.
+        return self._set_namespace(name, None)
+
+    def _set_namespace(self, name: str, namespace: Namespace | None) -> KernelDiff:
+        old = self._namespaces.get(name)
+        if old == namespace:
+            return KernelDiff()
+        pods = [self._pods[k] for k in sorted(self._pods_by_ns.get(name, ()))]
+        relabel = namespace_labels(name, old) != namespace_labels(name, namespace)
+        if relabel:
+            for pod in pods:
+                self._remove_pod(pod)
+        if namespace is None:
+            del self._namespaces[name]
+        else:
+            self._namespaces[name] = namespace
+        if relabel:
+            for pod in pods:
+                self._add_pod(pod)
+        self._dirty_eps.update(k for k in self._local if k[0] == name)
+        return self._flush()
+
+    def upsert_pod(self, pod: Pod) -> KernelDiff:
+        old = self._pods.get(pod.key)
+        if old == pod:
+            return KernelDiff()
+        if old is not None:
+            self._remove_pod(old)
+        self._add_pod(pod)
+        return self._flush()
+
+    def delete_pod(self, namespace: str, name: str) -> KernelDiff:
+        old = self._pods.get((namespace, name))
+        if old is None:
+            return KernelDiff()
+        self._remove_pod(old)
+        return self._flush()
+
+    def upsert_policy(self, policy: AnyPolicy) -> KernelDiff:
+        key = policy_key_of(policy)
+        old = self._netpols.get(key) if isinstance(policy, NetworkPolicy) else self._admins.get(key)
+        if old == policy:
+            return KernelDiff()
+        if old is not None:
+            self._remove_policy(key, old)
+        self._add_policy(key, policy)
+        return self._flush()
+
+    def delete_network_policy(self, namespace: str, name: str) -> KernelDiff:
+        return self._delete_policy((RuleKind.NETWORK_POLICY, namespace, name))
+
+    def delete_admin_policy(self, name: str) -> KernelDiff:
+        return self._delete_policy((RuleKind.ADMIN_NETWORK_POLICY, "", name))
+
+    def _delete_policy(self, key: PolicyKey) -> KernelDiff:
+        old: AnyPolicy | None = self._netpols.get(key) or self._admins.get(key)
+        if old is None:
+            return KernelDiff()
+        self._remove_policy(key, old)
+        return self._flush()
+
+    def set_local_endpoint(self, namespace: str, name: str, endpoint: LocalEndpoint) -> KernelDiff:
+        key = (namespace, name)
+        if self._local.get(key) == endpoint:
+            return KernelDiff()
+        self._local[key] = endpoint
+        self._dirty_eps.add(key)
+        return self._flush()
+
+    def remove_local_endpoint(self, namespace: str, name: str) -> KernelDiff:
+        key = (namespace, name)
+        if self._local.pop(key, None) is None:
+            return KernelDiff()
+        self._dirty_eps.add(key)
+        return self._flush()
+
+    def load(
+        self,
+        *,
+        namespaces: Iterable[Namespace] = (),
+        pods: Iterable[Pod] = (),
+        policies: Iterable[AnyPolicy] = (),
+        local: Iterable[tuple[PodKey, LocalEndpoint]] = (),
+    ) -> KernelDiff:
+        """Many changes at once, compiled once (the full compile)."""
+        for ns in namespaces:
+            self._namespaces[ns.name] = ns
+        for key, endpoint in local:
+            self._local[key] = endpoint
+            self._dirty_eps.add(key)
+        for pod in pods:
+            old = self._pods.get(pod.key)
+            if old is not None:
+                self._remove_pod(old)
+            self._add_pod(pod)
+        for policy in policies:
+            pkey = policy_key_of(policy)
+            old_policy: AnyPolicy | None = self._netpols.get(pkey) or self._admins.get(pkey)
+            if old_policy is not None:
+                self._remove_policy(pkey, old_policy)
+            self._add_policy(pkey, policy)
+        return self._flush()
+
+    # ----------------------------------------------------------------- pods and identities
+
+    def _identity_labels_of(self, pod: Pod) -> IdentityLabels:
+        ns_labels = namespace_labels(pod.namespace, self._namespaces.get(pod.namespace))
+        return IdentityLabels(
+            namespace=pod.namespace,
+            namespace_labels=self.label_filter.apply(ns_labels.items()),
+            pod_labels=self.label_filter.apply(pod.labels),
+        )
+
+    def _add_pod(self, pod: Pod) -> None:
+        key = pod.key
+        self._pods[key] = pod
+        self._pods_by_ns[pod.namespace].add(key)
+        if key in self._local:
+            self._dirty_eps.add(key)
+        if pod.ip is None or pod.host_network:
+            return
+        labels = self._identity_labels_of(pod)
+        ident = self.identities.labels_identity(labels)
+        self._pod_identity[key] = ident
+        self._ip_pods[pod.ip].add(key)
+        self._dirty_prefixes.add(IPv4Network(pod.ip))
+        members = self._id_members.get(ident)
+        if members is None:
+            self._id_members[ident] = {key}
+            self._id_labels[ident] = labels
+            self._id_dicts[ident] = (labels.namespace_dict(), labels.pod_dict())
+            self._identity_added(ident)
+        else:
+            members.add(key)
+        self._membership_changed(ident, pod)
+
+    def _remove_pod(self, pod: Pod) -> None:
+        key = pod.key
+        del self._pods[key]
+        self._pods_by_ns[pod.namespace].discard(key)
+        if key in self._local:
+            self._dirty_eps.add(key)
+        ident = self._pod_identity.pop(key, None)
+        if ident is None or pod.ip is None:
+            return
+        self._ip_pods[pod.ip].discard(key)
+        if not self._ip_pods[pod.ip]:
+            del self._ip_pods[pod.ip]
+        self._dirty_prefixes.add(IPv4Network(pod.ip))
+        members = self._id_members[ident]
+        members.discard(key)
+        self._membership_changed(ident, pod)
+        if not members:
+            del self._id_members[ident]
+            self.identities.release_labels(self._id_labels.pop(ident))
+            del self._id_dicts[ident]
+            self._identity_removed(ident)
+
+    def _identity_added(self, ident: int) -> None:
+        ns_labels, pod_labels = self._id_dicts[ident]
+        namespace = self._id_labels[ident].namespace
+        for spec, ids in self._sel_cache.items():
+            if spec.matches(namespace, ns_labels, pod_labels):
+                ids.add(ident)
+                self._affect_spec(spec)
+
+    def _identity_removed(self, ident: int) -> None:
+        for spec, ids in self._sel_cache.items():
+            if ident in ids:
+                ids.discard(ident)
+                self._affect_spec(spec)
+
+    def _membership_changed(self, ident: int, pod: Pod) -> None:
+        """A pod joined or left `ident`: ipBlock peers around its members' IPs, egress named ports."""
+        ips = {self._pods[k].ip for k in self._id_members.get(ident, ())} | {pod.ip}
+        for spec in list(self._block_cache):
+            if any(ip is not None and ip in spec.block.cidr for ip in ips):
+                del self._block_cache[spec]
+                self._affect_spec(spec)
+        if pod.ports:
+            for key in self._egress_named:
+                self._affect_policy(key)
+
+    def _affect_spec(self, spec: PeerSpec) -> None:
+        for key in self._spec_users.get(spec, ()):
+            self._affect_policy(key)
+
+    def _affect_policy(self, key: PolicyKey) -> None:
+        self._dirty_eps.update(self._policy_eps.get(key, ()))
+
+    # ----------------------------------------------------------------- policies
+
+    def _add_policy(self, key: PolicyKey, policy: AnyPolicy) -> None:
+        if isinstance(policy, NetworkPolicy):
+            self._netpols[key] = policy
+            self._np_by_ns[policy.namespace][key] = policy
+            self._dirty_eps.update(
+                k
+                for k in self._local
+                if k[0] == policy.namespace
+                and k in self._pods
+                and policy.pod_selector.matches(self._pods[k].label_dict())
+            )
+        else:
+            self._admins[key] = policy
+            for k in self._local:
+                pod = self._pods.get(k)
+                if pod is not None:
+                    ns_labels = namespace_labels(pod.namespace, self._namespaces.get(pod.namespace))
+                    if admin_subject_matches(policy, pod, ns_labels):
+                        self._dirty_eps.add(k)
+        for prefix in policy_prefixes(policy):
+            self._prefix_refs[prefix] += 1
+            if self._prefix_refs[prefix] == 1:
+                self.identities.cidr_identity(prefix)
+                self._prefix_changed(prefix)
+        for spec in policy_specs(policy):
+            users = self._spec_users[spec]
+            if not users and isinstance(spec, SelectorPeer):
+                self._sel_cache[spec] = {
+                    ident
+                    for ident, (ns_labels, pod_labels) in self._id_dicts.items()
+                    if spec.matches(self._id_labels[ident].namespace, ns_labels, pod_labels)
+                }
+            users.add(key)
+        if has_egress_named_ports(policy):
+            self._egress_named.add(key)
+
+    def _remove_policy(self, key: PolicyKey, policy: AnyPolicy) -> None:
+        self._affect_policy(key)
+        if isinstance(policy, NetworkPolicy):
+            del self._netpols[key]
+            del self._np_by_ns[policy.namespace][key]
+        else:
+            del self._admins[key]
+        for spec in policy_specs(policy):
+            users = self._spec_users[spec]
+            users.discard(key)
+            if not users:
+                del self._spec_users[spec]
+                if isinstance(spec, SelectorPeer):
+                    self._sel_cache.pop(spec, None)
+                else:
+                    self._block_cache.pop(spec, None)
+        for prefix in policy_prefixes(policy):
+            self._prefix_refs[prefix] -= 1
+            if self._prefix_refs[prefix] == 0:
+                del self._prefix_refs[prefix]
+                self.identities.release_cidr(prefix)
+                self._prefix_changed(prefix)
+        self._egress_named.discard(key)
+        self.rules.release_policy(key[0], key[1], key[2])
+
+    def _prefix_changed(self, prefix: IPv4Network) -> None:
+        self._dirty_prefixes.add(prefix)
+        for spec in list(self._block_cache):
+            if spec.block.cidr.overlaps(prefix):
+                del self._block_cache[spec]
+                self._affect_spec(spec)
+
+    # ----------------------------------------------------------------- resolution
+
+    def _resolve(self, spec: PeerSpec) -> frozenset[int]:
+        if isinstance(spec, SelectorPeer):
+            return frozenset(self._sel_cache[spec])
+        cached = self._block_cache.get(spec)
+        if cached is None:
+            cached = self._resolve_block(spec)
+            self._block_cache[spec] = cached
+        return cached
+
+    def _resolve_block(self, spec: BlockPeer) -> frozenset[int]:
+        block = spec.block
+        ids: set[int] = set()
+        for prefix in self._prefix_refs:
+            shadowed = prefix.prefixlen == 32 and prefix.network_address in self._ip_pods
+            if not shadowed and block.contains(prefix):
+                ids.add(self.identities.cidr_identity(prefix))
+        # Pod IPs are /32s in the ipcache, so a packet from a pod carries the pod's identity: allow that
+        # identity when every pod holding it is inside the block (never more than the block allows).
+        for ident, members in self._id_members.items():
+            ips = [self._pods[k].ip for k in members]
+            if ips and all(ip is not None and block.contains_address(ip) for ip in ips):
+                ids.add(ident)
+        return frozenset(ids)
+
+    def _peers(self, specs: tuple[PeerSpec, ...] | None) -> frozenset[int] | None:
+        if specs is None:
+            return None
+        result: set[int] = set()
+        for spec in specs:
+            result |= self._resolve(spec)
+        return frozenset(result)
+
+    def _identity_ports(self, ident: int, name: str, protocol: Protocol) -> set[PortRange]:
+        """Ports named `name` on the pods of `ident` (protocol ANY: whatever protocol the port has)."""
+        ranges = set()
+        for key in self._id_members.get(ident, ()):
+            for port in self._pods[key].ports:
+                if port.name == name and protocol in (Protocol.ANY, port.protocol):
+                    ranges.add(PortRange(port.protocol, port.port, port.port))
+        return ranges
+
+    def _atoms(
+        self,
+        *,
+        pod: Pod,
+        direction: Direction,
+        peers: frozenset[int] | None,
+        numeric: list[PortRange],
+        named: list[tuple[str, Protocol]],
+    ) -> tuple[Atom, ...]:
+        """Atoms of one rule. Named ports: ingress uses the local pod's ports, egress each peer's."""
+        if peers is not None and not peers:
+            return ()
+        if not numeric and not named:
+            return (Atom(peers, None),)
+        ranges = set(numeric)
+        atoms: list[Atom] = []
+        if direction is Direction.INGRESS:
+            for name, proto in named:
+                for port in pod.ports:
+                    if port.name == name and proto in (Protocol.ANY, port.protocol):
+                        ranges.add(PortRange(port.protocol, port.port, port.port))
+        elif named:
+            candidates = peers if peers is not None else frozenset(self._id_members)
+            by_ranges: dict[frozenset[PortRange], set[int]] = defaultdict(set)
+            for ident in candidates:
+                found: set[PortRange] = set()
+                for name, proto in named:
+                    found |= self._identity_ports(ident, name, proto)
+                if found:
+                    by_ranges[frozenset(found)].add(ident)
+            atoms.extend(Atom(frozenset(ids), tuple(sorted(rs))) for rs, ids in by_ranges.items())
+        if ranges:
+            atoms.insert(0, Atom(peers, tuple(sorted(ranges))))
+        return tuple(atoms)
+
+    # ----------------------------------------------------------------- endpoint compile
+
+    def _direction_rules(
+        self, pod: Pod, nps: list[NetworkPolicy], admins: list[AdminNetworkPolicy], direction: Direction
+    ) -> DirectionRules:
+        layers: list[AdminLayer] = []
+        for anp in admins:
+            for index, admin_rule in enumerate(anp.ingress if direction is Direction.INGRESS else anp.egress):
+                numeric, named = _admin_ports(admin_rule.ports)
+                atoms = self._atoms(
+                    pod=pod,
+                    direction=direction,
+                    peers=self._peers(admin_rule_specs(admin_rule)),
+                    numeric=numeric,
+                    named=named,
+                )
+                ref = RuleRef(RuleKind.ADMIN_NETWORK_POLICY, "", anp.name, index, direction)
+                layers.append(AdminLayer(self.rules.id_for(ref), admin_rule.action, anp.audit, atoms))
+        isolating = [np for np in nps if _DIRECTION_TYPE[direction] in np.policy_types]
+        allows: list[AllowRule] = []
+        for np in isolating:
+            for index, np_rule in enumerate(np.ingress if direction is Direction.INGRESS else np.egress):
+                numeric, named = _np_ports(np_rule.ports)
+                atoms = self._atoms(
+                    pod=pod,
+                    direction=direction,
+                    peers=self._peers(np_rule_specs(np, np_rule)),
+                    numeric=numeric,
+                    named=named,
+                )
+                ref = RuleRef(RuleKind.NETWORK_POLICY, np.namespace, np.name, index, direction)
+                allows.append(AllowRule(self.rules.id_for(ref), atoms))
+        ns = self._namespaces.get(pod.namespace)
+        ns_audit = ns is not None and ns.audit
+        return DirectionRules(
+            admin=tuple(layers),
+            allows=tuple(allows),
+            isolated=bool(isolating),
+            np_audit=bool(isolating) and all(np.audit or ns_audit for np in isolating),
+        )
+
+    def selecting_policies(self, pod: Pod) -> tuple[list[NetworkPolicy], list[AdminNetworkPolicy]]:
+        """NetworkPolicies (by name) and admin policies (by priority, then name) selecting `pod`."""
+        labels = pod.label_dict()
+        nps = sorted(
+            (np for np in self._np_by_ns.get(pod.namespace, {}).values() if np.pod_selector.matches(labels)),
+            key=lambda np: np.name,
+        )
+        ns_labels = namespace_labels(pod.namespace, self._namespaces.get(pod.namespace))
+        admins = sorted(
+            (a for a in self._admins.values() if admin_subject_matches(a, pod, ns_labels)),
+            key=lambda a: (a.priority, a.name),
+        )
+        return nps, admins
+
+    def _compile_endpoint(self, key: PodKey) -> tuple[_Compiled | None, set[PolicyKey]]:
+        pod = self._pods.get(key)
+        local = self._local.get(key)
+        ident = self._pod_identity.get(key)
+        if pod is None or local is None or ident is None or pod.ip is None:
+            return None, set()
+        nps, admins = self.selecting_policies(pod)
+        used = {policy_key_of(np) for np in nps} | {policy_key_of(anp) for anp in admins}
+        entries: list[PolicyEntry] = []
+        flags: dict[Direction, DirectionRules] = {}
+        for direction in (Direction.INGRESS, Direction.EGRESS):
+            rules = self._direction_rules(pod, nps, admins, direction)
+            flags[direction] = rules
+            entries.extend(compile_direction(rules, endpoint_id=local.endpoint_id, direction=direction))
+        endpoint = EndpointEntry(
+            ifindex=local.ifindex,
+            endpoint_id=local.endpoint_id,
+            identity=ident,
+            ipv4=pod.ip,
+            enforce_ingress=flags[Direction.INGRESS].enforce,
+            enforce_egress=flags[Direction.EGRESS].enforce,
+            audit_ingress=flags[Direction.INGRESS].audit,
+            audit_egress=flags[Direction.EGRESS].audit,
+        )
+        return _Compiled(endpoint, frozenset(entries)), used
+
+    def _ipcache_value(self, prefix: IPv4Network) -> int | None:
+        if prefix.prefixlen == 32:
+            holders = self._ip_pods.get(prefix.network_address)
+            if holders:
+                return self._pod_identity[min(holders)]
+        if prefix in self._prefix_refs:
+            return self.identities.cidr_identity(prefix)
+        return None
+
+    def _flush(self) -> KernelDiff:
+        old_eps: list[EndpointEntry] = []
+        new_eps: list[EndpointEntry] = []
+        old_entries: list[PolicyEntry] = []
+        new_entries: list[PolicyEntry] = []
+        for key in sorted(self._dirty_eps):
+            before = self._compiled.pop(key, None)
+            if before is not None:
+                old_eps.append(before.endpoint)
+                old_entries.extend(before.entries)
+            for pk in self._ep_policies.pop(key, ()):
+                self._policy_eps[pk].discard(key)
+            compiled, used = self._compile_endpoint(key)
+            if compiled is None:
+                continue
+            self._compiled[key] = compiled
+            new_eps.append(compiled.endpoint)
+            new_entries.extend(compiled.entries)
+            self._ep_policies[key] = used
+            for pk in used:
+                self._policy_eps[pk].add(key)
+        old_ipc: list[IPCacheEntry] = []
+        new_ipc: list[IPCacheEntry] = []
+        for prefix in self._dirty_prefixes:
+            before_ident = self._ipcache.pop(prefix, None)
+            if before_ident is not None:
+                old_ipc.append(IPCacheEntry(prefix, before_ident))
+            value = self._ipcache_value(prefix)
+            if value is not None:
+                self._ipcache[prefix] = value
+                new_ipc.append(IPCacheEntry(prefix, value))
+        self._dirty_eps.clear()
+        self._dirty_prefixes.clear()
+        ue, de = diff_sets(old_eps, new_eps, endpoint_key)
+        ui, di = diff_sets(old_ipc, new_ipc, ipcache_key)
+        up, dp = diff_sets(old_entries, new_entries, policy_key)
+        return KernelDiff(ue, de, ui, di, up, dp)
+
+
+def _np_ports(ports: tuple[PolicyPort, ...]) -> tuple[list[PortRange], list[tuple[str, Protocol]]]:
+    numeric: list[PortRange] = []
+    named: list[tuple[str, Protocol]] = []
+    for port in ports:
+        if port.name is not None:
+            named.append((port.name, port.protocol))
+        elif port.port is None:
+            numeric.append(PortRange(port.protocol, PORT_MIN, PORT_MAX))
+        else:
+            numeric.append(PortRange(port.protocol, port.port, port.end_port or port.port))
+    return numeric, named
+
+
+def _admin_ports(ports: tuple[AdminPort, ...]) -> tuple[list[PortRange], list[tuple[str, Protocol]]]:
+    numeric: list[PortRange] = []
+    named: list[tuple[str, Protocol]] = []
+    for port in ports:
+        if port.name is not None:
+            named.append((port.name, Protocol.ANY))
+        elif port.start is not None and port.end is not None:
+            numeric.append(PortRange(port.protocol, port.start, port.end))
+    return numeric, named

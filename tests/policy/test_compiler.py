@@ -1,0 +1,203 @@
+"""Compiler scenarios: admin precedence, audit, ipBlock vs pod IPs, named ports, rule ids, incrementality."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+
+import yaml
+from meshagent.model.cluster import LocalEndpoint, Namespace, Pod
+from meshagent.model.kernel_state import IDENTITY_ANY, Direction, Protocol, Verdict
+from meshagent.policy.compiler import PolicyCompiler
+from meshagent.policy.parse import parse_object
+from meshagent.policy.rules import RuleKind
+from meshagent.policy.simulate import DatapathSimulator
+
+BASE = """
+kind: Namespace
+metadata: {name: x, labels: {team: a}}
+---
+kind: Namespace
+metadata: {name: y, labels: {team: b}}
+---
+kind: Pod
+metadata: {name: a, namespace: x, labels: {app: web}}
+spec: {containers: [{ports: [{name: http, containerPort: 8080}]}]}
+status: {podIP: 10.0.0.1}
+---
+kind: Pod
+metadata: {name: b, namespace: x, labels: {app: db}}
+status: {podIP: 10.0.0.2}
+---
+kind: Pod
+metadata: {name: c, namespace: y, labels: {app: db}}
+spec: {containers: [{ports: [{name: http, containerPort: 9000}]}]}
+status: {podIP: 10.0.1.3}
+"""
+
+
+def compiler_with(*docs: str) -> PolicyCompiler:
+    compiler = PolicyCompiler()
+    objs = [parse_object(d) for text in (BASE, *docs) for d in yaml.safe_load_all(text)]
+    compiler.load(
+        namespaces=[o for o in objs if isinstance(o, Namespace)],
+        pods=[o for o in objs if isinstance(o, Pod)],
+        policies=[o for o in objs if o is not None and not isinstance(o, Namespace | Pod)],  # type: ignore[misc]
+        local=[
+            (("x", "a"), LocalEndpoint(1, 11)),
+            (("x", "b"), LocalEndpoint(2, 12)),
+            (("y", "c"), LocalEndpoint(3, 13)),
+        ],
+    )
+    return compiler
+
+
+def verdict(
+    compiler: PolicyCompiler,
+    ep: int,
+    direction: Direction,
+    peer: str,
+    port: int,
+    protocol: Protocol = Protocol.TCP,
+) -> Verdict:
+    sim = DatapathSimulator(compiler.state())
+    return sim.verdict(
+        endpoint_id=ep, direction=direction, peer=IPv4Address(peer), protocol=protocol, port=port
+    ).verdict
+
+
+ALLOW_DB_TO_WEB = """
+kind: NetworkPolicy
+metadata: {name: web, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress: [{from: [{namespaceSelector: {}, podSelector: {matchLabels: {app: db}}}], ports: [{port: http}]}]
+"""
+
+
+def test_named_port_resolves_on_the_destination_and_isolation_is_per_direction() -> None:
+    c = compiler_with(ALLOW_DB_TO_WEB)
+    assert verdict(c, 1, Direction.INGRESS, "10.0.0.2", 8080) is Verdict.ALLOWED  # http = 8080 on a
+    assert verdict(c, 1, Direction.INGRESS, "10.0.1.3", 8080) is Verdict.ALLOWED
+    assert verdict(c, 1, Direction.INGRESS, "10.0.0.2", 9000) is Verdict.DENIED
+    assert verdict(c, 1, Direction.INGRESS, "8.8.8.8", 8080) is Verdict.DENIED
+    assert verdict(c, 1, Direction.EGRESS, "8.8.8.8", 1) is Verdict.ALLOWED  # egress not isolated
+    ep = c.endpoint(("x", "a"))
+    assert ep is not None and ep.enforce_ingress and not ep.enforce_egress
+    assert verdict(c, 2, Direction.INGRESS, "8.8.8.8", 1) is Verdict.ALLOWED  # b is not selected
+
+
+def test_admin_deny_beats_network_policy_allow_and_pass_delegates() -> None:
+    anp = """
+kind: AdminNetworkPolicy
+metadata: {name: guard}
+spec:
+  priority: 5
+  subject: {namespaces: {matchLabels: {team: a}}}
+  ingress:
+  - {action: Pass, from: [{namespaces: {matchLabels: {team: a}}}]}
+  - {action: Deny, from: [{namespaces: {}}], ports: [{portNumber: {protocol: TCP, port: 8080}}]}
+  - {action: Allow, from: [{namespaces: {matchLabels: {team: b}}}]}
+"""
+    c = compiler_with(ALLOW_DB_TO_WEB, anp)
+    assert verdict(c, 1, Direction.INGRESS, "10.0.0.2", 8080) is Verdict.ALLOWED  # Pass -> NP allows
+    assert verdict(c, 1, Direction.INGRESS, "10.0.1.3", 8080) is Verdict.DENIED  # Deny before NP
+    assert verdict(c, 1, Direction.INGRESS, "10.0.1.3", 22) is Verdict.ALLOWED  # admin Allow over NP
+    # b has no NetworkPolicy: admin rules alone enforce, everything else stays allowed.
+    assert verdict(c, 2, Direction.INGRESS, "10.0.1.3", 8080) is Verdict.DENIED
+    assert verdict(c, 2, Direction.INGRESS, "8.8.8.8", 8080) is Verdict.ALLOWED
+    higher = (
+        anp.replace("name: guard", "name: a-first")
+        .replace("priority: 5", "priority: 1")
+        .replace("action: Pass", "action: Allow")
+    )
+    c = compiler_with(ALLOW_DB_TO_WEB, anp, higher)
+    assert verdict(c, 1, Direction.INGRESS, "10.0.0.2", 7) is Verdict.ALLOWED  # priority 1 Allow first
+
+
+def test_audit_modes() -> None:
+    audited = ALLOW_DB_TO_WEB.replace(
+        "namespace: x}", "namespace: x, annotations: {meshagent.io/audit: 'true'}}"
+    )
+    c = compiler_with(audited)
+    assert verdict(c, 1, Direction.INGRESS, "8.8.8.8", 8080) is Verdict.AUDITED
+    assert verdict(c, 1, Direction.INGRESS, "10.0.0.2", 8080) is Verdict.ALLOWED
+    anp = """
+kind: AdminNetworkPolicy
+metadata: {name: trial, annotations: {meshagent.io/audit: "true"}}
+spec:
+  priority: 1
+  subject: {namespaces: {}}
+  egress: [{action: Deny, to: [{networks: [8.8.8.0/24]}]}]
+"""
+    c = compiler_with(anp)
+    assert verdict(c, 2, Direction.EGRESS, "8.8.8.8", 53, Protocol.UDP) is Verdict.AUDITED
+    assert verdict(c, 2, Direction.EGRESS, "9.9.9.9", 53, Protocol.UDP) is Verdict.ALLOWED
+
+
+def test_ip_block_matches_pod_ips_except_and_longest_prefix() -> None:
+    policy = """
+kind: NetworkPolicy
+metadata: {name: egress, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.0.1.0/24]}}]
+---
+kind: NetworkPolicy
+metadata: {name: narrow, namespace: y}
+spec:
+  podSelector: {}
+  ingress: [{from: [{ipBlock: {cidr: 10.0.2.0/24}}]}]
+"""
+    c = compiler_with(policy)
+    assert verdict(c, 1, Direction.EGRESS, "10.0.0.2", 80) is Verdict.ALLOWED  # pod b: its /32 identity
+    assert verdict(c, 1, Direction.EGRESS, "10.0.1.3", 80) is Verdict.DENIED  # pod c: in the except
+    assert verdict(c, 1, Direction.EGRESS, "10.0.1.99", 80) is Verdict.DENIED  # except prefix
+    # 10.0.2.0/24 is another policy's prefix, more specific: still inside 10.0.0.0/16, still allowed.
+    assert verdict(c, 1, Direction.EGRESS, "10.0.2.9", 80) is Verdict.ALLOWED
+    assert verdict(c, 1, Direction.EGRESS, "10.1.0.1", 80) is Verdict.DENIED
+
+
+def test_rule_ids_map_back_and_a_default_deny_is_named() -> None:
+    c = compiler_with(ALLOW_DB_TO_WEB)
+    sim = DatapathSimulator(c.state())
+    got = sim.verdict(
+        endpoint_id=1,
+        direction=Direction.INGRESS,
+        peer=IPv4Address("10.0.0.2"),
+        protocol=Protocol.TCP,
+        port=8080,
+    )
+    ref = c.rules.lookup(got.rule_id)
+    assert ref is not None and (ref.kind, ref.namespace, ref.name, ref.index) == (
+        RuleKind.NETWORK_POLICY,
+        "x",
+        "web",
+        0,
+    )
+    denied = sim.verdict(
+        endpoint_id=1,
+        direction=Direction.INGRESS,
+        peer=IPv4Address("10.0.0.2"),
+        protocol=Protocol.TCP,
+        port=1,
+    )
+    assert denied.default and denied.verdict is Verdict.DENIED
+    assert c.policies_selecting(("x", "a")) == [(RuleKind.NETWORK_POLICY, "x", "web")]
+
+
+def test_a_change_touches_only_the_entries_it_affects() -> None:
+    c = compiler_with(ALLOW_DB_TO_WEB)
+    before = c.state()
+    # A pod nobody's policy names, in another namespace: one ipcache entry, no policy entry.
+    diff = c.upsert_pod(Pod("y", "new", frozenset({("app", "other")}), IPv4Address("10.0.1.50")))
+    assert diff.upsert_policy == frozenset() and diff.delete_policy == frozenset()
+    assert [e.cidr.exploded for e in diff.upsert_ipcache] == ["10.0.1.50/32"]
+    # Relabel c out of app=db: only the endpoint whose rules name db pods (a) changes.
+    c_pod = c.pods[("y", "c")]
+    diff = c.upsert_pod(Pod("y", "c", frozenset({("app", "cache")}), c_pod.ip, ports=c_pod.ports))
+    touched = {e.endpoint_id for e in diff.upsert_policy | diff.delete_policy}
+    assert touched == {1}  # only a's entries name c's identity
+    assert all(e.peer_identity != IDENTITY_ANY for e in diff.upsert_policy | diff.delete_policy)
+    assert diff.apply_to(before) != before
