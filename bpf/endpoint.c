@@ -105,11 +105,11 @@ static __always_inline int ma_handle(struct __sk_buff *skb, __u8 direction)
 	if (rc == MA_PARSE_MALFORMED)
 		return __ma_drop(MA_DROP_MALFORMED, &ctx, &t, bytes);
 
-	ctx.src_identity = direction == MA_DIR_EGRESS ? ep->identity : ma_identity_of(t.saddr);
-	ctx.dst_identity = direction == MA_DIR_EGRESS ? ma_identity_of(t.daddr) : ep->identity;
-
-	if (direction == MA_DIR_EGRESS && t.saddr != ep->addr)
+	if (direction == MA_DIR_EGRESS && t.saddr != ep->addr) {
+		ctx.src_identity = ma_identity_of(t.saddr);
+		ctx.dst_identity = ma_identity_of(t.daddr);
 		return __ma_drop(MA_DROP_SPOOFED_SOURCE, &ctx, &t, bytes);
+	}
 
 	struct ma_frag_key frag_key = {
 		.saddr = t.saddr, .daddr = t.daddr, .ip_id = t.ip_id, .proto = t.proto,
@@ -117,6 +117,8 @@ static __always_inline int ma_handle(struct __sk_buff *skb, __u8 direction)
 	if (rc == MA_PARSE_FRAG_NO_L4) {
 		struct ma_frag_value *ports = ma_frags.lookup(&frag_key);
 		if (!ports) {
+			ctx.src_identity = ma_identity_of(t.saddr);
+			ctx.dst_identity = ma_identity_of(t.daddr);
 			if (enforce)
 				return __ma_drop(MA_DROP_FRAG_NO_FIRST, &ctx, &t, bytes);
 			return __ma_pass(direction, bytes);
@@ -141,7 +143,10 @@ static __always_inline int ma_handle(struct __sk_buff *skb, __u8 direction)
 		}
 	}
 
-	/* A new connection: the policy of this endpoint in this direction decides. */
+	/* A new connection: the policy of this endpoint in this direction decides. Identities are looked up
+	 * only here (and for drops), never for packets of known connections. */
+	ctx.src_identity = direction == MA_DIR_EGRESS ? ep->identity : ma_identity_of(t.saddr);
+	ctx.dst_identity = direction == MA_DIR_EGRESS ? ma_identity_of(t.daddr) : ep->identity;
 	__u32 peer_identity = direction == MA_DIR_EGRESS ? ctx.dst_identity : ctx.src_identity;
 	struct ma_policy_result res = {};
 	ma_policy_decide(ep->endpoint_id, peer_identity, direction, t.proto, t.dport, enforce, audit, &res);

@@ -1,0 +1,96 @@
+"""Attachment, pinning and adoption: the kernel keeps enforcing without the agent, and a new agent
+adopts what it finds instead of starting over."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from meshagent.datapath import tc
+from meshagent.datapath.datapath import Datapath
+from meshagent.datapath.maps.policy import compile_entries
+from meshagent.model.kernel_state import IDENTITY_ANY, Action, Direction, KernelState, PolicyEntry, Protocol
+from meshagent.testing.topology import Topology
+
+from tests.datapath.helpers import endpoint, identity_of, state
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture
+def own_pin_dir() -> Iterator[Path]:
+    path = Path("/sys/fs/bpf") / f"meshagent-test-{uuid.uuid4().hex[:8]}"
+    yield path
+    subprocess.run(["rm", "-rf", str(path)], check=False)
+
+
+def _qdiscs(topo: Topology, ifname: str) -> str:
+    return subprocess.run(
+        ["ip", "netns", "exec", topo.node, "tc", "qdisc", "show", "dev", ifname],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def test_reattach_replaces_and_detach_removes_exactly_ours(datapath: Datapath, topo: Topology) -> None:
+    a = topo.add_pod("a", "10.244.3.10")
+    for _ in range(3):
+        datapath.attach(a.ifindex)
+    filters = tc.attached(ifindex=a.ifindex, netns=topo.node)
+    assert sorted((f.parent, f.name) for f in filters) == [
+        (tc.PARENT_INGRESS, "ma_from_endpoint"),
+        (tc.PARENT_EGRESS, "ma_to_endpoint"),
+    ]
+    assert "clsact" in _qdiscs(topo, a.host_ifname)
+    datapath.detach(a.ifindex)
+    assert tc.attached(ifindex=a.ifindex, netns=topo.node) == []
+    assert "clsact" not in _qdiscs(topo, a.host_ifname)
+
+
+def test_kernel_enforces_without_agent_and_new_agent_adopts(topo: Topology, own_pin_dir: Path) -> None:
+    a = topo.add_pod("a", "10.244.3.20")
+    b = topo.add_pod("b", "10.244.3.30")
+    b.serve(tcp=(80, 81))
+    desired = state(
+        [endpoint(a, 1), endpoint(b, 2, enforce_ingress=True)],
+        [a, b],
+        [
+            PolicyEntry(2, Direction.INGRESS, identity_of(a), Protocol.TCP, 80, 80, Action.ALLOW, 1),
+            PolicyEntry(2, Direction.INGRESS, IDENTITY_ANY, Protocol.ICMP, 0, 0, Action.ALLOW, 2),
+        ],
+    )
+    first = Datapath(pin_dir=own_pin_dir, netns=topo.node)
+    first.load()
+    first.apply(desired)
+    assert sorted(p.name for p in own_pin_dir.iterdir()) == sorted(
+        ["ma_ct", "ma_endpoints", "ma_events_lost", "ma_frags", "ma_ipcache", "ma_metrics", "ma_policy"]
+    )
+    first.close()  # the agent goes away; programs stay attached, maps stay pinned
+
+    try:
+        assert a.probe("tcp", b.ip, 80)["ok"]
+        assert not a.probe("tcp", b.ip, 81, timeout=0.5)["ok"], "still enforcing while no agent runs"
+
+        second = Datapath(pin_dir=own_pin_dir, netns=topo.node)
+        second.load()
+        found_endpoints, found_ipcache, found_policy = second.state()
+        assert set(found_endpoints.values()) == set(desired.endpoints)
+        assert found_ipcache == set(desired.ipcache)
+        assert found_policy == compile_entries(desired.policy)
+        # Applying the same desired state changes nothing: adoption, not a flush and rewrite.
+        result = second.apply(desired)
+        assert (result.written, result.deleted, result.attached) == (0, 0, 0)
+        assert a.probe("tcp", b.ip, 80)["ok"]
+        assert not a.probe("tcp", b.ip, 81, timeout=0.5)["ok"]
+        assert len(tc.attached(ifindex=b.ifindex, netns=topo.node)) == 2, "re-attached in place, not stacked"
+        second.apply(KernelState())
+        second.uninstall()
+        assert not own_pin_dir.exists()
+        assert tc.attached(ifindex=b.ifindex, netns=topo.node) == []
+    finally:
+        for ifindex in (a.ifindex, b.ifindex):
+            tc.detach(ifindex=ifindex, netns=topo.node)
