@@ -164,6 +164,8 @@ class KubeEmulator:
         # Fault switches and observations.
         self.fail_requests = False  # every request answers 500
         self.fail_plurals: set[str] = set()  # requests for these resources (e.g. "pods") answer 500
+        self.expire_continues = False  # the next list continuation answers 410 (snapshot expired)
+        self._snapshots: dict[str, tuple[int, list[Obj]]] = {}  # paginated lists' snapshots
         self.forbid_events = False  # POST of an Event answers 403 (no RBAC)
         self.events: list[Obj] = []
         self.counters = Counters()
@@ -243,6 +245,7 @@ class KubeEmulator:
         with self._cond:
             self._compacted_rv = self._rv
             self._history.clear()
+            self._snapshots.clear()
             self._cond.notify_all()
             return self._rv
 
@@ -425,23 +428,45 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if query.get("watch") in ("true", "1"):
             self._watch(route, query)
             return
-        with self.emu._cond:
-            self.emu.counters.bump(self.emu.counters.lists, route.plural)
-            items = []
-            for obj in self.emu._matching(route, query):
-                item = copy.deepcopy(obj)
-                # Like the real API server: list items carry neither kind nor apiVersion.
-                item.pop("kind", None)
-                item.pop("apiVersion", None)
-                items.append(item)
-            rv = self.emu._rv
+        emu = self.emu
+        with emu._cond:
+            emu.counters.bump(emu.counters.lists, route.plural)
+            token = query.get("continue")
+            if token:
+                # A later page: served from the snapshot the first page took, as the real server does.
+                snapshot = emu._snapshots.get(token.split(":")[0])
+                if snapshot is None or emu.expire_continues:
+                    emu.expire_continues = False
+                    self._send_json(
+                        410, _status(410, "Expired", "the provided continue parameter is too old")
+                    )
+                    return
+                rv, items = snapshot
+                offset = int(token.split(":")[1])
+            else:
+                items = []
+                for obj in emu._matching(route, query):
+                    item = copy.deepcopy(obj)
+                    # Like the real API server: list items carry neither kind nor apiVersion.
+                    item.pop("kind", None)
+                    item.pop("apiVersion", None)
+                    items.append(item)
+                rv, offset = emu._rv, 0
+            limit = int(query.get("limit") or 0)
+            meta: Obj = {"resourceVersion": str(rv)}
+            page = items[offset:]
+            if limit and len(page) > limit:
+                page = page[:limit]
+                snapshot_id = token.split(":")[0] if token else uuid.uuid4().hex
+                emu._snapshots[snapshot_id] = (rv, items)
+                meta["continue"] = f"{snapshot_id}:{offset + limit}"
         self._send_json(
             200,
             {
                 "kind": f"{route.info.kind}List",
                 "apiVersion": route.info.api_version,
-                "metadata": {"resourceVersion": str(rv)},
-                "items": items,
+                "metadata": meta,
+                "items": page,
             },
         )
 

@@ -141,3 +141,19 @@ def test_fault_switches_and_writes_over_http(emulator: KubeEmulator) -> None:
         _get(emulator, "/api/v1/pods")
     emulator.start()
     assert _get(emulator, "/api/v1/pods")[0] == 200
+
+
+def test_pages_come_from_the_first_pages_snapshot(emulator: KubeEmulator) -> None:
+    for i in range(5):
+        emulator.apply(objects.pod(f"p{i}"))
+    status, first = _get(emulator, "/api/v1/pods?limit=2")
+    assert status == 200
+    token = first["metadata"]["continue"]
+    emulator.delete("Pod", "default", "p4")  # after the snapshot: still in the later pages
+    _, second = _get(emulator, f"/api/v1/pods?limit=2&continue={token}")
+    _, third = _get(emulator, f"/api/v1/pods?limit=2&continue={second['metadata']['continue']}")
+    names = [i["metadata"]["name"] for page in (first, second, third) for i in page["items"]]
+    assert names == ["p0", "p1", "p2", "p3", "p4"] and "continue" not in third["metadata"]
+    assert first["metadata"]["resourceVersion"] == third["metadata"]["resourceVersion"]
+    emulator.compact()
+    assert _get(emulator, f"/api/v1/pods?limit=2&continue={token}")[0] == 410

@@ -332,3 +332,22 @@ def test_watch_timeouts_rewatch_without_relisting(emulator: KubeEmulator) -> Non
     finally:
         r.source.stop()
         r.dispatcher.stop()
+
+
+def test_paginated_list_and_an_expired_continuation(emulator: KubeEmulator) -> None:
+    made = [emulator.apply(objects.pod(f"p{i:02}", "default", ip=f"10.3.0.{i + 1}")) for i in range(25)]
+    emulator.expire_continues = True  # the first list's second page answers 410: list again
+    settings = FAST.__class__(**{**FAST.__dict__, "page_size": 10})
+    r = make_rig(emulator, settings)
+    r.dispatcher.start()
+    r.source.start()
+    try:
+        assert r.source.wait_ready(5)
+        assert wait_until(lambda: len(r.store.objects(Kind.POD)) == 25)
+        assert r.store.objects(Kind.POD) == made
+        assert emulator.counters.lists["pods"] == 2 + 3  # page 1, expired page 2, then 3 pages
+        added = [e for e in r.recorder.objects() if e.kind is Kind.POD]
+        assert len(added) == 25 and {e.action for e in added} == {Action.ADDED}
+    finally:
+        r.source.stop()
+        r.dispatcher.stop()

@@ -23,6 +23,9 @@ from meshagent.sources.kinds import Kind, KindInfo
 logger = logging.getLogger(__name__)
 
 
+HTTP_GONE = 410
+
+
 class KubeListError(Exception):
     """A list call answered with something that is not a list (bad status or body)."""
 
@@ -104,10 +107,39 @@ class ResourceClient:
         self._connect_timeout = connect_timeout
         self._watch: watch.Watch | None = None
 
-    def list(self, *, read_timeout: float = 60.0) -> tuple[list[dict[str, Any]], str]:
+    def list_all(self, *, read_timeout: float = 60.0, page_size: int = 500) -> tuple[list[dict[str, Any]], str]:
         """All objects (with kind and apiVersion filled in, as list items lack them) and the list's
-        resourceVersion."""
-        resp = self._list(_preload_content=False, _request_timeout=(self._connect_timeout, read_timeout))
+        resourceVersion, read in pages of `page_size` (0 = one request).
+
+        Pages after the first come from the server's snapshot of the first; when that expired
+        (410 on a continuation) the whole list starts again, as client-go's pager does.
+        """
+        for _attempt in range(3):
+            items: list[dict[str, Any]] = []
+            token: str | None = None
+            try:
+                while True:
+                    page, rv, token = self._list_page(read_timeout, page_size, token)
+                    items.extend(page)
+                    if not token:
+                        return items, rv
+            except KubeListError as err:
+                if err.status != HTTP_GONE or token is None:
+                    raise
+                logger.info("%s: list snapshot expired between pages; listing again", self.info.kind)
+        raise KubeListError(HTTP_GONE, "list snapshot kept expiring between pages")
+
+    def _list_page(
+        self, read_timeout: float, page_size: int, token: str | None
+    ) -> tuple[list[dict[str, Any]], str, str | None]:
+        kwargs: dict[str, Any] = {}
+        if page_size:
+            kwargs["limit"] = page_size
+        if token:
+            kwargs["_continue"] = token
+        resp = self._list(
+            _preload_content=False, _request_timeout=(self._connect_timeout, read_timeout), **kwargs
+        )
         try:
             status = int(getattr(resp, "status", 200))
             body = resp.data
@@ -119,11 +151,12 @@ class ResourceClient:
             doc = json.loads(body)
             items = doc["items"] or []
             rv = str(doc["metadata"]["resourceVersion"])
+            token = doc["metadata"].get("continue") or None
         except (ValueError, KeyError, TypeError) as err:
             raise KubeListError(status, f"not a list: {err}") from err
         for item in items:
             self.fill_type(item)
-        return items, rv
+        return items, rv, token
 
     def fill_type(self, obj: dict[str, Any]) -> dict[str, Any]:
         obj.setdefault("kind", str(self.info.kind))

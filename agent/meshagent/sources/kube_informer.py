@@ -33,6 +33,7 @@ class InformerSettings:
     watch_timeout: int = 240  # server-side end of one watch request (the client then re-watches)
     read_grace: float = 30.0  # extra client read timeout beyond watch_timeout: a silent stream is dead
     connect_timeout: float = 5.0
+    page_size: int = 500  # list in pages (limit/continue), so a big cluster is not one huge response
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
 
 
@@ -112,7 +113,9 @@ class Informer:
         self._stop.wait(delay)
 
     def _relist(self) -> str:
-        items, resource_version = self._resource.list(read_timeout=self._settings.watch_timeout)
+        items, resource_version = self._resource.list_all(
+            read_timeout=self._settings.watch_timeout, page_size=self._settings.page_size
+        )
         now = time.monotonic()
         fresh = {object_key(item, self.kind): item for item in items}
         events: list[ObjectEvent] = []
