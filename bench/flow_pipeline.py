@@ -113,7 +113,7 @@ def build_agent(capacity: int, pods: int, metrics: bool) -> FlowPipeline:
     )
     if metrics:
         m = FlowMetrics(node_name="bench-node", version="bench")
-        pipeline.add_sink(m.observe)
+        pipeline.add_event_sink(m.observe_event)
         pipeline.add_lost_listener(m.lost)
     return pipeline
 

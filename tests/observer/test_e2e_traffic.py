@@ -123,7 +123,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Agent, Pod
                 version="test",
                 map_usage=lambda: [],
             )
-            pipeline.add_sink(metrics.observe)
+            pipeline.add_event_sink(metrics.observe_event)
             pipeline.add_lost_listener(metrics.lost)
             since = time.monotonic_ns()
             # Skip events older than this module (the ring buffer may hold another test's leftovers).

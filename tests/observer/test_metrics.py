@@ -22,7 +22,7 @@ def scrape() -> Iterator[dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
         map_usage=lambda: [MapUsage("ma_ct", 250, 1000), MapUsage("ma_policy", 0, 0)],
         source_sync=lambda: {"kubernetes": True, "directory": False},
     )
-    pipeline.add_sink(metrics.observe)
+    pipeline.add_event_sink(metrics.observe_event)  # the hot path the agent uses
     pipeline.add_lost_listener(metrics.lost)
     pipeline.on_events(h.sample_events())
     pipeline.record_lost(pb.PERF_EVENT_RING_BUFFER, 7)
@@ -102,3 +102,14 @@ def test_map_pressure_source_sync_and_info(scrape: dict) -> None:  # type: ignor
 def test_no_per_pod_or_ip_labels(scrape: dict) -> None:  # type: ignore[type-arg]
     label_names = {k for _, labels in scrape for k, _ in labels}
     assert not label_names & {"pod", "ip", "source_ip", "destination_ip", "source_pod", "destination_pod"}
+
+
+def test_flow_and_event_paths_count_the_same() -> None:
+    by_event = FlowMetrics(node_name="n", version="v")
+    by_flow = FlowMetrics(node_name="n", version="v")
+    pipeline = h.make_pipeline()
+    pipeline.add_event_sink(by_event.observe_event)
+    pipeline.add_sink(by_flow.observe)
+    for _ in range(3):
+        pipeline.on_events(h.sample_events())
+    assert by_event.snapshot() == by_flow.snapshot()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from meshagent.model.events import DatapathEvent
@@ -20,6 +20,7 @@ from meshagent.observer.ring import FlowRing
 logger = logging.getLogger(__name__)
 
 FlowSink = Callable[[pb.Flow], None]
+EventSink = Callable[[DatapathEvent, pb.Flow], None]
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class FlowPipeline:
         self._kernel_lost = kernel_lost
         self._kernel_lost_seen = kernel_lost() if kernel_lost else 0
         self._sinks = list(sinks)
+        self._event_sinks: list[EventSink] = []
         self._lock = threading.Lock()
         self._seen = 0
         self._lost_datapath = 0
@@ -84,6 +86,10 @@ class FlowPipeline:
         """Called with every flow, in the ingest thread (metrics); keep it fast."""
         self._sinks.append(sink)
 
+    def add_event_sink(self, sink: EventSink) -> None:
+        """Called with (event, flow) for every datapath event (FlowMetrics.observe_event); keep it fast."""
+        self._event_sinks.append(sink)
+
     def add_lost_listener(self, listener: Callable[[int, int], None]) -> None:
         """Called with (LostEventSource, count) whenever losses are recorded."""
         self._lost_listeners.append(listener)
@@ -93,15 +99,20 @@ class FlowPipeline:
         self.ring.push_flow(flow.time.seconds * 1_000_000_000 + flow.time.nanos, flow)
         for sink in self._sinks:
             sink(flow)
+        for esink in self._event_sinks:
+            esink(ev, flow)
         self._count(1)
 
-    def on_events(self, events: Iterable[DatapathEvent]) -> None:
+    def on_events(self, events: Sequence[DatapathEvent]) -> None:
         build = self.builder.build
         flows = [build(ev) for ev in events]
         self.ring.push_many((f.time.seconds * 1_000_000_000 + f.time.nanos, f) for f in flows)
         for sink in self._sinks:
             for f in flows:
                 sink(f)
+        for esink in self._event_sinks:
+            for ev, f in zip(events, flows, strict=True):
+                esink(ev, f)
         self._count(len(flows))
 
     def _count(self, n: int) -> None:
