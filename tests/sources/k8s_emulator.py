@@ -10,6 +10,10 @@ It speaks plain HTTP/1.1 with chunked watch streams, so the official client talk
 it unchanged. Writes normally go through the Python methods (`apply`, `delete`) so a
 test controls exactly what changes; POST (create) and DELETE over HTTP work too, and
 POSTed core/v1 Events are kept in `events`.
+
+Simplifications: selectors on a watch filter each event by the object it carries (a MODIFIED
+that moves an object out of the selection is not turned into a DELETED); no authentication;
+JSON only.
 """
 
 from __future__ import annotations
