@@ -174,3 +174,28 @@ def test_unreachable_server_is_an_error(capsys: pytest.CaptureFixture[str], tmp_
     rc, _, err = run(capsys, "flows", "--server", str(tmp_path / "nothing.sock"), "--timeout", "1")
     assert rc == 1
     assert "UNAVAILABLE" in err or "DEADLINE" in err
+
+
+def test_follow_until_rfc3339_ends(served: h.Served, capsys: pytest.CaptureFixture[str]) -> None:
+    import datetime as dt
+    import threading
+
+    until = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1)).isoformat()  # noqa: UP017
+    threading.Timer(0.3, lambda: served.pipeline.on_event(h.event(dport=7777))).start()
+    rc, out, _ = run(capsys, *flows_cmd(served, "-f", "--until", until, "-o", "json"))
+    assert rc == 0
+    ports = [json.loads(line)["l4"]["TCP"]["destinationPort"] for line in out.splitlines()]
+    assert ports == [7777]  # follow without a count streams only new flows, until the deadline
+
+
+def test_aggregate_windows_when_following(capsys: pytest.CaptureFixture[str]) -> None:
+    from meshagent.cli.flows import _aggregate
+    from meshagent.observer.proto.observer import observer_pb2 as opb
+
+    pipeline = h.make_pipeline()
+    pipeline.on_events(h.sample_events())
+    responses = [opb.GetFlowsResponse(flow=e.flow) for e in pipeline.ring.snapshot() if e.flow is not None]
+    _aggregate(iter(responses), ["verdict"], follow=True, window_s=0.0)
+    out = capsys.readouterr().out
+    assert out.count("VERDICT") >= 2  # one table per window
+    assert "FORWARDED" in out

@@ -233,3 +233,33 @@ def test_kernel_losses_become_lost_events(tmp_path: Path) -> None:
     assert resps[1].lost_events.source == pb.PERF_EVENT_RING_BUFFER
     assert resps[1].lost_events.num_events_lost == 37
     assert st.lost_events_datapath == 37
+
+
+def test_loss_poller_reports_kernel_losses_within_a_second() -> None:
+    from meshagent.observer.pipeline import LossPoller
+
+    counter = {"lost": 0}
+    pipeline = h.make_pipeline(kernel_lost=lambda: counter["lost"])
+    poller = LossPoller(pipeline, interval_s=0.05)
+    poller.start()
+    try:
+        counter["lost"] = 3
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline and pipeline.stats().lost_datapath == 0:
+            time.sleep(0.02)
+    finally:
+        poller.stop()
+    assert pipeline.stats().lost_datapath == 3
+    lost = [e.lost for e in pipeline.ring.snapshot() if e.lost is not None]
+    assert len(lost) == 1 and lost[0].num_events_lost == 3
+
+
+def test_too_many_followers_are_refused_not_queued(tmp_path: Path) -> None:
+    pipeline = h.make_pipeline()
+    with h.serve(pipeline, tmp_path / "o.sock", max_workers=1) as served, ObserverClient(served.target) as c:
+        first = c.get_flows(opb.GetFlowsRequest(number=1, follow=True), follow_timeout_s=10)
+        pipeline.on_event(h.event())
+        next(first)  # holds the only worker
+        with pytest.raises(grpc.RpcError) as info:
+            list(c.get_flows(opb.GetFlowsRequest(number=1)))
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

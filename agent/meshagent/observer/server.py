@@ -59,6 +59,8 @@ class ObserverServer:
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="observer"),
             handlers=[generic_handler(service)],
+            # Each follower holds a worker: beyond that, refuse (RESOURCE_EXHAUSTED) rather than queue.
+            maximum_concurrent_rpcs=config.max_workers,
         )
         self.tcp_port: int | None = None
 
