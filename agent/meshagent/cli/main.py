@@ -19,6 +19,7 @@ from meshagent import __version__
 COMMAND_MODULES: tuple[str, ...] = (
     "meshagent.cli.flows",
     "meshagent.cli.status",
+    "meshagent.cli.policy",
 )
 
 

@@ -2,7 +2,9 @@
 
 The datapath (see docs/policy.md) looks up, for a packet's peer identity and for IDENTITY_ANY, the most
 specific entry matching protocol and port; a DENY from either lookup wins over an ALLOW, an audited DENY
-passes as audited, and no match falls to the endpoint's default (deny, or audited pass, when enforcing).
+passes as audited, and no match falls to the endpoint's default: deny (or audited pass) when a
+NetworkPolicy isolates it in that direction, allow otherwise. Entries are looked up in both cases
+(bpf/lib/policy.h).
 
 So we evaluate the full decision (admin rules by priority, then NetworkPolicy) for every class of peer and
 every protocol/port segment, and emit entries that never overlap within one peer key:
@@ -77,6 +79,12 @@ class DirectionRules:
 
     @property
     def enforce(self) -> bool:
+        """The endpoint's default-deny flag: only NetworkPolicy isolation denies by default."""
+        return self.isolated
+
+    @property
+    def has_rules(self) -> bool:
+        # Entries are looked up whether or not the endpoint enforces: admin rules alone need no isolation.
         return self.isolated or bool(self.admin)
 
     @property
@@ -136,12 +144,11 @@ def _decide(rules: DirectionRules, active: set[int], protocol: Protocol, port: i
             outcome = (Action.ALLOW, layer.rule_id, False)
             decided = True
         break  # Allow decided; Pass hands over to NetworkPolicy
-    if not decided:
-        if not rules.isolated:
-            outcome = (Action.ALLOW, RULE_ID_NONE, False)
-        else:
-            outcome = next(((Action.ALLOW, a.rule_id, False) for a in rules.allows if hit(a.atoms)), None)
-    if pending_audit != RULE_ID_NONE and outcome is not None:
+    if not decided and rules.isolated:
+        outcome = next(((Action.ALLOW, a.rule_id, False) for a in rules.allows if hit(a.atoms)), None)
+    # No entry means allowed when nothing isolates the endpoint, so an audited Deny has to say so there too.
+    allowed = outcome is not None or not rules.isolated
+    if pending_audit != RULE_ID_NONE and allowed:
         return (Action.DENY, pending_audit, True)
     return outcome
 
@@ -190,7 +197,7 @@ def _encode(table: Table, segments: dict[Protocol, list[tuple[int, int]]]) -> li
 
 def compile_direction(rules: DirectionRules, *, endpoint_id: int, direction: Direction) -> list[PolicyEntry]:
     """The entries for one endpoint and direction (none when the direction is not enforced)."""
-    if not rules.enforce:
+    if not rules.has_rules:
         return []
     segments = _segments(rules)
     any_atoms = {id(a) for a in _all_atoms(rules) if a.peers is None}

@@ -4,8 +4,9 @@
 Semantics (the contract with bpf/lib/policy.h; docs/policy.md): the peer's identity is the ipcache's
 longest-prefix match (IDENTITY_WORLD when none); for the exact identity and for IDENTITY_ANY the most
 specific matching entry is taken (protocol and port range > protocol, any port > any protocol); a DENY from
-either wins over an ALLOW, an audited DENY passes as AUDITED; with no match an enforcing direction denies
-(or, with its audit flag, passes as AUDITED) and a non-enforcing one allows.
+either wins over an ALLOW, an audited DENY passes as AUDITED; entries are looked up whether or not the
+direction enforces; with no match an enforcing direction denies (or, with its audit flag, passes as
+AUDITED) and a non-enforcing one allows.
 """
 
 from __future__ import annotations
@@ -80,8 +81,6 @@ class DatapathSimulator:
             raise KeyError(f"no endpoint {endpoint_id} in the compiled state")
         peer_identity = self.identity_of(peer)
         enforce = endpoint.enforce_ingress if direction is Direction.INGRESS else endpoint.enforce_egress
-        if not enforce:
-            return SimulatedVerdict(Verdict.ALLOWED, RULE_ID_NONE, peer_identity, default=True)
         found = [
             e
             for e in (
@@ -98,6 +97,8 @@ class DatapathSimulator:
                 return SimulatedVerdict(Verdict.AUDITED, entry.rule_id, peer_identity, default=False)
         for entry in found:
             return SimulatedVerdict(Verdict.ALLOWED, entry.rule_id, peer_identity, default=False)
+        if not enforce:
+            return SimulatedVerdict(Verdict.ALLOWED, RULE_ID_NONE, peer_identity, default=True)
         audit = endpoint.audit_ingress if direction is Direction.INGRESS else endpoint.audit_egress
         verdict = Verdict.AUDITED if audit else Verdict.DENIED
         return SimulatedVerdict(verdict, RULE_ID_NONE, peer_identity, default=True)
