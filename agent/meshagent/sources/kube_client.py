@@ -107,7 +107,9 @@ class ResourceClient:
         self._connect_timeout = connect_timeout
         self._watch: watch.Watch | None = None
 
-    def list_all(self, *, read_timeout: float = 60.0, page_size: int = 500) -> tuple[list[dict[str, Any]], str]:
+    def list_all(
+        self, *, read_timeout: float = 60.0, page_size: int = 500
+    ) -> tuple[list[dict[str, Any]], str]:
         """All objects (with kind and apiVersion filled in, as list items lack them) and the list's
         resourceVersion, read in pages of `page_size` (0 = one request).
 

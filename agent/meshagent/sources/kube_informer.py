@@ -79,14 +79,20 @@ class Informer:
         backoff = Backoff(self._settings.backoff)
         resource_version = ""
         next_resync = 0.0  # list first
+        last_gone = -1.0
         while not self._stop.is_set():
             try:
                 if not resource_version or time.monotonic() >= next_resync:
                     resource_version = self._relist()
                     next_resync = time.monotonic() + self._settings.resync_period
                     backoff.reset()
+                started = time.monotonic()
                 resource_version = self._watch(resource_version, next_resync)
-                backoff.reset()
+                if time.monotonic() - started < 0.5:
+                    # A server (or proxy) that ends every stream at once must not get a request storm.
+                    self._stop.wait(backoff.next_delay())
+                else:
+                    backoff.reset()
             except ApiException as err:
                 if err.status == HTTP_GONE:
                     # Our version was compacted away: relist and emit only what changed.
@@ -94,6 +100,10 @@ class Informer:
                         "%s: watch from %s expired (410 Gone): relisting", self.kind, resource_version
                     )
                     resource_version = ""
+                    now = time.monotonic()
+                    if now - last_gone < 1.0:  # 410 right after a relist: do not loop hot
+                        self._stop.wait(backoff.next_delay())
+                    last_gone = now
                     continue
                 self._failed(f"HTTP {err.status}: {err.reason}", backoff)
             except Exception as err:
