@@ -168,6 +168,7 @@ class KubeEmulator:
         # Fault switches and observations.
         self.fail_requests = False  # every request answers 500
         self.fail_plurals: set[str] = set()  # requests for these resources (e.g. "pods") answer 500
+        self.stream_seconds: float | None = None  # end every watch after this long (0 = at once)
         self.expire_continues = False  # the next list continuation answers 410 (snapshot expired)
         self._snapshots: dict[str, tuple[int, list[Obj]]] = {}  # paginated lists' snapshots
         self.forbid_events = False  # POST of an Event answers 403 (no RBAC)
@@ -544,6 +545,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         assert info is not None
         bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
         timeout = float(query.get("timeoutSeconds") or 3600)
+        if emu.stream_seconds is not None:
+            timeout = min(timeout, emu.stream_seconds)
         deadline = time.monotonic() + timeout
         self.send_response(200)
         self.send_header("Content-Type", "application/json")

@@ -351,3 +351,17 @@ def test_paginated_list_and_an_expired_continuation(emulator: KubeEmulator) -> N
     finally:
         r.source.stop()
         r.dispatcher.stop()
+
+
+def test_streams_that_end_at_once_do_not_cause_a_request_storm(rig: KubeRig) -> None:
+    assert rig.source.wait_ready(5)
+    rig.emulator.stream_seconds = 0.0
+    rig.emulator.drop_streams()
+    time.sleep(0.2)
+    before = rig.emulator.counters.watches.get("pods", 0)
+    time.sleep(1.5)
+    # Backoff 0.05 s doubling to 0.3 s: a handful of requests, not hundreds.
+    assert rig.emulator.counters.watches.get("pods", 0) - before <= 12
+    rig.emulator.stream_seconds = None
+    made = rig.emulator.apply(objects.pod("p", "default"))
+    assert wait_until(lambda: rig.store.get(Kind.POD, "default", "p") == made, timeout=5)
