@@ -80,6 +80,56 @@ class _UuidSource:
         return f"{self._prefix}{n:012x}"
 
 
+class PreparedFlow:
+    """A flow whose metadata is settled (template, time, uuid) but whose message is built on demand."""
+
+    __slots__ = ("_flow", "event", "template", "time_ns", "uuid")
+
+    def __init__(self, event: DatapathEvent, template: pb.Flow, time_ns: int, uuid: str) -> None:
+        self.event = event
+        self.template = template
+        self.time_ns = time_ns
+        self.uuid = uuid
+        self._flow: pb.Flow | None = None
+
+    def flow(self) -> pb.Flow:
+        f = self._flow
+        if f is None:
+            # Two readers may race here; both build the same message and either result is fine.
+            f = _materialize(self)
+            self._flow = f
+        return f
+
+
+def _materialize(p: PreparedFlow) -> pb.Flow:
+    ev = p.event
+    f = pb.Flow()
+    f.CopyFrom(p.template)
+    f.time.seconds, f.time.nanos = divmod(p.time_ns, 1_000_000_000)
+    f.uuid = p.uuid
+    if ev.is_reply:
+        f.is_reply.value = True
+        f.reply = True
+    proto = ev.protocol
+    if proto == PROTO_TCP:
+        tcp = f.l4.TCP
+        tcp.source_port = ev.sport
+        tcp.destination_port = ev.dport
+        bits = ev.tcp_flags
+        if bits:
+            flags = tcp.flags
+            for n in _flag_names(bits):
+                setattr(flags, n, True)
+            f.Summary = _TCP_SUMMARY[bits]
+    elif proto == PROTO_UDP:
+        f.l4.UDP.source_port = ev.sport
+        f.l4.UDP.destination_port = ev.dport
+    elif proto == PROTO_SCTP:
+        f.l4.SCTP.source_port = ev.sport
+        f.l4.SCTP.destination_port = ev.dport
+    return f
+
+
 class FlowBuilder:
     """Turns one DatapathEvent into one flow.Flow. Thread-safe for a single caller at a time per instance."""
 
@@ -107,6 +157,12 @@ class FlowBuilder:
         return self._node_name
 
     def build(self, ev: DatapathEvent) -> pb.Flow:
+        return self.prepare(ev).flow()
+
+    def prepare(self, ev: DatapathEvent) -> PreparedFlow:
+        """The ingest half: enrichment (via the cached template), wall time and uuid are fixed now; the
+        Flow message itself is made on first read (`PreparedFlow.flow`), so a flow nobody reads costs
+        little more than a template lookup."""
         # Everything but time, uuid, ports, flags and reply comes from a per-"conversation" template: the
         # enrichment lookups and nested message building run once per key per cache period, not per event.
         now = time.monotonic()
@@ -137,33 +193,7 @@ class FlowBuilder:
         if template is None:
             template = self._template(ev, dst_svc, src_svc)
             self._templates[key] = template
-        f = pb.Flow()
-        f.CopyFrom(template)
-        wall_ns = self._clock.to_wall_ns(ev.timestamp_ns)
-        f.time.seconds, f.time.nanos = divmod(wall_ns, 1_000_000_000)
-        f.uuid = self._uuids.next()
-        if ev.is_reply:
-            f.is_reply.value = True
-            f.reply = True
-        proto = ev.protocol
-        if proto == PROTO_TCP:
-            tcp = f.l4.TCP
-            tcp.source_port = ev.sport
-            tcp.destination_port = ev.dport
-            bits = ev.tcp_flags
-            if bits:
-                names = _flag_names(bits)
-                flags = tcp.flags
-                for n in names:
-                    setattr(flags, n, True)
-                f.Summary = _TCP_SUMMARY[bits]
-        elif proto == PROTO_UDP:
-            f.l4.UDP.source_port = ev.sport
-            f.l4.UDP.destination_port = ev.dport
-        elif proto == PROTO_SCTP:
-            f.l4.SCTP.source_port = ev.sport
-            f.l4.SCTP.destination_port = ev.dport
-        return f
+        return PreparedFlow(ev, template, self._clock.to_wall_ns(ev.timestamp_ns), self._uuids.next())
 
     def _template(self, ev: DatapathEvent, dst_svc: ServiceRef | None, src_svc: ServiceRef | None) -> pb.Flow:
         f = pb.Flow()

@@ -130,7 +130,9 @@ class FlowMetrics:
             self._counts[key] = self._counts.get(key, 0) + 1
 
     def observe_event(self, ev: DatapathEvent, flow: pb.Flow) -> None:
-        """Fast path: the label values come from a small cache keyed by the event's plain fields."""
+        """Fast path: the label values come from a small cache keyed by the event's plain fields; `flow`
+        (a full flow or the pipeline's template) is only read on a cache miss, and TCP flags come from
+        the event."""
         ek = (ev.type, ev.verdict, ev.drop_reason, ev.protocol, ev.direction, bool(ev.rule_id))
         base = self._event_keys.get(ek)
         if base is None:

@@ -20,6 +20,7 @@ from meshagent.observer.ring import FlowRing
 logger = logging.getLogger(__name__)
 
 FlowSink = Callable[[pb.Flow], None]
+# Called with the event and its flow *template* (metadata without time/ports/flags): cheap to observe.
 EventSink = Callable[[DatapathEvent, pb.Flow], None]
 
 
@@ -83,11 +84,11 @@ class FlowPipeline:
         return self.builder.node_name
 
     def add_sink(self, sink: FlowSink) -> None:
-        """Called with every flow, in the ingest thread (metrics); keep it fast."""
+        """Called with every flow, built at ingest (costs the message build); prefer add_event_sink."""
         self._sinks.append(sink)
 
     def add_event_sink(self, sink: EventSink) -> None:
-        """Called with (event, flow) for every datapath event (FlowMetrics.observe_event); keep it fast."""
+        """Called with (event, flow template) per datapath event (FlowMetrics.observe_event); keep it fast."""
         self._event_sinks.append(sink)
 
     def add_lost_listener(self, listener: Callable[[int, int], None]) -> None:
@@ -95,25 +96,27 @@ class FlowPipeline:
         self._lost_listeners.append(listener)
 
     def on_event(self, ev: DatapathEvent) -> None:
-        flow = self.builder.build(ev)
-        self.ring.push_flow(flow.time.seconds * 1_000_000_000 + flow.time.nanos, flow)
-        for sink in self._sinks:
-            sink(flow)
+        prepared = self.builder.prepare(ev)
+        self.ring.push_prepared(prepared)
+        if self._sinks:
+            flow = prepared.flow()
+            for sink in self._sinks:
+                sink(flow)
         for esink in self._event_sinks:
-            esink(ev, flow)
+            esink(ev, prepared.template)
         self._count(1)
 
     def on_events(self, events: Sequence[DatapathEvent]) -> None:
-        build = self.builder.build
-        flows = [build(ev) for ev in events]
-        self.ring.push_many((f.time.seconds * 1_000_000_000 + f.time.nanos, f) for f in flows)
+        prepare = self.builder.prepare
+        batch = [prepare(ev) for ev in events]
+        self.ring.push_many(batch)
         for sink in self._sinks:
-            for f in flows:
-                sink(f)
+            for p in batch:
+                sink(p.flow())
         for esink in self._event_sinks:
-            for ev, f in zip(events, flows, strict=True):
-                esink(ev, f)
-        self._count(len(flows))
+            for p in batch:
+                esink(p.event, p.template)
+        self._count(len(batch))
 
     def _count(self, n: int) -> None:
         with self._lock:

@@ -5,21 +5,38 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
 
+from meshagent.observer.convert import PreparedFlow
 from meshagent.observer.proto.flow import flow_pb2 as pb
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
 class RingEntry:
-    """One slot: a flow, or a marker saying events were lost upstream (kernel buffer, queue)."""
+    """One slot: a flow (built now, or prepared and built on first read), or a marker saying events were
+    lost upstream (kernel buffer, queue)."""
 
-    seq: int
-    time_ns: int  # wall clock, for since/until
-    flow: pb.Flow | None = None
-    lost: pb.LostEvent | None = None
+    __slots__ = ("_flow", "_prepared", "lost", "seq", "time_ns")
+
+    def __init__(
+        self,
+        seq: int,
+        time_ns: int,
+        flow: pb.Flow | None = None,
+        lost: pb.LostEvent | None = None,
+        prepared: PreparedFlow | None = None,
+    ) -> None:
+        self.seq = seq
+        self.time_ns = time_ns  # wall clock, for since/until
+        self._flow = flow
+        self.lost = lost
+        self._prepared = prepared
+
+    @property
+    def flow(self) -> pb.Flow | None:
+        if self._flow is None and self._prepared is not None:
+            return self._prepared.flow()
+        return self._flow
 
 
 class FlowRing:
@@ -65,11 +82,19 @@ class FlowRing:
     def push_lost(self, time_ns: int, lost: pb.LostEvent) -> None:
         self._push(time_ns, None, lost)
 
-    def push_many(self, items: Iterable[tuple[int, pb.Flow]]) -> None:
+    def push_prepared(self, prepared: PreparedFlow) -> None:
         with self._cond:
-            for time_ns, flow in items:
+            seq = self._next
+            self._slots[seq % self._cap] = RingEntry(seq, prepared.time_ns, None, None, prepared)
+            self._next = seq + 1
+            if self._waiters:
+                self._cond.notify_all()
+
+    def push_many(self, items: Iterable[PreparedFlow]) -> None:
+        with self._cond:
+            for prepared in items:
                 seq = self._next
-                self._slots[seq % self._cap] = RingEntry(seq, time_ns, flow, None)
+                self._slots[seq % self._cap] = RingEntry(seq, prepared.time_ns, None, None, prepared)
                 self._next = seq + 1
             if self._waiters:
                 self._cond.notify_all()
