@@ -202,6 +202,9 @@ class Topology:
     def remove_pod(self, name: str) -> None:
         pod = self.pods.pop(name)
         pod.stop_servers()
+        # Deleting the veth here (not only with the namespace, which the kernel finishes later) removes
+        # its /32 route now, so a new pod may take the same address at once.
+        subprocess.run(["ip", "-n", self.node, "link", "del", pod.host_ifname], capture_output=True)
         subprocess.run(["ip", "netns", "del", pod.netns], capture_output=True)
 
     def close(self) -> None:
