@@ -33,6 +33,14 @@ class RingEntry:
         self._prepared = prepared
 
     @property
+    def metadata(self) -> pb.Flow | None:
+        """The flow, or for a flow not built yet its template (endpoints, verdict, policies; no time or
+        ports): enough for questions about who talked, without building every message."""
+        if self._flow is None and self._prepared is not None:
+            return self._prepared.template
+        return self._flow
+
+    @property
     def flow(self) -> pb.Flow | None:
         if self._flow is None and self._prepared is not None:
             return self._prepared.flow()

@@ -140,11 +140,12 @@ class ObserverService:
     ) -> opb.GetNamespacesResponse:
         names: set[str] = set()
         for e in self._pipeline.ring.snapshot():
-            if e.flow is not None:
-                if e.flow.source.namespace:
-                    names.add(e.flow.source.namespace)
-                if e.flow.destination.namespace:
-                    names.add(e.flow.destination.namespace)
+            meta = e.metadata
+            if meta is not None:
+                if meta.source.namespace:
+                    names.add(meta.source.namespace)
+                if meta.destination.namespace:
+                    names.add(meta.destination.namespace)
         return opb.GetNamespacesResponse(namespaces=[opb.Namespace(namespace=n) for n in sorted(names)])
 
 
