@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from meshagent.datapath import tc
 from meshagent.datapath.errors import MapError, MapFullError
@@ -23,7 +24,14 @@ from meshagent.datapath.loader import DEFAULT_PIN_DIR, Capacities, LoadedProgram
 from meshagent.datapath.maps import conntrack, endpoints, events_lost, frags, ipcache, metrics, policy
 from meshagent.datapath.maps.base import PerCpuArray, TypedMap
 from meshagent.model.events import DatapathEvent, DropReason
-from meshagent.model.kernel_state import Action, Direction, EndpointEntry, IPCacheEntry, KernelState
+from meshagent.model.kernel_state import (
+    Action,
+    Direction,
+    EndpointEntry,
+    IPCacheEntry,
+    KernelState,
+    PolicyEntry,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +58,47 @@ class Counter:
     bytes: int
 
 
+Group = tuple[int, int, int]  # (endpoint id, peer identity, direction): one trie lookup
+RuleKey = tuple[int, int, int, int, int, int]  # a PolicyEntry's key: an upsert with the same key replaces it
+
+
+def _group_of(entry: PolicyEntry) -> Group:
+    return (entry.endpoint_id, entry.peer_identity, int(entry.direction))
+
+
+def _trie_group(key: policy.TrieKey) -> Group:
+    return (key.endpoint_id, key.peer_identity, key.direction)
+
+
+def _rule_key(entry: PolicyEntry) -> RuleKey:
+    return (
+        entry.endpoint_id,
+        int(entry.direction),
+        entry.peer_identity,
+        int(entry.protocol),
+        entry.port_lo,
+        entry.port_hi,
+    )
+
+
+class StateDiff(Protocol):
+    """A change to the kernel state (meshagent.policy.diff.KernelDiff has this shape): entries to write,
+    and entries whose key is gone."""
+
+    @property
+    def upsert_endpoints(self) -> frozenset[EndpointEntry]: ...
+    @property
+    def delete_endpoints(self) -> frozenset[EndpointEntry]: ...
+    @property
+    def upsert_ipcache(self) -> frozenset[IPCacheEntry]: ...
+    @property
+    def delete_ipcache(self) -> frozenset[IPCacheEntry]: ...
+    @property
+    def upsert_policy(self) -> frozenset[PolicyEntry]: ...
+    @property
+    def delete_policy(self) -> frozenset[PolicyEntry]: ...
+
+
 class Datapath:
     """Owns the BPF programs and maps of one node. Not thread-safe: one caller applies state."""
 
@@ -70,6 +119,12 @@ class Datapath:
         self._endpoints: dict[int, EndpointEntry] = {}
         self._ipcache: set[IPCacheEntry] = set()
         self._policy: dict[policy.TrieKey, policy.TrieValue] = {}
+        # Rules by key and by lookup group (endpoint, peer identity, direction), and the trie keys each
+        # group produced, so that a change recompiles only the lookups it touches. None until the first
+        # full apply(): adopted maps hold trie entries, not the rules that made them.
+        self._rules: dict[RuleKey, PolicyEntry] | None = None
+        self._group_rules: dict[Group, dict[RuleKey, PolicyEntry]] = defaultdict(dict)
+        self._group_trie: dict[Group, set[policy.TrieKey]] = defaultdict(set)
         self._attached: set[int] = set()
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -134,6 +189,8 @@ class Datapath:
         }
         self._ipcache = {ipcache.decode(key, value) for key, value in self.ipcache_map.items()}
         self._policy = dict(policy.decode(key, value) for key, value in self.policy_map.items())
+        for key in self._policy:
+            self._group_trie[_trie_group(key)].add(key)
         for ifindex in list(self._endpoints):
             self.attach(ifindex)
         if self._endpoints:
@@ -193,66 +250,135 @@ class Datapath:
     # --- desired state ---------------------------------------------------------------------------
 
     def apply(self, state: KernelState) -> ApplyResult:
-        """Brings the maps to `state`, touching only what differs."""
+        """Brings the maps to `state` (the whole desired state), touching only what differs."""
         with self._lock:
-            result = ApplyResult()
-            want_ipcache = set(state.ipcache)
-            want_policy = policy.compile_entries(state.policy)
+            rules = {_rule_key(entry): entry for entry in state.policy}
+            groups = {_group_of(entry) for entry in state.policy} | set(self._group_trie)
+            self._rules = rules
+            self._group_rules = defaultdict(dict)
+            for key, entry in rules.items():
+                self._group_rules[_group_of(entry)][key] = entry
             want_endpoints = {entry.ifindex: entry for entry in state.endpoints}
+            return self._commit(
+                ipcache_add=set(state.ipcache) - self._ipcache,
+                ipcache_remove=self._ipcache - set(state.ipcache),
+                trie_groups=groups,
+                endpoints_upsert=list(want_endpoints.values()),
+                endpoints_remove=[i for i in self._endpoints if i not in want_endpoints],
+            )
 
-            for cache_entry in sorted(want_ipcache - self._ipcache):
-                if self._write(self.ipcache_map, *ipcache.encode(cache_entry), result):
-                    self._ipcache.add(cache_entry)
+    def apply_diff(self, diff: StateDiff) -> ApplyResult:
+        """Applies a change (entries to upsert, entries whose key is gone); only the policy lookups it
+        touches are recompiled. Needs one apply() first, since adopted maps hold trie entries, not rules."""
+        with self._lock:
+            if self._rules is None:
+                raise RuntimeError("apply_diff needs a full apply() first")
+            groups: set[Group] = set()
+            for entry in diff.delete_policy:
+                key = _rule_key(entry)
+                self._rules.pop(key, None)
+                self._group_rules[_group_of(entry)].pop(key, None)
+                groups.add(_group_of(entry))
+            for entry in diff.upsert_policy:
+                key = _rule_key(entry)
+                self._rules[key] = entry
+                self._group_rules[_group_of(entry)][key] = entry
+                groups.add(_group_of(entry))
+            removed_ifindexes = {e.ifindex for e in diff.delete_endpoints} - {
+                e.ifindex for e in diff.upsert_endpoints
+            }
+            # An upsert may give a known prefix a new identity: the old entry goes from our books.
+            upserted_cidrs = {e.cidr for e in diff.upsert_ipcache}
+            replaced = {e for e in self._ipcache if e.cidr in upserted_cidrs}
+            return self._commit(
+                ipcache_add=set(diff.upsert_ipcache) - self._ipcache,
+                ipcache_remove=(set(diff.delete_ipcache) | replaced)
+                & self._ipcache - set(diff.upsert_ipcache),
+                trie_groups=groups,
+                endpoints_upsert=list(diff.upsert_endpoints),
+                endpoints_remove=[i for i in removed_ifindexes if i in self._endpoints],
+            )
 
-            failed_denies: set[int] = set()
-            # Denies first: if the map fills up, what is missing is an allow (a drop), not a deny.
-            changed = [(k, v) for k, v in want_policy.items() if self._policy.get(k) != v]
-            changed.sort(key=lambda kv: kv[1].action != Action.DENY)
-            for key, value in changed:
-                if self._write(self.policy_map, *policy.encode(key, value), result):
-                    self._policy[key] = value
-                elif value.action == Action.DENY:
-                    failed_denies.add(key.endpoint_id)
+    def _commit(
+        self,
+        *,
+        ipcache_add: set[IPCacheEntry],
+        ipcache_remove: set[IPCacheEntry],
+        trie_groups: set[Group],
+        endpoints_upsert: list[EndpointEntry],
+        endpoints_remove: list[int],
+    ) -> ApplyResult:
+        result = ApplyResult()
+        for cache_entry in sorted(ipcache_add):
+            if self._write(self.ipcache_map, *ipcache.encode(cache_entry), result):
+                self._ipcache.add(cache_entry)
 
-            for ifindex, entry in want_endpoints.items():
-                if entry.endpoint_id in failed_denies:
-                    # A deny we could not write must not become an allow: isolate the endpoint instead.
-                    entry = replace(entry, enforce_ingress=True, enforce_egress=True)
-                    result.fail_closed_endpoints.append(entry.endpoint_id)
-                    logger.error(
-                        "endpoint %d isolated: its deny rules do not fit in %s",
-                        entry.endpoint_id,
-                        policy.MAP_NAME,
-                    )
-                if self._endpoints.get(ifindex) != entry and self._write(
-                    self.endpoints_map, *endpoints.encode(entry), result
-                ):
-                    self._endpoints[ifindex] = entry
-                if ifindex not in self._attached:
-                    self.attach(ifindex)
-                    result.attached += 1
+        want_trie: dict[policy.TrieKey, policy.TrieValue] = {}
+        for group in trie_groups:
+            group_rules = self._group_rules.get(group)
+            if group_rules:
+                want_trie.update(policy.compile_entries(group_rules.values()))
+            elif group in self._group_rules:
+                del self._group_rules[group]
+        stale = [k for group in trie_groups for k in self._group_trie.get(group, ()) if k not in want_trie]
 
-            for ifindex in [i for i in self._endpoints if i not in want_endpoints]:
-                if ifindex in self._attached:
-                    self.detach(ifindex)
-                    result.detached += 1
-                self.endpoints_map.delete(endpoints.EndpointKey(ifindex))
-                del self._endpoints[ifindex]
-                result.deleted += 1
+        failed_denies: set[int] = set()
+        # Denies first: if the map fills up, what is missing is an allow (a drop), not a deny.
+        changed = [(k, v) for k, v in want_trie.items() if self._policy.get(k) != v]
+        changed.sort(key=lambda kv: kv[1].action != Action.DENY)
+        for key, value in changed:
+            if self._write(self.policy_map, *policy.encode(key, value), result):
+                self._policy[key] = value
+                self._group_trie[_trie_group(key)].add(key)
+            elif value.action == Action.DENY:
+                failed_denies.add(key.endpoint_id)
 
-            for key in [k for k in self._policy if k not in want_policy]:
-                self.policy_map.delete(policy.encode(key, self._policy[key])[0])
-                del self._policy[key]
-                result.deleted += 1
+        for entry in endpoints_upsert:
+            if entry.endpoint_id in failed_denies:
+                # A deny we could not write must not become an allow: isolate the endpoint instead.
+                entry = replace(entry, enforce_ingress=True, enforce_egress=True)
+                result.fail_closed_endpoints.append(entry.endpoint_id)
+                logger.error(
+                    "endpoint %d isolated: its deny rules do not fit in %s",
+                    entry.endpoint_id,
+                    policy.MAP_NAME,
+                )
+            if self._endpoints.get(entry.ifindex) != entry and self._write(
+                self.endpoints_map, *endpoints.encode(entry), result
+            ):
+                self._endpoints[entry.ifindex] = entry
+            if entry.ifindex not in self._attached:
+                self.attach(entry.ifindex)
+                result.attached += 1
 
-            for cache_entry in self._ipcache - want_ipcache:
-                self.ipcache_map.delete(ipcache.encode(cache_entry)[0])
-                self._ipcache.discard(cache_entry)
-                result.deleted += 1
+        for ifindex in endpoints_remove:
+            if ifindex in self._attached:
+                self.detach(ifindex)
+                result.detached += 1
+            self.endpoints_map.delete(endpoints.EndpointKey(ifindex))
+            del self._endpoints[ifindex]
+            result.deleted += 1
 
-            if result.errors:
-                logger.error("apply left %d errors: %s", len(result.errors), "; ".join(result.errors[:5]))
-            return result
+        for key in stale:
+            self.policy_map.delete(policy.encode(key, self._policy[key])[0])
+            del self._policy[key]
+            self._group_trie[_trie_group(key)].discard(key)
+            result.deleted += 1
+        for group in trie_groups:
+            if not self._group_trie.get(group):
+                self._group_trie.pop(group, None)
+
+        for cache_entry in ipcache_remove:
+            if cache_entry.cidr in {e.cidr for e in ipcache_add}:
+                self._ipcache.discard(cache_entry)  # overwritten in place by its new identity
+                continue
+            self.ipcache_map.delete(ipcache.encode(cache_entry)[0])
+            self._ipcache.discard(cache_entry)
+            result.deleted += 1
+
+        if result.errors:
+            logger.error("apply left %d errors: %s", len(result.errors), "; ".join(result.errors[:5]))
+        return result
 
     def _write(self, table: TypedMap[Any, Any], key: Any, value: Any, result: ApplyResult) -> bool:
         try:
