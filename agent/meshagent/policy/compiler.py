@@ -79,10 +79,14 @@ def admin_subject_matches(policy: AdminNetworkPolicy, pod: Pod, ns_labels: dict[
     return subject.pod_selector is None or subject.pod_selector.matches(pod.label_dict())
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Compiled:
     endpoint: EndpointEntry
-    entries: frozenset[PolicyEntry]
+    entries: dict[tuple[Direction, int], list[PolicyEntry]]  # by (direction, peer identity)
+
+    def all_entries(self) -> Iterable[PolicyEntry]:
+        for entries in self.entries.values():
+            yield from entries
 
 
 class PolicyCompiler:
@@ -115,7 +119,9 @@ class PolicyCompiler:
         self._ep_policies: dict[PodKey, set[PolicyKey]] = {}
         self._policy_eps: dict[PolicyKey, set[PodKey]] = defaultdict(set)
         self._ipcache: dict[IPv4Network, int] = {}
-        self._dirty_eps: set[PodKey] = set()
+        self._dirty_eps: set[PodKey] = set()  # recompile whole
+        # Recompile only these peers' entries: their membership in some rule's peers changed.
+        self._dirty_peers: dict[PodKey, set[int]] = defaultdict(set)
         self._dirty_prefixes: set[IPv4Network] = set()
 
     # ----------------------------------------------------------------- queries
@@ -124,7 +130,7 @@ class PolicyCompiler:
         return KernelState(
             endpoints=frozenset(c.endpoint for c in self._compiled.values()),
             ipcache=frozenset(IPCacheEntry(cidr, ident) for cidr, ident in self._ipcache.items()),
-            policy=frozenset(e for c in self._compiled.values() for e in c.entries),
+            policy=frozenset(e for c in self._compiled.values() for e in c.all_entries()),
         )
 
     def identity_of(self, key: PodKey) -> int | None:
@@ -336,31 +342,44 @@ class PolicyCompiler:
         for spec, ids in self._sel_cache.items():
             if spec.matches(namespace, ns_labels, pod_labels):
                 ids.add(ident)
-                self._affect_spec(spec)
+                self._affect_spec(spec, {ident})
 
     def _identity_removed(self, ident: int) -> None:
         for spec, ids in self._sel_cache.items():
             if ident in ids:
                 ids.discard(ident)
-                self._affect_spec(spec)
+                self._affect_spec(spec, {ident})
 
     def _membership_changed(self, ident: int, pod: Pod) -> None:
         """A pod joined or left `ident`: ipBlock peers around its members' IPs, egress named ports."""
         ips = {self._pods[k].ip for k in self._id_members.get(ident, ())} | {pod.ip}
         for spec in list(self._block_cache):
             if any(ip is not None and ip in spec.block.cidr for ip in ips):
-                del self._block_cache[spec]
-                self._affect_spec(spec)
+                self._refresh_block(spec)
         if pod.ports:
             for key in self._egress_named:
-                self._affect_policy(key)
+                self._affect_policy(key, {ident})
 
-    def _affect_spec(self, spec: PeerSpec) -> None:
+    def _refresh_block(self, spec: BlockPeer) -> None:
+        """Re-resolve an ipBlock peer now; only the identities that moved in or out need new entries."""
+        old = self._block_cache[spec]
+        new = self._resolve_block(spec)
+        self._block_cache[spec] = new
+        if old != new:
+            self._affect_spec(spec, old ^ new)
+
+    def _affect_spec(self, spec: PeerSpec, identities: set[int] | frozenset[int]) -> None:
         for key in self._spec_users.get(spec, ()):
-            self._affect_policy(key)
+            self._affect_policy(key, identities)
 
-    def _affect_policy(self, key: PolicyKey) -> None:
-        self._dirty_eps.update(self._policy_eps.get(key, ()))
+    def _affect_policy(self, key: PolicyKey, identities: set[int] | frozenset[int] | None = None) -> None:
+        """Endpoints selected by the policy: recompiled whole (None) or for these peer identities only."""
+        endpoints = self._policy_eps.get(key, ())
+        if identities is None:
+            self._dirty_eps.update(endpoints)
+            return
+        for endpoint in endpoints:
+            self._dirty_peers[endpoint].update(identities)
 
     # ----------------------------------------------------------------- policies
 
@@ -429,8 +448,7 @@ class PolicyCompiler:
         self._dirty_prefixes.add(prefix)
         for spec in list(self._block_cache):
             if spec.block.cidr.overlaps(prefix):
-                del self._block_cache[spec]
-                self._affect_spec(spec)
+                self._refresh_block(spec)
 
     # ----------------------------------------------------------------- resolution
 
@@ -573,12 +591,13 @@ class PolicyCompiler:
             return None, set()
         nps, admins = self.selecting_policies(pod)
         used = {policy_key_of(np) for np in nps} | {policy_key_of(anp) for anp in admins}
-        entries: list[PolicyEntry] = []
+        entries: dict[tuple[Direction, int], list[PolicyEntry]] = {}
         flags: dict[Direction, DirectionRules] = {}
         for direction in (Direction.INGRESS, Direction.EGRESS):
             rules = self._direction_rules(pod, nps, admins, direction)
             flags[direction] = rules
-            entries.extend(compile_direction(rules, endpoint_id=local.endpoint_id, direction=direction))
+            by_peer = compile_direction(rules, endpoint_id=local.endpoint_id, direction=direction)
+            entries.update(((direction, peer), peer_entries) for peer, peer_entries in by_peer.items())
         endpoint = EndpointEntry(
             ifindex=local.ifindex,
             endpoint_id=local.endpoint_id,
@@ -589,7 +608,30 @@ class PolicyCompiler:
             audit_ingress=flags[Direction.INGRESS].audit,
             audit_egress=flags[Direction.EGRESS].audit,
         )
-        return _Compiled(endpoint, frozenset(entries)), used
+        return _Compiled(endpoint, entries), used
+
+    def _recompile_peers(
+        self, key: PodKey, peers: set[int], old_entries: list[PolicyEntry], new_entries: list[PolicyEntry]
+    ) -> bool:
+        """Recompile only `peers`' entries of a compiled endpoint; False when it needs a whole recompile."""
+        compiled = self._compiled.get(key)
+        pod = self._pods.get(key)
+        local = self._local.get(key)
+        if compiled is None or pod is None or local is None:
+            return False
+        nps, admins = self.selecting_policies(pod)
+        for direction in (Direction.INGRESS, Direction.EGRESS):
+            rules = self._direction_rules(pod, nps, admins, direction)
+            by_peer = compile_direction(
+                rules, endpoint_id=local.endpoint_id, direction=direction, only_peers=peers
+            )
+            for peer in peers:
+                old_entries.extend(compiled.entries.pop((direction, peer), ()))
+                fresh = by_peer.get(peer)
+                if fresh:
+                    compiled.entries[(direction, peer)] = fresh
+                    new_entries.extend(fresh)
+        return True
 
     def _ipcache_value(self, prefix: IPv4Network) -> int | None:
         if prefix.prefixlen == 32:
@@ -605,11 +647,15 @@ class PolicyCompiler:
         new_eps: list[EndpointEntry] = []
         old_entries: list[PolicyEntry] = []
         new_entries: list[PolicyEntry] = []
+        for key, peers in sorted(self._dirty_peers.items()):
+            if key not in self._dirty_eps and not self._recompile_peers(key, peers, old_entries, new_entries):
+                self._dirty_eps.add(key)
+        self._dirty_peers.clear()
         for key in sorted(self._dirty_eps):
             before = self._compiled.pop(key, None)
             if before is not None:
                 old_eps.append(before.endpoint)
-                old_entries.extend(before.entries)
+                old_entries.extend(before.all_entries())
             for pk in self._ep_policies.pop(key, ()):
                 self._policy_eps[pk].discard(key)
             compiled, used = self._compile_endpoint(key)
@@ -617,7 +663,7 @@ class PolicyCompiler:
                 continue
             self._compiled[key] = compiled
             new_eps.append(compiled.endpoint)
-            new_entries.extend(compiled.entries)
+            new_entries.extend(compiled.all_entries())
             self._ep_policies[key] = used
             for pk in used:
                 self._policy_eps[pk].add(key)

@@ -20,6 +20,7 @@ import itertools
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from meshagent.model.admin_policy import AdminAction
@@ -195,32 +196,55 @@ def _encode(table: Table, segments: dict[Protocol, list[tuple[int, int]]]) -> li
     return cells
 
 
-def compile_direction(rules: DirectionRules, *, endpoint_id: int, direction: Direction) -> list[PolicyEntry]:
-    """The entries for one endpoint and direction (none when the direction is not enforced)."""
+def compile_direction(
+    rules: DirectionRules,
+    *,
+    endpoint_id: int,
+    direction: Direction,
+    only_peers: AbstractSet[int] | None = None,
+) -> dict[int, list[PolicyEntry]]:
+    """The entries for one endpoint and direction, by peer identity (IDENTITY_ANY included).
+
+    `only_peers`: compute just these identities' entries (and not IDENTITY_ANY's). A peer's entries
+    depend only on the atoms naming it and on the "any peer" atoms, and the encoding is canonical (maximal
+    runs, whatever the segmentation), so this equals the same peers' part of a full compile.
+    """
     if not rules.has_rules:
-        return []
+        return {}
     segments = _segments(rules)
     any_atoms = {id(a) for a in _all_atoms(rules) if a.peers is None}
     membership: dict[int, set[int]] = defaultdict(set)
     for atom in _all_atoms(rules):
-        for peer in atom.peers or ():
-            membership[peer].add(id(atom))
+        if atom.peers is None:
+            continue
+        if only_peers is None:
+            for peer in atom.peers:
+                membership[peer].add(id(atom))
+        else:
+            for peer in (
+                only_peers & atom.peers if len(only_peers) < len(atom.peers) else atom.peers & only_peers
+            ):
+                membership[peer].add(id(atom))
     # Identities named by exactly the same atoms decide alike: compute each such group once.
     groups: dict[frozenset[int], list[int]] = defaultdict(list)
     for peer, atoms in membership.items():
         groups[frozenset(atoms)].append(peer)
 
-    entries: list[PolicyEntry] = []
+    result: dict[int, list[PolicyEntry]] = {}
     any_table = _table(rules, segments, any_atoms)
 
     def emit(peer: int, cells: list[Cell]) -> None:
+        entries = []
         for proto, lo, hi, value in cells:
             assert value is not None
             entries.append(
                 PolicyEntry(endpoint_id, direction, peer, proto, lo, hi, value[0], value[1], audit=value[2])
             )
+        if entries:
+            result[peer] = entries
 
-    emit(IDENTITY_ANY, _encode(any_table, segments))
+    if only_peers is None:
+        emit(IDENTITY_ANY, _encode(any_table, segments))
     for named_by, peers in groups.items():
         table = _table(rules, segments, any_atoms | named_by)
         delta: Table = {}
@@ -236,4 +260,4 @@ def compile_direction(rules: DirectionRules, *, endpoint_id: int, direction: Dir
         cells = full_cells if len(full_cells) < len(delta_cells) else delta_cells
         for peer in peers:
             emit(peer, cells)
-    return entries
+    return result

@@ -1,0 +1,218 @@
+"""Policy compiler at scale: 1,000 pods in 50 namespaces with 500 NetworkPolicies (+ admin policies).
+
+Figures: full compile time, incremental time for one pod relabel and one policy edit (median of several,
+the diff they produce), and the entries the kernel maps would hold. Two node views: one node of ten
+(~100 local endpoints, the usual case) and every pod local (the worst case for one agent).
+Pure Python, no kernel: the time to turn a change into a map diff (the datapath's write is extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from dataclasses import replace
+from ipaddress import IPv4Address, IPv4Network
+
+from meshagent.model.admin_policy import AdminAction, AdminNetworkPolicy, AdminPort, AdminRule, AdminSelector
+from meshagent.model.cluster import ContainerPort, LocalEndpoint, Namespace, Pod
+from meshagent.model.kernel_state import Protocol
+from meshagent.model.netpol import IPBlock, NetworkPolicy, PolicyPeer, PolicyPort, PolicyRule, PolicyType
+from meshagent.model.selectors import LabelSelector, SelectorOperator, SelectorRequirement
+from meshagent.policy.compiler import PolicyCompiler
+from meshagent.policy.rules import RuleKind
+from meshagent.testing.benchtools import bench_line, median
+
+NAMESPACES = 50
+PODS_PER_NS = 20
+POLICIES_PER_NS = 10
+NODES = 10
+APPS = [f"app{i}" for i in range(10)]
+
+
+def sel(**labels: str) -> LabelSelector:
+    return LabelSelector(frozenset(labels.items()))
+
+
+def build(rng: random.Random) -> tuple[list[Namespace], list[Pod], list[NetworkPolicy | AdminNetworkPolicy]]:
+    namespaces = [
+        Namespace(f"ns{n}", frozenset({("team", f"t{n % 5}"), ("env", "prod" if n % 2 else "dev")}))
+        for n in range(NAMESPACES)
+    ]
+    pods = []
+    for n in range(NAMESPACES):
+        for i in range(PODS_PER_NS):
+            index = n * PODS_PER_NS + i
+            app = APPS[i % len(APPS)]
+            pods.append(
+                Pod(
+                    namespace=f"ns{n}",
+                    name=f"pod{i}",
+                    labels=frozenset(
+                        {
+                            ("app", app),
+                            ("tier", "fe" if i % 3 else "be"),
+                            ("pod-template-hash", f"{rng.getrandbits(32):08x}"),
+                        }
+                    ),
+                    ip=IPv4Address(f"10.{n}.{i // 200}.{i % 200 + 1}"),
+                    node=f"node{index % NODES}",
+                    ports=(ContainerPort("http", 8080), ContainerPort("metrics", 9090)),
+                )
+            )
+    policies: list[NetworkPolicy | AdminNetworkPolicy] = []
+    for n in range(NAMESPACES):
+        ns = f"ns{n}"
+        policies.append(NetworkPolicy(ns, "default-deny", LabelSelector(), frozenset({PolicyType.INGRESS})))
+        for k in range(POLICIES_PER_NS - 1):
+            app = APPS[k % len(APPS)]
+            kind = k % 4
+            if kind == 0:  # from pods of the same namespace, numbered port
+                rule = PolicyRule(
+                    (PolicyPeer(pod_selector=sel(app=APPS[(k + 1) % 10])),), (PolicyPort(Protocol.TCP, 8080),)
+                )
+            elif kind == 1:  # from other teams' namespaces, named port
+                rule = PolicyRule(
+                    (
+                        PolicyPeer(
+                            namespace_selector=sel(team=f"t{(n + 1) % 5}"),
+                            pod_selector=LabelSelector(
+                                match_expressions=(
+                                    SelectorRequirement("tier", SelectorOperator.IN, frozenset({"fe"})),
+                                )
+                            ),
+                        ),
+                    ),
+                    (PolicyPort(Protocol.TCP, name="http"),),
+                )
+            elif kind == 2:  # from a CIDR with an except, a port range
+                rule = PolicyRule(
+                    (
+                        PolicyPeer(
+                            ip_block=IPBlock(
+                                IPv4Network(f"192.168.{n}.0/24"), (IPv4Network(f"192.168.{n}.128/25"),)
+                            )
+                        ),
+                    ),
+                    (PolicyPort(Protocol.TCP, 9000, 9100),),
+                )
+            else:  # egress to the monitoring namespace
+                rule = PolicyRule(
+                    (PolicyPeer(namespace_selector=sel(team="t0")),), (PolicyPort(Protocol.UDP, 53),)
+                )
+                policies.append(
+                    NetworkPolicy(ns, f"p{k}", sel(app=app), frozenset({PolicyType.EGRESS}), egress=(rule,))
+                )
+                continue
+            policies.append(
+                NetworkPolicy(ns, f"p{k}", sel(app=app), frozenset({PolicyType.INGRESS}), ingress=(rule,))
+            )
+    policies.append(
+        AdminNetworkPolicy(
+            "deny-dev-to-prod",
+            10,
+            AdminSelector(sel(env="prod")),
+            ingress=(
+                AdminRule(
+                    "dev",
+                    AdminAction.DENY,
+                    (AdminSelector(sel(env="dev")),),
+                    (AdminPort(Protocol.TCP, 22, 22),),
+                ),
+            ),
+        )
+    )
+    policies.append(
+        AdminNetworkPolicy(
+            "allow-monitoring",
+            5,
+            AdminSelector(LabelSelector()),
+            ingress=(
+                AdminRule(
+                    "scrape",
+                    AdminAction.ALLOW,
+                    (AdminSelector(sel(team="t0"), sel(app="app0")),),
+                    (AdminPort(name="metrics"),),
+                ),
+            ),
+        )
+    )
+    return namespaces, pods, policies
+
+
+def measure(label: str, *, all_local: bool, repeats: int, seed: int) -> None:
+    rng = random.Random(seed)
+    namespaces, pods, policies = build(rng)
+    local_pods = [p for p in pods if all_local or p.node == "node0"]
+    compiler = PolicyCompiler()
+    start = time.perf_counter()
+    compiler.load(
+        namespaces=namespaces,
+        pods=pods,
+        policies=policies,
+        local=[(p.key, LocalEndpoint(i + 1, 100 + i)) for i, p in enumerate(local_pods)],
+    )
+    full_s = time.perf_counter() - start
+    state = compiler.state()
+
+    relabel_ms, relabel_diff, edit_ms, edit_diff = [], [], [], []
+    ingress_policies = {p.key: p for p in policies if isinstance(p, NetworkPolicy) and p.ingress}
+    for r in range(repeats):
+        pod = compiler.pods[rng.choice(local_pods).key]
+        labels = dict(pod.labels)
+        labels["app"] = APPS[(APPS.index(labels["app"]) + 1 + r) % len(APPS)]
+        start = time.perf_counter()
+        diff = compiler.upsert_pod(replace(pod, labels=frozenset(labels.items())))
+        relabel_ms.append((time.perf_counter() - start) * 1000)
+        relabel_diff.append(diff.size)
+
+        # Edit a policy that selects a local endpoint (others do not change this node's maps).
+        selecting = [
+            pk
+            for p in local_pods
+            for pk in compiler.policies_selecting(p.key)
+            if pk[0] is RuleKind.NETWORK_POLICY and (pk[1], pk[2]) in ingress_policies
+        ]
+        current = ingress_policies[rng.choice(selecting)[1:]]
+        port = PolicyPort(Protocol.TCP, 8000 + r)
+        edited = replace(current, ingress=(replace(current.ingress[0], ports=(port,)),))
+        start = time.perf_counter()
+        diff = compiler.upsert_policy(edited)
+        ingress_policies[edited.key] = edited
+        edit_ms.append((time.perf_counter() - start) * 1000)
+        edit_diff.append(diff.size)
+
+    figures = {
+        "pods": len(pods),
+        "namespaces": len(namespaces),
+        "policies": len(policies),
+        "local_endpoints": len(local_pods),
+        "identities": len({compiler.identity_of(p.key) for p in pods}),
+        "full_compile_s": full_s,
+        "policy_entries": len(state.policy),
+        "ipcache_entries": len(state.ipcache),
+        "relabel_ms_median": median(relabel_ms),
+        "relabel_ms_max": max(relabel_ms),
+        "relabel_diff_median": median([float(d) for d in relabel_diff]),
+        "policy_edit_ms_median": median(edit_ms),
+        "policy_edit_ms_max": max(edit_ms),
+        "policy_edit_diff_median": median([float(d) for d in edit_diff]),
+    }
+    print(bench_line(f"policy_scale[{label}]", figures), flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions, one node view only")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    repeats = 5 if args.quick else 20
+    measure("one_node_of_10", all_local=False, repeats=repeats, seed=args.seed)
+    if not args.quick:
+        measure("all_local", all_local=True, repeats=repeats, seed=args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
