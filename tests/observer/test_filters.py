@@ -124,3 +124,26 @@ def test_unknown_filter_fields_are_rejected_not_ignored() -> None:
     flt = pb.FlowFilter.FromString(raw)
     with pytest.raises(FilterError, match="999"):
         compile_filter(flt)
+
+
+@pytest.mark.parametrize(("name", "flt", "expected"), CASES, ids=[c[0] for c in CASES])
+def test_template_shortcut_agrees_with_full_match(name: str, flt: pb.FlowFilter, expected: list[int]) -> None:
+    # History scans decide template-level fields once per template; the answer must be the same as
+    # matching the built flow, for whitelists and blacklists, with per-event fields mixed in.
+    pipeline = h.make_pipeline()
+    pipeline.on_events(h.sample_events() * 3)
+    mixed = pb.FlowFilter()
+    mixed.CopyFrom(flt)
+    mixed.destination_port.append("80")
+    for white, black in (
+        ([flt], []),
+        ([], [flt]),
+        ([mixed], []),
+        ([flt, mixed], [pb.FlowFilter(reply=[True])]),
+    ):
+        m = FlowMatcher(white, black)
+        cache: dict = {}  # type: ignore[type-arg]
+        for e in pipeline.ring.snapshot():
+            assert e.prepared is not None
+            fresh = e.prepared.flow()
+            assert m.match_prepared(e.prepared.template, e.prepared.flow, cache) == m(fresh), name

@@ -317,17 +317,68 @@ def _glob_names(values: Sequence[str], get: Callable[[pb.Flow], Sequence[str]]) 
     return lambda f: any(r.match(n.lower()) for n in get(f) for r in regexes)
 
 
+# Fields that differ between flows sharing one template (see convert.PreparedFlow); the rest of a filter
+# can be decided once per template.
+_PER_EVENT_FIELDS = ("uuid", "source_port", "destination_port", "tcp_flags", "reply")
+
+
+class _SplitFilter:
+    __slots__ = ("event", "full", "template")
+
+    def __init__(self, flt: pb.FlowFilter) -> None:
+        self.full = compile_filter(flt)
+        tpl = pb.FlowFilter()
+        tpl.CopyFrom(flt)
+        evt = pb.FlowFilter()
+        for name in _PER_EVENT_FIELDS:
+            values = getattr(flt, name)
+            if len(values):
+                getattr(evt, name).extend(values)
+                tpl.ClearField(name)
+        self.template = compile_filter(tpl)
+        self.event: FlowPredicate | None = compile_filter(evt) if evt.ListFields() else None
+
+
+TemplateCache = dict[int, tuple[pb.Flow, list[bool], list[bool]]]
+
+
 class FlowMatcher:
     """whitelist (any of; empty means everything) minus blacklist (any of)."""
 
     def __init__(
         self, whitelist: Sequence[pb.FlowFilter] = (), blacklist: Sequence[pb.FlowFilter] = ()
     ) -> None:
-        self._white = [compile_filter(f) for f in whitelist]
-        self._black = [compile_filter(f) for f in blacklist]
+        self._white = [_SplitFilter(f) for f in whitelist]
+        self._black = [_SplitFilter(f) for f in blacklist]
         self.matches_everything = not self._white and not self._black
 
     def __call__(self, flow: pb.Flow) -> bool:
-        if self._white and not any(p(flow) for p in self._white):
+        if self._white and not any(w.full(flow) for w in self._white):
             return False
-        return not any(p(flow) for p in self._black)
+        return not any(b.full(flow) for b in self._black)
+
+    def match_prepared(self, template: pb.Flow, build: Callable[[], pb.Flow], cache: TemplateCache) -> bool:
+        """Same answer as `self(build())`, but decides the template-level fields once per template and
+        builds the flow only when a port, flag, reply or uuid field still has to be checked."""
+        hit = cache.get(id(template))
+        if hit is None or hit[0] is not template:
+            if len(cache) > 10_000:
+                cache.clear()
+            # The cache holds the template itself, so its id cannot be reused while the entry lives.
+            hit = (
+                template,
+                [w.template(template) for w in self._white],
+                [b.template(template) for b in self._black],
+            )
+            cache[id(template)] = hit
+        _, white_ok, black_ok = hit
+        if self._white:
+            for i, w in enumerate(self._white):
+                if white_ok[i] and (w.event is None or w.event(build())):
+                    break
+            else:
+                return False
+        for i, b in enumerate(self._black):
+            if black_ok[i] and (b.event is None or b.event(build())):
+                return False
+        return True

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from meshagent.observer.filters import FilterError, FlowMatcher
+from meshagent.observer.filters import FilterError, FlowMatcher, TemplateCache
 from meshagent.observer.proto.flow import flow_pb2 as pb
 from meshagent.observer.proto.observer import observer_pb2 as opb
 from meshagent.observer.ring import FlowRing, RingEntry
@@ -80,11 +80,16 @@ def _in_window(q: FlowQuery, e: RingEntry) -> bool:
     return not (q.until_ns is not None and e.time_ns > q.until_ns)
 
 
-def _wanted(q: FlowQuery, e: RingEntry) -> bool:
-    if e.lost is not None:
-        return _in_window(q, e)
-    assert e.flow is not None
-    return _in_window(q, e) and q.matcher(e.flow)
+def _wanted(q: FlowQuery, e: RingEntry, cache: TemplateCache) -> bool:
+    if not _in_window(q, e):
+        return False
+    if e.lost is not None or q.matcher.matches_everything:
+        return True
+    prepared = e.prepared
+    if prepared is not None:
+        return q.matcher.match_prepared(prepared.template, prepared.flow, cache)
+    flow = e.flow
+    return flow is not None and q.matcher(flow)
 
 
 def run_query(
@@ -96,11 +101,12 @@ def run_query(
     poll_s: float = 0.2,
 ) -> Iterator[QueryItem]:
     """Yields what a GetFlows client should get, in order. Stops when done or when `active()` turns False."""
+    cache: TemplateCache = {}
     if q.first:
-        yield from _first(ring, q)
+        yield from _first(ring, q, cache)
         return
     start = ring.next_seq
-    yield from _history_last(ring, q, start)
+    yield from _history_last(ring, q, start, cache)
     if not q.follow:
         return
     seq = start
@@ -113,11 +119,11 @@ def run_query(
         if lost:
             yield LostNotice(lost)
         for e in entries:
-            if _wanted(q, e):
+            if _wanted(q, e, cache):
                 yield e
 
 
-def _first(ring: FlowRing, q: FlowQuery) -> Iterator[QueryItem]:
+def _first(ring: FlowRing, q: FlowQuery, cache: TemplateCache) -> Iterator[QueryItem]:
     sent = 0
     seq = ring.oldest_seq
     end = ring.next_seq
@@ -126,7 +132,7 @@ def _first(ring: FlowRing, q: FlowQuery) -> Iterator[QueryItem]:
         if lost:
             yield LostNotice(lost)
         for e in entries:
-            if e.seq >= end or not _wanted(q, e):
+            if e.seq >= end or not _wanted(q, e, cache):
                 continue
             yield e
             if e.flow is not None:
@@ -135,10 +141,10 @@ def _first(ring: FlowRing, q: FlowQuery) -> Iterator[QueryItem]:
                     return
 
 
-def _history_last(ring: FlowRing, q: FlowQuery, end: int) -> Iterator[QueryItem]:
+def _history_last(ring: FlowRing, q: FlowQuery, end: int, cache: TemplateCache) -> Iterator[QueryItem]:
     """The last `number` wanted entries before `end`, oldest first (all of them if no number)."""
     if q.number is None:
-        picked = [e for e in ring.snapshot() if e.seq < end and _wanted(q, e)]
+        picked = [e for e in ring.snapshot() if e.seq < end and _wanted(q, e, cache)]
         yield from picked
         return
     if q.number == 0:
@@ -152,7 +158,7 @@ def _history_last(ring: FlowRing, q: FlowQuery, end: int) -> Iterator[QueryItem]
         seq -= 1
         if e is None:
             break  # overwritten while we walked back: what we have is the newest part
-        if _wanted(q, e):
+        if _wanted(q, e, cache):
             picked_rev.append(e)
             if e.flow is not None:
                 flows += 1

@@ -33,6 +33,11 @@ class RingEntry:
         self._prepared = prepared
 
     @property
+    def prepared(self) -> PreparedFlow | None:
+        """Set for flows from the datapath until nothing else is known (built lazily)."""
+        return self._prepared
+
+    @property
     def metadata(self) -> pb.Flow | None:
         """The flow, or for a flow not built yet its template (endpoints, verdict, policies; no time or
         ports): enough for questions about who talked, without building every message."""
