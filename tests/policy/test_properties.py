@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from meshagent.model.admin_policy import AdminNetworkPolicy
@@ -25,7 +27,12 @@ from .strategies import (
     pods,
 )
 
-FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Modest by default to keep `make test` fast; MESHAGENT_POLICY_EXAMPLES=1000 for a deep run.
+FAST = settings(
+    max_examples=int(os.environ.get("MESHAGENT_POLICY_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 PROBE_PORTS = (
     (Protocol.TCP, 80),
     (Protocol.TCP, 81),
