@@ -121,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         req = build_request(args, now_ns=time.time_ns())
         keys = parse_keys(args.aggregate_by) if args.aggregate_by else None
+        client: ObserverClient | None = None
         if args.input_file:
             parse_request(req)  # validate locally, with the server's own rules
             responses = _replay(args.input_file, req)
@@ -135,11 +136,15 @@ def run(args: argparse.Namespace) -> int:
             policy_names=args.print_policy_names,
             node_names=args.print_node_name,
         )
-        if keys:
-            _aggregate(responses, keys, follow=args.follow, window_s=args.aggregate_window)
-        else:
-            for resp in responses:
-                printer.response(resp)
+        try:
+            if keys:
+                _aggregate(responses, keys, follow=args.follow, window_s=args.aggregate_window)
+            else:
+                for resp in responses:
+                    printer.response(resp)
+        finally:
+            if client is not None:
+                client.close()
     except (FlagError, TimeParseError, AggregateError, InvalidRequest, ReplayError, ClientError) as err:
         print(f"meshagent flows: {err}", file=sys.stderr)
         return 2
