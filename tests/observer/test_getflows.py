@@ -233,6 +233,7 @@ def test_kernel_losses_become_lost_events(tmp_path: Path) -> None:
     assert resps[1].lost_events.source == pb.PERF_EVENT_RING_BUFFER
     assert resps[1].lost_events.num_events_lost == 37
     assert st.lost_events_datapath == 37
+    assert st.num_flows == 2  # the lost-event marker is not a flow
 
 
 def test_loss_poller_reports_kernel_losses_within_a_second() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Iterable
 
 from meshagent.observer.convert import PreparedFlow
@@ -68,6 +69,7 @@ class FlowRing:
         self._cond = threading.Condition(threading.Lock())
         self._waiters = 0
         self._closed = False
+        self._lost_seqs: deque[int] = deque()  # sequence numbers of held lost-event markers (rare)
 
     @property
     def capacity(self) -> int:
@@ -83,6 +85,15 @@ class FlowRing:
 
     def __len__(self) -> int:
         return min(self._next, self._cap)
+
+    @property
+    def num_flows(self) -> int:
+        """Flows held (lost-event markers excluded)."""
+        with self._cond:
+            oldest = max(0, self._next - self._cap)
+            while self._lost_seqs and self._lost_seqs[0] < oldest:
+                self._lost_seqs.popleft()
+            return min(self._next, self._cap) - len(self._lost_seqs)
 
     @property
     def overwritten(self) -> int:
@@ -115,6 +126,8 @@ class FlowRing:
     def _push(self, time_ns: int, flow: pb.Flow | None, lost: pb.LostEvent | None) -> None:
         with self._cond:
             seq = self._next
+            if lost is not None:
+                self._lost_seqs.append(seq)
             self._slots[seq % self._cap] = RingEntry(seq, time_ns, flow, lost)
             self._next = seq + 1
             if self._waiters:

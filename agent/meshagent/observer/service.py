@@ -103,7 +103,7 @@ class ObserverService:
         s = self._pipeline.stats()
         ring = self._pipeline.ring
         resp = opb.ServerStatusResponse(
-            num_flows=len(ring),
+            num_flows=ring.num_flows,
             max_flows=ring.capacity,
             seen_flows=s.seen_flows,
             uptime_ns=s.uptime_ns,
@@ -127,7 +127,7 @@ class ObserverService:
             address=self._address,
             state=rpb.NODE_CONNECTED,
             uptime_ns=s.uptime_ns,
-            num_flows=len(ring),
+            num_flows=ring.num_flows,
             max_flows=ring.capacity,
             seen_flows=s.seen_flows,
         )
