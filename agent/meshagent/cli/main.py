@@ -17,6 +17,7 @@ from meshagent import __version__
 
 # Modules under meshagent.cli that contribute sub-commands, in help order.
 COMMAND_MODULES: tuple[str, ...] = (
+    "meshagent.cli.run",
     "meshagent.cli.flows",
     "meshagent.cli.status",
     "meshagent.cli.policy",

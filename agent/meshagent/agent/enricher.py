@@ -1,0 +1,68 @@
+"""Flow enrichment from what the agent knows of the cluster: who holds an address, what an identity's
+labels are, which policy a rule id came from.
+
+The reconciler thread writes; the event thread reads. Each update replaces a whole dictionary entry (or
+the whole dictionary), which CPython makes atomic, so readers never see half an update and never lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from ipaddress import IPv4Address
+from typing import Any
+
+from meshagent.observer.enrich import EndpointInfo, PolicyRef, ServiceRef, WorkloadRef
+from meshagent.policy.rules import RuleRef
+
+
+def workloads_of(pod_obj: dict[str, Any]) -> tuple[WorkloadRef, ...]:
+    """The controllers owning a pod, from its ownerReferences (a ReplicaSet stands for its Deployment,
+    whose name is the ReplicaSet's without the pod-template hash)."""
+    out = []
+    for owner in pod_obj.get("metadata", {}).get("ownerReferences") or []:
+        kind, name = str(owner.get("kind", "")), str(owner.get("name", ""))
+        if kind == "ReplicaSet" and "-" in name:
+            kind, name = "Deployment", name.rsplit("-", 1)[0]
+        if kind and name:
+            out.append(WorkloadRef(name=name, kind=kind))
+    return tuple(out)
+
+
+class ClusterEnricher:
+    def __init__(self, *, rule_lookup: Callable[[int], RuleRef | None]) -> None:
+        self._rule_lookup = rule_lookup
+        self._endpoints: dict[IPv4Address, EndpointInfo] = {}
+        self._identities: dict[int, tuple[str, ...]] = {}
+
+    # --- written by the reconciler ---------------------------------------------------------------
+
+    def set_endpoint(self, ip: IPv4Address, info: EndpointInfo) -> None:
+        self._endpoints[ip] = info
+        self._identities[info.identity] = info.labels
+
+    def remove_endpoint_of(self, namespace: str, name: str) -> None:
+        """Forgets the addresses a pod held (it is gone, or may have a new address)."""
+        for ip, info in list(self._endpoints.items()):
+            if (info.namespace, info.pod_name) == (namespace, name):
+                self._endpoints.pop(ip, None)
+
+    def replace_all(self, endpoints: dict[IPv4Address, EndpointInfo]) -> None:
+        self._endpoints = dict(endpoints)
+        self._identities = {info.identity: info.labels for info in endpoints.values()}
+
+    # --- read on the event path ------------------------------------------------------------------
+
+    def endpoint_by_ip(self, ip: IPv4Address) -> EndpointInfo | None:
+        return self._endpoints.get(ip)
+
+    def labels_by_identity(self, identity: int) -> tuple[str, ...]:
+        return self._identities.get(identity, ())
+
+    def policies_by_rule(self, rule_id: int) -> tuple[PolicyRef, ...]:
+        ref = self._rule_lookup(rule_id) if rule_id else None
+        if ref is None:
+            return ()
+        return (PolicyRef(kind=ref.kind.value, namespace=ref.namespace, name=ref.name),)
+
+    def service_by_addr(self, ip: IPv4Address, port: int, protocol: int) -> ServiceRef | None:
+        return None  # Service translation arrives with socket load-balancing

@@ -1,0 +1,315 @@
+"""Desired state into the kernel: store events -> typed models -> policy compiler -> datapath.
+
+One thread owns the compiler and the datapath's maps. Until every kind has been listed once, changes go
+into the compiler only (the kernel keeps what it has, adopted from a previous run if any); the first full
+sync is applied whole, and every change after it as the diff the compiler returns.
+
+Bad input loses nothing: an object that does not parse is rejected with its reason (log, counter, and a
+Kubernetes Event through `on_rejected`), and the previous valid version of it, if any, stays in force.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from typing import Any, Protocol
+
+from meshagent.agent.enricher import ClusterEnricher, workloads_of
+from meshagent.datapath.discovery import EndpointInterfaces, NotUpYet, PodInterface
+from meshagent.model.cluster import LocalEndpoint
+from meshagent.model.errors import PolicyInputError
+from meshagent.model.kernel_state import KernelState
+from meshagent.observer.enrich import EndpointInfo
+from meshagent.policy.compiler import PolicyCompiler
+from meshagent.policy.diff import KernelDiff
+from meshagent.policy.parse import (
+    parse_admin_network_policy,
+    parse_namespace,
+    parse_network_policy,
+    parse_pod,
+)
+from meshagent.sources.events import Action, ObjectEvent, SyncEvent
+from meshagent.sources.kinds import Kind
+from meshagent.sources.store import ObjectStore
+
+logger = logging.getLogger(__name__)
+
+# The kinds whose first full list the policy needs before the kernel state may be replaced.
+POLICY_KINDS = (Kind.NAMESPACE, Kind.POD, Kind.NETWORK_POLICY, Kind.ADMIN_NETWORK_POLICY)
+
+
+class KernelWriter(Protocol):
+    """What the reconciler needs of the datapath (meshagent.datapath.datapath.Datapath)."""
+
+    def apply(self, state: KernelState) -> Any: ...
+
+    def apply_diff(self, diff: KernelDiff) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Rejection:
+    kind: str
+    namespace: str
+    name: str
+    reason: str
+
+
+class Reconciler:
+    def __init__(
+        self,
+        *,
+        store: ObjectStore,
+        compiler: PolicyCompiler,
+        datapath: KernelWriter,
+        node: str,
+        interfaces: EndpointInterfaces,
+        enricher: ClusterEnricher,
+        on_rejected: Callable[[dict[str, Any], str], None] = lambda obj, reason: None,
+        retry_interval: float = 0.5,
+    ) -> None:
+        self.store = store
+        self.compiler = compiler
+        self.datapath = datapath
+        self.node = node
+        self.interfaces = interfaces
+        self.enricher = enricher
+        self._on_rejected = on_rejected
+        self._retry_interval = retry_interval
+        self._queue: queue.Queue[ObjectEvent | SyncEvent | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self._synced_kinds: set[Kind] = set()
+        self._local_ips: dict[str, IPv4Address] = {}  # "ns/pod" -> IP, for the pods on this node
+        self._local_endpoints: dict[str, int] = {}  # "ns/pod" -> ifindex (= endpoint id)
+        self.rejections: dict[tuple[str, str, str], Rejection] = {}
+        self.rejected_total = 0
+        self.applied = threading.Event()  # the first full sync is in the kernel
+        self.apply_errors: list[str] = []
+        self.last_apply_seconds = 0.0
+        self.changes_applied = 0
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._unsubscribe = self.store.subscribe(self._queue.put)
+        self._thread = threading.Thread(target=self._run, name="ma-reconciler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def endpoint_states(self) -> dict[str, str]:
+        """Each local pod and where it stands: ready (with its interface) or why not yet."""
+        out: dict[str, str] = {}
+        for key, state in self.interfaces.states.items():
+            if isinstance(state, PodInterface):
+                out[key] = f"ready ({state.ifname})" if key in self._local_endpoints else "found"
+            else:
+                out[key] = f"waiting: {state.reason}"
+        return out
+
+    # --- the loop --------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            try:
+                item = self._queue.get(timeout=self._retry_interval)
+            except queue.Empty:
+                item = False  # type: ignore[assignment]
+            if item is None:
+                return
+            try:
+                if item is not False:
+                    self._handle(item)
+                    # Take what else is already queued before touching the kernel: one apply per burst.
+                    while True:
+                        try:
+                            more = self._queue.get_nowait()
+                        except queue.Empty:
+                            break
+                        if more is None:
+                            return
+                        self._handle(more)
+                self._refresh_endpoints()
+                if not self.applied.is_set() and self._synced_kinds.issuperset(POLICY_KINDS):
+                    self._full_apply()
+            except Exception:  # one bad event must not stop enforcement updates
+                logger.exception("reconciler step failed")
+
+    def _handle(self, item: ObjectEvent | SyncEvent) -> None:
+        if isinstance(item, SyncEvent):
+            self._synced_kinds.add(item.kind)
+            return
+        handler = _HANDLERS.get(item.kind)
+        if handler is None:
+            return
+        diff = handler(self, item)
+        if diff is not None:
+            self._apply(diff)
+
+    def _apply(self, diff: KernelDiff) -> None:
+        if not self.applied.is_set() or diff.is_empty:
+            return  # before the first full sync the compiler only collects
+        started = time.monotonic()
+        result = self.datapath.apply_diff(diff)
+        self.last_apply_seconds = time.monotonic() - started
+        self.changes_applied += 1
+        self._record_errors(result)
+
+    def _full_apply(self) -> None:
+        started = time.monotonic()
+        result = self.datapath.apply(self.compiler.state())
+        self.last_apply_seconds = time.monotonic() - started
+        self._record_errors(result)
+        self.applied.set()
+        logger.info(
+            "first full sync in the kernel in %.3f s: %d local endpoints",
+            self.last_apply_seconds,
+            len(self._local_endpoints),
+        )
+
+    def _record_errors(self, result: Any) -> None:
+        errors = list(getattr(result, "errors", []))
+        if errors:
+            self.apply_errors = errors[-20:]
+            logger.error("kernel update incomplete: %s", "; ".join(errors[:3]))
+
+    # --- objects ---------------------------------------------------------------------------------
+
+    def _reject(self, event: ObjectEvent, err: Exception) -> None:
+        key = (event.kind.value, event.namespace or "", event.name)
+        reason = str(err)
+        if self.rejections.get(key, Rejection("", "", "", "")).reason != reason:
+            self.rejected_total += 1
+            logger.warning("rejected %s %s/%s: %s (other objects stay in force)", *key, reason)
+            self._on_rejected(event.obj, reason)
+        self.rejections[key] = Rejection(*key, reason)
+
+    def _accepted(self, event: ObjectEvent) -> None:
+        self.rejections.pop((event.kind.value, event.namespace or "", event.name), None)
+
+    def _namespace(self, event: ObjectEvent) -> KernelDiff | None:
+        if event.action == Action.DELETED:
+            diff = self.compiler.delete_namespace(event.name)
+        else:
+            try:
+                namespace = parse_namespace(event.obj)
+            except PolicyInputError as err:
+                self._reject(event, err)
+                return None
+            self._accepted(event)
+            diff = self.compiler.upsert_namespace(namespace)
+        self._refresh_enricher()
+        return diff
+
+    def _pod(self, event: ObjectEvent) -> KernelDiff | None:
+        key = f"{event.namespace}/{event.name}"
+        if event.action == Action.DELETED:
+            self._local_ips.pop(key, None)
+            if self._local_endpoints.pop(key, None) is not None:
+                self._apply(self.compiler.remove_local_endpoint(event.namespace or "", event.name))
+            diff = self.compiler.delete_pod(event.namespace or "", event.name)
+            self.enricher.remove_endpoint_of(event.namespace or "", event.name)
+            return diff
+        try:
+            pod = parse_pod(event.obj)
+        except PolicyInputError as err:
+            self._reject(event, err)
+            return None
+        self._accepted(event)
+        is_local = (event.obj.get("spec") or {}).get("nodeName") == self.node
+        if is_local and pod.ip is not None:
+            self._local_ips[key] = pod.ip
+        else:
+            self._local_ips.pop(key, None)
+            if self._local_endpoints.pop(key, None) is not None:
+                self._apply(self.compiler.remove_local_endpoint(pod.namespace, pod.name))
+        diff = self.compiler.upsert_pod(pod)
+        self.enricher.remove_endpoint_of(pod.namespace, pod.name)
+        self._update_enricher(pod.namespace, pod.name, event.obj)
+        return diff
+
+    def _network_policy(self, event: ObjectEvent) -> KernelDiff | None:
+        if event.action == Action.DELETED:
+            self._accepted(event)
+            return self.compiler.delete_network_policy(event.namespace or "", event.name)
+        try:
+            policy = parse_network_policy(event.obj)
+        except PolicyInputError as err:
+            self._reject(event, err)
+            return None
+        self._accepted(event)
+        return self.compiler.upsert_policy(policy)
+
+    def _admin_policy(self, event: ObjectEvent) -> KernelDiff | None:
+        if event.action == Action.DELETED:
+            self._accepted(event)
+            return self.compiler.delete_admin_policy(event.name)
+        try:
+            policy = parse_admin_network_policy(event.obj)
+        except PolicyInputError as err:
+            self._reject(event, err)
+            return None
+        self._accepted(event)
+        return self.compiler.upsert_policy(policy)
+
+    # --- local endpoints -------------------------------------------------------------------------
+
+    def _refresh_endpoints(self) -> None:
+        """Finds the interfaces of local pods whose network is up; pods still waiting are retried on the
+        next pass (every retry_interval)."""
+        changed = self.interfaces.refresh(dict(self._local_ips))
+        for key, state in changed.items():
+            namespace, name = key.split("/", 1)
+            if isinstance(state, PodInterface):
+                if self._local_endpoints.get(key) != state.ifindex:
+                    self._local_endpoints[key] = state.ifindex
+                    endpoint = LocalEndpoint(endpoint_id=state.ifindex, ifindex=state.ifindex)
+                    self._apply(self.compiler.set_local_endpoint(namespace, name, endpoint))
+            elif isinstance(state, NotUpYet) and self._local_endpoints.pop(key, None) is not None:
+                self._apply(self.compiler.remove_local_endpoint(namespace, name))
+
+    # --- enrichment ------------------------------------------------------------------------------
+
+    def _endpoint_info(self, namespace: str, name: str, obj: dict[str, Any]) -> EndpointInfo | None:
+        identity = self.compiler.identity_of((namespace, name))
+        pod = self.compiler.pods.get((namespace, name))
+        if identity is None or pod is None:
+            return None
+        labels = tuple(sorted(f"{k}={v}" for k, v in pod.label_dict().items()))
+        return EndpointInfo(
+            identity=identity, namespace=namespace, pod_name=name, labels=labels, workloads=workloads_of(obj)
+        )
+
+    def _update_enricher(self, namespace: str, name: str, obj: dict[str, Any]) -> None:
+        pod = self.compiler.pods.get((namespace, name))
+        info = self._endpoint_info(namespace, name, obj)
+        if pod is not None and pod.ip is not None and info is not None:
+            self.enricher.set_endpoint(pod.ip, info)
+
+    def _refresh_enricher(self) -> None:
+        """Namespace changes can change many pods' identities: rebuild the address map."""
+        endpoints = {}
+        for (namespace, name), pod in self.compiler.pods.items():
+            obj = self.store.get(Kind.POD, namespace, name) or {}
+            info = self._endpoint_info(namespace, name, obj)
+            if pod.ip is not None and info is not None:
+                endpoints[pod.ip] = info
+        self.enricher.replace_all(endpoints)
+
+
+_HANDLERS: dict[Kind, Callable[[Reconciler, ObjectEvent], KernelDiff | None]] = {
+    Kind.NAMESPACE: Reconciler._namespace,
+    Kind.POD: Reconciler._pod,
+    Kind.NETWORK_POLICY: Reconciler._network_policy,
+    Kind.ADMIN_NETWORK_POLICY: Reconciler._admin_policy,
+}

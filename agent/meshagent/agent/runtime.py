@@ -1,0 +1,213 @@
+"""The agent process: source -> reconciler -> datapath, and datapath events -> flows -> gRPC, metrics and
+export; health endpoints for probes.
+
+Start order keeps enforcement whole: the datapath loads first and adopts whatever a previous run left in
+the kernel (which keeps enforcing meanwhile); the source then syncs, and only its first full sync replaces
+the kernel state. Stop leaves the kernel as it is unless cleanup was asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from meshagent import __version__
+from meshagent.agent.config import AgentConfig
+from meshagent.agent.enricher import ClusterEnricher
+from meshagent.agent.health import HealthServer
+from meshagent.agent.reconciler import Reconciler
+from meshagent.datapath.datapath import Datapath
+from meshagent.datapath.discovery import EndpointInterfaces
+from meshagent.observer.convert import FlowBuilder
+from meshagent.observer.export import ExportConfig, FlowExporter
+from meshagent.observer.metrics import FlowMetrics, MapUsage, MetricsServer
+from meshagent.observer.pipeline import FlowPipeline, LossPoller
+from meshagent.observer.ring import FlowRing
+from meshagent.observer.server import ObserverServer, ServerConfig, TlsConfig
+from meshagent.observer.service import ObserverService
+from meshagent.policy.compiler import PolicyCompiler
+from meshagent.sources.kube_events import ObjectRef
+from meshagent.sources.source import DesiredState, open_desired_state
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AgentStatus:
+    ready: bool
+    node: str
+    source: dict[str, Any]
+    endpoints: dict[str, str]
+    rejected: list[str]
+    kernel_errors: list[str]
+    flows_seen: int
+    events_lost: int
+    started_seconds_ago: float
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.started = time.monotonic()
+        self.datapath = Datapath(pin_dir=config.pin_dir, netns=config.node_netns)
+        self.compiler = PolicyCompiler()
+        self.enricher = ClusterEnricher(rule_lookup=self.compiler.rules.lookup)
+        self.desired: DesiredState | None = None
+        self.reconciler: Reconciler | None = None
+        self.pipeline: FlowPipeline | None = None
+        self._services: list[Any] = []  # things with stop(), stopped in reverse order
+        self.metrics_port: int | None = None  # the ports actually bound (an address may ask for port 0)
+        self.health_port: int | None = None
+        self._stopped = threading.Event()
+
+    # --- start -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        cfg = self.config
+        self.datapath.load()
+        logger.info("datapath loaded (maps in %s, node netns %s)", cfg.pin_dir, cfg.node_netns or "own")
+        if cfg.enable_flows:
+            self._start_flows()
+        self.desired = open_desired_state(
+            manifests=cfg.manifests,
+            kubeconfig=cfg.kubeconfig,
+            api_host=cfg.api_server,
+            node=cfg.node,
+            poll_interval=cfg.manifests_poll_seconds,
+        )
+        if cfg.enable_policy:
+            self.reconciler = Reconciler(
+                store=self.desired.store,
+                compiler=self.compiler,
+                datapath=self.datapath,
+                node=cfg.node,
+                interfaces=EndpointInterfaces(netns=cfg.node_netns),
+                enricher=self.enricher,
+                on_rejected=self._report_rejected,
+            )
+            self.reconciler.start()  # subscribes before the source starts: sees every initial object
+        self.desired.start()
+        if cfg.health_listen:
+            health = HealthServer(cfg.health_listen, ready=self.ready, status=lambda: self.status().__dict__)
+            health.start()
+            self.health_port = health.port
+            self._services.append(health)
+
+    def _start_flows(self) -> None:
+        cfg = self.config
+        ring = FlowRing(cfg.flow_ring_size)
+        builder = FlowBuilder(enricher=self.enricher, node_name=cfg.node)
+        self.pipeline = FlowPipeline(builder=builder, ring=ring, kernel_lost=self.datapath.lost_events)
+        self.datapath.start_events(self.pipeline.on_event)
+        poller = LossPoller(self.pipeline)
+        poller.start()
+        self._services.append(poller)
+        if cfg.metrics_listen:
+            metrics = FlowMetrics(
+                node_name=cfg.node,
+                version=__version__,
+                map_usage=self._map_usage,
+                source_sync=self._source_sync,
+            )
+            self.pipeline.add_event_sink(metrics.observe_event)
+            self.pipeline.add_lost_listener(metrics.lost)
+            metrics_server = MetricsServer(metrics.registry, cfg.metrics_listen)
+            self.metrics_port = metrics_server.port
+            self._services.append(metrics_server)
+        if cfg.observer_socket or cfg.observer_listen:
+            tls = None
+            if cfg.observer_tls_cert and cfg.observer_tls_key:
+                tls = TlsConfig(cfg.observer_tls_cert, cfg.observer_tls_key, cfg.observer_tls_client_ca)
+            server = ObserverServer(
+                ObserverService(self.pipeline),
+                ServerConfig(
+                    unix_socket=cfg.observer_socket,
+                    tcp_address=cfg.observer_listen,
+                    tls=tls,
+                    allow_insecure_tcp=cfg.observer_insecure,
+                ),
+            )
+            server.start()
+            self._services.append(server)
+        if cfg.export_file:
+            exporter = FlowExporter(
+                ring, ExportConfig(path=cfg.export_file, max_bytes=cfg.export_max_bytes), node_name=cfg.node
+            )
+            exporter.start()
+            self._services.append(exporter)
+
+    # --- state -----------------------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        """Ready when the datapath is loaded and the first full sync is in the kernel."""
+        if self.reconciler is None:
+            return self.desired is not None and self.desired.source.ready
+        return self.reconciler.applied.is_set()
+
+    def status(self) -> AgentStatus:
+        source = self.desired.source.status() if self.desired else None
+        stats = self.pipeline.stats() if self.pipeline else None
+        rec = self.reconciler
+        return AgentStatus(
+            ready=self.ready(),
+            node=self.config.node,
+            source={
+                "name": source.source,
+                "ready": source.ready,
+                "connected": source.connected,
+                "last_error": source.last_error,
+                "errors": list(source.errors),
+            }
+            if source
+            else {},
+            endpoints=rec.endpoint_states() if rec else {},
+            rejected=[f"{r.kind} {r.namespace}/{r.name}: {r.reason}" for r in rec.rejections.values()]
+            if rec
+            else [],
+            kernel_errors=list(rec.apply_errors) if rec else [],
+            flows_seen=stats.seen_flows if stats else 0,
+            events_lost=self.datapath.lost_events(),
+            started_seconds_ago=round(time.monotonic() - self.started, 1),
+        )
+
+    def _map_usage(self) -> list[MapUsage]:
+        return [
+            MapUsage(name, entries, capacity)
+            for name, (entries, capacity) in self.datapath.map_pressure().items()
+        ]
+
+    def _source_sync(self) -> dict[str, bool]:
+        if self.desired is None:
+            return {}
+        status = self.desired.source.status()
+        return {status.source: status.ready and status.connected}
+
+    def _report_rejected(self, obj: dict[str, Any], reason: str) -> None:
+        if self.desired is not None:
+            self.desired.source.report_rejected(ObjectRef.from_obj(obj), "InvalidPolicy", reason)
+
+    # --- stop ------------------------------------------------------------------------------------
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)
+
+    def stop(self) -> None:
+        """Stops serving; the kernel keeps enforcing the last state unless cleanup_on_exit is set."""
+        if self.desired is not None:
+            self.desired.stop()
+        if self.reconciler is not None:
+            self.reconciler.stop()
+        for service in reversed(self._services):
+            try:
+                service.stop()
+            except Exception:
+                logger.exception("stopping %s failed", type(service).__name__)
+        if self.config.cleanup_on_exit:
+            self.datapath.uninstall()
+            logger.info("removed our tc filters and pinned maps")
+        else:
+            self.datapath.close()
+        self._stopped.set()

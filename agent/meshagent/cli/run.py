@@ -1,0 +1,109 @@
+"""`meshagent run` (the agent) and `meshagent uninstall` (remove what the agent put in the kernel)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# Flag -> (setting, help). Every setting can also come from --config FILE or MESHAGENT_<SETTING>.
+_VALUE_FLAGS = {
+    "--manifests": ("manifests", "standalone: a directory of Kubernetes YAML to read and watch"),
+    "--kubeconfig": (
+        "kubeconfig",
+        "kubeconfig file (default: in-cluster service account, then ~/.kube/config)",
+    ),
+    "--api-server": ("api_server", "Kubernetes API URL (tests and local emulators)"),
+    "--node": ("node", "this node's name (default: $NODE_NAME)"),
+    "--node-netns": ("node_netns", "network namespace that plays the node (default: the agent's own)"),
+    "--pin-dir": ("pin_dir", "where maps are pinned (default /sys/fs/bpf/meshagent)"),
+    "--observer-socket": (
+        "observer_socket",
+        "Unix socket of the flow API (default /var/run/meshagent/observer.sock)",
+    ),
+    "--observer-listen": ("observer_listen", "also serve the flow API on TCP, e.g. 0.0.0.0:4245"),
+    "--observer-tls-cert": ("observer_tls_cert", "TLS certificate for --observer-listen"),
+    "--observer-tls-key": ("observer_tls_key", "TLS key for --observer-listen"),
+    "--observer-tls-client-ca": ("observer_tls_client_ca", "require client certificates signed by this CA"),
+    "--metrics-listen": ("metrics_listen", "Prometheus metrics address (default 127.0.0.1:9965)"),
+    "--health-listen": ("health_listen", "/healthz and /readyz address (default 127.0.0.1:9879)"),
+    "--flow-ring-size": ("flow_ring_size", "flows held in memory (default 65536)"),
+    "--export-file": ("export_file", "also write flows as JSON lines to this file (rotated by size)"),
+    "--log-format": ("log_format", "auto (JSON when not a terminal), json or text"),
+    "--log-level": ("log_level", "debug, info, warning or error"),
+}
+_SWITCHES = {
+    "--observer-insecure": ("observer_insecure", "allow --observer-listen without TLS"),
+    "--cleanup": (
+        "cleanup_on_exit",
+        "on exit remove our tc filters and pinned maps (default: leave enforcing)",
+    ),
+    "--no-policy": ("enable_policy", "do not enforce policy (flows only)"),
+    "--no-flows": ("enable_flows", "do not serve flows or metrics"),
+}
+
+
+def register(subparsers: Any) -> None:
+    run = subparsers.add_parser("run", help="run the agent on this node")
+    run.add_argument("--config", type=Path, help="YAML file with settings (flags and environment win)")
+    for flag, (dest, text) in _VALUE_FLAGS.items():
+        run.add_argument(flag, dest=dest, help=text)
+    for flag, (dest, text) in _SWITCHES.items():
+        run.add_argument(flag, dest=dest, action="store_const", const=not flag.startswith("--no-"), help=text)
+    run.set_defaults(handler=_run)
+
+    uninstall = subparsers.add_parser("uninstall", help="remove the agent's tc filters and pinned maps")
+    uninstall.add_argument("--pin-dir", type=Path, default=None)
+    uninstall.add_argument("--node-netns", default=None)
+    uninstall.set_defaults(handler=_uninstall)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from meshagent.agent.config import ConfigError, load_config
+    from meshagent.agent.logs import setup_logging
+    from meshagent.agent.runtime import Agent
+
+    flags = {dest: getattr(args, dest) for dest, _ in [*_VALUE_FLAGS.values(), *_SWITCHES.values()]}
+    try:
+        config = load_config(flags=flags, config_file=args.config)
+    except ConfigError as err:
+        print(f"meshagent run: {err}", file=sys.stderr)
+        return 2
+    setup_logging(level="debug" if args.verbose else config.log_level, fmt=config.log_format)
+    agent = Agent(config)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        logger.info(
+            "signal %d: stopping (the kernel keeps enforcing%s)",
+            signum,
+            "" if not config.cleanup_on_exit else " until cleanup",
+        )
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        agent.start()
+    except Exception:
+        logger.exception("agent failed to start")
+        agent.stop()
+        return 1
+    agent.wait()
+    return 0
+
+
+def _uninstall(args: argparse.Namespace) -> int:
+    from meshagent.datapath.datapath import Datapath
+    from meshagent.datapath.loader import DEFAULT_PIN_DIR
+
+    datapath = Datapath(pin_dir=args.pin_dir or DEFAULT_PIN_DIR, netns=args.node_netns)
+    datapath.load()  # adopts the pinned maps, which list every endpoint we attached to
+    endpoints = len(datapath.state()[0])
+    datapath.uninstall()
+    print(f"removed meshagent from {endpoints} interfaces and {datapath.pin_dir}")
+    return 0
