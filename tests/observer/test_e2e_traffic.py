@@ -37,6 +37,7 @@ from meshagent.observer.ring import FlowRing
 from meshagent.observer.server import ObserverServer, ServerConfig
 from meshagent.observer.service import ObserverService
 from meshagent.testing.topology import Pod, Topology
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.kernel
@@ -217,48 +218,62 @@ def test_follower_sees_real_traffic_quickly(world: tuple[Agent, Pod, Pod]) -> No
     assert seen[0] - sent < FOLLOW_LATENCY_S + 1.0
 
 
+def scrape(agent: Agent) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = generate_latest(agent.metrics.registry).decode()
+    return {
+        (smp.name, tuple(sorted(smp.labels.items()))): smp.value
+        for fam in text_string_to_metric_families(text)
+        for smp in fam.samples
+    }
+
+
+ALLOWED_AT_B = (
+    "meshagent_policy_verdicts_total",
+    (("action", "forwarded"), ("direction", "ingress"), ("match", "rule")),
+)
+
+
 def test_cli_and_metrics_match_the_traffic(
     world: tuple[Agent, Pod, Pod], capsys: pytest.CaptureFixture[str]
 ) -> None:
     agent, a, b = world
-    before = agent.pipeline.stats().seen_flows
+    to_80 = pb.FlowFilter(
+        destination_port=["80"], traffic_direction=[pb.INGRESS], event_type=[pb.EventTypeFilter(type=5)]
+    )
+    held_before = len(wait_flows(agent, to_80, count=0))
+    metrics_before = scrape(agent).get(ALLOWED_AT_B, 0.0)
+    sports = []
     for _ in range(3):
-        assert a.probe("tcp", b.ip, 80)["ok"]
-    wait_flows(agent, pb.FlowFilter(destination_port=["80"], traffic_direction=[pb.INGRESS]), count=4)
-    assert (
-        main(
-            [
-                "flows",
-                "--server",
-                str(agent.sock),
-                "--from-pod",
-                "demo/client-a",
-                "--to-port",
-                "80",
-                "--traffic-direction",
-                "ingress",
-                "--all",
-                "-o",
-                "json",
-            ]
-        )
-        == 0
+        result = a.probe("tcp", b.ip, 80)
+        assert result["ok"], result
+        sports.append(result["sport"])
+    flows = wait_flows(agent, to_80, count=held_before + 3)
+    assert len(flows) == held_before + 3  # exactly one ingress policy verdict per connection
+    assert [f.l4.TCP.source_port for f in flows[-3:]] == sports
+    # The same through the CLI, with hubble-style flags.
+    rc = main(
+        [
+            "flows",
+            "--server",
+            str(agent.sock),
+            "--from-pod",
+            "demo/client-a",
+            "--to-port",
+            "80",
+            "--traffic-direction",
+            "ingress",
+            "--type",
+            "policy-verdict",
+            "--last",
+            "3",
+            "-o",
+            "json",
+        ]
     )
+    assert rc == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-    assert len(lines) >= 4 and all(x["verdict"] == "FORWARDED" for x in lines)
-    text = (
-        agent.metrics.registry
-        and __import__("prometheus_client").generate_latest(agent.metrics.registry).decode()
-    )
-    values = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-    }
-    forwarded = values[
-        ("meshagent_flows_processed_total", (("type", "policy-verdict"), ("verdict", "FORWARDED")))
-    ]
-    assert forwarded >= 4  # one per allowed connection at least (egress side of a is not enforced)
-    assert values[("meshagent_drop_total", (("protocol", "tcp"), ("reason", "POLICY_DENIED")))] >= 1
-    assert agent.pipeline.stats().seen_flows > before
+    assert [x["l4"]["TCP"]["sourcePort"] for x in lines] == sports
+    assert all(x["verdict"] == "FORWARDED" for x in lines)
+    # Metrics (parsed with prometheus_client's parser) moved by exactly the connections made.
+    assert scrape(agent).get(ALLOWED_AT_B, 0.0) - metrics_before == 3
     assert agent.pipeline.check_kernel_lost() == 0  # nothing lost at this rate
