@@ -83,7 +83,7 @@ class _UuidSource:
 class PreparedFlow:
     """A flow whose metadata is settled (template, time, uuid) but whose message is built on demand."""
 
-    __slots__ = ("_flow", "event", "template", "time_ns", "uuid")
+    __slots__ = ("_flow", "event", "template", "time_ns", "uuid", "wire")
 
     def __init__(self, event: DatapathEvent, template: pb.Flow, time_ns: int, uuid: str) -> None:
         self.event = event
@@ -91,6 +91,7 @@ class PreparedFlow:
         self.time_ns = time_ns
         self.uuid = uuid
         self._flow: pb.Flow | None = None
+        self.wire: bytes | None = None  # the encoded GetFlowsResponse, once a client was sent it
 
     def flow(self) -> pb.Flow:
         f = self._flow

@@ -89,6 +89,14 @@ class ObserverService:
                     self.on_follower_loss(item.count)
                 lost = pb.LostEvent(source=pb.HUBBLE_RING_BUFFER, num_events_lost=item.count)
                 yield opb.GetFlowsResponse(lost_events=lost, node_name=node_name).SerializeToString()
+            elif item.prepared is not None:
+                # Encoded once, whichever client asks first; later readers (followers, --last) reuse it.
+                prepared = item.prepared
+                wire = prepared.wire
+                if wire is None:
+                    wire = encode_flow_response(prepared.flow(), self._node_tail)
+                    prepared.wire = wire
+                yield wire
             elif item.flow is not None:
                 yield encode_flow_response(item.flow, self._node_tail)
             elif item.lost is not None:
