@@ -22,7 +22,7 @@ unit: install
 	$(PY) -m pytest -m "not kernel" $(PYTEST_ARGS)
 
 demo: install
-	$(PY) -m meshagent.demo
+	$(VENV)/bin/meshagent demo $(if $(KEEP),--keep,--duration $(or $(DURATION),25))
 
 bench: install
 	$(PY) bench/run_all.py $(if $(QUICK),--quick,)

@@ -86,6 +86,7 @@ class Reconciler:
         self._synced_kinds: set[Kind] = set()
         self._local_ips: dict[str, IPv4Address] = {}  # "ns/pod" -> IP, for the pods on this node
         self._local_endpoints: dict[str, int] = {}  # "ns/pod" -> ifindex (= endpoint id)
+        self._discovered_for: dict[str, IPv4Address] = {}  # what the last interface lookup covered
         self.rejections: dict[tuple[str, str, str], Rejection] = {}
         self.rejected_total = 0
         self.applied = threading.Event()  # the first full sync is in the kernel
@@ -267,6 +268,11 @@ class Reconciler:
     def _refresh_endpoints(self) -> None:
         """Finds the interfaces of local pods whose network is up; pods still waiting are retried on the
         next pass (every retry_interval)."""
+        # Each lookup enters the node's network namespace: do it only when the set of local pods changed
+        # or some pod's network is not up yet.
+        if self._local_ips == self._discovered_for and not self.interfaces.pending():
+            return
+        self._discovered_for = dict(self._local_ips)
         changed = self.interfaces.refresh(dict(self._local_ips))
         for key, state in changed.items():
             namespace, name = key.split("/", 1)

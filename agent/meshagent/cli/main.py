@@ -10,14 +10,20 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from meshagent import __version__
 
+# pyroute2 forks to enter a network namespace; gRPC's fork handlers would only log about it. Set before
+# anything imports grpc.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 # Modules under meshagent.cli that contribute sub-commands, in help order.
 COMMAND_MODULES: tuple[str, ...] = (
     "meshagent.cli.run",
+    "meshagent.cli.demo",
     "meshagent.cli.flows",
     "meshagent.cli.status",
     "meshagent.cli.policy",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -76,8 +77,15 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     setup_logging(level="debug" if args.verbose else config.log_level, fmt=config.log_format)
     agent = Agent(config)
+    agent_pid = os.getpid()
 
     def on_signal(signum: int, _frame: object) -> None:
+        if os.getpid() != agent_pid:
+            # A helper process forked by a library (pyroute2 enters a netns that way) inherited this
+            # handler: it must just end, as it would by default.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         logger.info(
             "signal %d: stopping (the kernel keeps enforcing%s)",
             signum,

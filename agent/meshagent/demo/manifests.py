@@ -1,0 +1,100 @@
+"""The demo's cluster as Kubernetes YAML: a shop (frontend -> cart -> db) and a stray client.
+
+Policies: default deny in `shop` and `data`, precise allows along the call chain, and the `data`
+namespace's policies in audit mode, so that a would-be drop at the database passes and is reported.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DemoPod:
+    namespace: str
+    name: str
+    ip: IPv4Address
+    app: str
+    port: int  # where its server listens (0: no server)
+
+
+PODS = (
+    DemoPod("shop", "frontend", IPv4Address("10.244.0.10"), "frontend", 8080),
+    DemoPod("shop", "cart", IPv4Address("10.244.0.20"), "cart", 8080),
+    DemoPod("data", "db", IPv4Address("10.244.0.30"), "db", 5432),
+    DemoPod("default", "stray", IPv4Address("10.244.0.40"), "stray", 0),
+)
+
+NAMESPACES = textwrap.dedent("""\
+    apiVersion: v1
+    kind: Namespace
+    metadata: {name: shop, labels: {team: shop}}
+    ---
+    apiVersion: v1
+    kind: Namespace
+    metadata:
+      name: data
+      labels: {team: data}
+      annotations: {meshagent.io/audit: "true"}   # report would-be drops here, do not enforce them
+    ---
+    apiVersion: v1
+    kind: Namespace
+    metadata: {name: default}
+    """)
+
+POLICIES = textwrap.dedent("""\
+    apiVersion: networking.k8s.io/v1
+    kind: NetworkPolicy
+    metadata: {name: default-deny, namespace: shop}
+    spec: {podSelector: {}, policyTypes: [Ingress]}
+    ---
+    apiVersion: networking.k8s.io/v1
+    kind: NetworkPolicy
+    metadata: {name: frontend-public, namespace: shop}
+    spec:
+      podSelector: {matchLabels: {app: frontend}}
+      ingress: [{ports: [{port: 8080}]}]
+    ---
+    apiVersion: networking.k8s.io/v1
+    kind: NetworkPolicy
+    metadata: {name: cart-from-frontend, namespace: shop}
+    spec:
+      podSelector: {matchLabels: {app: cart}}
+      ingress:
+      - from: [{podSelector: {matchLabels: {app: frontend}}}]
+        ports: [{port: 8080}]
+    ---
+    apiVersion: networking.k8s.io/v1
+    kind: NetworkPolicy
+    metadata: {name: db-from-cart, namespace: data}
+    spec:
+      podSelector: {matchLabels: {app: db}}
+      ingress:
+      - from:
+        - namespaceSelector: {matchLabels: {team: shop}}
+          podSelector: {matchLabels: {app: cart}}
+        ports: [{port: 5432}]
+    """)
+
+
+def pod_yaml(pod: DemoPod, node: str) -> str:
+    ports = f"ports: [{{containerPort: {pod.port}}}]" if pod.port else "ports: []"
+    return textwrap.dedent(f"""\
+        apiVersion: v1
+        kind: Pod
+        metadata: {{name: {pod.name}, namespace: {pod.namespace}, labels: {{app: {pod.app}}}}}
+        spec:
+          nodeName: {node}
+          containers: [{{name: main, image: demo, {ports}}}]
+        status: {{podIP: "{pod.ip}"}}
+        """)
+
+
+def write(directory: Path, node: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "namespaces.yaml").write_text(NAMESPACES)
+    (directory / "pods.yaml").write_text("---\n".join(pod_yaml(pod, node) for pod in PODS))
+    (directory / "policies.yaml").write_text(POLICIES)
