@@ -23,6 +23,7 @@ from meshagent.datapath.events import EventReader
 from meshagent.datapath.loader import DEFAULT_PIN_DIR, Capacities, LoadedPrograms, load
 from meshagent.datapath.maps import conntrack, endpoints, events_lost, frags, ipcache, metrics, policy
 from meshagent.datapath.maps.base import PerCpuArray, TypedMap
+from meshagent.datapath.pinned import PolicyTrie, read_state
 from meshagent.model.events import DatapathEvent, DropReason
 from meshagent.model.kernel_state import (
     Action,
@@ -392,14 +393,9 @@ class Datapath:
         result.written += 1
         return True
 
-    def state(
-        self,
-    ) -> tuple[dict[int, EndpointEntry], set[IPCacheEntry], dict[policy.TrieKey, policy.TrieValue]]:
+    def state(self) -> tuple[dict[int, EndpointEntry], set[IPCacheEntry], PolicyTrie]:
         """What the kernel maps hold now, read back from the kernel (not from our bookkeeping)."""
-        found_endpoints = {k.ifindex: endpoints.decode(k, v) for k, v in self.endpoints_map.items()}
-        found_ipcache = {ipcache.decode(k, v) for k, v in self.ipcache_map.items()}
-        found_policy = dict(policy.decode(k, v) for k, v in self.policy_map.items())
-        return found_endpoints, found_ipcache, found_policy
+        return read_state(self.endpoints_map, self.ipcache_map, self.policy_map)
 
     # --- observation -----------------------------------------------------------------------------
 

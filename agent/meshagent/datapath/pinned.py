@@ -1,0 +1,73 @@
+"""Reading the pinned maps without loading any program: for checks, tests and inspection while an agent
+runs (or after it died). Opens each map by its path under the pin directory, read-only use."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from meshagent.datapath.errors import MapError
+from meshagent.datapath.maps import endpoints, ipcache, policy
+from meshagent.datapath.maps.base import TypedMap
+from meshagent.model.kernel_state import EndpointEntry, IPCacheEntry
+
+_libbpf = ctypes.CDLL("libbpf.so.1", use_errno=True)
+_libbpf.bpf_obj_get.argtypes = [ctypes.c_char_p]
+_libbpf.bpf_obj_get.restype = ctypes.c_int
+
+PolicyTrie = dict[policy.TrieKey, policy.TrieValue]
+
+
+def open_pinned(path: Path) -> int:
+    """A file descriptor for the map pinned at `path` (the caller closes it)."""
+    fd = _libbpf.bpf_obj_get(str(path).encode())
+    if fd < 0:
+        err = ctypes.get_errno() or -fd
+        raise MapError(f"cannot open pinned map {path}: {os.strerror(err)}", errno=err)
+    return int(fd)
+
+
+def read_state(
+    endpoints_map: TypedMap[endpoints.EndpointKey, endpoints.EndpointValue],
+    ipcache_map: TypedMap[ipcache.IPCacheKey, ipcache.IPCacheValue],
+    policy_map: TypedMap[policy.PolicyKey, policy.PolicyValue],
+) -> tuple[dict[int, EndpointEntry], set[IPCacheEntry], PolicyTrie]:
+    """What the maps hold, decoded: endpoints by ifindex, ipcache entries, policy trie entries."""
+    found_endpoints = {k.ifindex: endpoints.decode(k, v) for k, v in endpoints_map.items()}
+    found_ipcache = {ipcache.decode(k, v) for k, v in ipcache_map.items()}
+    found_policy = dict(policy.decode(k, v) for k, v in policy_map.items())
+    return found_endpoints, found_ipcache, found_policy
+
+
+class PinnedMaps:
+    """The policy state maps of a pin directory, opened by path."""
+
+    def __init__(self, pin_dir: Path) -> None:
+        self._fds: list[int] = []
+        self.endpoints = self._open(
+            pin_dir, endpoints.MAP_NAME, endpoints.EndpointKey, endpoints.EndpointValue
+        )
+        self.ipcache = self._open(pin_dir, ipcache.MAP_NAME, ipcache.IPCacheKey, ipcache.IPCacheValue)
+        self.policy = self._open(pin_dir, policy.MAP_NAME, policy.PolicyKey, policy.PolicyValue)
+
+    def _open(self, pin_dir: Path, name: str, key: type[Any], value: type[Any]) -> TypedMap[Any, Any]:
+        fd = open_pinned(pin_dir / name)
+        self._fds.append(fd)
+        return TypedMap(name=name, fd=fd, key_type=key, value_type=value, capacity=0)
+
+    def state(self) -> tuple[dict[int, EndpointEntry], set[IPCacheEntry], PolicyTrie]:
+        return read_state(self.endpoints, self.ipcache, self.policy)
+
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
+
+    def __enter__(self) -> PinnedMaps:
+        return self
+
+    def __exit__(self, *_exc: tuple[type[BaseException], BaseException, TracebackType] | None) -> None:
+        self.close()
