@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from meshagent.datapath.datapath import Datapath
+from meshagent.datapath.maps.conntrack import Timeouts
 from meshagent.model.events import EventType
 from meshagent.model.kernel_state import Direction, Verdict
 from meshagent.testing.topology import Topology
@@ -92,3 +93,28 @@ for _ in range(2):
     print("ok" if s.recv(1) == b"x" and s.recv(1) == b"" else "bad", flush=True)
     s.close(); time.sleep(0.2)
 """
+
+
+def test_expiry_reports_udp_and_removes_closed_tcp(datapath: Datapath, topo: Topology) -> None:
+    a = topo.add_pod("a", "10.244.2.13")
+    b = topo.add_pod("b", "10.244.2.23")
+    b.serve(tcp=(80,), udp=(53,))
+    datapath.apply(state([endpoint(a, 1), endpoint(b, 2)], [a, b]))
+    udp = a.probe("udp", b.ip, 53, size=100)
+    tcp = a.probe("tcp", b.ip, 80)
+    assert udp["ok"] and tcp["ok"]
+    quiet = Timeouts(tcp=3600, tcp_closed=0, udp=0, icmp=3600, other=3600)
+    closes = datapath.expire_conntrack(timeouts=quiet)
+    udp_closes = [e for e in closes if e.protocol == 17 and e.sport == udp["sport"]]
+    # One per endpoint that saw it: leaving a (egress) and entering b (ingress).
+    assert sorted((e.endpoint_id, e.direction) for e in udp_closes) == [
+        (1, Direction.EGRESS),
+        (2, Direction.INGRESS),
+    ]
+    for close in udp_closes:
+        assert close.type == EventType.CONN_CLOSE and close.verdict == Verdict.ALLOWED
+        assert (close.saddr, close.daddr, close.dport) == (a.ip, b.ip, 53)
+        assert close.packets_fwd == 1 and close.packets_rev == 1 and close.bytes_fwd > 100
+    assert not [e for e in closes if e.protocol == 6], "TCP closed by FIN was reported by the kernel already"
+    remaining = datapath.connections()
+    assert not [c for c in remaining if c.sport in (udp["sport"], tcp["sport"])]

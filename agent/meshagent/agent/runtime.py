@@ -18,6 +18,7 @@ from meshagent import __version__
 from meshagent.agent.config import AgentConfig
 from meshagent.agent.enricher import ClusterEnricher
 from meshagent.agent.health import HealthServer
+from meshagent.agent.reaper import ConntrackReaper
 from meshagent.agent.reconciler import Reconciler
 from meshagent.datapath.datapath import Datapath
 from meshagent.datapath.discovery import EndpointInterfaces
@@ -90,6 +91,9 @@ class Agent:
             )
             self.reconciler.start()  # subscribes before the source starts: sees every initial object
         self.desired.start()
+        reaper = ConntrackReaper(self.datapath, self.pipeline.on_event if self.pipeline else None)
+        reaper.start()
+        self._services.append(reaper)
         if cfg.health_listen:
             health = HealthServer(cfg.health_listen, ready=self.ready, status=lambda: self.status().__dict__)
             health.start()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -24,7 +25,7 @@ from meshagent.datapath.loader import DEFAULT_PIN_DIR, Capacities, LoadedProgram
 from meshagent.datapath.maps import conntrack, endpoints, events_lost, frags, ipcache, metrics, policy
 from meshagent.datapath.maps.base import PerCpuArray, TypedMap
 from meshagent.datapath.pinned import PolicyTrie, read_state
-from meshagent.model.events import DatapathEvent, DropReason
+from meshagent.model.events import DatapathEvent, DropReason, EventType
 from meshagent.model.kernel_state import (
     Action,
     Direction,
@@ -32,6 +33,7 @@ from meshagent.model.kernel_state import (
     IPCacheEntry,
     KernelState,
     PolicyEntry,
+    Verdict,
 )
 
 logger = logging.getLogger(__name__)
@@ -425,6 +427,50 @@ class Datapath:
 
     def connections(self) -> list[conntrack.Connection]:
         return [conntrack.decode(k, v) for k, v in self.ct_map.items()]
+
+    def expire_conntrack(
+        self, *, timeouts: conntrack.Timeouts | None = None, now_ns: int | None = None
+    ) -> list[DatapathEvent]:
+        """Removes idle entries and returns a close event for each connection whose end the kernel did
+        not report itself (UDP, ICMP, and TCP that went quiet); TCP closed by FIN was reported already.
+        The kernel stamps entries with CLOCK_MONOTONIC, which time.monotonic_ns() also reads."""
+        timeouts = timeouts or conntrack.Timeouts()
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        closed: list[DatapathEvent] = []
+        for key, value in self.ct_map.items():
+            idle_s = (now - value.last_seen_ns) / 1e9
+            if idle_s <= timeouts.for_entry(key.proto, value.flags):
+                continue
+            if not self.ct_map.delete(key) or value.flags & conntrack.FLAG_CLOSED:
+                continue
+            endpoint = self._endpoints.get(key.ifindex)
+            connection = conntrack.decode(key, value)
+            closed.append(
+                DatapathEvent(
+                    timestamp_ns=now,
+                    type=EventType.CONN_CLOSE,
+                    verdict=Verdict(value.verdict) if value.verdict in (1, 2, 3) else None,
+                    drop_reason=DropReason.NONE,
+                    direction=Direction(value.direction & 1),
+                    endpoint_id=endpoint.endpoint_id if endpoint else 0,
+                    ifindex=key.ifindex,
+                    saddr=connection.saddr,
+                    daddr=connection.daddr,
+                    sport=key.sport,
+                    dport=key.dport,
+                    protocol=key.proto,
+                    tcp_flags=value.tcp_flags,
+                    is_reply=False,
+                    rule_id=value.rule_id,
+                    src_identity=value.src_identity,
+                    dst_identity=value.dst_identity,
+                    packets_fwd=value.packets_fwd,
+                    bytes_fwd=value.bytes_fwd,
+                    packets_rev=value.packets_rev,
+                    bytes_rev=value.bytes_rev,
+                )
+            )
+        return closed
 
     def flush_conntrack(self) -> None:
         self.ct_map.clear()

@@ -104,3 +104,24 @@ def decode(key: CTKey, value: CTValue) -> Connection:
         flags=value.flags,
         tcp_flags=value.tcp_flags,
     )
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """How long an idle entry lives (seconds). A TCP connection closed by FIN both ways keeps its entry a
+    little for the last ACK; one that just went quiet is kept long, like the kernel's own conntrack."""
+
+    tcp: float = 6 * 3600.0
+    tcp_closed: float = 10.0
+    udp: float = 60.0
+    icmp: float = 30.0
+    other: float = 60.0
+
+    def for_entry(self, proto: int, flags: int) -> float:
+        if proto == 6:
+            return self.tcp_closed if flags & FLAG_CLOSED else self.tcp
+        if proto == 17:
+            return self.udp
+        if proto == 1:
+            return self.icmp
+        return self.other
