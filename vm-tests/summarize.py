@@ -40,6 +40,7 @@ class JUnitCounts:
     passed: int
     failed: int
     skipped: int
+    seconds: float = 0.0
 
 
 def count_junit(path: Path) -> JUnitCounts:
@@ -54,7 +55,8 @@ def count_junit(path: Path) -> JUnitCounts:
             skipped += 1
         else:
             passed += 1
-    return JUnitCounts(passed=passed, failed=failed, skipped=skipped)
+    seconds = sum(float(suite.get("time", 0) or 0) for suite in root.iter("testsuite"))
+    return JUnitCounts(passed=passed, failed=failed, skipped=skipped, seconds=seconds)
 
 
 def _read_int(path: Path) -> int | None:
@@ -95,7 +97,12 @@ def judge(results_dir: Path, *, timeout_s: int) -> KernelResult:
         failed = max(counts.failed, 1)
         return KernelResult(label, counts.passed, failed, counts.skipped, ok=False, note=note)
     return KernelResult(
-        label, counts.passed, counts.failed, counts.skipped, ok=ok, note=f"pytest exit {pytest_rc}"
+        label,
+        counts.passed,
+        counts.failed,
+        counts.skipped,
+        ok=ok,
+        note=f"pytest exit {pytest_rc}, suite {counts.seconds:.0f}s",
     )
 
 

@@ -12,7 +12,7 @@ import summarize
 logger = logging.getLogger(__name__)
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?>
-<testsuites><testsuite name="k" tests="5" failures="1" errors="1" skipped="1">
+<testsuites><testsuite name="k" tests="5" failures="1" errors="1" skipped="1" time="12.5">
 <testcase classname="a" name="ok1"/>
 <testcase classname="a" name="ok2"/>
 <testcase classname="a" name="bad"><failure message="boom"/></testcase>
@@ -38,7 +38,7 @@ def _guest(tmp_path: Path, name: str, **files: str) -> Path:
 def test_counts_by_outcome(tmp_path: Path) -> None:
     path = tmp_path / "junit.xml"
     path.write_text(JUNIT)
-    assert summarize.count_junit(path) == summarize.JUnitCounts(passed=2, failed=2, skipped=1)
+    assert summarize.count_junit(path) == summarize.JUnitCounts(passed=2, failed=2, skipped=1, seconds=12.5)
 
 
 def test_failing_kernel_is_not_ok(tmp_path: Path) -> None:
