@@ -57,7 +57,7 @@ def namespaces(draw: st.DrawFn, name: str) -> Namespace:
 
 
 @st.composite
-def pods(draw: st.DrawFn, ip: IPv4Address, name: str, namespace: str | None = None) -> Pod:
+def pods(draw: st.DrawFn, ip: IPv4Address | None, name: str, namespace: str | None = None) -> Pod:
     labels = draw(pod_labels())
     app = dict(labels).get("app")
     return Pod(
