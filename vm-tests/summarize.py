@@ -2,7 +2,8 @@
 
 Each argument is a guest's results directory (written through virtme-ng's --rwdir by vm-tests/guest.sh):
 `junit.xml` from pytest, `rc` with pytest's exit code, `started` once the guest ran our script, and
-`error` when the guest's own set-up failed, and `vng-rc` with the exit code of `timeout vng ...` (written
+`error` when the guest's own set-up failed, `boot-timeout` when run.sh ended a guest that did not come up,
+and `vng-rc` with the exit code of `timeout vng ...` (written
 by vm-tests/run.sh on the host).
 
 Prints one line per kernel, then the combined closing line `N passed, N failed` alone on the last line,
@@ -74,8 +75,11 @@ def judge(results_dir: Path, *, timeout_s: int) -> KernelResult:
     junit = results_dir / "junit.xml"
     if pytest_rc is None or not junit.exists():
         guest_error = results_dir / "error"
+        boot_limit = results_dir / "boot-timeout"
         if guest_error.exists():
             why = f"guest set-up failed: {guest_error.read_text().strip()}"
+        elif boot_limit.exists():
+            why = f"guest did not come up within its {boot_limit.read_text().strip()}s boot limit"
         elif not (results_dir / "started").exists():
             why = "guest did not come up"
         elif vng_rc in TIMEOUT_CODES:

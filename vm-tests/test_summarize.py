@@ -55,6 +55,14 @@ def test_guest_that_never_came_up_counts_as_a_failure(tmp_path: Path) -> None:
     assert "did not come up within its 60s limit" in verdict.note
 
 
+def test_guest_ended_by_the_boot_watchdog(tmp_path: Path) -> None:
+    out = _guest(tmp_path, "6.1", vng_rc="143", **{"boot-timeout": "300"})
+    verdict = summarize.judge(out, timeout_s=1500)
+    assert not verdict.ok
+    assert verdict.failed == 1
+    assert "did not come up within its 300s boot limit" in verdict.note
+
+
 def test_suite_cut_off_by_the_limit_is_reported_as_such(tmp_path: Path) -> None:
     out = _guest(tmp_path, "6.12", started="6.12", vng_rc="124")
     verdict = summarize.judge(out, timeout_s=60)

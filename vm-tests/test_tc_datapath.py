@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from meshagent.datapath import probes
 from vmnet import VethPair
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ def _counts(bpf: Any) -> tuple[int, int]:
 
 
 def test_tc_program_counts_then_drops_real_pings(icmp_gate: Any, veth_pair: VethPair) -> None:
+    if why := probes.missing(probes.Feature.CLSACT_CLS_BPF):
+        pytest.skip(why)
     from bcc import BPF
     from pyroute2 import IPRoute
 

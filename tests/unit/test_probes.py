@@ -93,3 +93,27 @@ def test_tc_probe_leaves_nothing_behind() -> None:
     assert set(os.listdir("/proc/self/fd")) <= fds_before
     qdiscs = subprocess.run(["tc", "qdisc", "show", "dev", "lo"], capture_output=True, text=True, check=True)
     assert "clsact" not in qdiscs.stdout
+
+
+@pytest.mark.kernel
+def test_missing_joins_the_reasons_of_unavailable_features() -> None:
+    assert probes.missing(probes.Feature.SCHED_CLS) == ""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 2
+        try:
+            os.close(read_end)
+            os.setgid(65534)
+            os.setuid(65534)
+            os.write(write_end, probes.missing(probes.Feature.LPM_TRIE, probes.Feature.SOCKHASH).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        reply = reader.read().decode()
+    os.waitpid(pid, 0)
+    assert "lpm_trie" in reply
+    assert "sockhash" in reply
+    assert reply.count("run as root") == 2

@@ -319,6 +319,14 @@ def probe(feature: Feature) -> ProbeResult:
     return result
 
 
+def missing(*features: Feature) -> str:
+    """Why any of `features` is unavailable ("; "-joined), or "" when all are there.
+
+    For tests: `if why := probes.missing(Feature.SK_MSG): pytest.skip(why)`.
+    """
+    return "; ".join(result.reason for result in map(probe, features) if not result.available)
+
+
 def probe_all() -> dict[Feature, ProbeResult]:
     """Every probe, in declaration order. Cheap (no compiler): a few ms plus one fork for tc."""
     return {feature: probe(feature) for feature in PROBES}
