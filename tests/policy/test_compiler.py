@@ -201,3 +201,26 @@ def test_a_change_touches_only_the_entries_it_affects() -> None:
     assert touched == {1}  # only a's entries name c's identity
     assert all(e.peer_identity != IDENTITY_ANY for e in diff.upsert_policy | diff.delete_policy)
     assert diff.apply_to(before) != before
+
+
+def test_attribution_names_the_rule_or_the_isolating_policies() -> None:
+    from meshagent.policy.attribution import attribute
+
+    c = compiler_with(ALLOW_DB_TO_WEB)
+    sim = DatapathSimulator(c.state())
+    got = sim.verdict(
+        endpoint_id=1,
+        direction=Direction.INGRESS,
+        peer=IPv4Address("10.0.0.2"),
+        protocol=Protocol.TCP,
+        port=8080,
+    )
+    found = attribute(c, endpoint_id=1, direction=Direction.INGRESS, rule_id=got.rule_id)
+    assert found.description == "NetworkPolicy x/web ingress[0]" and not found.default
+    denied = attribute(c, endpoint_id=1, direction=Direction.INGRESS, rule_id=0)
+    assert denied.default and denied.isolating == ("x/web",)
+    assert denied.description == "default deny (ingress isolated by x/web)"
+    assert attribute(c, endpoint_id=1, direction=Direction.EGRESS, rule_id=0).description.startswith(
+        "default allow"
+    )
+    assert attribute(c, endpoint_id=1, direction=Direction.INGRESS, rule_id=12345).rule is None

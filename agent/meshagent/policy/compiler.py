@@ -116,6 +116,7 @@ class PolicyCompiler:
         self._prefix_refs: dict[IPv4Network, int] = defaultdict(int)
         self._egress_named: set[PolicyKey] = set()
         self._compiled: dict[PodKey, _Compiled] = {}
+        self._by_endpoint_id: dict[int, PodKey] = {}
         self._ep_policies: dict[PodKey, set[PolicyKey]] = {}
         self._policy_eps: dict[PolicyKey, set[PodKey]] = defaultdict(set)
         self._ipcache: dict[IPv4Network, int] = {}
@@ -148,6 +149,10 @@ class PolicyCompiler:
     def endpoint(self, key: PodKey) -> EndpointEntry | None:
         compiled = self._compiled.get(key)
         return compiled.endpoint if compiled else None
+
+    def pod_of_endpoint(self, endpoint_id: int) -> PodKey | None:
+        """The local pod a datapath endpoint id belongs to (for events, which carry the id)."""
+        return self._by_endpoint_id.get(endpoint_id)
 
     def policies_selecting(self, key: PodKey) -> list[PolicyKey]:
         return sorted(self._ep_policies.get(key, ()))
@@ -654,6 +659,8 @@ class PolicyCompiler:
         for key in sorted(self._dirty_eps):
             before = self._compiled.pop(key, None)
             if before is not None:
+                if self._by_endpoint_id.get(before.endpoint.endpoint_id) == key:
+                    del self._by_endpoint_id[before.endpoint.endpoint_id]
                 old_eps.append(before.endpoint)
                 old_entries.extend(before.all_entries())
             for pk in self._ep_policies.pop(key, ()):
@@ -662,6 +669,7 @@ class PolicyCompiler:
             if compiled is None:
                 continue
             self._compiled[key] = compiled
+            self._by_endpoint_id[compiled.endpoint.endpoint_id] = key
             new_eps.append(compiled.endpoint)
             new_entries.extend(compiled.all_entries())
             self._ep_policies[key] = used
