@@ -1,0 +1,27 @@
+/* Every map of the socket load-balancer, declared in one place and pinned under MA_PIN_DIR like the
+ * policy datapath's, so that translation keeps working while the agent is down. */
+#ifndef MA_LB_MAPS_H
+#define MA_LB_MAPS_H
+
+#include "lb_types.h"
+
+#ifndef MA_LB_SERVICES_MAX
+#define MA_LB_SERVICES_MAX 16384
+#endif
+#ifndef MA_LB_REVNAT_MAX
+#define MA_LB_REVNAT_MAX 262144
+#endif
+#ifndef MA_LB_AFFINITY_MAX
+#define MA_LB_AFFINITY_MAX 65536
+#endif
+
+/* Not preallocated: a value is ~800 bytes and most clusters use a fraction of the capacity. */
+BPF_TABLE_PINNED("hash", struct ma_lb_service_key, struct ma_lb_service_value, ma_lb_services,
+		 MA_LB_SERVICES_MAX, MA_PIN("ma_lb_services"), BPF_F_NO_PREALLOC);
+/* LRU: entries of closed sockets age out instead of needing a close hook. */
+BPF_TABLE_PINNED("lru_hash", struct ma_lb_revnat_key, struct ma_lb_revnat_value, ma_lb_revnat,
+		 MA_LB_REVNAT_MAX, MA_PIN("ma_lb_revnat"));
+BPF_TABLE_PINNED("lru_hash", struct ma_lb_affinity_key, struct ma_lb_affinity_value, ma_lb_affinity,
+		 MA_LB_AFFINITY_MAX, MA_PIN("ma_lb_affinity"));
+
+#endif /* MA_LB_MAPS_H */

@@ -1,0 +1,122 @@
+"""Socket client run inside a pod's network namespace (and, for the tests, inside the test cgroup).
+
+Standard library only; run as a file. Prints one JSON line.
+
+  client.py tcp IP PORT [--count N]         N connections: connect, getpeername, echo, close
+  client.py udp IP PORT [--count N]         N connected UDP sockets: connect, getpeername, echo
+  client.py udp-unconnected IP PORT [--count N]   sendto/recvfrom; reports the reply's source
+  client.py hold IP PORT                    one TCP connection: echo, print, wait for a stdin line, echo
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import socket
+import sys
+import time
+
+PAYLOAD = bytes(range(64))
+
+
+def _error(err: OSError) -> str:
+    return errno.errorcode.get(err.errno or 0, type(err).__name__)
+
+
+def _echo(sock: socket.socket) -> bool:
+    sock.sendall(PAYLOAD)
+    received = b""
+    while len(received) < len(PAYLOAD):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        received += chunk
+    return received == PAYLOAD
+
+
+def _connected(kind: int, ip: str, port: int, count: int, timeout: float) -> dict[str, object]:
+    ok = 0
+    errors: dict[str, int] = {}
+    peers: set[str] = set()
+    slowest = 0.0
+    for _ in range(count):
+        start = time.monotonic()
+        sock = socket.socket(socket.AF_INET, kind)
+        sock.settimeout(timeout)
+        try:
+            sock.connect((ip, port))
+            peer = sock.getpeername()
+            peers.add(f"{peer[0]}:{peer[1]}")
+            if _echo(sock):
+                ok += 1
+            else:
+                errors["mismatch"] = errors.get("mismatch", 0) + 1
+        except OSError as err:
+            errors[_error(err)] = errors.get(_error(err), 0) + 1
+        finally:
+            sock.close()
+            slowest = max(slowest, time.monotonic() - start)
+    return {"ok": ok, "errors": errors, "peers": sorted(peers), "slowest_ms": round(slowest * 1000, 2)}
+
+
+def _unconnected(ip: str, port: int, count: int, timeout: float) -> dict[str, object]:
+    ok = 0
+    errors: dict[str, int] = {}
+    sources: set[str] = set()
+    slowest = 0.0
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(timeout)
+    sock.bind(("0.0.0.0", 0))
+    for _ in range(count):
+        start = time.monotonic()
+        try:
+            sock.sendto(PAYLOAD, (ip, port))
+            data, source = sock.recvfrom(65535)
+            sources.add(f"{source[0]}:{source[1]}")
+            if data == PAYLOAD:
+                ok += 1
+        except OSError as err:
+            errors[_error(err)] = errors.get(_error(err), 0) + 1
+        slowest = max(slowest, time.monotonic() - start)
+    sock.close()
+    return {"ok": ok, "errors": errors, "sources": sorted(sources), "slowest_ms": round(slowest * 1000, 2)}
+
+
+def _hold(ip: str, port: int, timeout: float) -> int:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    sock.connect((ip, port))
+    print(json.dumps({"first": _echo(sock), "sport": sock.getsockname()[1]}), flush=True)
+    sys.stdin.readline()
+    try:
+        second = _echo(sock)
+    except OSError as err:
+        print(json.dumps({"second": False, "error": _error(err)}), flush=True)
+        return 1
+    print(json.dumps({"second": second}), flush=True)
+    sock.close()
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["tcp", "udp", "udp-unconnected", "hold"])
+    parser.add_argument("ip")
+    parser.add_argument("port", type=int)
+    parser.add_argument("--count", type=int, default=1)
+    parser.add_argument("--timeout", type=float, default=1.0)
+    args = parser.parse_args()
+    if args.mode == "hold":
+        return _hold(args.ip, args.port, args.timeout)
+    if args.mode == "udp-unconnected":
+        result = _unconnected(args.ip, args.port, args.count, args.timeout)
+    else:
+        kind = socket.SOCK_STREAM if args.mode == "tcp" else socket.SOCK_DGRAM
+        result = _connected(kind, args.ip, args.port, args.count, args.timeout)
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
