@@ -226,6 +226,10 @@ class PolicyCompiler:
         old = self._netpols.get(key) if isinstance(policy, NetworkPolicy) else self._admins.get(key)
         if old == policy:
             return KernelDiff()
+        if isinstance(policy, AdminNetworkPolicy):
+            assert old is None or isinstance(old, AdminNetworkPolicy)
+            self._replace_admin_policy(key, old, policy)
+            return self._flush()
         if old is not None:
             self._remove_policy(key, old)
         self._add_policy(key, policy)
@@ -241,8 +245,40 @@ class PolicyCompiler:
         old: AnyPolicy | None = self._netpols.get(key) or self._admins.get(key)
         if old is None:
             return KernelDiff()
-        self._remove_policy(key, old)
+        if isinstance(old, AdminNetworkPolicy):
+            self._replace_admin_policy(key, old, None)
+        else:
+            self._remove_policy(key, old)
         return self._flush()
+
+    def _admin_peers(self, policy: AdminNetworkPolicy) -> set[int]:
+        peers: set[int] = set()
+        for admin_rule in (*policy.ingress, *policy.egress):
+            peers |= self._peers(admin_rule_specs(admin_rule)) or frozenset()
+        return peers
+
+    def _replace_admin_policy(
+        self, key: PolicyKey, old: AdminNetworkPolicy | None, new: AdminNetworkPolicy | None
+    ) -> None:
+        """An admin policy changes only the entries of the peers its rules name (old or new version):
+        its peers are never "any peer", so the IDENTITY_ANY entries and every other peer's stay as they are
+        (and the encoding of a peer does not depend on the others'; see decide.compile_direction)."""
+        peers: set[int] = set()
+        endpoints = set(self._policy_eps.get(key, ()))
+        if old is not None:
+            peers |= self._admin_peers(old)
+            self._remove_policy(key, old, affect=False)
+        if new is not None:
+            self._add_policy(key, new, affect=False)
+            peers |= self._admin_peers(new)
+            for k in self._local:
+                pod = self._pods.get(k)
+                if pod is not None:
+                    ns_labels = namespace_labels(pod.namespace, self._namespaces.get(pod.namespace))
+                    if admin_subject_matches(new, pod, ns_labels):
+                        endpoints.add(k)
+        for endpoint in endpoints:
+            self._dirty_peers[endpoint].update(peers)
 
     def set_local_endpoint(self, namespace: str, name: str, endpoint: LocalEndpoint) -> KernelDiff:
         key = (namespace, name)
@@ -388,7 +424,7 @@ class PolicyCompiler:
 
     # ----------------------------------------------------------------- policies
 
-    def _add_policy(self, key: PolicyKey, policy: AnyPolicy) -> None:
+    def _add_policy(self, key: PolicyKey, policy: AnyPolicy, *, affect: bool = True) -> None:
         if isinstance(policy, NetworkPolicy):
             self._netpols[key] = policy
             self._np_by_ns[policy.namespace][key] = policy
@@ -401,7 +437,7 @@ class PolicyCompiler:
             )
         else:
             self._admins[key] = policy
-            for k in self._local:
+            for k in self._local if affect else ():
                 pod = self._pods.get(k)
                 if pod is not None:
                     ns_labels = namespace_labels(pod.namespace, self._namespaces.get(pod.namespace))
@@ -424,8 +460,9 @@ class PolicyCompiler:
         if has_egress_named_ports(policy):
             self._egress_named.add(key)
 
-    def _remove_policy(self, key: PolicyKey, policy: AnyPolicy) -> None:
-        self._affect_policy(key)
+    def _remove_policy(self, key: PolicyKey, policy: AnyPolicy, *, affect: bool = True) -> None:
+        if affect:
+            self._affect_policy(key)
         if isinstance(policy, NetworkPolicy):
             del self._netpols[key]
             del self._np_by_ns[policy.namespace][key]
@@ -625,6 +662,17 @@ class PolicyCompiler:
         if compiled is None or pod is None or local is None:
             return False
         nps, admins = self.selecting_policies(pod)
+        np_keys = {policy_key_of(np) for np in nps}
+        recorded = self._ep_policies.get(key, set())
+        if np_keys != {k for k in recorded if k[0] is RuleKind.NETWORK_POLICY}:
+            return False  # isolation or the "any peer" rules may differ: whole recompile
+        used = np_keys | {policy_key_of(anp) for anp in admins}
+        if used != recorded:
+            for pk in recorded - used:
+                self._policy_eps[pk].discard(key)
+            for pk in used - recorded:
+                self._policy_eps[pk].add(key)
+            self._ep_policies[key] = used
         for direction in (Direction.INGRESS, Direction.EGRESS):
             rules = self._direction_rules(pod, nps, admins, direction)
             by_peer = compile_direction(
