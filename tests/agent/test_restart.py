@@ -66,6 +66,14 @@ class AgentProcess:
         assert ready is not None, self.log.read_text()[-3000:]
         return time.monotonic() - started
 
+    def children(self) -> list[int]:
+        """Processes the agent forked and that are still there (it should fork none)."""
+        assert self.process is not None
+        found: list[int] = []
+        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+            found += [int(pid) for pid in (task / "children").read_text().split()]
+        return found
+
     def ready(self) -> bool:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/readyz", timeout=1) as answer:
@@ -134,6 +142,7 @@ def test_kill_minus_nine_keeps_enforcing_and_restart_converges(
     try:
         agent.start()
         assert allowed(web, db, 80) and not allowed(other, db, 80)
+        assert agent.children() == [], "entering the node's namespace must not fork helper processes"
 
         steady = web.popen(
             "python3", "-c", _STEADY_CLIENT % (db.ip, 12.0), stdout=subprocess.PIPE, stderr=subprocess.PIPE

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pyroute2 import IPRoute
+from meshagent.datapath.netns import iproute
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def find_pod_interfaces(
     trip per node refresh, not per pod)."""
     wanted = {ipaddress.IPv4Address(str(ip)) for ip in pod_ips}
     try:
-        with IPRoute(netns=netns) as ipr:
+        with iproute(netns) as ipr:
             routes: dict[ipaddress.IPv4Address, Any] = {}
             for r in ipr.get_routes(family=socket.AF_INET, table=RT_TABLE_MAIN):
                 dst = r.get_attr("RTA_DST")

@@ -17,6 +17,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from meshagent.datapath.errors import AttachError
+from meshagent.datapath.netns import iproute
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class AttachedFilter:
 def attach(*, ifindex: int, netns: str | None, from_endpoint: Program, to_endpoint: Program) -> None:
     """Attaches (or replaces) both programs on one interface."""
     try:
-        with IPRoute(netns=netns) as ipr:
+        with iproute(netns) as ipr:
             try:
                 ipr.tc("add", "clsact", ifindex)
             except NetlinkError as err:
@@ -67,7 +68,7 @@ def attach(*, ifindex: int, netns: str | None, from_endpoint: Program, to_endpoi
 def detach(*, ifindex: int, netns: str | None) -> None:
     """Removes our filters; the interface may already be gone (a deleted pod), which is fine."""
     try:
-        with IPRoute(netns=netns) as ipr:
+        with iproute(netns) as ipr:
             for parent in (PARENT_INGRESS, PARENT_EGRESS):
                 try:
                     ipr.tc("del-filter", "bpf", ifindex, FILTER_HANDLE, parent=parent, prio=FILTER_PRIO)
@@ -87,7 +88,7 @@ def detach(*, ifindex: int, netns: str | None) -> None:
 
 def attached(*, ifindex: int, netns: str | None) -> list[AttachedFilter]:
     """Our filters present on the interface (by priority and handle), with their program names."""
-    with IPRoute(netns=netns) as ipr:
+    with iproute(netns) as ipr:
         out = []
         for parent in (PARENT_INGRESS, PARENT_EGRESS):
             for message in _filters(ipr, ifindex, parent):
