@@ -165,6 +165,8 @@ def measure(label: str, *, all_local: bool, repeats: int, seed: int) -> None:
     state = compiler.state()
 
     relabel_ms, relabel_diff, edit_ms, edit_diff = [], [], [], []
+    admin_ms: list[float] = []
+    admin_diff: list[int] = []
     ingress_policies = {p.key: p for p in policies if isinstance(p, NetworkPolicy) and p.ingress}
     for r in range(repeats):
         pod = compiler.pods[rng.choice(local_pods).key]
@@ -191,6 +193,18 @@ def measure(label: str, *, all_local: bool, repeats: int, seed: int) -> None:
         edit_ms.append((time.perf_counter() - start) * 1000)
         edit_diff.append(diff.size)
 
+        # An admin policy whose subject is every pod: a new port in its rule.
+        anp = next(p for p in compiler.admin_policies if p.name == "allow-monitoring")
+        rule = anp.ingress[0]
+        edited_anp = replace(
+            anp,
+            ingress=(replace(rule, ports=(*rule.ports[:1], AdminPort(Protocol.TCP, 9000 + r, 9000 + r))),),
+        )
+        start = time.perf_counter()
+        diff = compiler.upsert_policy(edited_anp)
+        admin_ms.append((time.perf_counter() - start) * 1000)
+        admin_diff.append(diff.size)
+
     figures = {
         "pods": len(pods),
         "namespaces": len(namespaces),
@@ -206,6 +220,9 @@ def measure(label: str, *, all_local: bool, repeats: int, seed: int) -> None:
         "policy_edit_ms_median": median(edit_ms),
         "policy_edit_ms_max": max(edit_ms),
         "policy_edit_diff_median": median([float(d) for d in edit_diff]),
+        "admin_edit_ms_median": median(admin_ms),
+        "admin_edit_ms_max": max(admin_ms),
+        "admin_edit_diff_median": median([float(d) for d in admin_diff]),
     }
     print(bench_line(f"policy_scale[{label}]", figures), flush=True)
 

@@ -112,6 +112,7 @@ class PolicyCompiler:
         self._local: dict[PodKey, LocalEndpoint] = {}
         self._spec_users: dict[PeerSpec, set[PolicyKey]] = defaultdict(set)
         self._sel_cache: dict[SelectorPeer, set[int]] = {}
+        self._sel_frozen: dict[SelectorPeer, frozenset[int]] = {}  # read copies, dropped on change
         self._block_cache: dict[BlockPeer, frozenset[int]] = {}
         self._prefix_refs: dict[IPv4Network, int] = defaultdict(int)
         self._egress_named: set[PolicyKey] = set()
@@ -383,12 +384,14 @@ class PolicyCompiler:
         for spec, ids in self._sel_cache.items():
             if spec.matches(namespace, ns_labels, pod_labels):
                 ids.add(ident)
+                self._sel_frozen.pop(spec, None)
                 self._affect_spec(spec, {ident})
 
     def _identity_removed(self, ident: int) -> None:
         for spec, ids in self._sel_cache.items():
             if ident in ids:
                 ids.discard(ident)
+                self._sel_frozen.pop(spec, None)
                 self._affect_spec(spec, {ident})
 
     def _membership_changed(self, ident: int, pod: Pod) -> None:
@@ -475,6 +478,7 @@ class PolicyCompiler:
                 del self._spec_users[spec]
                 if isinstance(spec, SelectorPeer):
                     self._sel_cache.pop(spec, None)
+                    self._sel_frozen.pop(spec, None)
                 else:
                     self._block_cache.pop(spec, None)
         for prefix in policy_prefixes(policy):
@@ -496,7 +500,10 @@ class PolicyCompiler:
 
     def _resolve(self, spec: PeerSpec) -> frozenset[int]:
         if isinstance(spec, SelectorPeer):
-            return frozenset(self._sel_cache[spec])
+            frozen = self._sel_frozen.get(spec)
+            if frozen is None:
+                frozen = self._sel_frozen[spec] = frozenset(self._sel_cache[spec])
+            return frozen
         cached = self._block_cache.get(spec)
         if cached is None:
             cached = self._resolve_block(spec)
