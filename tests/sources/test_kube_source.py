@@ -130,6 +130,8 @@ def test_410_after_changes_while_disconnected_emits_exactly_the_differences(rig:
     emu.apply(objects.network_policy("np", "web"))
     assert rig.source.wait_ready(5)
     assert wait_until(lambda: len(rig.store.objects(Kind.POD)) == 4)
+    # The policy too must have arrived before the outage, or its relist rightly reports it as ADDED.
+    assert wait_until(lambda: rig.store.get(Kind.NETWORK_POLICY, "web", "np") is not None)
     emu.stop()
     assert wait_until(lambda: not rig.source.status().connected)
     rig.recorder.clear()
