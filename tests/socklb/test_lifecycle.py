@@ -1,0 +1,120 @@
+"""The load-balancer's own lifecycle: map layouts match what BCC compiled, state is written as a diff,
+detach removes exactly our attachments, and pinned state outlives the object that wrote it."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import subprocess
+from ipaddress import IPv4Address
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from meshagent.datapath.maps import lb_affinity, lb_revnat, lb_services
+from meshagent.datapath.socklb import SocketLB
+from meshagent.model.kernel_state import Protocol
+from meshagent.model.services import Frontend, LBBackend, LBEntry
+from meshagent.testing.topology import Topology
+
+from tests.socklb.helpers import run_client
+
+pytestmark = pytest.mark.kernel
+
+VIP = IPv4Address("10.96.0.40")
+
+
+def _layout(struct: type[Any], renames: dict[str, str]) -> dict[str, tuple[int, int]]:
+    return {
+        renames.get(name, name): (getattr(struct, name).offset, getattr(struct, name).size)
+        for name, *_ in struct._fields_
+        if not name.startswith("__pad")
+    }
+
+
+@pytest.mark.parametrize(
+    ("module", "key", "value"),
+    [
+        (lb_services, lb_services.ServiceKey, lb_services.ServiceValue),
+        (lb_revnat, lb_revnat.RevNatKey, lb_revnat.RevNatValue),
+        (lb_affinity, lb_affinity.AffinityKey, lb_affinity.AffinityValue),
+    ],
+)
+def test_map_mirrors_match_compiled_types(
+    socklb: SocketLB, module: ModuleType, key: type[Any], value: type[Any]
+) -> None:
+    table = socklb.bpf[module.MAP_NAME.encode()]
+    renames = module.C_FIELD_NAMES
+    for ours, compiled in ((key, table.Key), (value, table.Leaf)):
+        assert ctypes.sizeof(ours) == ctypes.sizeof(compiled), ours.__name__
+        assert _layout(ours, renames) == _layout(compiled, {}), ours.__name__
+    if module is lb_services:
+        slot = dict(table.Leaf._fields_)["slots"]._type_  # the compiled struct ma_lb_slot
+        assert _layout(lb_services.Slot, renames) == _layout(slot, {})
+
+
+def _entry(port: int, *backends: tuple[str, int], affinity: int = 0) -> LBEntry:
+    return LBEntry(
+        frontend=Frontend(VIP, port, Protocol.TCP),
+        backends=tuple(LBBackend(IPv4Address(ip), p, w) for ip, p, w in [(*b, 1) for b in backends]),
+        affinity_timeout=affinity,
+    )
+
+
+def test_apply_writes_only_the_difference(lb_topo: Topology, socklb: SocketLB) -> None:
+    a = _entry(80, ("10.244.5.20", 80))
+    b = _entry(81, ("10.244.5.20", 81), ("10.244.5.30", 81), affinity=30)
+    first = socklb.apply({a.frontend: a, b.frontend: b})
+    assert set(first.diff.upserts) == {a, b} and not first.diff.removals
+    assert socklb.entries() == {a.frontend: a, b.frontend: b}  # decoded back exactly
+
+    assert socklb.apply({a.frontend: a, b.frontend: b}).diff.empty
+
+    b2 = _entry(81, ("10.244.5.30", 81), affinity=30)
+    second = socklb.apply({a.frontend: a, b2.frontend: b2})
+    assert second.diff.upserts == (b2,) and not second.diff.removals
+
+    third = socklb.apply({b2.frontend: b2})
+    assert third.diff.removals == (a.frontend,) and not third.diff.upserts
+    assert socklb.entries() == {b2.frontend: b2}
+
+
+def _attached(cgroup: Path) -> set[int]:
+    out = subprocess.run(["bpftool", "cgroup", "show", str(cgroup), "-j"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return {
+        item["id"] for item in json.loads(out.stdout.strip() or "[]") if item["name"].startswith("ma_sock_")
+    }
+
+
+def test_detach_removes_exactly_our_attachments_and_pinned_state_is_shared(
+    lb_topo: Topology, socklb: SocketLB, lb_cgroup: Path, lb_pin_dir: Path, tmp_path: Path
+) -> None:
+    client = lb_topo.add_pod("client", "10.244.5.10")
+    lb_topo.add_pod("b1", "10.244.5.20").serve(tcp=(80,))
+    entry = _entry(80, ("10.244.5.20", 80))
+    socklb.apply({entry.frontend: entry})
+    ours = _attached(lb_cgroup)
+    assert len(ours) == 4
+
+    second = SocketLB(pin_dir=lb_pin_dir, cgroup=lb_cgroup)
+    second.load()
+    try:
+        assert second.entries() == {entry.frontend: entry}  # adopted from the pinned map
+        second.attach()
+        theirs = _attached(lb_cgroup) - ours
+        assert len(theirs) == 4
+        second.detach()
+        assert _attached(lb_cgroup) == ours  # only the second object's programs went away
+
+        socklb.detach()
+        try:
+            assert _attached(lb_cgroup) == set()
+            untouched = run_client(client, "tcp", str(VIP), "80", "--timeout", "2", cgroup=lb_cgroup)
+            assert untouched["errors"] == {"EHOSTUNREACH": 1}, untouched
+        finally:
+            socklb.attach()
+        assert run_client(client, "tcp", str(VIP), "80", cgroup=lb_cgroup)["ok"] == 1
+    finally:
+        second.close()
