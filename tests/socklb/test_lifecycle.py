@@ -102,7 +102,7 @@ def test_detach_removes_exactly_our_attachments_and_pinned_state_is_shared(
     second.load()
     try:
         assert second.entries() == {entry.frontend: entry}  # adopted from the pinned map
-        second.attach()
+        second.attach(replace_stale=False)
         theirs = _attached(lb_cgroup) - ours
         assert len(theirs) == 4
         second.detach()
@@ -118,3 +118,27 @@ def test_detach_removes_exactly_our_attachments_and_pinned_state_is_shared(
         assert run_client(client, "tcp", str(VIP), "80", cgroup=lb_cgroup)["ok"] == 1
     finally:
         second.close()
+
+
+def test_a_restarted_agent_retires_the_attachments_it_finds(
+    lb_topo: Topology, socklb: SocketLB, lb_cgroup: Path, lb_pin_dir: Path
+) -> None:
+    client = lb_topo.add_pod("client", "10.244.5.10")
+    lb_topo.add_pod("b1", "10.244.5.20").serve(tcp=(80,))
+    entry = _entry(80, ("10.244.5.20", 80))
+    socklb.apply({entry.frontend: entry})
+    before = _attached(lb_cgroup)
+
+    successor = SocketLB(pin_dir=lb_pin_dir, cgroup=lb_cgroup)
+    successor.load()
+    try:
+        successor.attach()  # replaces the session's programs, as a restarted agent would
+        after = _attached(lb_cgroup)
+        assert len(after) == 4 and not after & before
+        assert run_client(client, "tcp", str(VIP), "80", "--count", "3", cgroup=lb_cgroup)["ok"] == 3
+        socklb.detach()  # its programs are gone already: nothing to do, no error
+        assert _attached(lb_cgroup) == after
+    finally:
+        successor.close()
+        socklb.attach()
+    assert len(_attached(lb_cgroup)) == 4

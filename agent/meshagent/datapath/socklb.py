@@ -8,9 +8,10 @@ pinned under the pin directory (`ma_lb_*`), like the policy datapath's.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import logging
 import os
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,7 +129,10 @@ class SocketLB:
             capacity=self.capacities.services,
         )
 
-    def attach(self) -> None:
+    def attach(self, *, replace_stale: bool = True) -> None:
+        """Attaches our four programs to the cgroup. With replace_stale, programs of ours that an earlier
+        agent left on the same hooks are detached after ours are in place: never a moment without
+        translation, never two sets."""
         if self.bpf is None:
             raise AttachError("load() first")
         if self._attached:
@@ -145,18 +149,31 @@ class SocketLB:
                 self.detach()
                 raise AttachError(f"attaching {name} to {self.cgroup} failed: {err}") from err
             self._attached.append((program, attach_type))
+        if replace_stale:
+            self._retire_stale()
         logger.info("socket load-balancer attached to %s", self.cgroup)
 
+    def _retire_stale(self) -> None:
+        assert self._cgroup_fd is not None
+        ours = {_program_info(program.fd).id for program, _ in self._attached}
+        for name, attach_type in PROGRAMS:
+            kernel_name = name[: _PROG_NAME_LEN - 1]  # the kernel keeps 15 characters of a name
+            for found in _attached_programs(self._cgroup_fd, attach_type):
+                if found.name == kernel_name and found.id not in ours:
+                    logger.info("detaching %s (id %d) left by an earlier agent", name, found.id)
+                    _detach_by_id(self._cgroup_fd, attach_type, found.id)
+
     def detach(self) -> None:
-        """Detaches the programs this object attached, and only those."""
+        """Detaches the programs this object attached, and only those (already gone is fine)."""
         problems = []
         while self._attached:
             program, attach_type = self._attached.pop()
-            try:
-                if self._cgroup_fd is not None:
-                    BPF.detach_func(program, self._cgroup_fd, attach_type)
-            except Exception as err:  # keep detaching the others
-                problems.append(f"{program.name.decode()}: {err}")
+            if self._cgroup_fd is None:
+                continue
+            if _libbpf.bpf_prog_detach2(program.fd, self._cgroup_fd, attach_type) < 0:
+                err = ctypes.get_errno()
+                if err != errno.ENOENT:  # ENOENT: another agent already retired it
+                    problems.append(f"{program.name.decode()}: {os.strerror(err)}")
         if self._cgroup_fd is not None:
             os.close(self._cgroup_fd)
             self._cgroup_fd = None
@@ -219,7 +236,67 @@ class SocketLB:
         return result
 
 
-def remove_pin_dir_if_empty(pin_dir: Path) -> None:
-    """Tests pin under a per-run directory; remove it when nothing else is left in it."""
-    if pin_dir.exists() and not any(pin_dir.iterdir()):
-        shutil.rmtree(pin_dir, ignore_errors=True)
+# -- programs attached to a cgroup hook (libbpf), to retire what an earlier agent left -----------------
+
+_libbpf = ctypes.CDLL("libbpf.so.1", use_errno=True)
+_libbpf.bpf_prog_query.argtypes = [
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_uint32,
+    ctypes.POINTER(ctypes.c_uint32),
+    ctypes.POINTER(ctypes.c_uint32),
+    ctypes.POINTER(ctypes.c_uint32),
+]
+_libbpf.bpf_prog_get_fd_by_id.argtypes = [ctypes.c_uint32]
+_libbpf.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
+_libbpf.bpf_prog_detach2.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+
+# struct bpf_prog_info (uapi/linux/bpf.h): id at offset 4, name[BPF_OBJ_NAME_LEN] at offset 64.
+_PROG_NAME_LEN = 16
+_INFO_SIZE = 80
+_MAX_PROGS = 64
+
+
+@dataclass(frozen=True)
+class AttachedProgram:
+    id: int
+    name: str
+
+
+def _program_info(fd: int) -> AttachedProgram:
+    buffer = (ctypes.c_char * _INFO_SIZE)()
+    length = ctypes.c_uint32(_INFO_SIZE)
+    if _libbpf.bpf_obj_get_info_by_fd(fd, buffer, ctypes.byref(length)) < 0:
+        raise AttachError(f"cannot read program info: {os.strerror(ctypes.get_errno())}")
+    raw = bytes(buffer)
+    name = raw[64 : 64 + _PROG_NAME_LEN].split(b"\0", 1)[0].decode(errors="replace")
+    return AttachedProgram(int.from_bytes(raw[4:8], "little"), name)
+
+
+def _attached_programs(cgroup_fd: int, attach_type: int) -> list[AttachedProgram]:
+    ids = (ctypes.c_uint32 * _MAX_PROGS)()
+    count = ctypes.c_uint32(_MAX_PROGS)
+    flags = ctypes.c_uint32(0)
+    if _libbpf.bpf_prog_query(cgroup_fd, attach_type, 0, ctypes.byref(flags), ids, ctypes.byref(count)) < 0:
+        raise AttachError(f"cannot list the cgroup's programs: {os.strerror(ctypes.get_errno())}")
+    out = []
+    for prog_id in ids[: count.value]:
+        fd = _libbpf.bpf_prog_get_fd_by_id(prog_id)
+        if fd < 0:
+            continue  # detached meanwhile
+        try:
+            out.append(_program_info(fd))
+        finally:
+            os.close(fd)
+    return out
+
+
+def _detach_by_id(cgroup_fd: int, attach_type: int, prog_id: int) -> None:
+    fd = _libbpf.bpf_prog_get_fd_by_id(prog_id)
+    if fd < 0:
+        return  # gone already
+    try:
+        if _libbpf.bpf_prog_detach2(fd, cgroup_fd, attach_type) < 0 and ctypes.get_errno() != errno.ENOENT:
+            raise AttachError(f"cannot detach program {prog_id}: {os.strerror(ctypes.get_errno())}")
+    finally:
+        os.close(fd)

@@ -1,0 +1,157 @@
+"""Benchmark: the socket load-balancer against a direct connection and against iptables DNAT as
+kube-proxy programs it.
+
+A client pod connects (tcpbench crr: connect, 1-byte request/response, close) and exchanges (tcpbench rr:
+1-byte ping-pong on one connection) with an echo server pod:
+  direct     to the backend's own address (no Service)
+  socklb     to a ClusterIP translated by our cgroup connect hook (client process in our cgroup)
+  iptables   to a ClusterIP DNATed by kube-proxy-style rules in the client pod (KUBE-SERVICES with one
+             match per Service, KUBE-SVC-*, KUBE-SEP-* DNAT), the measured Service being the last one
+At 100, 1,000 and 10,000 Services (the others point at the same backend), ours is one hash lookup per
+connect; kube-proxy's first packet walks the KUBE-SERVICES list.
+
+    .venv/bin/python bench/socklb.py [--quick]
+
+Prints BENCH lines (ratio = socklb / direct for the plain runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from meshagent.datapath.socklb import SocketLB, cgroup2_mount
+from meshagent.model.kernel_state import Protocol
+from meshagent.model.services import Frontend, LBBackend, LBEntry
+from meshagent.testing.benchtools import bench_line, build_tcpbench, median
+from meshagent.testing.topology import Pod, Topology
+
+ECHO_PORT = 5201
+SERVICE_PORT = 80
+SCALES = (100, 1000, 10000)
+BASE_VIP = int(IPv4Address("10.96.0.0"))
+
+
+def vip(index: int) -> IPv4Address:
+    return IPv4Address(BASE_VIP + 10 + index)
+
+
+def kube_proxy_rules(count: int, backend: IPv4Address) -> str:
+    """iptables-restore input shaped like kube-proxy's iptables mode for `count` one-endpoint Services."""
+    lines = ["*nat", ":KUBE-SERVICES - [0:0]"]
+    for index in range(count):
+        lines += [f":KUBE-SVC-{index} - [0:0]", f":KUBE-SEP-{index} - [0:0]"]
+    lines.append("-A OUTPUT -m comment --comment kubernetes-services -j KUBE-SERVICES")
+    for index in range(count):
+        lines.append(
+            f"-A KUBE-SERVICES -d {vip(index)}/32 -p tcp -m comment --comment svc-{index} "
+            f"-m tcp --dport {SERVICE_PORT} -j KUBE-SVC-{index}"
+        )
+    for index in range(count):
+        lines.append(f"-A KUBE-SVC-{index} -j KUBE-SEP-{index}")
+        lines.append(f"-A KUBE-SEP-{index} -p tcp -m tcp -j DNAT --to-destination {backend}:{ECHO_PORT}")
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+def _in_cgroup(cgroup: Path) -> Callable[[], None]:
+    def place() -> None:
+        with open(cgroup / "cgroup.procs", "w") as procs:
+            procs.write(str(os.getpid()))
+
+    return place
+
+
+def rate(client: Pod, tool: Path, mode: str, ip: IPv4Address, port: int, seconds: float,
+         cgroup: Path | None) -> float:
+    argv = client.argv(str(tool), mode, str(ip), str(port), str(seconds), *(["2"] if mode == "crr" else []))
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=True,
+                            preexec_fn=_in_cgroup(cgroup) if cgroup else None)
+    return float(result.stdout.strip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="short rounds, for a smoke run")
+    args = parser.parse_args(argv)
+    seconds = 1.0 if args.quick else 3.0
+    rounds = 1 if args.quick else 3
+    tool = build_tcpbench()
+    pin_dir = Path("/sys/fs/bpf") / f"meshagent-lbbench-{uuid.uuid4().hex[:8]}"
+    cgroup = cgroup2_mount() / f"meshagent-lbbench-{uuid.uuid4().hex[:8]}"
+    cgroup.mkdir()
+    lb = SocketLB(pin_dir=pin_dir, cgroup=cgroup)
+    try:
+        with Topology() as topo:
+            client = topo.add_pod("client", "10.244.9.10")
+            server = topo.add_pod("server", "10.244.9.20")
+            client.run("sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1", "net.ipv4.ip_local_port_range=1024 65000")
+            echo = server.popen(str(tool), "server", str(ECHO_PORT), stdout=subprocess.PIPE)
+            assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
+            lb.load()
+            lb.attach()
+            try:
+                results = run(lb, client, server, tool, seconds, rounds, cgroup)
+            finally:
+                client.run("iptables", "-t", "nat", "-F")
+                echo.kill()
+                echo.wait()
+    finally:
+        lb.uninstall()
+        if pin_dir.exists():
+            pin_dir.rmdir()
+        for pid in (cgroup / "cgroup.procs").read_text().split():
+            os.kill(int(pid), 9)
+        cgroup.rmdir()
+    for line in results:
+        print(line, flush=True)
+    return 0
+
+
+def entries(count: int, backend: IPv4Address) -> dict[Frontend, LBEntry]:
+    out = {}
+    for index in range(count):
+        frontend = Frontend(vip(index), SERVICE_PORT, Protocol.TCP)
+        out[frontend] = LBEntry(frontend, (LBBackend(backend, ECHO_PORT, 1),))
+    return out
+
+
+def run(lb: SocketLB, client: Pod, server: Pod, tool: Path, seconds: float, rounds: int,
+        cgroup: Path) -> list[str]:
+    lines = []
+    lb.apply(entries(1, server.ip))
+    figures: dict[str, list[float]] = {k: [] for k in ("direct_crr", "lb_crr", "direct_rr", "lb_rr")}
+    for _ in range(rounds):
+        figures["direct_crr"].append(rate(client, tool, "crr", server.ip, ECHO_PORT, seconds, None))
+        figures["lb_crr"].append(rate(client, tool, "crr", vip(0), SERVICE_PORT, seconds, cgroup))
+        figures["direct_rr"].append(rate(client, tool, "rr", server.ip, ECHO_PORT, seconds, None))
+        figures["lb_rr"].append(rate(client, tool, "rr", vip(0), SERVICE_PORT, seconds, cgroup))
+    for kind in ("crr", "rr"):
+        direct, ours = median(figures[f"direct_{kind}"]), median(figures[f"lb_{kind}"])
+        name = "socklb_connection_rate" if kind == "crr" else "socklb_request_response"
+        lines.append(bench_line(name, {"direct_per_s": direct, "vip_per_s": ours}, ratio=ours / direct))
+    for count in SCALES:
+        last = vip(count - 1)  # the Service kube-proxy's list reaches last
+        lb.apply(entries(count, server.ip))
+        ours = median([rate(client, tool, "crr", last, SERVICE_PORT, seconds, cgroup) for _ in range(rounds)])
+        restore = subprocess.run(client.argv("iptables-restore"), input=kube_proxy_rules(count, server.ip),
+                                 text=True, capture_output=True, timeout=600)
+        if restore.returncode != 0:
+            raise RuntimeError(f"iptables-restore: {restore.stderr.strip()}")
+        theirs = median([rate(client, tool, "crr", last, SERVICE_PORT, seconds, None) for _ in range(rounds)])
+        client.run("iptables", "-t", "nat", "-F")
+        client.run("iptables", "-t", "nat", "-X")
+        lines.append(bench_line(f"socklb_vs_iptables_crr_{count}_services",
+                                {"socklb_per_s": ours, "iptables_per_s": theirs}, ratio=ours / theirs))
+    lb.apply({})
+    return lines
+
+
+if __name__ == "__main__":
+    sys.exit(main())
