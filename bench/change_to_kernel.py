@@ -25,6 +25,8 @@ sys.path.insert(0, str(ROOT))  # the API emulator lives with the tests
 
 from meshagent.agent.config import AgentConfig  # noqa: E402
 from meshagent.agent.runtime import Agent  # noqa: E402
+from meshagent.datapath.layout import current_maps_dir  # noqa: E402
+from meshagent.datapath.loader import Capacities  # noqa: E402
 from meshagent.datapath.pinned import PinnedMaps  # noqa: E402
 from meshagent.testing.benchtools import bench_line  # noqa: E402
 from meshagent.testing.topology import Topology  # noqa: E402
@@ -65,7 +67,7 @@ def ports_in_kernel(maps: PinnedMaps) -> set[int]:
 
 def measure(pin_dir: Path, change: Callable[[int], None], changes: int) -> list[float]:
     latencies = []
-    with PinnedMaps(pin_dir) as maps:
+    with PinnedMaps(current_maps_dir(pin_dir, Capacities().cflags())) as maps:
         for i in range(changes):
             port = 1000 + i
             started = time.monotonic()

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from meshagent.datapath.layout import current_maps_dir
+from meshagent.datapath.loader import Capacities
 from meshagent.datapath.pinned import PinnedMaps
 from meshagent.testing.topology import Pod, Topology
 
@@ -126,7 +128,7 @@ def cluster(tmp_path: Path) -> Iterator[tuple[Topology, dict[str, Pod], Path]]:
 
 
 def _state(pin_dir: Path) -> tuple[object, ...]:
-    with PinnedMaps(pin_dir) as maps:
+    with PinnedMaps(current_maps_dir(pin_dir, Capacities().cflags())) as maps:
         endpoints, ipcache, trie = maps.state()
     return endpoints, ipcache, trie
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from meshagent.datapath import tc
 from meshagent.datapath.datapath import Datapath
+from meshagent.datapath.loader import Capacities
 from meshagent.datapath.maps.policy import compile_entries
 from meshagent.model.kernel_state import IDENTITY_ANY, Action, Direction, KernelState, PolicyEntry, Protocol
 from meshagent.testing.topology import Topology
@@ -66,7 +67,7 @@ def test_kernel_enforces_without_agent_and_new_agent_adopts(topo: Topology, own_
     first = Datapath(pin_dir=own_pin_dir, netns=topo.node)
     first.load()
     first.apply(desired)
-    assert sorted(p.name for p in own_pin_dir.iterdir()) == sorted(
+    assert sorted(p.name for p in first.maps_dir.iterdir()) == sorted(
         ["ma_ct", "ma_endpoints", "ma_events_lost", "ma_frags", "ma_ipcache", "ma_metrics", "ma_policy"]
     )
     first.close()  # the agent goes away; programs stay attached, maps stay pinned
@@ -94,3 +95,60 @@ def test_kernel_enforces_without_agent_and_new_agent_adopts(topo: Topology, own_
     finally:
         for ifindex in (a.ifindex, b.ifindex):
             tc.detach(ifindex=ifindex, netns=topo.node)
+
+
+def test_new_map_layout_migrates_without_a_gap(topo: Topology, own_pin_dir: Path) -> None:
+    """An agent whose maps differ (here: another conntrack size, which needs new maps just as a changed
+    struct does) takes over from the old programs: enforcement never lapses, established connections
+    survive, and the old maps are removed."""
+    a = topo.add_pod("a", "10.244.3.40")
+    b = topo.add_pod("b", "10.244.3.50")
+    b.serve(tcp=(80, 81))
+    desired = state(
+        [endpoint(a, 1, enforce_ingress=True), endpoint(b, 2, enforce_ingress=True)],
+        [a, b],
+        [PolicyEntry(2, Direction.INGRESS, identity_of(a), Protocol.TCP, 80, 80, Action.ALLOW, 1)],
+    )
+    old = Datapath(pin_dir=own_pin_dir, netns=topo.node, capacities=Capacities(conntrack=4096))
+    old.load()
+    old.apply(desired)
+    old.close()
+    # a is isolated for ingress: the replies of its connection pass only because conntrack knows it.
+    long_lived = a.popen("python3", "-c", _TALKER % b.ip, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert long_lived.stdout is not None and long_lived.stdout.readline().strip() == "connected"
+        new = Datapath(pin_dir=own_pin_dir, netns=topo.node)
+        new.load()
+        assert new.maps_dir != old.maps_dir
+        # Loaded but not applied yet: the old programs and maps still enforce.
+        assert not a.probe("tcp", b.ip, 81, timeout=0.5)["ok"]
+        result = new.apply(desired)
+        assert result.ok and result.attached == 2
+        assert not old.maps_dir.exists(), "the old layout's maps are removed"
+        assert a.probe("tcp", b.ip, 80)["ok"] and not a.probe("tcp", b.ip, 81, timeout=0.5)["ok"]
+        out, err = long_lived.communicate(timeout=30)
+        exchanged, failed = (int(x) for x in out.split())
+        assert failed == 0 and exchanged > 10, (out, err)
+        new.apply(KernelState())
+        new.uninstall()
+    finally:
+        if long_lived.poll() is None:
+            long_lived.kill()
+        for ifindex in (a.ifindex, b.ifindex):
+            tc.detach(ifindex=ifindex, netns=topo.node)
+
+
+_TALKER = """
+import socket, time
+s = socket.create_connection(("%s", 80), timeout=2)
+print("connected", flush=True)
+ok = failed = 0
+end = time.monotonic() + 6
+while time.monotonic() < end:
+    try:
+        s.sendall(b"ping"); ok += s.recv(4) == b"ping"
+    except OSError:
+        failed += 1
+    time.sleep(0.05)
+print(ok, failed, flush=True)
+"""

@@ -8,7 +8,9 @@ once everything it needs is in the maps.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import shutil
 import threading
 import time
@@ -21,10 +23,11 @@ from typing import Any, Protocol
 from meshagent.datapath import tc
 from meshagent.datapath.errors import MapError, MapFullError
 from meshagent.datapath.events import EventReader
+from meshagent.datapath.layout import layout_id, other_layouts
 from meshagent.datapath.loader import DEFAULT_PIN_DIR, Capacities, LoadedPrograms, load
 from meshagent.datapath.maps import conntrack, endpoints, events_lost, frags, ipcache, metrics, policy
 from meshagent.datapath.maps.base import PerCpuArray, TypedMap
-from meshagent.datapath.pinned import PolicyTrie, read_state
+from meshagent.datapath.pinned import PinnedMaps, PolicyTrie, map_sizes, open_pinned, read_state
 from meshagent.model.events import DatapathEvent, DropReason, EventType
 from meshagent.model.kernel_state import (
     Action,
@@ -113,6 +116,8 @@ class Datapath:
         capacities: Capacities | None = None,
     ) -> None:
         self.pin_dir = pin_dir
+        self.maps_dir = pin_dir  # set by load(): the directory of this build's map layout
+        self._migrating_from: list[Path] = []
         self.netns = netns
         self.capacities = capacities or Capacities()
         self._programs: LoadedPrograms | None = None
@@ -133,8 +138,13 @@ class Datapath:
     # --- lifecycle -------------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Compiles and loads the programs; adopts pinned maps and re-attaches known endpoints in place."""
-        self._programs = load(pin_dir=self.pin_dir, capacities=self.capacities)
+        """Compiles and loads the programs; adopts the pinned maps of our layout and re-attaches known
+        endpoints in place. When only another layout's maps exist, nothing is attached yet: the old programs
+        keep enforcing with their maps until the first apply() has filled ours (see _finish_migration)."""
+        self.maps_dir = self.pin_dir / layout_id(self.capacities.cflags())
+        adopting = self.maps_dir.exists()
+        self._migrating_from = [] if adopting else other_layouts(self.pin_dir, self.maps_dir.name)
+        self._programs = load(pin_dir=self.maps_dir, capacities=self.capacities)
         bpf = self._programs.bpf
         caps = self.capacities
         self.ipcache_map = TypedMap(
@@ -194,6 +204,11 @@ class Datapath:
         self._policy = dict(policy.decode(key, value) for key, value in self.policy_map.items())
         for key in self._policy:
             self._group_trie[_trie_group(key)].add(key)
+        if self._migrating_from:
+            logger.info(
+                "maps of another layout found (%s): migrating on the first full apply",
+                ", ".join(p.name for p in self._migrating_from),
+            )
         for ifindex in list(self._endpoints):
             self.attach(ifindex)
         if self._endpoints:
@@ -202,8 +217,59 @@ class Datapath:
                 len(self._endpoints),
                 len(self._ipcache),
                 len(self._policy),
-                self.pin_dir,
+                self.maps_dir,
             )
+
+    def _carry_connections(self) -> int:
+        """Copies the old layout's conntrack entries when their layout is ours, so that established
+        connections are not judged again by the new programs."""
+        copied = 0
+        for old_dir in self._migrating_from:
+            try:
+                copied += self._copy_conntrack(old_dir)
+            except MapError as err:
+                logger.warning("connections in %s not carried over: %s", old_dir, err)
+        return copied
+
+    def _retire_old_layouts(self, carried: int) -> None:
+        """Detaches the old programs from interfaces that are no longer endpoints, removes the old maps."""
+        for old_dir in self._migrating_from:
+            try:
+                with PinnedMaps(old_dir) as old:
+                    old_endpoints = set(old.state()[0])
+            except MapError as err:
+                logger.warning("old maps in %s unreadable (%s): removing them", old_dir, err)
+                old_endpoints = set()
+            for ifindex in old_endpoints - self._attached:
+                tc.detach(ifindex=ifindex, netns=self.netns)
+            shutil.rmtree(old_dir, ignore_errors=True)
+            logger.info("migrated from %s", old_dir.name)
+        logger.info("map layout migration done: %d connections carried over", carried)
+        self._migrating_from = []
+
+    def _copy_conntrack(self, old_dir: Path) -> int:
+        old_fd = open_pinned(old_dir / conntrack.MAP_NAME)
+        try:
+            old_key, old_value = map_sizes(old_fd)
+            if (old_key, old_value) != (ctypes.sizeof(conntrack.CTKey), ctypes.sizeof(conntrack.CTValue)):
+                return 0  # another entry layout: those connections will be judged again
+            old_ct = TypedMap(
+                name="old " + conntrack.MAP_NAME,
+                fd=old_fd,
+                key_type=conntrack.CTKey,
+                value_type=conntrack.CTValue,
+                capacity=0,
+            )
+            copied = 0
+            for key, value in old_ct.items():
+                try:
+                    self.ct_map.update(key, value)
+                    copied += 1
+                except MapError:
+                    break
+            return copied
+        finally:
+            os.close(old_fd)
 
     @property
     def bpf(self) -> Any:
@@ -255,20 +321,30 @@ class Datapath:
     def apply(self, state: KernelState) -> ApplyResult:
         """Brings the maps to `state` (the whole desired state), touching only what differs."""
         with self._lock:
-            rules = {_rule_key(entry): entry for entry in state.policy}
-            groups = {_group_of(entry) for entry in state.policy} | set(self._group_trie)
-            self._rules = rules
-            self._group_rules = defaultdict(dict)
-            for key, entry in rules.items():
-                self._group_rules[_group_of(entry)][key] = entry
-            want_endpoints = {entry.ifindex: entry for entry in state.endpoints}
-            return self._commit(
-                ipcache_add=set(state.ipcache) - self._ipcache,
-                ipcache_remove=self._ipcache - set(state.ipcache),
-                trie_groups=groups,
-                endpoints_upsert=list(want_endpoints.values()),
-                endpoints_remove=[i for i in self._endpoints if i not in want_endpoints],
-            )
+            if not self._migrating_from:
+                return self._apply_full(state)
+            # Connections first, so that the new programs know them from their first packet; then the
+            # state, which attaches the new programs in place; then the old maps go.
+            carried = self._carry_connections()
+            result = self._apply_full(state)
+            self._retire_old_layouts(carried)
+            return result
+
+    def _apply_full(self, state: KernelState) -> ApplyResult:
+        rules = {_rule_key(entry): entry for entry in state.policy}
+        groups = {_group_of(entry) for entry in state.policy} | set(self._group_trie)
+        self._rules = rules
+        self._group_rules = defaultdict(dict)
+        for key, entry in rules.items():
+            self._group_rules[_group_of(entry)][key] = entry
+        want_endpoints = {entry.ifindex: entry for entry in state.endpoints}
+        return self._commit(
+            ipcache_add=set(state.ipcache) - self._ipcache,
+            ipcache_remove=self._ipcache - set(state.ipcache),
+            trie_groups=groups,
+            endpoints_upsert=list(want_endpoints.values()),
+            endpoints_remove=[i for i in self._endpoints if i not in want_endpoints],
+        )
 
     def apply_diff(self, diff: StateDiff) -> ApplyResult:
         """Applies a change (entries to upsert, entries whose key is gone); only the policy lookups it

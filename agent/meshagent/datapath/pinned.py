@@ -18,7 +18,34 @@ _libbpf = ctypes.CDLL("libbpf.so.1", use_errno=True)
 _libbpf.bpf_obj_get.argtypes = [ctypes.c_char_p]
 _libbpf.bpf_obj_get.restype = ctypes.c_int
 
+_libbpf.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
+_libbpf.bpf_obj_get_info_by_fd.restype = ctypes.c_int
+
 PolicyTrie = dict[policy.TrieKey, policy.TrieValue]
+
+
+class _MapInfo(ctypes.Structure):
+    """The leading fields of struct bpf_map_info (uapi/linux/bpf.h); the kernel fills what fits."""
+
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+        ("name", ctypes.c_char * 16),
+    ]
+
+
+def map_sizes(fd: int) -> tuple[int, int]:
+    """(key size, value size) of the map behind `fd`."""
+    info = _MapInfo()
+    length = ctypes.c_uint32(ctypes.sizeof(info))
+    if _libbpf.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(length)) != 0:
+        err = ctypes.get_errno()
+        raise MapError(f"cannot read map info: {os.strerror(err)}", errno=err)
+    return info.key_size, info.value_size
 
 
 def open_pinned(path: Path) -> int:
