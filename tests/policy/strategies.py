@@ -18,8 +18,9 @@ APPS = ("web", "db", "api")
 PORTS = (53, 80, 81, 9090)
 # Pod IPs come from 10.0.0.0/28; bare addresses probe CIDR peers inside and outside the blocks below.
 POD_IPS = tuple(IPv4Address(f"10.0.0.{i}") for i in range(1, 15))
+HOST_IP = IPv4Address("10.0.0.254")  # the node: inside several blocks below, yet always allowed
 EXTERNAL_IPS = tuple(
-    IPv4Address(a) for a in ("10.0.0.200", "10.0.1.7", "192.168.1.5", "192.168.2.9", "8.8.8.8")
+    IPv4Address(a) for a in ("10.0.0.200", "10.0.1.7", "192.168.1.5", "192.168.2.9", "8.8.8.8", "10.0.0.254")
 )
 BLOCKS = (
     IPBlock(IPv4Network("10.0.0.0/24")),

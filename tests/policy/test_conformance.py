@@ -15,6 +15,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
@@ -24,8 +25,8 @@ from meshagent.model.cluster import ContainerPort, LocalEndpoint, Namespace, Pod
 from meshagent.model.kernel_state import KernelState, Protocol
 from meshagent.policy.compiler import PolicyCompiler
 from meshagent.policy.parse import parse_object
+from meshagent.testing.topology import GATEWAY, Topology
 from meshagent.testing.topology import Pod as NetnsPod
-from meshagent.testing.topology import Topology
 
 pytestmark = pytest.mark.kernel
 
@@ -354,3 +355,34 @@ spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
     k8s.assert_reachability(
         lambda s, d, proto, port: not (s[0] == "y" and d[0] == "x" and (proto, port) == ("tcp", 80))
     )
+
+
+def test_traffic_from_the_node_is_always_allowed(k8s: Cluster) -> None:
+    k8s.apply("""
+kind: NetworkPolicy
+metadata: {name: deny-all, namespace: x}
+spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
+""")
+
+    def from_node() -> list[bool]:
+        request = {
+            "timeout": PROBE_TIMEOUT,
+            "probes": [["tcp", pod_ip("x", "a"), 80], ["udp", pod_ip("x", "b"), 81]],
+        }
+        result = subprocess.run(
+            ["ip", "netns", "exec", k8s.topology.node, sys.executable, str(PROBER)],
+            input=json.dumps(request),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        return list(json.loads(result.stdout))
+
+    # Unknown to the compiler, the node's address is "world": isolated pods refuse it.
+    assert from_node() == [False, False]
+    # Known as the node (the topology's gateway address is the node side of every pod's route).
+    k8s.model.set_host_addresses([IPv4Address(GATEWAY)])
+    k8s.sync()
+    assert from_node() == [True, True]
+    k8s.assert_reachability(lambda s, d, proto, port: s[0] != "x" and d[0] != "x")

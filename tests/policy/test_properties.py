@@ -17,6 +17,7 @@ from meshagent.policy.simulate import DatapathSimulator
 
 from .strategies import (
     EXTERNAL_IPS,
+    HOST_IP,
     NAMESPACES,
     POD_IPS,
     Cluster,
@@ -53,6 +54,7 @@ def full_compile(cluster: Cluster) -> PolicyCompiler:
         policies=cluster.policies,
         local=cluster.local.items(),
     )
+    compiler.set_host_addresses([HOST_IP])
     return compiler
 
 
@@ -62,6 +64,7 @@ def world_of(compiler: PolicyCompiler) -> World:
         pods=compiler.pods,
         network_policies=compiler.network_policies,
         admin_policies=compiler.admin_policies,
+        host_addresses=compiler.host_addresses,
     )
 
 

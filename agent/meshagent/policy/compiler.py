@@ -21,6 +21,9 @@ from ipaddress import IPv4Address, IPv4Network
 from meshagent.model.admin_policy import AdminNetworkPolicy, AdminPort
 from meshagent.model.cluster import LocalEndpoint, Namespace, Pod
 from meshagent.model.kernel_state import (
+    IDENTITY_HOST,
+    RULE_ID_NONE,
+    Action,
     Direction,
     EndpointEntry,
     IPCacheEntry,
@@ -110,6 +113,7 @@ class PolicyCompiler:
         self._np_by_ns: dict[str, dict[PolicyKey, NetworkPolicy]] = defaultdict(dict)
         self._admins: dict[PolicyKey, AdminNetworkPolicy] = {}
         self._local: dict[PodKey, LocalEndpoint] = {}
+        self._hosts: frozenset[IPv4Address] = frozenset()
         self._spec_users: dict[PeerSpec, set[PolicyKey]] = defaultdict(set)
         self._sel_cache: dict[SelectorPeer, set[int]] = {}
         self._sel_frozen: dict[SelectorPeer, frozenset[int]] = {}  # read copies, dropped on change
@@ -280,6 +284,18 @@ class PolicyCompiler:
                         endpoints.add(k)
         for endpoint in endpoints:
             self._dirty_peers[endpoint].update(peers)
+
+    @property
+    def host_addresses(self) -> frozenset[IPv4Address]:
+        return self._hosts
+
+    def set_host_addresses(self, addresses: Iterable[IPv4Address]) -> KernelDiff:
+        """The node's own addresses: IDENTITY_HOST in the ipcache. Kubernetes always allows traffic between
+        a pod and its node (kubelet probes), so every isolated direction allows IDENTITY_HOST."""
+        new = frozenset(addresses)
+        self._dirty_prefixes.update(IPv4Network(a) for a in new ^ self._hosts)
+        self._hosts = new
+        return self._flush()
 
     def set_local_endpoint(self, namespace: str, name: str, endpoint: LocalEndpoint) -> KernelDiff:
         key = (namespace, name)
@@ -514,7 +530,9 @@ class PolicyCompiler:
         block = spec.block
         ids: set[int] = set()
         for prefix in self._prefix_refs:
-            shadowed = prefix.prefixlen == 32 and prefix.network_address in self._ip_pods
+            shadowed = prefix.prefixlen == 32 and (
+                prefix.network_address in self._ip_pods or prefix.network_address in self._hosts
+            )
             if not shadowed and block.contains(prefix):
                 ids.add(self.identities.cidr_identity(prefix))
         # Pod IPs are /32s in the ipcache, so a packet from a pod carries the pod's identity: allow that
@@ -647,6 +665,19 @@ class PolicyCompiler:
             flags[direction] = rules
             by_peer = compile_direction(rules, endpoint_id=local.endpoint_id, direction=direction)
             entries.update(((direction, peer), peer_entries) for peer, peer_entries in by_peer.items())
+            if rules.isolated:
+                entries[(direction, IDENTITY_HOST)] = [
+                    PolicyEntry(
+                        local.endpoint_id,
+                        direction,
+                        IDENTITY_HOST,
+                        Protocol.ANY,
+                        0,
+                        0,
+                        Action.ALLOW,
+                        RULE_ID_NONE,
+                    )
+                ]
         endpoint = EndpointEntry(
             ifindex=local.ifindex,
             endpoint_id=local.endpoint_id,
@@ -694,6 +725,8 @@ class PolicyCompiler:
         return True
 
     def _ipcache_value(self, prefix: IPv4Network) -> int | None:
+        if prefix.prefixlen == 32 and prefix.network_address in self._hosts:
+            return IDENTITY_HOST
         if prefix.prefixlen == 32:
             holders = self._ip_pods.get(prefix.network_address)
             if holders:

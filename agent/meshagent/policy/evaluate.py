@@ -4,6 +4,7 @@ Written apart from the compiler on purpose: it knows nothing of identities-as-nu
 so the property tests can hold the compiled state against it, and `policy trace` can say why.
 
 Semantics, per endpoint (pod) and direction:
+0. Traffic between the pod and its node (the node's addresses) is always allowed (Kubernetes).
 1. Admin policies whose subject selects the pod, by priority (lower first) then name, rules in order: the
    first rule whose peers and ports match decides: Allow, Deny, or Pass (go to step 2). Rules of a policy
    in audit mode never decide: a matching audited Deny only turns a later "allowed" into "audited".
@@ -74,6 +75,7 @@ class World:
     network_policies: Sequence[NetworkPolicy]
     admin_policies: Sequence[AdminNetworkPolicy]
     label_filter: LabelFilter = field(default_factory=LabelFilter)
+    host_addresses: frozenset[IPv4Address] = frozenset()  # the node's own addresses
 
     def __post_init__(self) -> None:
         self._groups: dict[IdentityLabels, list[Pod]] = {}
@@ -228,6 +230,10 @@ def network_policies_for(world: World, endpoint: Pod) -> list[NetworkPolicy]:
 def evaluate_direction(
     world: World, *, endpoint: Pod, direction: Direction, peer: Peer, protocol: Protocol, port: int
 ) -> DirectionDecision:
+    if peer.pod is None and peer.ip in world.host_addresses:
+        return DirectionDecision(
+            direction, endpoint, Verdict.ALLOWED, None, "traffic between a pod and its node is always allowed"
+        )
     checks: list[RuleCheck] = []
     pending_audit: RuleRef | None = None
     for anp in admin_policies_for(world, endpoint):

@@ -63,6 +63,7 @@ def world_of(compiler: PolicyCompiler) -> World:
         network_policies=compiler.network_policies,
         admin_policies=compiler.admin_policies,
         label_filter=compiler.label_filter,
+        host_addresses=compiler.host_addresses,
     )
 
 
