@@ -3,6 +3,7 @@ real packets between pods may do; flows name the policy; metrics count what happ
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -165,6 +166,27 @@ def test_directory_drives_enforcement_flows_and_metrics(
         assert "shop/web" in result.stdout and "shop/db" in result.stdout
         assert "NetworkPolicy:shop/db-from-web" in result.stdout
         assert "DROPPED" in result.stdout
+
+        # `meshagent status` shows the observer's counters and the agent's endpoints and rejections.
+        status = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "meshagent.cli.main",
+                "status",
+                "--server",
+                f"unix://{tmp_path}/observer.sock",
+                "--health",
+                f"127.0.0.1:{agent.health_port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert status.returncode == 0, status.stderr
+        for pod in ("shop/web", "shop/db", "shop/other"):
+            assert re.search(rf"{pod}\s+ready", status.stdout), status.stdout
+        assert "NetworkPolicy shop/broken" in status.stdout
 
         # Metrics: real exposition, parsed; the policy drops we caused are counted.
         text = (

@@ -240,7 +240,7 @@ def textwrap_guide(sock: str, metrics_port: int, health_port: int, workdir: Path
   meshagent flows --server {sock} --verdict DROPPED -o table
   meshagent flows --server {sock} --aggregate-by src,dst,port,verdict --all
   meshagent policy trace --manifests {workdir}/manifests --from default/stray --to shop/cart --port 8080
-  meshagent status --server {sock}
+  meshagent status --server {sock} --health 127.0.0.1:{health_port}
   curl -s 127.0.0.1:{metrics_port}/metrics | grep meshagent_
   curl -s 127.0.0.1:{health_port}/status
   ip netns exec {node} tc filter show dev <pod veth> ingress

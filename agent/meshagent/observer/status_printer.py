@@ -40,3 +40,27 @@ def print_status(out: TextIO, status: opb.ServerStatusResponse, nodes: opb.GetNo
     for k, v in rows:
         out.write(f"{(k + ':').ljust(width)} {v}\n")
     out.flush()
+
+
+def print_agent_status(out: TextIO, status: dict[str, object]) -> None:
+    """The agent's own view (its /status health endpoint): readiness, source, endpoints, rejections."""
+    source = status.get("source") or {}
+    assert isinstance(source, dict)
+    state = "connected" if source.get("connected") else f"NOT connected ({source.get('last_error')})"
+    out.write(
+        f"Agent:            {'ready' if status.get('ready') else 'NOT READY'} on node {status.get('node')}\n"
+    )
+    out.write(f"Source:           {source.get('name', '-')}, {state}\n")
+    endpoints = status.get("endpoints") or {}
+    assert isinstance(endpoints, dict)
+    out.write(f"Endpoints:        {len(endpoints)}\n")
+    for key, where in sorted(endpoints.items()):
+        out.write(f"  {key:<40} {where}\n")
+    for title, field in (("Rejected objects", "rejected"), ("Kernel errors", "kernel_errors")):
+        items = status.get(field) or []
+        assert isinstance(items, list)
+        if items:
+            out.write(f"{title}:\n")
+            for item in items:
+                out.write(f"  {item}\n")
+    out.flush()
