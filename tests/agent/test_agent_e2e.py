@@ -197,6 +197,13 @@ def test_directory_drives_enforcement_flows_and_metrics(
         families = {f.name: f for f in text_string_to_metric_families(text)}
         drops = sum(s.value for s in families["meshagent_drop"].samples if s.name.endswith("_total"))
         assert drops >= 2
+        # The rejection reached the metrics too, and the endpoints are counted by state.
+        rejected = families["meshagent_objects_rejected_current"].samples
+        assert [(s.labels["kind"], s.value) for s in rejected] == [("NetworkPolicy", 1.0)]
+        ready_endpoints = [
+            s.value for s in families["meshagent_endpoints"].samples if s.labels["state"] == "ready"
+        ]
+        assert ready_endpoints == [3.0]
 
         # Deleting the policy file lifts the isolation.
         (manifests / "policy.yaml").unlink()

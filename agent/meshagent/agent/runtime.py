@@ -18,6 +18,7 @@ from meshagent import __version__
 from meshagent.agent.config import AgentConfig
 from meshagent.agent.enricher import ClusterEnricher
 from meshagent.agent.health import HealthServer
+from meshagent.agent.metrics import ReconcilerCollector
 from meshagent.agent.reaper import ConntrackReaper
 from meshagent.agent.reconciler import Reconciler
 from meshagent.datapath.datapath import Datapath
@@ -31,6 +32,7 @@ from meshagent.observer.server import ObserverServer, ServerConfig, TlsConfig
 from meshagent.observer.service import ObserverService
 from meshagent.policy.compiler import PolicyCompiler
 from meshagent.sources.kube_events import ObjectRef
+from meshagent.sources.metrics import SourceStatusCollector
 from meshagent.sources.source import DesiredState, open_desired_state
 
 logger = logging.getLogger(__name__)
@@ -60,6 +62,7 @@ class Agent:
         self.reconciler: Reconciler | None = None
         self.pipeline: FlowPipeline | None = None
         self._services: list[Any] = []  # things with stop(), stopped in reverse order
+        self.metrics: FlowMetrics | None = None
         self.metrics_port: int | None = None  # the ports actually bound (an address may ask for port 0)
         self.health_port: int | None = None
         self._stopped = threading.Event()
@@ -90,6 +93,10 @@ class Agent:
                 on_rejected=self._report_rejected,
             )
             self.reconciler.start()  # subscribes before the source starts: sees every initial object
+            if self.metrics is not None:
+                self.metrics.registry.register(ReconcilerCollector(self.reconciler))
+        if self.metrics is not None:
+            self.metrics.registry.register(SourceStatusCollector(self.desired.source.status))
         self.desired.start()
         reaper = ConntrackReaper(self.datapath, self.pipeline.on_event if self.pipeline else None)
         reaper.start()
@@ -110,7 +117,7 @@ class Agent:
         poller.start()
         self._services.append(poller)
         if cfg.metrics_listen:
-            metrics = FlowMetrics(
+            metrics = self.metrics = FlowMetrics(
                 node_name=cfg.node,
                 version=__version__,
                 map_usage=self._map_usage,
