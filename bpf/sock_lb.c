@@ -27,3 +27,19 @@ int ma_sock_getpeername4(struct bpf_sock_addr *ctx)
 {
 	return ma_lb_reverse(ctx);
 }
+
+#ifdef MA_LB_SOCKMAP
+#include "lib/lb_sockmap.h"
+
+/* sockops on the same cgroup: established IPv4 TCP sockets enter ma_lb_sockhash. */
+int ma_sock_ops(struct bpf_sock_ops *skops)
+{
+	return ma_lb_sockops(skops);
+}
+
+/* sk_msg on ma_lb_sockhash: a send on a socket in the map goes straight to its local peer. */
+int ma_sock_msg(struct sk_msg_md *msg)
+{
+	return ma_lb_sk_msg(msg);
+}
+#endif

@@ -24,4 +24,13 @@ BPF_TABLE_PINNED("lru_hash", struct ma_lb_revnat_key, struct ma_lb_revnat_value,
 BPF_TABLE_PINNED("lru_hash", struct ma_lb_affinity_key, struct ma_lb_affinity_value, ma_lb_affinity,
 		 MA_LB_AFFINITY_MAX, MA_PIN("ma_lb_affinity"));
 
+#ifdef MA_LB_SOCKMAP
+#ifndef MA_LB_SOCKHASH_MAX
+#define MA_LB_SOCKHASH_MAX 65536
+#endif
+/* Not pinned: it holds live sockets, and the sockops program attached to the cgroup keeps it alive. */
+BPF_SOCKHASH(ma_lb_sockhash, struct ma_lb_sock_key, MA_LB_SOCKHASH_MAX);
+BPF_TABLE("percpu_array", __u32, __u64, ma_lb_accel_stats, MA_LB_ACCEL_COUNTERS);
+#endif
+
 #endif /* MA_LB_MAPS_H */

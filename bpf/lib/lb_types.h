@@ -69,4 +69,19 @@ struct ma_lb_affinity_value {
 	__u16 pad;
 };
 
+/* ma_lb_sockhash (opt-in acceleration): an established local TCP socket by its own view of the
+ * connection. Ports as the sockops/sk_msg contexts give them: local_port host order, remote_port the
+ * context's raw 32-bit value (network order, shifted), so both programs build keys the same way. */
+struct ma_lb_sock_key {
+	__u32 local_addr; /* network order */
+	__u32 remote_addr; /* network order */
+	__u32 local_port; /* host order */
+	__u32 remote_port; /* raw context value */
+};
+
+/* ma_lb_accel_stats: per-CPU counters of the sk_msg program, indexed by MA_LB_ACCEL_*. */
+#define MA_LB_ACCEL_REDIRECTED 0 /* messages spliced to the peer socket */
+#define MA_LB_ACCEL_PASSED 1     /* messages left to the TCP/IP stack (peer not in the map) */
+#define MA_LB_ACCEL_COUNTERS 2
+
 #endif /* MA_LB_TYPES_H */

@@ -6,15 +6,19 @@ Standard library only; run as a file. Prints one JSON line.
   client.py udp IP PORT [--count N]         N connected UDP sockets: connect, getpeername, echo
   client.py udp-unconnected IP PORT [--count N]   sendto/recvfrom; reports the reply's source
   client.py hold IP PORT                    one TCP connection: echo, print, wait for a stdin line, echo
+  client.py sizes IP PORT --sizes 1,1024    one connection per size: send that many bytes, expect them back
+  client.py serve IP PORT                   TCP echo server (a thread per connection); prints "ready"
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import hashlib
 import json
 import socket
 import sys
+import threading
 import time
 
 PAYLOAD = bytes(range(64))
@@ -99,14 +103,72 @@ def _hold(ip: str, port: int, timeout: float) -> int:
     return 0
 
 
+def _pattern(size: int) -> bytes:
+    return bytes((i * 31 + 7) % 256 for i in range(min(size, 65536))) * (size // 65536 + 1)
+
+
+def _sizes(ip: str, port: int, sizes: list[int], timeout: float) -> dict[str, object]:
+    results: dict[str, object] = {}
+    for size in sizes:
+        payload = _pattern(size)[:size]
+        sock = socket.create_connection((ip, port), timeout=timeout)
+        # Send from a thread while reading here: the echo comes back while we still send.
+        sender = threading.Thread(target=sock.sendall, args=(payload,))
+        sender.start()
+        received = bytearray()
+        try:
+            while len(received) < size:
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    break
+                received += chunk
+        except OSError as err:
+            results[str(size)] = _error(err)
+        else:
+            same = hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
+            results[str(size)] = "identical" if same else f"differs ({len(received)} bytes)"
+        sender.join()
+        sock.close()
+    return {"sizes": results}
+
+
+def _echo_conn(conn: socket.socket) -> None:
+    with conn:
+        while True:
+            try:
+                data = conn.recv(1 << 20)
+            except OSError:
+                return
+            if not data:
+                return
+            conn.sendall(data)
+
+
+def _serve(ip: str, port: int) -> int:
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind((ip, port))
+    server.listen(128)
+    print("ready", flush=True)
+    while True:
+        conn, _ = server.accept()
+        threading.Thread(target=_echo_conn, args=(conn,), daemon=True).start()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["tcp", "udp", "udp-unconnected", "hold"])
+    parser.add_argument("mode", choices=["tcp", "udp", "udp-unconnected", "hold", "sizes", "serve"])
     parser.add_argument("ip")
     parser.add_argument("port", type=int)
     parser.add_argument("--count", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=1.0)
+    parser.add_argument("--sizes", default="1")
     args = parser.parse_args()
+    if args.mode == "serve":
+        return _serve(args.ip, args.port)
+    if args.mode == "sizes":
+        print(json.dumps(_sizes(args.ip, args.port, [int(n) for n in args.sizes.split(",")], args.timeout)))
+        return 0
     if args.mode == "hold":
         return _hold(args.ip, args.port, args.timeout)
     if args.mode == "udp-unconnected":

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bcc import BPF, BPFAttachType
+from bcc import BPF, BPFAttachType, libbcc
 
 from meshagent.datapath.errors import AttachError, CompileError, LoadError, MapError
 from meshagent.datapath.loader import DEFAULT_PIN_DIR, _captured_stderr, ensure_bpffs
-from meshagent.datapath.maps import lb_affinity, lb_revnat, lb_services
-from meshagent.datapath.maps.base import TypedMap
+from meshagent.datapath.maps import lb_affinity, lb_revnat, lb_services, lb_sockhash
+from meshagent.datapath.maps.base import PerCpuArray, TypedMap
 from meshagent.datapath.source import assemble
 from meshagent.model.services import Frontend, LBEntry
 from meshagent.services.diff import LBDiff, diff
@@ -42,6 +42,8 @@ PROGRAMS: tuple[tuple[str, int], ...] = (
     ("ma_sock_getpeername4", BPFAttachType.CGROUP_INET4_GETPEERNAME),
 )
 MAP_NAMES = (lb_services.MAP_NAME, lb_revnat.MAP_NAME, lb_affinity.MAP_NAME)
+SOCKOPS_PROGRAM = "ma_sock_ops"
+SK_MSG_PROGRAM = "ma_sock_msg"
 
 
 def cgroup2_mount() -> Path:
@@ -81,7 +83,11 @@ class ApplyResult:
 
 
 class SocketLB:
-    """Load, attach to `cgroup`, apply frontends; detach() removes exactly our attachments."""
+    """Load, attach to `cgroup`, apply frontends; detach() removes exactly our attachments.
+
+    accelerate=True also builds and attaches the sockmap splice (sockops on the cgroup, sk_msg on
+    ma_lb_sockhash): off by default, because it makes small writes slower (GUIDE §1, bench/socklb.py).
+    """
 
     def __init__(
         self,
@@ -89,14 +95,18 @@ class SocketLB:
         pin_dir: Path = DEFAULT_PIN_DIR,
         cgroup: Path | None = None,
         capacities: LBCapacities = LBCapacities(),
+        accelerate: bool = False,
     ) -> None:
         self.pin_dir = pin_dir
         self.cgroup = cgroup if cgroup is not None else default_cgroup()
         self.capacities = capacities
+        self.accelerate = accelerate
         self.bpf: Any = None  # bcc.BPF once loaded
         self._programs: dict[str, Any] = {}
-        self._attached: list[tuple[Any, int]] = []
+        # (program, attach type, target fd): the cgroup's fd, or the sockhash's for sk_msg.
+        self._attached: list[tuple[Any, int, int]] = []
         self._cgroup_fd: int | None = None
+        self._sockhash_fd: int | None = None
         self.services: TypedMap[lb_services.ServiceKey, lb_services.ServiceValue] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -104,18 +114,23 @@ class SocketLB:
     def load(self) -> None:
         ensure_bpffs(self.pin_dir)
         cflags = [f'-DMA_PIN_DIR="{self.pin_dir}"', *self.capacities.cflags()]
+        if self.accelerate:
+            cflags.append("-DMA_LB_SOCKMAP=1")
         log: list[str] = []
         try:
             with _captured_stderr() as log:
                 self.bpf = BPF(text=assemble(ENTRY_SOURCE).encode(), cflags=cflags)
         except Exception as err:
             raise CompileError(f"compiling {ENTRY_SOURCE} failed", log="".join(log).strip()) from err
-        for name, attach_type in PROGRAMS:
+        loads: list[tuple[str, int, int]] = [(n, BPF.CGROUP_SOCK_ADDR, t) for n, t in PROGRAMS]
+        if self.accelerate:
+            loads += [(SOCKOPS_PROGRAM, BPF.SOCK_OPS, -1), (SK_MSG_PROGRAM, BPF.SK_MSG, -1)]
+        for name, prog_type, attach_type in loads:
             try:
                 with _captured_stderr() as log:
                     # sock_addr programs must name their hook at load time (expected_attach_type).
                     self._programs[name] = self.bpf.load_func(
-                        name.encode(), BPF.CGROUP_SOCK_ADDR, attach_type=attach_type
+                        name.encode(), prog_type, attach_type=attach_type
                     )
             except Exception as err:
                 self.close()
@@ -128,11 +143,14 @@ class SocketLB:
             value_type=lb_services.ServiceValue,
             capacity=self.capacities.services,
         )
+        if self.accelerate:
+            # BCC cannot wrap a sockhash in a table object (GUIDE §1): take its fd from the module.
+            self._sockhash_fd = int(libbcc.lib.bpf_table_fd(self.bpf.module, lb_sockhash.MAP_NAME.encode()))
 
     def attach(self, *, replace_stale: bool = True) -> None:
-        """Attaches our four programs to the cgroup. With replace_stale, programs of ours that an earlier
-        agent left on the same hooks are detached after ours are in place: never a moment without
-        translation, never two sets."""
+        """Attaches our programs to the cgroup. With replace_stale, programs of ours that an earlier agent
+        left on the same hooks are detached after ours are in place: never a moment without translation,
+        never two sets."""
         if self.bpf is None:
             raise AttachError("load() first")
         if self._attached:
@@ -141,22 +159,30 @@ class SocketLB:
             self._cgroup_fd = os.open(self.cgroup, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as err:
             raise AttachError(f"cannot open cgroup {self.cgroup}: {err.strerror}") from err
-        for name, attach_type in PROGRAMS:
+        hooks: list[tuple[str, int, int, int]] = [
+            (name, attach_type, self._cgroup_fd, BPF_F_ALLOW_MULTI) for name, attach_type in PROGRAMS
+        ]
+        if self.accelerate:
+            assert self._sockhash_fd is not None
+            # The message verdict first, so that no socket is in the map without it.
+            hooks.insert(0, (SK_MSG_PROGRAM, BPFAttachType.SK_MSG_VERDICT, self._sockhash_fd, 0))
+            hooks.append((SOCKOPS_PROGRAM, BPFAttachType.CGROUP_SOCK_OPS, self._cgroup_fd, BPF_F_ALLOW_MULTI))
+        for name, attach_type, target, flags in hooks:
             program = self._programs[name]
             try:
-                BPF.attach_func(program, self._cgroup_fd, attach_type, BPF_F_ALLOW_MULTI)
+                BPF.attach_func(program, target, attach_type, flags)
             except Exception as err:
                 self.detach()
                 raise AttachError(f"attaching {name} to {self.cgroup} failed: {err}") from err
-            self._attached.append((program, attach_type))
+            self._attached.append((program, attach_type, target))
         if replace_stale:
             self._retire_stale()
-        logger.info("socket load-balancer attached to %s", self.cgroup)
+        logger.info("socket load-balancer attached to %s (acceleration %s)", self.cgroup, self.accelerate)
 
     def _retire_stale(self) -> None:
         assert self._cgroup_fd is not None
-        ours = {_program_info(program.fd).id for program, _ in self._attached}
-        for name, attach_type in PROGRAMS:
+        ours = {_program_info(program.fd).id for program, _, _ in self._attached}
+        for name, attach_type in (*PROGRAMS, (SOCKOPS_PROGRAM, BPFAttachType.CGROUP_SOCK_OPS)):
             kernel_name = name[: _PROG_NAME_LEN - 1]  # the kernel keeps 15 characters of a name
             for found in _attached_programs(self._cgroup_fd, attach_type):
                 if found.name == kernel_name and found.id not in ours:
@@ -167,10 +193,8 @@ class SocketLB:
         """Detaches the programs this object attached, and only those (already gone is fine)."""
         problems = []
         while self._attached:
-            program, attach_type = self._attached.pop()
-            if self._cgroup_fd is None:
-                continue
-            if _libbpf.bpf_prog_detach2(program.fd, self._cgroup_fd, attach_type) < 0:
+            program, attach_type, target = self._attached.pop()
+            if _libbpf.bpf_prog_detach2(program.fd, target, attach_type) < 0:
                 err = ctypes.get_errno()
                 if err != errno.ENOENT:  # ENOENT: another agent already retired it
                     problems.append(f"{program.name.decode()}: {os.strerror(err)}")
@@ -179,6 +203,34 @@ class SocketLB:
             self._cgroup_fd = None
         if problems:
             raise AttachError(f"detaching from {self.cgroup}: {'; '.join(problems)}")
+
+    # -- acceleration state ---------------------------------------------------------------------------
+
+    def accelerated_sockets(self) -> list[lb_sockhash.SockKey]:
+        """The sockets now in ma_lb_sockhash (each by its own view of its connection)."""
+        if self._sockhash_fd is None:
+            return []
+        table: TypedMap[lb_sockhash.SockKey, lb_sockhash.Cookie] = TypedMap(
+            name=lb_sockhash.MAP_NAME,
+            fd=self._sockhash_fd,
+            key_type=lb_sockhash.SockKey,
+            value_type=lb_sockhash.Cookie,
+            capacity=0,
+        )
+        return table.keys()
+
+    def accel_counters(self) -> dict[str, int]:
+        """Messages redirected to a local peer, and passed to the stack, summed over CPUs."""
+        if not self.accelerate or self.bpf is None:
+            return {"redirected": 0, "passed": 0}
+        table = self.bpf[lb_sockhash.STATS_MAP_NAME.encode()]
+        counters = PerCpuArray(
+            name=lb_sockhash.STATS_MAP_NAME, fd=table.get_fd(), value_type=lb_sockhash.Counter, capacity=2
+        )
+        return {
+            "redirected": sum(c.value for c in counters.read(lb_sockhash.ACCEL_REDIRECTED)),
+            "passed": sum(c.value for c in counters.read(lb_sockhash.ACCEL_PASSED)),
+        }
 
     def close(self) -> None:
         """Detaches and unloads; the pinned maps stay (a restarted agent adopts them)."""
