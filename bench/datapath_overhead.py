@@ -27,7 +27,7 @@ from meshagent.model.kernel_state import (
     PolicyEntry,
     Protocol,
 )
-from meshagent.testing.benchtools import bench_line, build_tcpbench, median
+from meshagent.testing.benchtools import ProgramStats, bench_line, build_tcpbench, median
 from meshagent.testing.topology import Pod, Topology
 
 IPERF_PORT = 5201
@@ -37,17 +37,29 @@ CLIENT_ID, SERVER_ID = 1001, 1002
 
 def policy_state(client: Pod, server: Pod) -> KernelState:
     """Both pods isolated both ways, with rules allowing exactly the benchmark's traffic."""
-    endpoints = frozenset({
-        EndpointEntry(client.ifindex, 1, CLIENT_ID, client.ip, enforce_ingress=True, enforce_egress=True),
-        EndpointEntry(server.ifindex, 2, SERVER_ID, server.ip, enforce_ingress=True, enforce_egress=True),
-    })
-    ipcache = frozenset({
-        IPCacheEntry(cidr=IPv4Network(f"{client.ip}/32"), identity=CLIENT_ID),
-        IPCacheEntry(cidr=IPv4Network(f"{server.ip}/32"), identity=SERVER_ID),
-    })
+    endpoints = frozenset(
+        {
+            EndpointEntry(client.ifindex, 1, CLIENT_ID, client.ip, enforce_ingress=True, enforce_egress=True),
+            EndpointEntry(server.ifindex, 2, SERVER_ID, server.ip, enforce_ingress=True, enforce_egress=True),
+        }
+    )
+    ipcache = frozenset(
+        {
+            IPCacheEntry(cidr=IPv4Network(f"{client.ip}/32"), identity=CLIENT_ID),
+            IPCacheEntry(cidr=IPv4Network(f"{server.ip}/32"), identity=SERVER_ID),
+        }
+    )
     policy = frozenset(
-        PolicyEntry(endpoint_id=endpoint_id, direction=direction, peer_identity=peer, protocol=Protocol.TCP,
-                    port_lo=port, port_hi=port, action=Action.ALLOW, rule_id=100 + port % 100)
+        PolicyEntry(
+            endpoint_id=endpoint_id,
+            direction=direction,
+            peer_identity=peer,
+            protocol=Protocol.TCP,
+            port_lo=port,
+            port_hi=port,
+            action=Action.ALLOW,
+            rule_id=100 + port % 100,
+        )
         for port in (IPERF_PORT, ECHO_PORT)
         for endpoint_id, direction, peer in (
             (1, Direction.EGRESS, SERVER_ID),
@@ -64,8 +76,16 @@ def throughput_gbps(client: Pod, server: Pod, seconds: float) -> float:
 
 
 def tool_rate(client: Pod, tool: Path, mode: str, server: Pod, seconds: float, *extra: str) -> float:
-    result = client.run(str(tool), mode, str(server.ip), str(ECHO_PORT), str(seconds), *extra,
-                        timeout=seconds + 30, check=True)
+    result = client.run(
+        str(tool),
+        mode,
+        str(server.ip),
+        str(ECHO_PORT),
+        str(seconds),
+        *extra,
+        timeout=seconds + 30,
+        check=True,
+    )
     return float(result.stdout.strip())
 
 
@@ -83,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         server = topo.add_pod("server", "10.244.9.20")
         # Many short connections: let the client reuse ports still in TIME_WAIT.
         client.run("sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1", "net.ipv4.ip_local_port_range=1024 65000")
-        iperf = server.popen("iperf3", "-s", "-p", str(IPERF_PORT), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+        iperf = server.popen(
+            "iperf3", "-s", "-p", str(IPERF_PORT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         echo = server.popen(str(tool), "server", str(ECHO_PORT), stdout=subprocess.PIPE)
         assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
         datapath = Datapath(pin_dir=pin_dir, netns=topo.node)
@@ -96,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
             events += 1
 
         datapath.start_events(count)
+        stats = ProgramStats()
+        programs = {
+            "from_endpoint": stats.program_id(datapath.bpf.funcs[b"ma_from_endpoint"].fd),
+            "to_endpoint": stats.program_id(datapath.bpf.funcs[b"ma_to_endpoint"].fd),
+        }
+        cost = {name: [0, 0] for name in programs}
         with_policy = policy_state(client, server)
         results: dict[str, dict[str, list[float]]] = {
             "baseline": {"throughput": [], "rr": [], "crr": []},
@@ -108,11 +135,17 @@ def main(argv: list[str] | None = None) -> int:
                     datapath.apply(with_policy if setup == "agent" else KernelState())
                     datapath.flush_conntrack()
                     figures = results[setup]
+                    before = {name: stats.sample(pid) for name, pid in programs.items()}
                     figures["throughput"].append(throughput_gbps(client, server, seconds))
                     figures["rr"].append(tool_rate(client, tool, "rr", server, seconds))
                     figures["crr"].append(tool_rate(client, tool, "crr", server, seconds, "4"))
+                    for name, pid in programs.items():
+                        after = stats.sample(pid)
+                        cost[name][0] += after[0] - before[name][0]
+                        cost[name][1] += after[1] - before[name][1]
             drops = sum(c.packets for (reason, _), c in datapath.counters().items() if reason != 0)
         finally:
+            stats.close()
             datapath.apply(KernelState())
             datapath.uninstall()
             for process in (iperf, echo):
@@ -128,8 +161,21 @@ def main(argv: list[str] | None = None) -> int:
     for name, unit, key in lines:
         b, a = median(base[key]), median(agent[key])
         print(bench_line(name, {f"baseline_{unit}": b, f"agent_{unit}": a}, ratio=a / b if b else None))
-    print(bench_line("datapath_run", {"rounds": rounds, "seconds_per_test": seconds, "events": events,
-                                      "drops": drops}))
+    print(
+        bench_line(
+            "datapath_program_cost",
+            {
+                f"{name}_ns_per_packet": (spent / runs if runs else float("nan"))
+                for name, (spent, runs) in cost.items()
+            }
+            | {f"{name}_packets": runs for name, (_, runs) in cost.items()},
+        )
+    )
+    print(
+        bench_line(
+            "datapath_run", {"rounds": rounds, "seconds_per_test": seconds, "events": events, "drops": drops}
+        )
+    )
     return 0 if drops == 0 else 1
 
 
