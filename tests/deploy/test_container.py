@@ -1,0 +1,249 @@
+"""The DaemonSet's container runs what the code accepts: its command parses with the real CLI parser, the
+ConfigMap loads with the real config loader (with the environment the pod gets), and the probes, ports and
+mounts agree with the settings that load."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import tomllib
+import urllib.error
+import urllib.request
+from pathlib import Path, PurePosixPath
+
+import pytest
+from meshagent.agent.config import AgentConfig, load_config
+from meshagent.agent.health import HealthServer
+from meshagent.cli import run as run_command
+from meshagent.cli.main import build_parser
+
+from tests.deploy.manifests import DEPLOY, REPO, Obj, agent_container, agent_manifests, containers, one
+
+NODE = "node-a"
+
+
+def command_line(container: Obj) -> list[str]:
+    return [*container.get("command", []), *container.get("args", [])]
+
+
+def pod_spec(daemonset: Obj) -> Obj:
+    spec: Obj = daemonset["spec"]["template"]["spec"]
+    return spec
+
+
+def pod_environment(container: Obj) -> dict[str, str]:
+    """The container's environment as the kubelet would fill it on node NODE."""
+    env: dict[str, str] = {}
+    for var in container.get("env", []):
+        if "value" in var:
+            env[var["name"]] = var["value"]
+            continue
+        field = var["valueFrom"]["fieldRef"]["fieldPath"]
+        assert field == "spec.nodeName", f"unexpected downward API field {field}"
+        env[var["name"]] = NODE
+    return env
+
+
+def mounted_config(tmp_path: Path) -> tuple[Path, AgentConfig]:
+    """Writes the ConfigMap's files where the pod would see them (under tmp_path) and loads the config the
+    container's command names, with the container's environment."""
+    manifests = agent_manifests()
+    daemonset, configmap = one("DaemonSet", manifests), one("ConfigMap", manifests)
+    agent = agent_container(daemonset)
+    args = build_parser().parse_args(command_line(agent)[1:])
+    config_path = PurePosixPath(str(args.config))
+    (volume,) = [v for v in pod_spec(daemonset)["volumes"] if "configMap" in v]
+    assert volume["configMap"]["name"] == configmap["metadata"]["name"]
+    (mount,) = [m for m in agent["volumeMounts"] if m["name"] == volume["name"]]
+    relative = config_path.relative_to(mount["mountPath"])
+    assert str(relative) in configmap["data"], f"{relative} is not a key of the ConfigMap"
+    local = tmp_path / relative
+    local.write_text(configmap["data"][str(relative)])
+    return local, load_config(config_file=local, environ=pod_environment(agent))
+
+
+def test_container_command_parses_with_the_real_cli() -> None:
+    daemonset = one("DaemonSet")
+    agent = agent_container(daemonset)
+    argv = command_line(agent)
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts.get(argv[0]) == "meshagent.cli.main:main", f"{argv[0]} is not the package's CLI"
+    args = build_parser().parse_args(argv[1:])
+    assert args.command == "run"
+    assert args.handler.__module__ == run_command.__name__ and args.handler.__name__ == "_run"
+
+
+def test_an_unknown_flag_would_be_caught() -> None:
+    """The parse in the test above can fail: argparse exits on a flag the CLI does not have."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--config", "/etc/meshagent/config.yaml", "--health-port", "1"])
+
+
+def test_configmap_loads_with_the_real_loader(tmp_path: Path) -> None:
+    _, config = mounted_config(tmp_path)
+    assert config.node == NODE  # from NODE_NAME (downward API)
+    assert config.source_name == "kubernetes"
+    assert config.manifests is None and config.kubeconfig is None and config.api_server is None
+    assert not config.cleanup_on_exit  # a rolling update must leave the kernel enforcing
+
+
+def test_a_bad_setting_in_the_configmap_would_be_caught(tmp_path: Path) -> None:
+    from meshagent.agent.config import ConfigError
+
+    path, _ = mounted_config(tmp_path)
+    path.write_text(path.read_text() + "flow_ring_sise: 10\n")
+    with pytest.raises(ConfigError, match="flow_ring_sise"):
+        load_config(config_file=path, environ={"NODE_NAME": NODE})
+
+
+def _host_port(address: str | None) -> tuple[str, int]:
+    assert address, "the setting is off"
+    host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
+def test_probes_hit_the_health_server_the_config_starts(tmp_path: Path) -> None:
+    _, config = mounted_config(tmp_path)
+    host, port = _host_port(config.health_listen)
+    agent = agent_container(one("DaemonSet"))
+    probes = {name: agent[name]["httpGet"] for name in ("startupProbe", "livenessProbe", "readinessProbe")}
+    for name, probe in probes.items():
+        assert probe["port"] == port, f"{name} probes port {probe['port']}, the agent listens on {port}"
+        # With hostNetwork the kubelet reaches a loopback listener only when the probe names loopback.
+        assert probe.get("host", "") == host or host in ("0.0.0.0", ""), name
+    assert probes["readinessProbe"]["path"] == "/readyz"
+    assert probes["livenessProbe"]["path"] == "/healthz"
+
+    # The paths answer as the probes expect, from the real health server: ready follows the agent's state.
+    ready = False
+    server = HealthServer("127.0.0.1:0", ready=lambda: ready, status=dict)
+    server.start()
+    try:
+
+        def status_of(path: str) -> int:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{path}", timeout=5) as resp:
+                    json.load(resp)
+                    return int(resp.status)
+            except urllib.error.HTTPError as err:
+                return err.code
+
+        assert {name: status_of(p["path"]) for name, p in probes.items()} == {
+            "startupProbe": 200,
+            "livenessProbe": 200,
+            "readinessProbe": 503,
+        }
+        ready = True
+        assert status_of(probes["readinessProbe"]["path"]) == 200
+    finally:
+        server.stop()
+
+
+def test_metrics_port_service_and_config_agree(tmp_path: Path) -> None:
+    _, config = mounted_config(tmp_path)
+    host, port = _host_port(config.metrics_listen)
+    assert host in ("0.0.0.0", "::", ""), "the Service reaches the agent on the node's addresses"
+    manifests = agent_manifests()
+    daemonset, service = one("DaemonSet", manifests), one("Service", manifests)
+    ports = {p["name"]: p for p in agent_container(daemonset)["ports"]}
+    assert ports["metrics"]["containerPort"] == port
+    (service_port,) = service["spec"]["ports"]
+    assert service_port["targetPort"] in ("metrics", port)
+    labels = daemonset["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert service["metadata"]["namespace"] == daemonset["metadata"]["namespace"]
+
+
+def _mount_of(container: Obj, path: PurePosixPath) -> Obj:
+    """The volume mount that holds `path` (the deepest one)."""
+    holding = [
+        m
+        for m in container["volumeMounts"]
+        if path == PurePosixPath(m["mountPath"]) or PurePosixPath(m["mountPath"]) in path.parents
+    ]
+    assert holding, f"nothing is mounted at or above {path}"
+    return max(holding, key=lambda m: len(m["mountPath"]))
+
+
+def test_state_lives_on_host_paths_the_daemonset_mounts(tmp_path: Path) -> None:
+    _, config = mounted_config(tmp_path)
+    daemonset = one("DaemonSet")
+    agent = agent_container(daemonset)
+    volumes = {v["name"]: v for v in pod_spec(daemonset)["volumes"]}
+
+    def host_path_of(path: PurePosixPath) -> tuple[Obj, str]:
+        mount = _mount_of(agent, path)
+        volume = volumes[mount["name"]]
+        assert "hostPath" in volume, f"{path} is on volume {mount['name']}, not on the host"
+        return mount, volume["hostPath"]["path"]
+
+    # Pinned maps on the host's bpffs, seen by the agent when the init container mounts it there.
+    mount, host = host_path_of(PurePosixPath(str(config.pin_dir)))
+    assert host == "/sys/fs/bpf" and mount["mountPropagation"] == "HostToContainer"
+    init_mounts = [m for c in pod_spec(daemonset)["initContainers"] for m in c["volumeMounts"]]
+    assert any(m["name"] == mount["name"] and m["mountPropagation"] == "Bidirectional" for m in init_mounts)
+    # The observer socket where a person on the node finds it.
+    assert config.observer_socket is not None
+    _, host = host_path_of(PurePosixPath(str(config.observer_socket)).parent)
+    assert host == "/var/run/meshagent"
+    # BCC's headers: /lib/modules/<release>/{build,source} and the trees under /usr/src they point to.
+    for path in ("/lib/modules", "/usr/src"):
+        mount, host = host_path_of(PurePosixPath(path))
+        assert host == path and mount.get("readOnly") is True
+
+
+def test_pod_spec_is_consistent() -> None:
+    daemonset = one("DaemonSet")
+    spec = pod_spec(daemonset)
+    labels = daemonset["spec"]["template"]["metadata"]["labels"]
+    assert daemonset["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    names = {v["name"] for v in spec["volumes"]}
+    mounted = {m["name"] for c in containers(daemonset) for m in c.get("volumeMounts", [])}
+    assert mounted == names, f"unmounted volumes {names - mounted}, undefined {mounted - names}"
+    for container in containers(daemonset):
+        resources = container["resources"]
+        assert {"cpu", "memory"} <= resources["requests"].keys(), container["name"]
+        assert "memory" in resources["limits"], container["name"]
+    assert spec["hostNetwork"] is True
+    assert {"operator": "Exists"} in spec["tolerations"]  # every taint: every node
+    assert daemonset["spec"]["updateStrategy"]["type"] == "RollingUpdate"
+    assert spec["terminationGracePeriodSeconds"] > 0
+
+
+def test_agent_runs_with_capabilities_not_privileged() -> None:
+    agent = agent_container(one("DaemonSet"))
+    context = agent["securityContext"]
+    assert context.get("privileged") is not True
+    assert context["capabilities"]["drop"] == ["ALL"]
+    added = set(context["capabilities"]["add"])
+    assert "SYS_ADMIN" not in added  # test_capabilities.py shows the agent works without it
+    assert context["allowPrivilegeEscalation"] is False
+    # Each is explained in docs/deploy.md.
+    text = (REPO / "docs" / "deploy.md").read_text()
+    for capability in added:
+        assert f"CAP_{capability}" in text, f"docs/deploy.md does not explain CAP_{capability}"
+
+
+def test_dockerfile_runs_what_the_daemonset_runs() -> None:
+    lines = [
+        line.strip()
+        for line in (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ").splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
+    instructions = [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "") for line in lines
+    ]
+    (base,) = [arg for op, arg in instructions if op == "FROM"]
+    assert base.startswith("debian:bookworm")
+    run_text = " ".join(arg for op, arg in instructions if op == "RUN")
+    assert "python3-bpfcc" in run_text
+    assert "--system-site-packages" in run_text  # so that Debian's bcc bindings import
+    assert not any(word in ("bcc", "bcc==") for word in shlex.split(run_text)), (
+        "PyPI's bcc is another library"
+    )
+    for op, arg in instructions:
+        if op == "COPY":
+            for source in shlex.split(arg)[:-1]:
+                assert (REPO / source).exists(), f"COPY {source}: not in the repository"
+    (cmd,) = [arg for op, arg in instructions if op == "CMD"]
+    assert json.loads(cmd) == command_line(agent_container(one("DaemonSet")))

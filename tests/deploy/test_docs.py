@@ -1,0 +1,142 @@
+"""The docs this part owns stay true to the code: the configuration reference matches AgentConfig and the
+real CLI, every `meshagent` command shown parses (and `run` commands load as a configuration), the drop
+reasons in troubleshooting cover every reason the datapath defines, and relative links lead somewhere."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import MISSING, fields
+from typing import Any
+
+import pytest
+from meshagent.agent.config import AgentConfig, load_config
+from meshagent.cli import run as run_command
+from meshagent.cli.main import build_parser
+from meshagent.model.events import DropReason
+from meshagent.observer.convert import DROP_REASON_TO_HUBBLE
+from meshagent.observer.proto.flow import flow_pb2
+
+from tests.deploy.docs_check import code_spans, command_lines, relative_links, resolve, table_rows
+from tests.deploy.manifests import REPO
+
+DOCS = REPO / "docs"
+OWNED = ("architecture.md", "configuration.md", "troubleshooting.md", "deploy.md")
+
+
+def run_flags() -> dict[str, str]:
+    """setting name -> the flag of `meshagent run` that sets it, from the real parser."""
+    parser = build_parser()
+    (subparsers,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    run = subparsers.choices["run"]
+    return {
+        action.dest: max(action.option_strings, key=len)
+        for action in run._actions
+        if action.option_strings and action.dest not in ("help", "config")
+    }
+
+
+def shown_default(value: Any) -> str:
+    if value is MISSING:
+        return "required"
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    return f"`{value}`"
+
+
+def test_configuration_reference_matches_the_code() -> None:
+    rows = table_rows((DOCS / "configuration.md").read_text(), "| YAML key |")
+    documented = {code_spans(row[0])[0]: row for row in rows}
+    settings = {f.name: f for f in fields(AgentConfig)}
+    assert list(documented) == list(settings), "the table lists the settings of AgentConfig, in its order"
+    flags = run_flags()
+    assert set(flags) <= set(settings), f"flags for unknown settings: {set(flags) - set(settings)}"
+    for name, (_key, env, flag, default, meaning) in documented.items():
+        assert code_spans(env)[0] == f"MESHAGENT_{name.upper()}", name
+        assert (code_spans(flag) or ["—"])[0] == flags.get(name, "—"), f"{name}: flag"
+        assert default == shown_default(settings[name].default), f"{name}: default"
+        assert len(meaning) > 20, f"{name}: say what it means"
+    assert "`NODE_NAME`" in documented["node"][1]
+
+
+def _documented_commands() -> list[tuple[str, list[str]]]:
+    return [(doc, words) for doc in OWNED for words in command_lines((DOCS / doc).read_text())]
+
+
+def test_docs_show_commands() -> None:
+    shown = _documented_commands()
+    assert len(shown) >= 10
+    assert {words[1] for _, words in shown} >= {"run", "flows", "status", "policy", "uninstall"}
+
+
+@pytest.mark.parametrize(
+    ("doc", "words"), [pytest.param(d, w, id=f"{d}: {' '.join(w)[:70]}") for d, w in _documented_commands()]
+)
+def test_documented_command_parses(doc: str, words: list[str]) -> None:
+    try:
+        args = build_parser().parse_args(words[1:])
+    except SystemExit as err:
+        pytest.fail(f"{doc}: `{' '.join(words)}` does not parse (exit {err.code})")
+    if args.command == "run" and args.config is None:
+        # A `run` line must also make a valid configuration (no contradictions), as `meshagent run` checks.
+        # (The one with --config is the DaemonSet's; test_container.py loads its ConfigMap.)
+        dests = [dest for dest, _ in [*run_command._VALUE_FLAGS.values(), *run_command._SWITCHES.values()]]
+        load_config(flags={dest: getattr(args, dest) for dest in dests}, environ={"NODE_NAME": "node-a"})
+
+
+def test_troubleshooting_explains_every_drop_reason() -> None:
+    text = (DOCS / "troubleshooting.md").read_text()
+    rows = table_rows(text, "| reason |")
+    by_name = {code_spans(row[0])[0]: row for row in rows}
+    types_h = (REPO / "bpf" / "lib" / "types.h").read_text()
+    in_c = dict(re.findall(r"#define MA_DROP_(\w+) (\d+)", types_h))
+    for reason in DropReason:
+        if reason is DropReason.NONE:
+            continue
+        assert reason.name in by_name, f"troubleshooting.md does not explain {reason.name}"
+        row = by_name[reason.name]
+        assert code_spans(row[1]) == [str(int(reason))], f"{reason.name}: number"
+        hubble = flow_pb2.DropReason.Name(DROP_REASON_TO_HUBBLE[reason])
+        assert hubble in code_spans(row[2]), f"{reason.name}: shown as {hubble} by flows and metrics"
+        assert len(row[3]) > 20 and len(row[4]) > 10, f"{reason.name}: meaning and what to do"
+    for name, number in in_c.items():
+        if name == "NONE":
+            continue
+        assert name in by_name, f"bpf/lib/types.h defines MA_DROP_{name}, troubleshooting.md lacks it"
+        assert code_spans(by_name[name][1]) == [number]
+
+
+@pytest.mark.parametrize("doc", OWNED)
+def test_links_resolve(doc: str) -> None:
+    path = DOCS / doc
+    for target in relative_links(path.read_text()):
+        assert resolve(path, target).exists(), f"{doc}: link to {target} leads nowhere"
+
+
+def test_docs_link_the_existing_ones() -> None:
+    linked = {resolve(DOCS / doc, t) for doc in OWNED for t in relative_links((DOCS / doc).read_text())}
+    for existing in ("datapath.md", "policy.md", "flows.md", "sources.md"):
+        assert (DOCS / existing).resolve() in linked, f"none of {OWNED} links {existing}"
+
+
+def test_architecture_has_both_paths() -> None:
+    text = (DOCS / "architecture.md").read_text()
+    blocks = re.findall(r"```(?:text)?\n(.*?)```", text, re.S)
+    diagram = "\n".join(blocks)
+    for stage in (
+        "source",
+        "store",
+        "reconciler",
+        "compiler",
+        "ma_policy",
+        "tc",
+        "ring buffer",
+        "EventReader",
+        "FlowPipeline",
+        "gRPC",
+        "metrics",
+        "export",
+    ):
+        assert stage.lower() in diagram.lower(), f"the diagrams do not show {stage}"
