@@ -33,6 +33,7 @@ class ClusterEnricher:
         self._rule_lookup = rule_lookup
         self._endpoints: dict[IPv4Address, EndpointInfo] = {}
         self._identities: dict[int, tuple[str, ...]] = {}
+        self._isolating: dict[tuple[int, bool], tuple[PolicyRef, ...]] = {}
 
     # --- written by the reconciler ---------------------------------------------------------------
 
@@ -50,6 +51,10 @@ class ClusterEnricher:
         self._endpoints = dict(endpoints)
         self._identities = {info.identity: info.labels for info in endpoints.values()}
 
+    def set_isolating(self, isolating: dict[tuple[int, bool], tuple[PolicyRef, ...]]) -> None:
+        """(endpoint id, egress) -> the NetworkPolicies isolating that direction, for default denies."""
+        self._isolating = isolating
+
     # --- read on the event path ------------------------------------------------------------------
 
     def endpoint_by_ip(self, ip: IPv4Address) -> EndpointInfo | None:
@@ -63,6 +68,9 @@ class ClusterEnricher:
         if ref is None:
             return ()
         return (PolicyRef(kind=ref.kind.value, namespace=ref.namespace, name=ref.name),)
+
+    def isolating_policies(self, endpoint_id: int, egress: bool) -> tuple[PolicyRef, ...]:
+        return self._isolating.get((endpoint_id, egress), ())
 
     def service_by_addr(self, ip: IPv4Address, port: int, protocol: int) -> ServiceRef | None:
         return None  # Service translation arrives with socket load-balancing

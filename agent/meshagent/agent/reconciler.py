@@ -23,8 +23,9 @@ from meshagent.agent.enricher import ClusterEnricher, workloads_of
 from meshagent.datapath.discovery import EndpointInterfaces, NotUpYet, PodInterface
 from meshagent.model.cluster import LocalEndpoint
 from meshagent.model.errors import PolicyInputError
-from meshagent.model.kernel_state import KernelState
-from meshagent.observer.enrich import EndpointInfo
+from meshagent.model.kernel_state import RULE_ID_NONE, Direction, KernelState
+from meshagent.observer.enrich import EndpointInfo, PolicyRef
+from meshagent.policy.attribution import attribute
 from meshagent.policy.compiler import PolicyCompiler
 from meshagent.policy.diff import KernelDiff
 from meshagent.policy.parse import (
@@ -165,12 +166,28 @@ class Reconciler:
         self.last_apply_seconds = time.monotonic() - started
         self.changes_applied += 1
         self._record_errors(result)
+        self._refresh_isolation()
+
+    def _refresh_isolation(self) -> None:
+        """Which policies isolate each local endpoint, so that a default-deny flow can name them."""
+        isolating: dict[tuple[int, bool], tuple[PolicyRef, ...]] = {}
+        for ifindex in self._local_endpoints.values():
+            for direction in Direction:
+                found = attribute(
+                    self.compiler, endpoint_id=ifindex, direction=direction, rule_id=RULE_ID_NONE
+                )
+                isolating[(ifindex, direction == Direction.EGRESS)] = tuple(
+                    PolicyRef(kind="NetworkPolicy", namespace=ref.split("/", 1)[0], name=ref.split("/", 1)[1])
+                    for ref in found.isolating
+                )
+        self.enricher.set_isolating(isolating)
 
     def _full_apply(self) -> None:
         started = time.monotonic()
         result = self.datapath.apply(self.compiler.state())
         self.last_apply_seconds = time.monotonic() - started
         self._record_errors(result)
+        self._refresh_isolation()
         self.applied.set()
         logger.info(
             "first full sync in the kernel in %.3f s: %d local endpoints",

@@ -284,6 +284,11 @@ class FlowBuilder:
 
     def _fill_policies(self, f: pb.Flow, ev: DatapathEvent, egress: bool) -> None:
         if not ev.rule_id:
+            # A default deny: name the policies that isolate the endpoint in this direction.
+            if f.verdict in (pb.DROPPED, pb.AUDIT):
+                target = f.egress_denied_by if egress else f.ingress_denied_by
+                for ref in self._enricher.isolating_policies(ev.endpoint_id, egress):
+                    _add_policy(target.add(), ref)
             return
         refs = self._enricher.policies_by_rule(ev.rule_id)
         if not refs:

@@ -63,6 +63,10 @@ class Enricher(Protocol):
 
     def service_by_addr(self, ip: IPv4Address, port: int, protocol: int) -> ServiceRef | None: ...
 
+    def isolating_policies(self, endpoint_id: int, egress: bool) -> tuple[PolicyRef, ...]:
+        """For a default deny (no rule matched): the policies that isolate this endpoint's direction."""
+        ...
+
 
 @dataclass
 class StaticEnricher:
@@ -72,6 +76,7 @@ class StaticEnricher:
     identities: dict[int, tuple[str, ...]] = field(default_factory=dict)
     rules: dict[int, tuple[PolicyRef, ...]] = field(default_factory=dict)
     services: dict[tuple[IPv4Address, int, int], ServiceRef] = field(default_factory=dict)
+    isolating: dict[tuple[int, bool], tuple[PolicyRef, ...]] = field(default_factory=dict)
 
     def endpoint_by_ip(self, ip: IPv4Address) -> EndpointInfo | None:
         return self.endpoints.get(ip)
@@ -84,6 +89,9 @@ class StaticEnricher:
 
     def service_by_addr(self, ip: IPv4Address, port: int, protocol: int) -> ServiceRef | None:
         return self.services.get((ip, port, protocol))
+
+    def isolating_policies(self, endpoint_id: int, egress: bool) -> tuple[PolicyRef, ...]:
+        return self.isolating.get((endpoint_id, egress), ())
 
     @classmethod
     def from_mappings(
@@ -114,3 +122,6 @@ class NullEnricher:
 
     def service_by_addr(self, ip: IPv4Address, port: int, protocol: int) -> ServiceRef | None:
         return None
+
+    def isolating_policies(self, endpoint_id: int, egress: bool) -> tuple[PolicyRef, ...]:
+        return ()
