@@ -1,7 +1,7 @@
 """The agent does its job with exactly the capabilities the DaemonSet grants: a real agent, started with
 the DaemonSet's capability set as its bounding set (and no_new_privs, as allowPrivilegeEscalation: false
-gives), with the ConfigMap's settings, loads and pins its maps, attaches to a pod's veth and drops real
-packets that a policy denies.
+gives), a read-only root file system (readOnlyRootFilesystem) and the ConfigMap's settings, loads and pins
+its maps, attaches to a pod's veth and drops real packets that a policy denies.
 
 Everything happens in network namespaces this test creates (a node and a pod), under a pin directory of
 its own; all of it is removed afterwards, even on failure.
@@ -48,6 +48,11 @@ spec: {{podSelector: {{}}}}
 """
 
 
+READ_ONLY_ROOT = (
+    'mount --bind /tmp /tmp && mount --bind /var/tmp /var/tmp && mount -o remount,bind,ro / && exec "$@"'
+)
+
+
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, timeout=30, check=check)
 
@@ -57,6 +62,14 @@ def capabilities_of(pid: int) -> int:
         if line.startswith("CapEff:"):
             return int(line.split()[1], 16)
     raise AssertionError("no CapEff")
+
+
+def root_is_read_only(pid: int) -> bool:
+    for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[4] == "/":  # mount point; fields[5] holds the per-mount options
+            return "ro" in fields[5].split(",")
+    raise AssertionError("no root mount")
 
 
 def bounding_set() -> int:
@@ -102,7 +115,7 @@ def ready(netns: str, port: int) -> bool:
 
 
 def test_agent_enforces_with_only_the_daemonsets_capabilities(tmp_path: Path) -> None:
-    for tool in ("setpriv", "nsenter", "ip", "ping"):
+    for tool in ("setpriv", "nsenter", "unshare", "ip", "ping"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed")
     if not os.path.ismount("/sys/fs/bpf"):
@@ -127,6 +140,9 @@ def test_agent_enforces_with_only_the_daemonsets_capabilities(tmp_path: Path) ->
         assert ping(node, POD_IP), "the namespaces do not pass traffic before the agent"
         bounding = "-all," + ",".join(f"+{c.lower()}" for c in granted)
         command = [
+            # readOnlyRootFilesystem: a mount namespace of the agent's own where / is read-only and only
+            # what the pod has writable stays so (/tmp and /var/tmp are emptyDirs, bpffs its own mount).
+            "unshare", "--mount", "--propagation", "private", "--", "sh", "-c", READ_ONLY_ROOT, "sh",
             "nsenter", f"--net=/run/netns/{node}",
             "setpriv", "--no-new-privs", f"--bounding-set={bounding}", "--inh-caps=-all",
             str(MESHAGENT), "run", "--config", str(config),
@@ -136,7 +152,10 @@ def test_agent_enforces_with_only_the_daemonsets_capabilities(tmp_path: Path) ->
         ]  # fmt: skip
         with log.open("w") as out:
             proc = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "NODE_NAME": "node-a"}
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "NODE_NAME": "node-a", "PYTHONDONTWRITEBYTECODE": "1"},
             )
         try:
             deadline = time.monotonic() + 120
@@ -145,6 +164,7 @@ def test_agent_enforces_with_only_the_daemonsets_capabilities(tmp_path: Path) ->
                 assert time.monotonic() < deadline, f"not ready in 120 s: {log.read_text()[-2000:]}"
                 time.sleep(0.2)
             assert capabilities_of(proc.pid) == expected, "the agent ran with other capabilities than granted"
+            assert root_is_read_only(proc.pid), "the agent's root file system is writable"
             pinned = {p.name for p in pin_dir.rglob("ma_*")}  # (under a layout-version directory)
             assert {"ma_endpoints", "ma_ipcache", "ma_policy"} <= pinned, f"pinned: {sorted(pinned)}"
             ingress = sh("ip", "netns", "exec", node, "tc", "filter", "show", "dev", veth, "ingress").stdout
