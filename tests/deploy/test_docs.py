@@ -140,3 +140,24 @@ def test_architecture_has_both_paths() -> None:
         "export",
     ):
         assert stage.lower() in diagram.lower(), f"the diagrams do not show {stage}"
+
+
+def test_troubleshooting_names_metrics_the_agent_exposes() -> None:
+    """The metric names in the table exist in the exposition of the agent's real metrics, read back with
+    Prometheus' own text parser."""
+    from meshagent.observer.metrics import FlowMetrics, MapUsage
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    metrics = FlowMetrics(
+        node_name="node-a",
+        version="test",
+        map_usage=lambda: [MapUsage("ma_ct", 1, 10)],
+        source_sync=lambda: {"kubernetes": True},
+    )
+    exposed = {f.name for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())}
+    rows = table_rows((DOCS / "troubleshooting.md").read_text(), "| metric |")
+    named = [code_spans(row[0])[0].split("{")[0] for row in rows]
+    assert len(named) >= 4
+    for name in named:
+        assert name.removesuffix("_total") in exposed, f"{name} is not a metric the agent exposes"
