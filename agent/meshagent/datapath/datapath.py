@@ -140,48 +140,25 @@ class Datapath:
     def load(self) -> None:
         """Compiles and loads the programs; adopts the pinned maps of our layout and re-attaches known
         endpoints in place. When only another layout's maps exist, nothing is attached yet: the old programs
-        keep enforcing with their maps until the first apply() has filled ours (see _finish_migration)."""
+        keep enforcing with their maps until the first apply() has filled ours (see apply)."""
         self.maps_dir = self.pin_dir / layout_id(self.capacities.cflags())
         adopting = self.maps_dir.exists()
         self._migrating_from = [] if adopting else other_layouts(self.pin_dir, self.maps_dir.name)
         self._programs = load(pin_dir=self.maps_dir, capacities=self.capacities)
         bpf = self._programs.bpf
         caps = self.capacities
-        self.ipcache_map = TypedMap(
-            name=ipcache.MAP_NAME,
-            fd=bpf[ipcache.MAP_NAME.encode()].map_fd,
-            key_type=ipcache.IPCacheKey,
-            value_type=ipcache.IPCacheValue,
-            capacity=caps.ipcache,
+
+        def typed(name: str, key: type[Any], value: type[Any], capacity: int) -> TypedMap[Any, Any]:
+            fd = bpf[name.encode()].map_fd
+            return TypedMap(name=name, fd=fd, key_type=key, value_type=value, capacity=capacity)
+
+        self.ipcache_map = typed(ipcache.MAP_NAME, ipcache.IPCacheKey, ipcache.IPCacheValue, caps.ipcache)
+        self.endpoints_map = typed(
+            endpoints.MAP_NAME, endpoints.EndpointKey, endpoints.EndpointValue, caps.endpoints
         )
-        self.endpoints_map = TypedMap(
-            name=endpoints.MAP_NAME,
-            fd=bpf[endpoints.MAP_NAME.encode()].map_fd,
-            key_type=endpoints.EndpointKey,
-            value_type=endpoints.EndpointValue,
-            capacity=caps.endpoints,
-        )
-        self.policy_map = TypedMap(
-            name=policy.MAP_NAME,
-            fd=bpf[policy.MAP_NAME.encode()].map_fd,
-            key_type=policy.PolicyKey,
-            value_type=policy.PolicyValue,
-            capacity=caps.policy,
-        )
-        self.ct_map = TypedMap(
-            name=conntrack.MAP_NAME,
-            fd=bpf[conntrack.MAP_NAME.encode()].map_fd,
-            key_type=conntrack.CTKey,
-            value_type=conntrack.CTValue,
-            capacity=caps.conntrack,
-        )
-        self.frags_map = TypedMap(
-            name=frags.MAP_NAME,
-            fd=bpf[frags.MAP_NAME.encode()].map_fd,
-            key_type=frags.FragKey,
-            value_type=frags.FragValue,
-            capacity=caps.frags,
-        )
+        self.policy_map = typed(policy.MAP_NAME, policy.PolicyKey, policy.PolicyValue, caps.policy)
+        self.ct_map = typed(conntrack.MAP_NAME, conntrack.CTKey, conntrack.CTValue, caps.conntrack)
+        self.frags_map = typed(frags.MAP_NAME, frags.FragKey, frags.FragValue, caps.frags)
         self.metrics_map = PerCpuArray(
             name=metrics.MAP_NAME,
             fd=bpf[metrics.MAP_NAME.encode()].map_fd,
