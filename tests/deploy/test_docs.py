@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import argparse
 import re
+import time
 from dataclasses import MISSING, fields
 from typing import Any
 
 import pytest
 from meshagent.agent.config import AgentConfig, load_config
 from meshagent.cli import run as run_command
+from meshagent.cli.flows import build_request
 from meshagent.cli.main import build_parser
 from meshagent.model.events import DropReason
+from meshagent.observer.aggregate import parse_keys
 from meshagent.observer.convert import DROP_REASON_TO_HUBBLE
 from meshagent.observer.proto.flow import flow_pb2
+from meshagent.observer.query import parse_request
 
 from tests.deploy.docs_check import code_spans, command_lines, relative_links, resolve, table_rows
 from tests.deploy.manifests import REPO
@@ -79,6 +83,13 @@ def test_documented_command_parses(doc: str, words: list[str]) -> None:
         args = build_parser().parse_args(words[1:])
     except SystemExit as err:
         pytest.fail(f"{doc}: `{' '.join(words)}` does not parse (exit {err.code})")
+    if args.command == "flows":
+        # The filters, times and keys are valid too: built as the CLI builds them and checked with the
+        # server's own request rules (both raise on a bad value).
+        request = build_request(args, now_ns=time.time_ns())
+        parse_request(request)
+        if args.aggregate_by:
+            parse_keys(args.aggregate_by)
     if args.command == "run" and args.config is None:
         # A `run` line must also make a valid configuration (no contradictions), as `meshagent run` checks.
         # (The one with --config is the DaemonSet's; test_container.py loads its ConfigMap.)
