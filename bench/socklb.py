@@ -9,6 +9,7 @@ A client pod connects (tcpbench crr: connect, 1-byte request/response, close) an
              match per Service, KUBE-SVC-*, KUBE-SEP-* DNAT), the measured Service being the last one
 At 100, 1,000 and 10,000 Services (the others point at the same backend), ours is one hash lookup per
 connect; kube-proxy's first packet walks the KUBE-SERVICES list.
+Sockmap acceleration: iperf3 between two pods with the splice on and off, 1, 16 and 128 KiB writes.
 
     .venv/bin/python bench/socklb.py [--quick]
 
@@ -18,9 +19,11 @@ Prints BENCH lines (ratio = socklb / direct for the plain runs).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from ipaddress import IPv4Address
@@ -68,11 +71,18 @@ def _in_cgroup(cgroup: Path) -> Callable[[], None]:
     return place
 
 
-def rate(client: Pod, tool: Path, mode: str, ip: IPv4Address, port: int, seconds: float,
-         cgroup: Path | None) -> float:
+def rate(
+    client: Pod, tool: Path, mode: str, ip: IPv4Address, port: int, seconds: float, cgroup: Path | None
+) -> float:
     argv = client.argv(str(tool), mode, str(ip), str(port), str(seconds), *(["2"] if mode == "crr" else []))
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=True,
-                            preexec_fn=_in_cgroup(cgroup) if cgroup else None)
+    result = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+        check=True,
+        preexec_fn=_in_cgroup(cgroup) if cgroup else None,
+    )
     return float(result.stdout.strip())
 
 
@@ -98,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             lb.attach()
             try:
                 results = run(lb, client, server, tool, seconds, rounds, cgroup)
+                results += sockmap(client, server, seconds, rounds, cgroup)
             finally:
                 client.run("iptables", "-t", "nat", "-F")
                 echo.kill()
@@ -122,16 +133,24 @@ def entries(count: int, backend: IPv4Address) -> dict[Frontend, LBEntry]:
     return out
 
 
-def run(lb: SocketLB, client: Pod, server: Pod, tool: Path, seconds: float, rounds: int,
-        cgroup: Path) -> list[str]:
+def run(
+    lb: SocketLB, client: Pod, server: Pod, tool: Path, seconds: float, rounds: int, cgroup: Path
+) -> list[str]:
     lines = []
     lb.apply(entries(1, server.ip))
     figures: dict[str, list[float]] = {k: [] for k in ("direct_crr", "lb_crr", "direct_rr", "lb_rr")}
-    for _ in range(rounds):
-        figures["direct_crr"].append(rate(client, tool, "crr", server.ip, ECHO_PORT, seconds, None))
-        figures["lb_crr"].append(rate(client, tool, "crr", vip(0), SERVICE_PORT, seconds, cgroup))
-        figures["direct_rr"].append(rate(client, tool, "rr", server.ip, ECHO_PORT, seconds, None))
-        figures["lb_rr"].append(rate(client, tool, "rr", vip(0), SERVICE_PORT, seconds, cgroup))
+    for round_index in range(rounds):
+        order = ("direct", "lb") if round_index % 2 == 0 else ("lb", "direct")
+        for kind in ("crr", "rr"):
+            for setup in order:
+                if setup == "direct":
+                    figures[f"direct_{kind}"].append(
+                        rate(client, tool, kind, server.ip, ECHO_PORT, seconds, None)
+                    )
+                else:
+                    figures[f"lb_{kind}"].append(
+                        rate(client, tool, kind, vip(0), SERVICE_PORT, seconds, cgroup)
+                    )
     for kind in ("crr", "rr"):
         direct, ours = median(figures[f"direct_{kind}"]), median(figures[f"lb_{kind}"])
         name = "socklb_connection_rate" if kind == "crr" else "socklb_request_response"
@@ -139,17 +158,87 @@ def run(lb: SocketLB, client: Pod, server: Pod, tool: Path, seconds: float, roun
     for count in SCALES:
         last = vip(count - 1)  # the Service kube-proxy's list reaches last
         lb.apply(entries(count, server.ip))
-        ours = median([rate(client, tool, "crr", last, SERVICE_PORT, seconds, cgroup) for _ in range(rounds)])
-        restore = subprocess.run(client.argv("iptables-restore"), input=kube_proxy_rules(count, server.ip),
-                                 text=True, capture_output=True, timeout=600)
-        if restore.returncode != 0:
-            raise RuntimeError(f"iptables-restore: {restore.stderr.strip()}")
-        theirs = median([rate(client, tool, "crr", last, SERVICE_PORT, seconds, None) for _ in range(rounds)])
-        client.run("iptables", "-t", "nat", "-F")
-        client.run("iptables", "-t", "nat", "-X")
-        lines.append(bench_line(f"socklb_vs_iptables_crr_{count}_services",
-                                {"socklb_per_s": ours, "iptables_per_s": theirs}, ratio=ours / theirs))
+        rules = kube_proxy_rules(count, server.ip)
+        ours_runs, theirs_runs = [], []
+        for _ in range(rounds):
+            # Alternate, and never both at once: a node with our load-balancer has no kube-proxy rules.
+            ours_runs.append(rate(client, tool, "crr", last, SERVICE_PORT, seconds, cgroup))
+            restore = subprocess.run(
+                client.argv("iptables-restore"), input=rules, text=True, capture_output=True, timeout=600
+            )
+            if restore.returncode != 0:
+                raise RuntimeError(f"iptables-restore: {restore.stderr.strip()}")
+            theirs_runs.append(rate(client, tool, "crr", last, SERVICE_PORT, seconds, None))
+            client.run("iptables", "-t", "nat", "-F")
+            client.run("iptables", "-t", "nat", "-X")
+        ours, theirs = median(ours_runs), median(theirs_runs)
+        lines.append(
+            bench_line(
+                f"socklb_vs_iptables_crr_{count}_services",
+                {"socklb_per_s": ours, "iptables_per_s": theirs},
+                ratio=ours / theirs,
+            )
+        )
     lb.apply({})
+    return lines
+
+
+def iperf_gbps(client: Pod, server: Pod, port: int, size: int, seconds: float, cgroup: Path) -> float:
+    argv = client.argv(
+        "iperf3", "-c", str(server.ip), "-p", str(port), "-t", str(seconds), "-l", str(size), "-J"
+    )
+    result = subprocess.run(
+        argv, capture_output=True, text=True, timeout=seconds + 30, preexec_fn=_in_cgroup(cgroup)
+    )
+    return float(json.loads(result.stdout)["end"]["sum_received"]["bits_per_second"]) / 1e9
+
+
+def sockmap(client: Pod, server: Pod, seconds: float, rounds: int, plain: Path) -> list[str]:
+    """iperf3 between two pods of a cgroup with the splice (on) and of one without (off)."""
+    accel_cgroup = cgroup2_mount() / f"meshagent-lbaccel-{uuid.uuid4().hex[:8]}"
+    accel_cgroup.mkdir()
+    pin_dir = Path("/sys/fs/bpf") / f"meshagent-lbaccel-{uuid.uuid4().hex[:8]}"
+    accel = SocketLB(pin_dir=pin_dir, cgroup=accel_cgroup, accelerate=True)
+    servers = []
+    lines = []
+    try:
+        accel.load()
+        accel.attach()
+        for port, cgroup in ((5301, accel_cgroup), (5302, plain)):
+            servers.append(
+                subprocess.Popen(
+                    server.argv("iperf3", "-s", "-B", str(server.ip), "-p", str(port)),
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    preexec_fn=_in_cgroup(cgroup),
+                )
+            )
+        time.sleep(0.5)
+        for size in (1024, 16384, 131072):
+            on, off = [], []
+            for _ in range(rounds):
+                on.append(iperf_gbps(client, server, 5301, size, seconds, accel_cgroup))
+                off.append(iperf_gbps(client, server, 5302, size, seconds, plain))
+            lines.append(
+                bench_line(
+                    f"sockmap_tcp_{size // 1024}k_writes",
+                    {"off_gbps": median(off), "on_gbps": median(on)},
+                    ratio=median(on) / median(off),
+                )
+            )
+        lines.append(
+            bench_line("sockmap_redirected_messages", {"count": accel.accel_counters()["redirected"]})
+        )
+    finally:
+        for process in servers:
+            process.kill()
+            process.wait()
+        accel.uninstall()
+        if pin_dir.exists():
+            pin_dir.rmdir()
+        for pid in (accel_cgroup / "cgroup.procs").read_text().split():
+            os.kill(int(pid), 9)
+        accel_cgroup.rmdir()
     return lines
 
 

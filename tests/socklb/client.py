@@ -161,7 +161,7 @@ def main() -> int:
     parser.add_argument("ip")
     parser.add_argument("port", type=int)
     parser.add_argument("--count", type=int, default=1)
-    parser.add_argument("--timeout", type=float, default=1.0)
+    parser.add_argument("--timeout", type=float, default=3.0)
     parser.add_argument("--sizes", default="1")
     args = parser.parse_args()
     if args.mode == "serve":

@@ -204,3 +204,21 @@ def test_map_encoding_round_trips(
     key, value = lb_services.encode(entry)
     assert value.total_weight == entry.total_weight
     assert lb_services.decode(key, value) == entry
+
+
+def test_backend_index_maps_a_backend_back_to_its_services() -> None:
+    from meshagent.services.lookup import backend_index
+
+    result = catalog(
+        service("shop", "10.96.0.1", HTTP),
+        service("v1", "10.96.0.2", HTTP),
+        endpoint_slice("v1", SLICE_HTTP, [("10.244.0.1", READY)]),
+        tcp_route("shop", "shop", 80, [("v1", 1)]),
+    ).compile()
+    index = backend_index(result.entries)
+    vias = index[(IPv4Address("10.244.0.1"), 8080, Protocol.TCP)]
+    assert [(v.frontend.address, v.service.name if v.service else None) for v in vias] == [
+        (IPv4Address("10.96.0.1"), "shop"),
+        (IPv4Address("10.96.0.2"), "v1"),
+    ]
+    assert (IPv4Address("10.244.0.1"), 8080, Protocol.UDP) not in index

@@ -132,7 +132,7 @@ def test_closing_either_side_removes_its_socket(
     client = lb_topo.add_pod("client", "10.244.6.10")
     server_pod = lb_topo.add_pod("server", "10.244.6.20")
     server = _server(server_pod, accel_cgroup)
-    held = start_client(client, "hold", str(server_pod.ip), str(PORT), cgroup=accel_cgroup)
+    held = start_client(client, "hold", str(server_pod.ip), str(PORT), "--timeout", "5", cgroup=accel_cgroup)
     try:
         assert held.stdout is not None and held.stdin is not None
         assert '"first": true' in held.stdout.readline()

@@ -74,7 +74,7 @@ def test_blue_green_flip_changes_new_connections_only(
     pods: dict[str, Any], socklb: SocketLB, lb_cgroup: Path
 ) -> None:
     program(socklb, *blue_green(100, 0))
-    held = start_client(pods["client"], "hold", VIP, "80", cgroup=lb_cgroup)
+    held = start_client(pods["client"], "hold", VIP, "80", "--timeout", "5", cgroup=lb_cgroup)
     try:
         assert held.stdout is not None and held.stdin is not None
         assert '"first": true' in held.stdout.readline()
@@ -161,3 +161,34 @@ def test_affinity_moves_when_its_backend_goes_away(
 
     assert result["ok"] == 5
     assert accepted(pods[other], pods["client"]) == 5
+
+
+def test_removing_a_backend_keeps_its_connections_and_moves_new_ones(
+    pods: dict[str, Any], socklb: SocketLB, lb_cgroup: Path
+) -> None:
+    both = [("10.244.3.20", READY), ("10.244.3.30", READY)]
+    program(socklb, service("web", VIP, TCP80), endpoint_slice("web", SLICE_PORTS, both))
+    held = start_client(pods["client"], "hold", VIP, "80", "--timeout", "5", cgroup=lb_cgroup)
+    try:
+        assert held.stdout is not None and held.stdin is not None
+        assert '"first": true' in held.stdout.readline()
+        landed = "blue" if accepted(pods["blue"], pods["client"]) == 1 else "green"
+        remaining, remaining_ip = ("green", "10.244.3.30") if landed == "blue" else ("blue", "10.244.3.20")
+
+        # The held connection's backend leaves the Service (a scale-down): one map update.
+        program(
+            socklb, service("web", VIP, TCP80), endpoint_slice("web", SLICE_PORTS, [(remaining_ip, READY)])
+        )
+        after = run_client(pods["client"], "tcp", VIP, "80", "--count", "20", cgroup=lb_cgroup)
+        held.stdin.write("go\n")
+        held.stdin.flush()
+        second = held.stdout.readline()
+        assert held.wait(timeout=10) == 0
+    finally:
+        held.kill()
+        held.wait()
+
+    assert '"second": true' in second
+    assert after["ok"] == 20
+    assert accepted(pods[landed], pods["client"]) == 1
+    assert accepted(pods[remaining], pods["client"]) == 20
