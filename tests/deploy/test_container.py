@@ -16,6 +16,7 @@ from meshagent.agent.config import AgentConfig, load_config
 from meshagent.agent.health import HealthServer
 from meshagent.cli import run as run_command
 from meshagent.cli.main import build_parser
+from meshagent.datapath.source import BPF_DIR
 
 from tests.deploy.manifests import DEPLOY, REPO, Obj, agent_container, agent_manifests, containers, one
 
@@ -245,5 +246,12 @@ def test_dockerfile_runs_what_the_daemonset_runs() -> None:
         if op == "COPY":
             for source in shlex.split(arg)[:-1]:
                 assert (REPO / source).exists(), f"COPY {source}: not in the repository"
+    # The BPF C sources are read from <source tree>/bpf at run time, so the image installs the package in
+    # editable mode from a tree that has bpf/ beside agent/.
+    assert BPF_DIR.resolve() == (REPO / "bpf").resolve()
+    (workdir,) = [arg for op, arg in instructions if op == "WORKDIR"]
+    copied = {shlex.split(arg)[-1].rstrip("/") for op, arg in instructions if op == "COPY"}
+    assert {"agent", "bpf"} <= copied
+    assert f"pip install --no-cache-dir -e {workdir}" in run_text
     (cmd,) = [arg for op, arg in instructions if op == "CMD"]
     assert json.loads(cmd) == command_line(agent_container(one("DaemonSet")))
