@@ -12,13 +12,14 @@ causes and recompiles only the endpoints it can affect. What an endpoint's entri
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
-from meshagent.model.admin_policy import AdminNetworkPolicy, AdminPort
+from meshagent.model.admin_policy import AdminNetworkPolicy
 from meshagent.model.cluster import LocalEndpoint, Namespace, Pod
 from meshagent.model.kernel_state import (
     IDENTITY_HOST,
@@ -31,18 +32,10 @@ from meshagent.model.kernel_state import (
     PolicyEntry,
     Protocol,
 )
-from meshagent.model.netpol import NetworkPolicy, PolicyPort, PolicyType
-from meshagent.policy.decide import (
-    PORT_MAX,
-    PORT_MIN,
-    AdminLayer,
-    AllowRule,
-    Atom,
-    DirectionRules,
-    PortRange,
-    compile_direction,
-)
+from meshagent.model.netpol import NetworkPolicy, PolicyType
+from meshagent.policy.decide import DirectionRules, PortRange, compile_direction
 from meshagent.policy.diff import KernelDiff, diff_sets, endpoint_key, ipcache_key, policy_key
+from meshagent.policy.endpoint_rules import direction_rules
 from meshagent.policy.identity import IdentityAllocator, IdentityLabels, LabelFilter
 from meshagent.policy.peers import (
     BlockPeer,
@@ -50,7 +43,6 @@ from meshagent.policy.peers import (
     SelectorPeer,
     admin_rule_specs,
     has_egress_named_ports,
-    np_rule_specs,
     policy_prefixes,
     policy_specs,
 )
@@ -119,6 +111,9 @@ class PolicyCompiler:
         self._sel_frozen: dict[SelectorPeer, frozenset[int]] = {}  # read copies, dropped on change
         self._block_cache: dict[BlockPeer, frozenset[int]] = {}
         self._prefix_refs: dict[IPv4Network, int] = defaultdict(int)
+        # Sorted views for ipBlock resolution (bisect instead of a scan), rebuilt after changes.
+        self._prefix_sorted: list[tuple[int, IPv4Network]] | None = None
+        self._ip_sorted: list[int] | None = None
         self._egress_named: set[PolicyKey] = set()
         self._compiled: dict[PodKey, _Compiled] = {}
         self._by_endpoint_id: dict[int, PodKey] = {}
@@ -360,6 +355,8 @@ class PolicyCompiler:
         labels = self._identity_labels_of(pod)
         ident = self.identities.labels_identity(labels)
         self._pod_identity[key] = ident
+        if pod.ip not in self._ip_pods:
+            self._ip_sorted = None
         self._ip_pods[pod.ip].add(key)
         self._dirty_prefixes.add(IPv4Network(pod.ip))
         members = self._id_members.get(ident)
@@ -384,6 +381,7 @@ class PolicyCompiler:
         self._ip_pods[pod.ip].discard(key)
         if not self._ip_pods[pod.ip]:
             del self._ip_pods[pod.ip]
+            self._ip_sorted = None
         self._dirty_prefixes.add(IPv4Network(pod.ip))
         members = self._id_members[ident]
         members.discard(key)
@@ -507,6 +505,7 @@ class PolicyCompiler:
         self.rules.release_policy(key[0], key[1], key[2])
 
     def _prefix_changed(self, prefix: IPv4Network) -> None:
+        self._prefix_sorted = None
         self._dirty_prefixes.add(prefix)
         for spec in list(self._block_cache):
             if spec.block.cidr.overlaps(prefix):
@@ -526,10 +525,30 @@ class PolicyCompiler:
             self._block_cache[spec] = cached
         return cached
 
+    def _prefixes_within(self, cidr: IPv4Network) -> list[IPv4Network]:
+        if self._prefix_sorted is None:
+            self._prefix_sorted = sorted((int(p.network_address), p) for p in self._prefix_refs)
+        start, end = int(cidr.network_address), int(cidr.broadcast_address)
+        found = []
+        for index in range(bisect.bisect_left(self._prefix_sorted, (start,)), len(self._prefix_sorted)):
+            first, prefix = self._prefix_sorted[index]
+            if first > end:
+                break
+            if prefix.prefixlen >= cidr.prefixlen:  # starts inside and is no wider: inside
+                found.append(prefix)
+        return found
+
+    def _pod_ips_within(self, cidr: IPv4Network) -> list[IPv4Address]:
+        if self._ip_sorted is None:
+            self._ip_sorted = sorted(int(ip) for ip in self._ip_pods)
+        lo = bisect.bisect_left(self._ip_sorted, int(cidr.network_address))
+        hi = bisect.bisect_right(self._ip_sorted, int(cidr.broadcast_address))
+        return [IPv4Address(value) for value in self._ip_sorted[lo:hi]]
+
     def _resolve_block(self, spec: BlockPeer) -> frozenset[int]:
         block = spec.block
         ids: set[int] = set()
-        for prefix in self._prefix_refs:
+        for prefix in self._prefixes_within(block.cidr):
             shadowed = prefix.prefixlen == 32 and (
                 prefix.network_address in self._ip_pods or prefix.network_address in self._hosts
             )
@@ -537,8 +556,11 @@ class PolicyCompiler:
                 ids.add(self.identities.cidr_identity(prefix))
         # Pod IPs are /32s in the ipcache, so a packet from a pod carries the pod's identity: allow that
         # identity when every pod holding it is inside the block (never more than the block allows).
-        for ident, members in self._id_members.items():
-            ips = [self._pods[k].ip for k in members]
+        candidates = {
+            self._pod_identity[k] for ip in self._pod_ips_within(block.cidr) for k in self._ip_pods[ip]
+        }
+        for ident in candidates:
+            ips = [self._pods[k].ip for k in self._id_members.get(ident, ())]
             if ips and all(ip is not None and block.contains_address(ip) for ip in ips):
                 ids.add(ident)
         return frozenset(ids)
@@ -560,80 +582,31 @@ class PolicyCompiler:
                     ranges.add(PortRange(port.protocol, port.port, port.port))
         return ranges
 
-    def _atoms(
-        self,
-        *,
-        pod: Pod,
-        direction: Direction,
-        peers: frozenset[int] | None,
-        numeric: list[PortRange],
-        named: list[tuple[str, Protocol]],
-    ) -> tuple[Atom, ...]:
-        """Atoms of one rule. Named ports: ingress uses the local pod's ports, egress each peer's."""
-        if peers is not None and not peers:
-            return ()
-        if not numeric and not named:
-            return (Atom(peers, None),)
-        ranges = set(numeric)
-        atoms: list[Atom] = []
-        if direction is Direction.INGRESS:
-            for name, proto in named:
-                for port in pod.ports:
-                    if port.name == name and proto in (Protocol.ANY, port.protocol):
-                        ranges.add(PortRange(port.protocol, port.port, port.port))
-        elif named:
-            candidates = peers if peers is not None else frozenset(self._id_members)
-            by_ranges: dict[frozenset[PortRange], set[int]] = defaultdict(set)
-            for ident in candidates:
-                found: set[PortRange] = set()
-                for name, proto in named:
-                    found |= self._identity_ports(ident, name, proto)
-                if found:
-                    by_ranges[frozenset(found)].add(ident)
-            atoms.extend(Atom(frozenset(ids), tuple(sorted(rs))) for rs, ids in by_ranges.items())
-        if ranges:
-            atoms.insert(0, Atom(peers, tuple(sorted(ranges))))
-        return tuple(atoms)
+    # PeerSource (endpoint_rules): what the rules of an endpoint need from the cluster state.
 
-    # ----------------------------------------------------------------- endpoint compile
+    def peers(self, specs: tuple[PeerSpec, ...] | None) -> frozenset[int] | None:
+        return self._peers(specs)
+
+    def identity_ports(self, ident: int, name: str, protocol: Protocol) -> set[PortRange]:
+        return self._identity_ports(ident, name, protocol)
+
+    def label_identities(self) -> frozenset[int]:
+        return frozenset(self._id_members)
+
+    def rule_id(self, ref: RuleRef) -> int:
+        return self.rules.id_for(ref)
 
     def _direction_rules(
         self, pod: Pod, nps: list[NetworkPolicy], admins: list[AdminNetworkPolicy], direction: Direction
     ) -> DirectionRules:
-        layers: list[AdminLayer] = []
-        for anp in admins:
-            for index, admin_rule in enumerate(anp.ingress if direction is Direction.INGRESS else anp.egress):
-                numeric, named = _admin_ports(admin_rule.ports)
-                atoms = self._atoms(
-                    pod=pod,
-                    direction=direction,
-                    peers=self._peers(admin_rule_specs(admin_rule)),
-                    numeric=numeric,
-                    named=named,
-                )
-                ref = RuleRef(RuleKind.ADMIN_NETWORK_POLICY, "", anp.name, index, direction)
-                layers.append(AdminLayer(self.rules.id_for(ref), admin_rule.action, anp.audit, atoms))
-        isolating = [np for np in nps if _DIRECTION_TYPE[direction] in np.policy_types]
-        allows: list[AllowRule] = []
-        for np in isolating:
-            for index, np_rule in enumerate(np.ingress if direction is Direction.INGRESS else np.egress):
-                numeric, named = _np_ports(np_rule.ports)
-                atoms = self._atoms(
-                    pod=pod,
-                    direction=direction,
-                    peers=self._peers(np_rule_specs(np, np_rule)),
-                    numeric=numeric,
-                    named=named,
-                )
-                ref = RuleRef(RuleKind.NETWORK_POLICY, np.namespace, np.name, index, direction)
-                allows.append(AllowRule(self.rules.id_for(ref), atoms))
         ns = self._namespaces.get(pod.namespace)
-        ns_audit = ns is not None and ns.audit
-        return DirectionRules(
-            admin=tuple(layers),
-            allows=tuple(allows),
-            isolated=bool(isolating),
-            np_audit=bool(isolating) and all(np.audit or ns_audit for np in isolating),
+        return direction_rules(
+            self,
+            pod=pod,
+            nps=nps,
+            admins=admins,
+            direction=direction,
+            namespace_audit=ns is not None and ns.audit,
         )
 
     def selecting_policies(self, pod: Pod) -> tuple[list[NetworkPolicy], list[AdminNetworkPolicy]]:
@@ -779,27 +752,3 @@ class PolicyCompiler:
         ui, di = diff_sets(old_ipc, new_ipc, ipcache_key)
         up, dp = diff_sets(old_entries, new_entries, policy_key)
         return KernelDiff(ue, de, ui, di, up, dp)
-
-
-def _np_ports(ports: tuple[PolicyPort, ...]) -> tuple[list[PortRange], list[tuple[str, Protocol]]]:
-    numeric: list[PortRange] = []
-    named: list[tuple[str, Protocol]] = []
-    for port in ports:
-        if port.name is not None:
-            named.append((port.name, port.protocol))
-        elif port.port is None:
-            numeric.append(PortRange(port.protocol, PORT_MIN, PORT_MAX))
-        else:
-            numeric.append(PortRange(port.protocol, port.port, port.end_port or port.port))
-    return numeric, named
-
-
-def _admin_ports(ports: tuple[AdminPort, ...]) -> tuple[list[PortRange], list[tuple[str, Protocol]]]:
-    numeric: list[PortRange] = []
-    named: list[tuple[str, Protocol]] = []
-    for port in ports:
-        if port.name is not None:
-            named.append((port.name, Protocol.ANY))
-        elif port.start is not None and port.end is not None:
-            numeric.append(PortRange(port.protocol, port.start, port.end))
-    return numeric, named
