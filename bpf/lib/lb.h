@@ -4,6 +4,7 @@
 #define MA_LB_H
 
 #include "lb_maps.h"
+#include "lb_events.h"
 
 #define MA_ECONNREFUSED 111
 #define MA_NSEC_PER_SEC 1000000000ULL
@@ -96,6 +97,7 @@ static __always_inline int ma_lb_translate(struct bpf_sock_addr *ctx)
 		return 1;
 	struct ma_lb_slot *slot = ma_lb_select(ctx, &key, svc);
 	if (!slot) {
+		ma_lb_emit(ctx, &key, NULL, MA_LB_EVENT_REFUSED);
 		/* Without this the program's 0 would surface as EPERM; a client expects "refused" and must
 		 * learn it at once rather than time out. */
 		bpf_set_retval(-MA_ECONNREFUSED);
@@ -109,6 +111,7 @@ static __always_inline int ma_lb_translate(struct bpf_sock_addr *ctx)
 	rval.addr = key.addr;
 	rval.port = key.port;
 	ma_lb_revnat.update(&rkey, &rval);
+	ma_lb_emit(ctx, &key, slot, MA_LB_EVENT_TRANSLATED);
 	ctx->user_ip4 = slot->addr;
 	ctx->user_port = (__u32)slot->port;
 	return 1;

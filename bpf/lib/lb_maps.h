@@ -24,6 +24,13 @@ BPF_TABLE_PINNED("lru_hash", struct ma_lb_revnat_key, struct ma_lb_revnat_value,
 BPF_TABLE_PINNED("lru_hash", struct ma_lb_affinity_key, struct ma_lb_affinity_value, ma_lb_affinity,
 		 MA_LB_AFFINITY_MAX, MA_PIN("ma_lb_affinity"));
 
+#ifndef MA_LB_EVENTS_PAGES
+#define MA_LB_EVENTS_PAGES 64 /* 256 KiB */
+#endif
+/* Not pinned: it belongs to one agent run's reader. Losses are counted per CPU, never silent. */
+BPF_RINGBUF_OUTPUT(ma_lb_events, MA_LB_EVENTS_PAGES);
+BPF_TABLE("percpu_array", __u32, __u64, ma_lb_events_lost, 1);
+
 #ifdef MA_LB_SOCKMAP
 #ifndef MA_LB_SOCKHASH_MAX
 #define MA_LB_SOCKHASH_MAX 65536

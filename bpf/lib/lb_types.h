@@ -69,6 +69,23 @@ struct ma_lb_affinity_value {
 	__u16 pad;
 };
 
+/* ma_lb_events: ring buffer records, one per translation decision (connect, or datagram sent). */
+#define MA_LB_EVENT_TRANSLATED 1
+#define MA_LB_EVENT_REFUSED 2 /* the Service has no usable backend: ECONNREFUSED */
+
+struct ma_lb_event {
+	__u64 ts_ns;        /* bpf_ktime_get_ns() */
+	__u64 cookie;       /* socket cookie */
+	__u64 netns_cookie; /* the client's network namespace */
+	__u32 service_addr; /* network order */
+	__u32 backend_addr; /* network order, 0 when refused */
+	__u16 service_port; /* network order */
+	__u16 backend_port; /* network order */
+	__u8 protocol;
+	__u8 type; /* MA_LB_EVENT_* */
+	__u8 pad[2];
+};
+
 /* ma_lb_sockhash (opt-in acceleration): an established local TCP socket by its own view of the
  * connection. Ports as the sockops/sk_msg contexts give them: local_port host order, remote_port the
  * context's raw 32-bit value (network order, shifted), so both programs build keys the same way. */

@@ -142,3 +142,24 @@ def test_a_restarted_agent_retires_the_attachments_it_finds(
         successor.close()
         socklb.attach()
     assert len(_attached(lb_cgroup)) == 4
+
+
+_C_SIZES = {"__u64": 8, "__u32": 4, "__u16": 2, "__u8": 1}
+
+
+def test_event_record_mirror(socklb: SocketLB) -> None:
+    """The ring buffer's record as BCC's front end saw it in ringbuf_output(), field by field."""
+    from bcc.libbcc import lib
+    from meshagent.datapath.maps import lb_events
+
+    module, name = socklb.bpf.module, lb_events.MAP_NAME.encode()
+    compiled = []
+    for index in range(lib.bpf_perf_event_fields(module, name)):
+        field_name, field_type = lib.bpf_perf_event_field(module, name, index).decode().split("#")
+        element, _, count = field_type.partition("[")
+        compiled.append((field_name, _C_SIZES[element.strip()] * (int(count.rstrip("]")) if count else 1)))
+    ours = [
+        (lb_events.C_FIELD_NAMES.get(field, field), getattr(lb_events.EventRecord, field).size)
+        for field, *_ in lb_events.EventRecord._fields_
+    ]
+    assert ours == compiled

@@ -222,3 +222,30 @@ def test_backend_index_maps_a_backend_back_to_its_services() -> None:
         (IPv4Address("10.96.0.2"), "v1"),
     ]
     assert (IPv4Address("10.244.0.1"), 8080, Protocol.UDP) not in index
+
+
+def test_translation_event_decoding() -> None:
+    import ctypes
+    import socket
+    import struct
+
+    from meshagent.datapath.maps import lb_events
+
+    record = lb_events.EventRecord(
+        ts_ns=5,
+        cookie=7,
+        netns_cookie=9,
+        service_addr_net=struct.unpack("=I", socket.inet_aton("10.96.0.1"))[0],
+        backend_addr_net=struct.unpack("=I", socket.inet_aton("10.244.0.1"))[0],
+        service_port_net=socket.htons(80),
+        backend_port_net=socket.htons(8080),
+        protocol=17,
+        type=lb_events.TRANSLATED,
+    )
+    event = lb_events.decode(bytes(record))
+    assert (event.timestamp_ns, event.socket_cookie, event.netns_cookie) == (5, 7, 9)
+    assert event.frontend == Frontend(IPv4Address("10.96.0.1"), 80, Protocol.UDP)
+    assert event.backend == (IPv4Address("10.244.0.1"), 8080)
+    record.type = lb_events.REFUSED
+    assert lb_events.decode(bytes(record)).backend is None
+    assert ctypes.sizeof(record) == 40

@@ -4,13 +4,14 @@ backend pod; the application sees only the Service address."""
 
 from __future__ import annotations
 
+import time
 from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
 from meshagent.datapath.socklb import SocketLB
 from meshagent.model.kernel_state import Protocol
-from meshagent.model.services import Frontend, LBBackend, LBEntry
+from meshagent.model.services import Frontend, LBBackend, LBEntry, ServiceTranslation
 from meshagent.testing.topology import Topology
 
 from tests.socklb.helpers import accepted, run_client
@@ -112,3 +113,31 @@ def test_a_process_outside_the_cgroup_is_untouched(
     assert outside["errors"] == {"EHOSTUNREACH": 1}, outside
     assert inside["ok"] == 1
     assert accepted(tmp_path / "b1.log", client) == 1
+
+
+def test_every_translation_and_refusal_is_reported(
+    lb_topo: Topology, socklb: SocketLB, lb_cgroup: Path, tmp_path: Path
+) -> None:
+    client = lb_topo.add_pod("client", CLIENT_IP)
+    backend = lb_topo.add_pod("b1", BACKEND_IPS[0])
+    backend.serve(tcp=(8080,))
+    apply(socklb, entry(80, Protocol.TCP, (BACKEND_IPS[0], 8080, 1)), entry(81, Protocol.TCP))
+    since = time.monotonic_ns()  # earlier tests' records may still be in the ring buffer
+    seen: list[ServiceTranslation] = []
+    socklb.start_events(seen.append, thread=False)
+    try:
+        assert run_client(client, "tcp", str(VIP), "80", "--count", "2", cgroup=lb_cgroup)["ok"] == 2
+        assert run_client(client, "tcp", str(VIP), "81", cgroup=lb_cgroup)["errors"] == {"ECONNREFUSED": 1}
+        socklb.poll_events()
+    finally:
+        socklb.stop_events()
+
+    ours = [event for event in seen if event.timestamp_ns >= since]
+    assert [(e.frontend, e.backend) for e in ours] == [
+        (Frontend(VIP, 80, Protocol.TCP), (IPv4Address(BACKEND_IPS[0]), 8080)),
+        (Frontend(VIP, 80, Protocol.TCP), (IPv4Address(BACKEND_IPS[0]), 8080)),
+        (Frontend(VIP, 81, Protocol.TCP), None),
+    ]
+    assert len({e.socket_cookie for e in ours}) == 3  # three sockets
+    assert len({e.netns_cookie for e in ours}) == 1  # one client pod
+    assert socklb.lost_events() == 0

@@ -12,19 +12,20 @@ import ctypes
 import errno
 import logging
 import os
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bcc import BPF, BPFAttachType, libbcc
 
-from meshagent.datapath.errors import AttachError, CompileError, LoadError, MapError
+from meshagent.datapath.errors import AttachError, CompileError, DatapathError, LoadError, MapError
 from meshagent.datapath.loader import DEFAULT_PIN_DIR, _captured_stderr, ensure_bpffs
-from meshagent.datapath.maps import lb_affinity, lb_revnat, lb_services, lb_sockhash
+from meshagent.datapath.maps import lb_affinity, lb_events, lb_revnat, lb_services, lb_sockhash
 from meshagent.datapath.maps.base import PerCpuArray, TypedMap
 from meshagent.datapath.source import assemble
-from meshagent.model.services import Frontend, LBEntry
+from meshagent.model.services import Frontend, LBEntry, ServiceTranslation
 from meshagent.services.diff import LBDiff, diff
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,10 @@ class SocketLB:
         self._cgroup_fd: int | None = None
         self._sockhash_fd: int | None = None
         self.services: TypedMap[lb_services.ServiceKey, lb_services.ServiceValue] | None = None
+        self._events_thread: threading.Thread | None = None
+        self._events_stop = threading.Event()
+        self._on_event: Callable[[ServiceTranslation], None] | None = None
+        self._ring_open = False
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -204,6 +209,57 @@ class SocketLB:
         if problems:
             raise AttachError(f"detaching from {self.cgroup}: {'; '.join(problems)}")
 
+    # -- translation events ---------------------------------------------------------------------------
+
+    def start_events(self, on_event: Callable[[ServiceTranslation], None], *, thread: bool = True) -> None:
+        """Delivers every translation decision to on_event: from a thread draining the ring buffer every
+        10 ms, or (thread=False) on each poll_events() call."""
+        if self.bpf is None:
+            raise DatapathError("load() first")
+        self._on_event = on_event
+        if not self._ring_open:
+            # Opened once per loaded object; the callback it calls can change.
+            self.bpf[lb_events.MAP_NAME.encode()].open_ring_buffer(self._deliver)
+            self._ring_open = True
+        if thread:
+            self._events_stop.clear()
+            self._events_thread = threading.Thread(target=self._drain, name="socklb-events", daemon=True)
+            self._events_thread.start()
+
+    def _deliver(self, _ctx: Any, data: Any, size: int) -> int:
+        on_event = self._on_event
+        if on_event is not None:
+            try:
+                on_event(lb_events.decode(ctypes.string_at(data, size)))
+            except Exception:  # a bad consumer must not stop the reader
+                logger.exception("translation event consumer failed")
+        return 0  # BCC wants an int (GUIDE §1)
+
+    def _drain(self) -> None:
+        while not self._events_stop.wait(0.01):
+            self.poll_events()
+        self.poll_events()
+
+    def poll_events(self) -> None:
+        if self.bpf is not None:
+            self.bpf.ring_buffer_consume()
+
+    def stop_events(self) -> None:
+        if self._events_thread is not None:
+            self._events_stop.set()
+            self._events_thread.join()
+            self._events_thread = None
+        self._on_event = None
+
+    def lost_events(self) -> int:
+        if self.bpf is None:
+            return 0
+        table = self.bpf[lb_events.LOST_MAP_NAME.encode()]
+        lost = PerCpuArray(
+            name=lb_events.LOST_MAP_NAME, fd=table.get_fd(), value_type=lb_sockhash.Counter, capacity=1
+        )
+        return sum(c.value for c in lost.read(0))
+
     # -- acceleration state ---------------------------------------------------------------------------
 
     def accelerated_sockets(self) -> list[lb_sockhash.SockKey]:
@@ -234,12 +290,14 @@ class SocketLB:
 
     def close(self) -> None:
         """Detaches and unloads; the pinned maps stay (a restarted agent adopts them)."""
+        self.stop_events()
         try:
             self.detach()
         finally:
             if self.bpf is not None:
                 self.bpf.cleanup()
                 self.bpf = None
+                self._ring_open = False
                 self._programs.clear()
                 self.services = None
 

@@ -103,6 +103,18 @@ class Route:
     backends: tuple[RouteBackend, ...]
 
 
+@dataclass(frozen=True)
+class ServiceTranslation:
+    """One decision of the socket load-balancer: a socket asked for `frontend` and got `backend`
+    (None when refused because the Service has no usable backend)."""
+
+    timestamp_ns: int  # CLOCK_MONOTONIC
+    socket_cookie: int
+    netns_cookie: int
+    frontend: Frontend
+    backend: tuple[IPv4Address, int] | None
+
+
 @dataclass(frozen=True, order=True)
 class Frontend:
     address: IPv4Address
