@@ -145,8 +145,11 @@ def _echo_conn(conn: socket.socket) -> None:
 
 
 def _serve(ip: str, port: int) -> int:
-    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    server = socket.socket(family, socket.SOCK_STREAM)
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        server.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # dual-stack: IPv4 as v4-mapped
     server.bind((ip, port))
     server.listen(128)
     print("ready", flush=True)

@@ -249,3 +249,39 @@ def test_translation_event_decoding() -> None:
     record.type = lb_events.REFUSED
     assert lb_events.decode(bytes(record)).backend is None
     assert ctypes.sizeof(record) == 40
+
+
+def test_large_weights_are_scaled_to_fit_and_keep_their_ratio() -> None:
+    sizes = {"a": 7, "b": 11, "c": 13}
+    objects: list[dict[str, Any]] = [service("shop", "10.96.0.1", HTTP)]
+    for index, (name, size) in enumerate(sizes.items()):
+        objects.append(service(name, f"10.96.1.{index + 1}", HTTP))
+        objects.append(
+            endpoint_slice(name, SLICE_HTTP, [(f"10.244.{index}.{i + 1}", READY) for i in range(size)])
+        )
+    objects.append(tcp_route("shop", "shop", 80, [("a", 1_000_000), ("b", 999_999), ("c", 1)]))
+    entry = catalog(*objects).compile().entries[Frontend(IPv4Address("10.96.0.1"), 80, Protocol.TCP)]
+    assert entry.total_weight <= 1 << 30
+    by_group = {name: 0 for name in sizes}
+    for backend in entry.backends:
+        by_group["abc"[int(str(backend.address).split(".")[2])]] += backend.weight
+    assert abs(by_group["a"] / by_group["b"] - 1_000_000 / 999_999) < 1e-3
+    assert 0 < by_group["c"] / entry.total_weight < 1e-5
+
+
+def test_udp_route_and_a_parent_without_port() -> None:
+    dns = [{"name": "dns", "protocol": "UDP", "port": 53}]
+    route = tcp_route("dns", "dns", 53, [("dns-v2", 1)])
+    route["kind"] = "UDPRoute"
+    del route["spec"]["parentRefs"][0]["port"]  # every port of the parent
+    result = catalog(
+        service("dns", "10.96.0.10", [*dns, *HTTP]),
+        service("dns-v2", "10.96.0.11", dns),
+        endpoint_slice("dns-v2", [{"name": "dns", "protocol": "UDP", "port": 5353}], [("10.244.0.2", READY)]),
+        route,
+    ).compile()
+    assert backends(result.entries[Frontend(IPv4Address("10.96.0.10"), 53, Protocol.UDP)]) == {
+        "10.244.0.2:5353": 1
+    }
+    # The UDP route does not touch the TCP port: no slices for `dns` itself, so it refuses.
+    assert result.entries[Frontend(IPv4Address("10.96.0.10"), 80, Protocol.TCP)].backends == ()

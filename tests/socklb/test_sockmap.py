@@ -48,8 +48,8 @@ def accelerated(accel_cgroup: Path) -> Iterator[SocketLB]:
             pin_dir.rmdir()
 
 
-def _server(pod: Pod, cgroup: Path) -> subprocess.Popen[str]:
-    process = start_client(pod, "serve", "0.0.0.0", str(PORT), cgroup=cgroup)
+def _server(pod: Pod, cgroup: Path, listen: str = "0.0.0.0") -> subprocess.Popen[str]:
+    process = start_client(pod, "serve", listen, str(PORT), cgroup=cgroup)
     assert process.stdout is not None
     assert process.stdout.readline().strip() == "ready"
     return process
@@ -164,3 +164,28 @@ def test_sockhash_key_mirror_matches_the_compiled_size(accelerated: SocketLB) ->
 
     size = libbcc.lib.bpf_table_key_size(accelerated.bpf.module, lb_sockhash.MAP_NAME.encode())
     assert size == ctypes.sizeof(lb_sockhash.SockKey) == 16
+
+
+@pytest.mark.parametrize("case", ["peer outside the cgroup", "dual-stack listener"])
+def test_connections_without_a_local_ipv4_peer_take_the_normal_path(
+    lb_topo: Topology, accelerated: SocketLB, accel_cgroup: Path, lb_cgroup: Path, case: str
+) -> None:
+    client = lb_topo.add_pod("client", "10.244.6.10")
+    server_pod = lb_topo.add_pod("server", "10.244.6.20")
+    if case == "peer outside the cgroup":
+        server = _server(server_pod, lb_cgroup)  # not accelerated: its sockets never enter the map
+    else:
+        server = _server(server_pod, accel_cgroup, listen="::")  # AF_INET6 sockets are never added
+    try:
+        before = accelerated.accel_counters()
+        result = run_client(
+            client, "sizes", str(server_pod.ip), str(PORT), "--sizes", "1,65536", cgroup=accel_cgroup
+        )
+        after = accelerated.accel_counters()
+    finally:
+        server.kill()
+        server.wait()
+
+    assert result["sizes"] == {"1": "identical", "65536": "identical"}
+    assert after["redirected"] == before["redirected"]  # nothing was spliced...
+    assert after["passed"] > before["passed"]  # ...the client's sends went the normal way
