@@ -163,3 +163,20 @@ def test_event_record_mirror(socklb: SocketLB) -> None:
         for field, *_ in lb_events.EventRecord._fields_
     ]
     assert ours == compiled
+
+
+def test_uninstall_from_a_fresh_process_removes_every_attachment_of_ours(
+    lb_topo: Topology, socklb: SocketLB, lb_cgroup: Path, tmp_path: Path
+) -> None:
+    from meshagent.datapath.socklb import uninstall_from
+
+    other_pins = tmp_path / "not-a-pin-dir"  # the session's pinned maps must stay
+    other_pins.mkdir()
+    assert len(_attached(lb_cgroup)) == 4
+    try:
+        assert uninstall_from(lb_cgroup, pin_dir=other_pins) == 4
+        assert _attached(lb_cgroup) == set()
+    finally:
+        socklb.detach()  # its programs are gone already: nothing to do
+        socklb.attach()
+    assert len(_attached(lb_cgroup)) == 4

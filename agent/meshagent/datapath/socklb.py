@@ -187,12 +187,7 @@ class SocketLB:
     def _retire_stale(self) -> None:
         assert self._cgroup_fd is not None
         ours = {_program_info(program.fd).id for program, _, _ in self._attached}
-        for name, attach_type in (*PROGRAMS, (SOCKOPS_PROGRAM, BPFAttachType.CGROUP_SOCK_OPS)):
-            kernel_name = name[: _PROG_NAME_LEN - 1]  # the kernel keeps 15 characters of a name
-            for found in _attached_programs(self._cgroup_fd, attach_type):
-                if found.name == kernel_name and found.id not in ours:
-                    logger.info("detaching %s (id %d) left by an earlier agent", name, found.id)
-                    _detach_by_id(self._cgroup_fd, attach_type, found.id)
+        _detach_ours(self._cgroup_fd, keep=ours)
 
     def detach(self) -> None:
         """Detaches the programs this object attached, and only those (already gone is fine)."""
@@ -399,6 +394,35 @@ def _attached_programs(cgroup_fd: int, attach_type: int) -> list[AttachedProgram
         finally:
             os.close(fd)
     return out
+
+
+def _detach_ours(cgroup_fd: int, *, keep: set[int]) -> int:
+    """Detaches every program with one of our names from our hooks of the cgroup, except `keep`."""
+    detached = 0
+    for name, attach_type in (*PROGRAMS, (SOCKOPS_PROGRAM, BPFAttachType.CGROUP_SOCK_OPS)):
+        kernel_name = name[: _PROG_NAME_LEN - 1]  # the kernel keeps 15 characters of a name
+        for found in _attached_programs(cgroup_fd, attach_type):
+            if found.name == kernel_name and found.id not in keep:
+                logger.info("detaching %s (id %d)", name, found.id)
+                _detach_by_id(cgroup_fd, attach_type, found.id)
+                detached += 1
+    return detached
+
+
+def uninstall_from(cgroup: Path, *, pin_dir: Path = DEFAULT_PIN_DIR) -> int:
+    """For `meshagent uninstall` from a process that loaded nothing: detaches every program of ours from
+    the cgroup and removes our pinned maps. Returns how many attachments were removed."""
+    try:
+        fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as err:
+        raise AttachError(f"cannot open cgroup {cgroup}: {err.strerror}") from err
+    try:
+        detached = _detach_ours(fd, keep=set())
+    finally:
+        os.close(fd)
+    for name in MAP_NAMES:
+        (pin_dir / name).unlink(missing_ok=True)
+    return detached
 
 
 def _detach_by_id(cgroup_fd: int, attach_type: int, prog_id: int) -> None:
