@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from meshagent.datapath.maps import lb_affinity, lb_revnat, lb_services
-from meshagent.datapath.socklb import SocketLB
+from meshagent.datapath.socklb import SocketLB, pinned_entries
 from meshagent.model.kernel_state import Protocol
 from meshagent.model.services import Frontend, LBBackend, LBEntry
 from meshagent.testing.topology import Topology
@@ -78,6 +78,7 @@ def test_apply_writes_only_the_difference(lb_topo: Topology, socklb: SocketLB) -
     third = socklb.apply({b2.frontend: b2})
     assert third.diff.removals == (a.frontend,) and not third.diff.upserts
     assert socklb.entries() == {b2.frontend: b2}
+    assert pinned_entries(socklb.pin_dir) == {b2.frontend: b2}  # read by path, no program loaded
 
 
 def _attached(cgroup: Path) -> set[int]:

@@ -24,6 +24,7 @@ from meshagent.datapath.errors import AttachError, CompileError, DatapathError, 
 from meshagent.datapath.loader import DEFAULT_PIN_DIR, _captured_stderr, ensure_bpffs
 from meshagent.datapath.maps import lb_affinity, lb_events, lb_revnat, lb_services, lb_sockhash
 from meshagent.datapath.maps.base import PerCpuArray, TypedMap
+from meshagent.datapath.pinned import open_pinned
 from meshagent.datapath.source import assemble
 from meshagent.model.services import Frontend, LBEntry, ServiceTranslation
 from meshagent.services.diff import LBDiff, diff
@@ -407,6 +408,23 @@ def _detach_ours(cgroup_fd: int, *, keep: set[int]) -> int:
                 _detach_by_id(cgroup_fd, attach_type, found.id)
                 detached += 1
     return detached
+
+
+def pinned_entries(pin_dir: Path = DEFAULT_PIN_DIR) -> dict[Frontend, LBEntry]:
+    """What the pinned ma_lb_services holds, read without loading any program (status, inspection)."""
+    fd = open_pinned(pin_dir / lb_services.MAP_NAME)
+    try:
+        table = TypedMap(
+            name=lb_services.MAP_NAME,
+            fd=fd,
+            key_type=lb_services.ServiceKey,
+            value_type=lb_services.ServiceValue,
+            capacity=0,
+        )
+        decoded = (lb_services.decode(k, v) for k, v in table.items())
+        return {entry.frontend: entry for entry in decoded}
+    finally:
+        os.close(fd)
 
 
 def uninstall_from(cgroup: Path, *, pin_dir: Path = DEFAULT_PIN_DIR) -> int:
