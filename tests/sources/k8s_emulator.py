@@ -168,6 +168,7 @@ class KubeEmulator:
         # Fault switches and observations.
         self.fail_requests = False  # every request answers 500
         self.fail_plurals: set[str] = set()  # requests for these resources (e.g. "pods") answer 500
+        self.unserved_plurals: set[str] = set()  # not served at all, like a CRD not installed: 404
         self.stream_seconds: float | None = None  # end every watch after this long (0 = at once)
         self.expire_continues = False  # the next list continuation answers 410 (snapshot expired)
         self._snapshots: dict[str, tuple[int, list[Obj]]] = {}  # paginated lists' snapshots
@@ -409,6 +410,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _refuse_if_failing(self) -> bool:
         route = self._route()
+        if route is not None and route.plural in self.emu.unserved_plurals:
+            self._send_json(404, _status(404, "NotFound", "the server could not find the requested resource"))
+            return True
         if self.emu.fail_requests or (route is not None and route.plural in self.emu.fail_plurals):
             self._send_json(500, _status(500, "InternalError", "emulated server error"))
             return True

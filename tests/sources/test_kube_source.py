@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 
 import pytest
@@ -367,3 +368,23 @@ def test_streams_that_end_at_once_do_not_cause_a_request_storm(rig: KubeRig) -> 
     rig.emulator.stream_seconds = None
     made = rig.emulator.apply(objects.pod("p", "default"))
     assert wait_until(lambda: rig.store.get(Kind.POD, "default", "p") == made, timeout=5)
+
+
+def test_a_kind_the_server_does_not_serve_counts_as_empty_and_is_asked_again(emulator: KubeEmulator) -> None:
+    """A cluster without the AdminNetworkPolicy CRD: the source still becomes ready, says why the kind is
+    empty, and picks the kind up once the CRD is installed."""
+    emulator.unserved_plurals.add("adminnetworkpolicies")
+    emulator.apply(objects.namespace("web"))
+    rig = make_rig(emulator, dataclasses.replace(FAST, unserved_retry=0.3))
+    rig.dispatcher.start()
+    rig.source.start()
+    try:
+        assert rig.source.wait_ready(5), rig.source.status()
+        anp = next(k for k in rig.source.status().kinds if k.kind == "AdminNetworkPolicy")
+        assert anp.synced and anp.objects == 0 and "CRD" in (anp.last_error or "")
+        emulator.unserved_plurals.clear()  # the CRD is installed
+        emulator.apply(objects.admin_network_policy("platform"))
+        assert wait_until(lambda: rig.store.get(Kind.ADMIN_NETWORK_POLICY, "", "platform") is not None)
+    finally:
+        rig.source.stop()
+        rig.dispatcher.stop()

@@ -18,18 +18,20 @@ from kubernetes.client.exceptions import ApiException
 
 from meshagent.sources.backoff import Backoff, BackoffPolicy
 from meshagent.sources.events import Action, ObjectEvent, ObjectKey, SyncEvent, object_key
-from meshagent.sources.kube_client import ResourceClient
+from meshagent.sources.kube_client import KubeListError, ResourceClient
 from meshagent.sources.sink import Sink
 from meshagent.sources.status import KindStatus
 
 logger = logging.getLogger(__name__)
 
 HTTP_GONE = 410
+HTTP_NOT_FOUND = 404
 
 
 @dataclass(frozen=True)
 class InformerSettings:
     resync_period: float = 300.0  # full relist-and-diff that catches anything a watch missed
+    unserved_retry: float = 60.0  # a kind the server does not serve (CRD not installed) is asked again after
     watch_timeout: int = 240  # server-side end of one watch request (the client then re-watches)
     read_grace: float = 30.0  # extra client read timeout beyond watch_timeout: a silent stream is dead
     connect_timeout: float = 5.0
@@ -94,6 +96,13 @@ class Informer:
                 else:
                     backoff.reset()
             except ApiException as err:
+                if err.status == HTTP_NOT_FOUND and not resource_version:
+                    # The server does not serve this kind at all (a CRD that is not installed): there are
+                    # no such objects. Count it as listed, so the agent can become ready, and ask again
+                    # later in case the CRD gets installed.
+                    self._unserved(err)
+                    self._stop.wait(self._settings.unserved_retry)
+                    continue
                 if err.status == HTTP_GONE:
                     # Our version was compacted away: relist and emit only what changed.
                     logger.info(
@@ -106,12 +115,40 @@ class Informer:
                     last_gone = now
                     continue
                 self._failed(f"HTTP {err.status}: {err.reason}", backoff)
+            except KubeListError as err:
+                if err.status == HTTP_NOT_FOUND and not resource_version:
+                    self._unserved(err)
+                    self._stop.wait(self._settings.unserved_retry)
+                    continue
+                self._failed(str(err), backoff)
             except Exception as err:
                 # urllib3's ProtocolError (stream cut), MaxRetryError (server gone), timeouts, bad JSON.
                 # Keep the cache and the version: the next attempt watches on from where we were.
                 if self._stop.is_set():
                     break
                 self._failed(f"{type(err).__name__}: {err}", backoff)
+
+    def _unserved(self, err: ApiException | KubeListError) -> None:
+        now = time.monotonic()
+        gone = [self._event(Action.DELETED, key, item, now) for key, item in sorted(self._cache.items())]
+        self._cache = {}
+        for event in gone:
+            self._sink(event)
+        message = "not served by the API server (HTTP 404); is its CRD installed?"
+        with self._lock:
+            first = not self._status.synced
+            if first or self._status.last_error != message:
+                logger.warning("%s: %s Treating it as empty.", self.kind, message)
+            self._status = replace(
+                self._status,
+                connected=True,
+                synced=True,
+                objects=0,
+                last_error=message,
+                last_sync=time.time(),
+            )
+        if first:
+            self._sink(SyncEvent(self.kind))
 
     def _failed(self, message: str, backoff: Backoff) -> None:
         delay = backoff.next_delay()
