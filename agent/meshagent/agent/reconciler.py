@@ -244,7 +244,9 @@ class Reconciler:
             self._reject(event, err)
             return None
         self._accepted(event)
-        is_local = (event.obj.get("spec") or {}).get("nodeName") == self.node
+        spec = event.obj.get("spec") or {}
+        # A host-network pod shares the node's address and has no interface of its own to attach to.
+        is_local = spec.get("nodeName") == self.node and not spec.get("hostNetwork")
         if is_local and pod.ip is not None:
             self._local_ips[key] = pod.ip
         else:
