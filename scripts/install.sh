@@ -17,7 +17,7 @@ fi
 apt_packages=(
   python3-bpfcc libbpfcc bpfcc-tools   # BCC from Debian (never the PyPI name 'bcc')
   python3-venv python3-dev
-  iproute2 iperf3 bpftool netcat-openbsd iputils-ping procps util-linux
+  iproute2 iperf3 bpftool netcat-openbsd iputils-ping procps util-linux iptables
   linux-headers-amd64 kmod
 )
 missing=()

@@ -92,7 +92,7 @@ class AgentProcess:
 # A client that keeps one connection busy and reports any exchange that failed or stalled.
 _STEADY_CLIENT = """
 import socket, sys, time
-s = socket.create_connection(("%s", 80), timeout=2)
+s = socket.create_connection(("%s", 80), timeout=10)  # a loaded machine may stall; a drop never recovers
 print("connected", flush=True)
 ok = failed = 0
 end = time.monotonic() + %f

@@ -28,12 +28,7 @@ from meshagent.observer.enrich import EndpointInfo, PolicyRef
 from meshagent.policy.attribution import attribute
 from meshagent.policy.compiler import PolicyCompiler
 from meshagent.policy.diff import KernelDiff
-from meshagent.policy.parse import (
-    parse_admin_network_policy,
-    parse_namespace,
-    parse_network_policy,
-    parse_pod,
-)
+from meshagent.policy.ingest import PolicyIngest
 from meshagent.sources.events import Action, ObjectEvent, SyncEvent
 from meshagent.sources.kinds import Kind
 from meshagent.sources.store import ObjectStore
@@ -88,8 +83,8 @@ class Reconciler:
         self._local_ips: dict[str, IPv4Address] = {}  # "ns/pod" -> IP, for the pods on this node
         self._local_endpoints: dict[str, int] = {}  # "ns/pod" -> ifindex (= endpoint id)
         self._discovered_for: dict[str, IPv4Address] = {}  # what the last interface lookup covered
-        self.rejections: dict[tuple[str, str, str], Rejection] = {}
-        self.rejected_total = 0
+        self.ingest = PolicyIngest(compiler, on_rejection=self._on_rejection)
+        self._current: ObjectEvent | None = None
         self.applied = threading.Event()  # the first full sync is in the kernel
         self.apply_errors: list[str] = []
         self.last_apply_seconds = 0.0
@@ -203,84 +198,72 @@ class Reconciler:
 
     # --- objects ---------------------------------------------------------------------------------
 
-    def _reject(self, event: ObjectEvent, err: Exception) -> None:
-        key = (event.kind.value, event.namespace or "", event.name)
-        reason = str(err)
-        if self.rejections.get(key, Rejection("", "", "", "")).reason != reason:
-            self.rejected_total += 1
-            logger.warning("rejected %s %s/%s: %s (other objects stay in force)", *key, reason)
-            self._on_rejected(event.obj, reason)
-        self.rejections[key] = Rejection(*key, reason)
+    def _on_rejection(self, err: PolicyInputError) -> None:
+        # Called by PolicyIngest while it handles self._current: that object is the one to report on.
+        if self._current is not None:
+            self._on_rejected(self._current.obj, str(err))
 
-    def _accepted(self, event: ObjectEvent) -> None:
-        self.rejections.pop((event.kind.value, event.namespace or "", event.name), None)
+    @property
+    def rejections(self) -> dict[tuple[str, str, str], Rejection]:
+        """Objects currently rejected, by (kind, namespace, name)."""
+        return {ref: Rejection(*ref, str(err)) for ref, err in self.ingest.rejections().items()}
 
-    def _namespace(self, event: ObjectEvent) -> KernelDiff | None:
-        if event.action == Action.DELETED:
-            diff = self.compiler.delete_namespace(event.name)
-        else:
-            try:
-                namespace = parse_namespace(event.obj)
-            except PolicyInputError as err:
-                self._reject(event, err)
-                return None
-            self._accepted(event)
-            diff = self.compiler.upsert_namespace(namespace)
-        self._refresh_enricher()
-        return diff
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.ingest.rejected_total.values())
 
-    def _pod(self, event: ObjectEvent) -> KernelDiff | None:
-        key = f"{event.namespace}/{event.name}"
-        if event.action == Action.DELETED:
-            self._local_ips.pop(key, None)
-            if self._local_endpoints.pop(key, None) is not None:
-                self._apply(self.compiler.remove_local_endpoint(event.namespace or "", event.name))
-            diff = self.compiler.delete_pod(event.namespace or "", event.name)
+    def _objects(self, event: ObjectEvent) -> KernelDiff | None:
+        """Namespaces, pods and policies go through PolicyIngest (parse, reject keeping the last good
+        version, compile); pods on this node also become endpoints once their interface is found."""
+        if event.kind == Kind.POD:
+            self._local_pod(event)
+        self._current = event
+        try:
+            diff = self.ingest.handle(event.action.value, event.obj)
+        finally:
+            self._current = None
+        if event.kind == Kind.POD:
             self.enricher.remove_endpoint_of(event.namespace or "", event.name)
-            return diff
-        try:
-            pod = parse_pod(event.obj)
-        except PolicyInputError as err:
-            self._reject(event, err)
-            return None
-        self._accepted(event)
-        spec = event.obj.get("spec") or {}
-        # A host-network pod shares the node's address and has no interface of its own to attach to.
-        is_local = spec.get("nodeName") == self.node and not spec.get("hostNetwork")
-        if is_local and pod.ip is not None:
-            self._local_ips[key] = pod.ip
-        else:
-            self._local_ips.pop(key, None)
-            if self._local_endpoints.pop(key, None) is not None:
-                self._apply(self.compiler.remove_local_endpoint(pod.namespace, pod.name))
-        diff = self.compiler.upsert_pod(pod)
-        self.enricher.remove_endpoint_of(pod.namespace, pod.name)
-        self._update_enricher(pod.namespace, pod.name, event.obj)
+            if event.action != Action.DELETED:
+                self._update_enricher(event.namespace or "", event.name, event.obj)
+        elif event.kind == Kind.NAMESPACE:
+            self._refresh_enricher()
         return diff
 
-    def _network_policy(self, event: ObjectEvent) -> KernelDiff | None:
-        if event.action == Action.DELETED:
-            self._accepted(event)
-            return self.compiler.delete_network_policy(event.namespace or "", event.name)
-        try:
-            policy = parse_network_policy(event.obj)
-        except PolicyInputError as err:
-            self._reject(event, err)
-            return None
-        self._accepted(event)
-        return self.compiler.upsert_policy(policy)
+    def _local_pod(self, event: ObjectEvent) -> None:
+        key = f"{event.namespace or 'default'}/{event.name}"
+        spec = event.obj.get("spec") or {}
+        ip = (event.obj.get("status") or {}).get("podIP")
+        # A host-network pod shares the node's address and has no interface of its own to attach to.
+        local = (
+            event.action != Action.DELETED
+            and spec.get("nodeName") == self.node
+            and not spec.get("hostNetwork")
+            and bool(ip)
+        )
+        if local:
+            try:
+                self._local_ips[key] = IPv4Address(str(ip))
+                return
+            except ValueError:
+                pass  # PolicyIngest rejects the pod with the reason
+        self._local_ips.pop(key, None)
+        if self._local_endpoints.pop(key, None) is not None:
+            namespace, name = key.split("/", 1)
+            self._apply(self.compiler.remove_local_endpoint(namespace, name))
 
-    def _admin_policy(self, event: ObjectEvent) -> KernelDiff | None:
-        if event.action == Action.DELETED:
-            self._accepted(event)
-            return self.compiler.delete_admin_policy(event.name)
-        try:
-            policy = parse_admin_network_policy(event.obj)
-        except PolicyInputError as err:
-            self._reject(event, err)
+    def _node(self, event: ObjectEvent) -> KernelDiff | None:
+        """This node's addresses are the host identity: pods always talk with their node (probes)."""
+        if event.name != self.node:
             return None
-        self._accepted(event)
-        return self.compiler.upsert_policy(policy)
+        addresses: list[IPv4Address] = []
+        if event.action != Action.DELETED:
+            for entry in (event.obj.get("status") or {}).get("addresses") or []:
+                try:
+                    addresses.append(IPv4Address(str(entry.get("address", ""))))
+                except ValueError:
+                    continue  # hostnames and IPv6 addresses
+        return self.compiler.set_host_addresses(addresses)
 
     # --- local endpoints -------------------------------------------------------------------------
 
@@ -333,8 +316,9 @@ class Reconciler:
 
 
 _HANDLERS: dict[Kind, Callable[[Reconciler, ObjectEvent], KernelDiff | None]] = {
-    Kind.NAMESPACE: Reconciler._namespace,
-    Kind.POD: Reconciler._pod,
-    Kind.NETWORK_POLICY: Reconciler._network_policy,
-    Kind.ADMIN_NETWORK_POLICY: Reconciler._admin_policy,
+    Kind.NAMESPACE: Reconciler._objects,
+    Kind.POD: Reconciler._objects,
+    Kind.NETWORK_POLICY: Reconciler._objects,
+    Kind.ADMIN_NETWORK_POLICY: Reconciler._objects,
+    Kind.NODE: Reconciler._node,
 }

@@ -175,7 +175,7 @@ class Agent:
             if source
             else {},
             endpoints=rec.endpoint_states() if rec else {},
-            rejected=[f"{r.kind} {r.namespace}/{r.name}: {r.reason}" for r in rec.rejections.values()]
+            rejected=[r.reason for r in rec.rejections.values()]  # each names its kind, namespace and name
             if rec
             else [],
             kernel_errors=list(rec.apply_errors) if rec else [],
