@@ -20,15 +20,20 @@ import os
 import random
 import sys
 import time
+import uuid
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 
+from meshagent.datapath.datapath import Datapath
+from meshagent.datapath.loader import Capacities
 from meshagent.model.admin_policy import AdminAction, AdminNetworkPolicy, AdminPort, AdminRule, AdminSelector
 from meshagent.model.cluster import ContainerPort, LocalEndpoint, Namespace, Pod
-from meshagent.model.kernel_state import Protocol
+from meshagent.model.kernel_state import KernelState, Protocol
 from meshagent.model.netpol import IPBlock, NetworkPolicy, PolicyPeer, PolicyPort, PolicyRule, PolicyType
 from meshagent.model.selectors import LabelSelector, SelectorOperator, SelectorRequirement
 from meshagent.policy.compiler import PolicyCompiler
+from meshagent.policy.diff import KernelDiff
 from meshagent.policy.rules import RuleKind
 from meshagent.testing.benchtools import bench_line, median
 
@@ -163,6 +168,15 @@ def measure(label: str, *, all_local: bool, repeats: int, seed: int) -> None:
     )
     full_s = time.perf_counter() - start
     state = compiler.state()
+    datapath, kernel_full_s = _kernel(state)
+    kernel_ms: dict[str, list[float]] = {"relabel": [], "edit": [], "admin": []}
+
+    def to_kernel(what: str, diff: KernelDiff) -> None:
+        if datapath is not None:
+            started = time.perf_counter()
+            result = datapath.apply_diff(diff)
+            kernel_ms[what].append((time.perf_counter() - started) * 1000)
+            assert result.ok, result.errors
 
     relabel_ms, relabel_diff, edit_ms, edit_diff = [], [], [], []
     admin_ms: list[float] = []
@@ -176,6 +190,7 @@ def measure(label: str, *, all_local: bool, repeats: int, seed: int) -> None:
         diff = compiler.upsert_pod(replace(pod, labels=frozenset(labels.items())))
         relabel_ms.append((time.perf_counter() - start) * 1000)
         relabel_diff.append(diff.size)
+        to_kernel("relabel", diff)
 
         # Edit a policy that selects a local endpoint (others do not change this node's maps).
         selecting = [
@@ -192,6 +207,7 @@ def measure(label: str, *, all_local: bool, repeats: int, seed: int) -> None:
         ingress_policies[edited.key] = edited
         edit_ms.append((time.perf_counter() - start) * 1000)
         edit_diff.append(diff.size)
+        to_kernel("edit", diff)
 
         # An admin policy whose subject is every pod: a new port in its rule.
         anp = next(p for p in compiler.admin_policies if p.name == "allow-monitoring")
@@ -204,6 +220,7 @@ def measure(label: str, *, all_local: bool, repeats: int, seed: int) -> None:
         diff = compiler.upsert_policy(edited_anp)
         admin_ms.append((time.perf_counter() - start) * 1000)
         admin_diff.append(diff.size)
+        to_kernel("admin", diff)
 
     figures = {
         "pods": len(pods),
@@ -224,7 +241,39 @@ def measure(label: str, *, all_local: bool, repeats: int, seed: int) -> None:
         "admin_edit_ms_max": max(admin_ms),
         "admin_edit_diff_median": median([float(d) for d in admin_diff]),
     }
+    if datapath is not None:
+        figures |= {
+            "kernel_full_apply_s": kernel_full_s,
+            "kernel_relabel_ms_median": median(kernel_ms["relabel"]),
+            "kernel_policy_edit_ms_median": median(kernel_ms["edit"]),
+            "kernel_admin_edit_ms_median": median(kernel_ms["admin"]),
+            "change_to_kernel_relabel_ms_median": median(
+                [a + b for a, b in zip(relabel_ms, kernel_ms["relabel"], strict=True)]
+            ),
+            "change_to_kernel_policy_edit_ms_median": median(
+                [a + b for a, b in zip(edit_ms, kernel_ms["edit"], strict=True)]
+            ),
+        }
+        datapath.uninstall()
     print(bench_line(f"policy_scale[{label}]", figures), flush=True)
+
+
+def _kernel(state: KernelState) -> tuple[Datapath | None, float]:
+    """As root: the compiled state written into real BPF maps (no interfaces: map updates only), so the
+    figures include the kernel side of each change (Datapath.apply_diff)."""
+    if os.geteuid() != 0:
+        return None, float("nan")
+    capacities = Capacities(policy=max(262144, 2 * len(state.policy)), endpoints=2048)
+    datapath = Datapath(
+        pin_dir=Path("/sys/fs/bpf") / f"meshagent-bench-{uuid.uuid4().hex[:8]}",
+        capacities=capacities,
+        attach_endpoints=False,
+    )
+    datapath.load()
+    started = time.perf_counter()
+    result = datapath.apply(state)
+    assert result.ok, result.errors[:3]
+    return datapath, time.perf_counter() - started
 
 
 ECHO_PORT = 7000

@@ -114,9 +114,12 @@ class Datapath:
         pin_dir: Path = DEFAULT_PIN_DIR,
         netns: str | None = None,
         capacities: Capacities | None = None,
+        attach_endpoints: bool = True,
     ) -> None:
         self.pin_dir = pin_dir
         self.maps_dir = pin_dir  # set by load(): the directory of this build's map layout
+        # False only for benchmarks that measure map updates for endpoints that have no interface.
+        self._attach_endpoints = attach_endpoints
         self._migrating_from: list[Path] = []
         self.netns = netns
         self.capacities = capacities or Capacities()
@@ -403,7 +406,7 @@ class Datapath:
                 self.endpoints_map, *endpoints.encode(entry), result
             ):
                 self._endpoints[entry.ifindex] = entry
-            if entry.ifindex not in self._attached:
+            if self._attach_endpoints and entry.ifindex not in self._attached:
                 self.attach(entry.ifindex)
                 result.attached += 1
 
