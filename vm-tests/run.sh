@@ -23,6 +23,15 @@ main() {
 
   log() { printf '[vm-test] %s\n' "$*"; }
 
+  # One matrix at a time per cache: a second run would unpack over the first's kernels and delete its
+  # results. The lock is held on fd 9 until this script and its guests end.
+  mkdir -p "$MESHAGENT_VM_CACHE"
+  exec 9>"$MESHAGENT_VM_CACHE/.lock"
+  if ! flock -n 9; then
+    log "another vm-test is running (lock $MESHAGENT_VM_CACHE/.lock); waiting for it"
+    flock 9
+  fi
+
   bash scripts/vm-setup.sh || { log "set-up failed"; exit 2; }
   [ -x .venv/bin/python ] || { log "no .venv: run 'make install' first"; exit 2; }
 
