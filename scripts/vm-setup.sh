@@ -69,6 +69,10 @@ resolve_packages() {
   echo "$image $headers $common $kbuild"
 }
 
+download_debs() {
+  (cd "$VM_CACHE/debs" && apt-get download -qq -o APT::Sandbox::User=root "$@" >/dev/null)
+}
+
 : >"$VM_CACHE/kernels.tsv.new"
 : >"$VM_CACHE/packages.list.new"
 for meta in $KERNEL_META; do
@@ -89,12 +93,20 @@ for meta in $KERNEL_META; do
   stamp=$root/.unpacked
   if [ ! -e "$stamp" ]; then
     log "downloading $image $headers $common $kbuild"
-    (cd "$VM_CACHE/debs" && apt-get download -qq -o APT::Sandbox::User=root "$image" "$headers" "$common" "$kbuild" >/dev/null) ||
-      die "apt-get download failed for $meta"
+    # Package names like linux-kbuild-6.1 stay the same across versions: drop older files so the
+    # unpack below can only take what was just downloaded.
+    for pkg in "$image" "$headers" "$common" "$kbuild"; do
+      rm -f "$VM_CACHE/debs/${pkg}_"*.deb
+    done
+    # A stale package list names versions the mirror no longer has (404): refresh it once and retry.
+    if ! download_debs "$image" "$headers" "$common" "$kbuild"; then
+      [ "$apt_updated" = 1 ] || { log "apt-get update (download failed)"; apt-get update -qq; apt_updated=1; }
+      download_debs "$image" "$headers" "$common" "$kbuild" || die "apt-get download failed for $meta"
+    fi
     rm -rf "$root.tmp"
     mkdir -p "$root.tmp"
     for pkg in "$image" "$headers" "$common" "$kbuild"; do
-      deb=$(ls -t "$VM_CACHE/debs/${pkg}_"*.deb | head -n 1)
+      deb=$(ls "$VM_CACHE/debs/${pkg}_"*.deb)
       log "unpacking $(basename "$deb")"
       dpkg-deb -x "$deb" "$root.tmp"
     done
