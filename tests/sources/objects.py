@@ -97,6 +97,32 @@ def node(name: str, *, ip: str = "192.0.2.10") -> Obj:
     }
 
 
+def tcp_route(name: str, ns: str = "default", *, service: str = "svc") -> Obj:
+    """A Gateway API TCPRoute splitting a Service between two backend Services by weight."""
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1alpha2",
+        "kind": "TCPRoute",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "parentRefs": [{"group": "", "kind": "Service", "name": service, "port": 80}],
+            "rules": [
+                {
+                    "backendRefs": [
+                        {"name": f"{service}-blue", "port": 80, "weight": 90},
+                        {"name": f"{service}-green", "port": 80, "weight": 10},
+                    ]
+                }
+            ],
+        },
+    }
+
+
+def udp_route(name: str, ns: str = "default", *, service: str = "dns") -> Obj:
+    route = tcp_route(name, ns, service=service)
+    route["kind"] = "UDPRoute"
+    return route
+
+
 def one_of_each() -> list[Obj]:
     return [
         namespace("web", team="a"),
@@ -106,6 +132,8 @@ def one_of_each() -> list[Obj]:
         network_policy("np", "web"),
         admin_network_policy("anp"),
         node("node-1"),
+        tcp_route("split", "web"),
+        udp_route("dns-split", "web"),
     ]
 
 

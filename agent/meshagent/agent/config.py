@@ -19,6 +19,7 @@ import yaml
 from meshagent.datapath.loader import DEFAULT_PIN_DIR
 
 DEFAULT_OBSERVER_SOCKET = Path("/var/run/meshagent/observer.sock")
+SOCKET_LB_DIR = "socket-lb"  # under pin_dir: the socket load-balancer's maps
 
 
 class ConfigError(ValueError):
@@ -46,6 +47,9 @@ class AgentConfig:
     export_max_bytes: int = 50 * 1024 * 1024
     enable_policy: bool = True
     enable_flows: bool = True
+    enable_socket_lb: bool = False
+    socket_lb_cgroup: Path | None = None  # default: <cgroup2 mount>/kubepods.slice, the pods' parent
+    enable_sockmap: bool = False
     manifests_poll_seconds: float = 0.5
     cleanup_on_exit: bool = False
     log_format: str = "auto"  # auto | json | text
@@ -62,6 +66,8 @@ class AgentConfig:
             raise ConfigError("observer_tls_cert and observer_tls_key go together")
         if self.observer_listen and not self.observer_tls_cert and not self.observer_insecure:
             raise ConfigError("observer_listen needs TLS (observer_tls_cert/key) or observer_insecure: true")
+        if self.enable_sockmap and not self.enable_socket_lb:
+            raise ConfigError("enable_sockmap needs enable_socket_lb")
         if self.log_format not in ("auto", "json", "text"):
             raise ConfigError(f"log_format must be auto, json or text, not {self.log_format!r}")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):

@@ -34,6 +34,8 @@ class ClusterEnricher:
         self._endpoints: dict[IPv4Address, EndpointInfo] = {}
         self._identities: dict[int, tuple[str, ...]] = {}
         self._isolating: dict[tuple[int, bool], tuple[PolicyRef, ...]] = {}
+        self._services: dict[tuple[IPv4Address, int, int], ServiceRef] = {}
+        self._ifnames: dict[int, str] = {}
 
     # --- written by the reconciler ---------------------------------------------------------------
 
@@ -50,6 +52,21 @@ class ClusterEnricher:
     def replace_all(self, endpoints: dict[IPv4Address, EndpointInfo]) -> None:
         self._endpoints = dict(endpoints)
         self._identities = {info.identity: info.labels for info in endpoints.values()}
+
+    def set_services(self, index: dict[Any, tuple[Any, ...]]) -> None:
+        """(backend address, port, protocol) -> the Services it serves (meshagent.services.lookup)."""
+        services: dict[tuple[IPv4Address, int, int], ServiceRef] = {}
+        for (address, port, protocol), vias in index.items():
+            named = [via.service for via in vias if via.service is not None]
+            if named:
+                services[(address, port, int(protocol))] = ServiceRef(
+                    namespace=named[0].namespace, name=named[0].name
+                )
+        self._services = services
+
+    def set_interfaces(self, names: dict[int, str]) -> None:
+        """ifindex -> name of the local endpoints' host-side interfaces (in the node's namespace)."""
+        self._ifnames = names
 
     def set_isolating(self, isolating: dict[tuple[int, bool], tuple[PolicyRef, ...]]) -> None:
         """(endpoint id, egress) -> the NetworkPolicies isolating that direction, for default denies."""
@@ -72,5 +89,9 @@ class ClusterEnricher:
     def isolating_policies(self, endpoint_id: int, egress: bool) -> tuple[PolicyRef, ...]:
         return self._isolating.get((endpoint_id, egress), ())
 
+    def interface_name(self, ifindex: int) -> str | None:
+        return self._ifnames.get(ifindex)
+
     def service_by_addr(self, ip: IPv4Address, port: int, protocol: int) -> ServiceRef | None:
-        return None  # Service translation arrives with socket load-balancing
+        """The Service a backend address serves: flows to a backend name the Service the client used."""
+        return self._services.get((ip, port, protocol))

@@ -276,6 +276,9 @@ class Reconciler:
             return
         self._discovered_for = dict(self._local_ips)
         changed = self.interfaces.refresh(dict(self._local_ips))
+        self.enricher.set_interfaces(
+            {s.ifindex: s.ifname for s in self.interfaces.states.values() if isinstance(s, PodInterface)}
+        )
         for key, state in changed.items():
             namespace, name = key.split("/", 1)
             if isinstance(state, PodInterface):

@@ -15,14 +15,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshagent import __version__
-from meshagent.agent.config import AgentConfig
+from meshagent.agent.config import SOCKET_LB_DIR, AgentConfig
 from meshagent.agent.enricher import ClusterEnricher
 from meshagent.agent.health import HealthServer
 from meshagent.agent.metrics import ReconcilerCollector
 from meshagent.agent.reaper import ConntrackReaper
 from meshagent.agent.reconciler import Reconciler
+from meshagent.agent.services import ServicesReconciler
 from meshagent.datapath.datapath import Datapath
 from meshagent.datapath.discovery import EndpointInterfaces
+from meshagent.datapath.socklb import SocketLB
 from meshagent.observer.convert import FlowBuilder
 from meshagent.observer.export import ExportConfig, FlowExporter
 from meshagent.observer.metrics import FlowMetrics, MapUsage, MetricsServer
@@ -61,6 +63,8 @@ class Agent:
         self.desired: DesiredState | None = None
         self.reconciler: Reconciler | None = None
         self.pipeline: FlowPipeline | None = None
+        self.socket_lb: SocketLB | None = None
+        self.services: ServicesReconciler | None = None
         self._services: list[Any] = []  # things with stop(), stopped in reverse order
         self.metrics: FlowMetrics | None = None
         self.metrics_port: int | None = None  # the ports actually bound (an address may ask for port 0)
@@ -97,6 +101,8 @@ class Agent:
                 self.metrics.registry.register(ReconcilerCollector(self.reconciler))
         if self.metrics is not None:
             self.metrics.registry.register(SourceStatusCollector(self.desired.source.status))
+        if cfg.enable_socket_lb:
+            self._start_socket_lb()
         self.desired.start()
         reaper = ConntrackReaper(self.datapath, self.pipeline.on_event if self.pipeline else None)
         reaper.start()
@@ -106,6 +112,28 @@ class Agent:
             health.start()
             self.health_port = health.port
             self._services.append(health)
+
+    def _start_socket_lb(self) -> None:
+        cfg = self.config
+        assert self.desired is not None
+        self.socket_lb = SocketLB(
+            pin_dir=cfg.pin_dir / SOCKET_LB_DIR, cgroup=cfg.socket_lb_cgroup, accelerate=cfg.enable_sockmap
+        )
+        self.socket_lb.load()
+        self.socket_lb.attach(replace_stale=True)  # in place of a previous agent's, never beside it
+        self.services = ServicesReconciler(
+            store=self.desired.store,
+            socket_lb=self.socket_lb,
+            enricher=self.enricher,
+            on_rejected=self._report_rejected,
+        )
+        self.services.start()
+        self._services.append(self.services)
+        logger.info(
+            "socket load-balancing on cgroup %s%s",
+            self.socket_lb.cgroup,
+            " with sockmap acceleration" if cfg.enable_sockmap else "",
+        )
 
     def _start_flows(self) -> None:
         cfg = self.config
@@ -153,7 +181,10 @@ class Agent:
     # --- state -----------------------------------------------------------------------------------
 
     def ready(self) -> bool:
-        """Ready when the datapath is loaded and the first full sync is in the kernel."""
+        """Ready when the datapath is loaded and the first full sync is in the kernel (policy, and the
+        socket load-balancer's frontends when it is on)."""
+        if self.services is not None and not self.services.applied.is_set():
+            return False
         if self.reconciler is None:
             return self.desired is not None and self.desired.source.ready
         return self.reconciler.applied.is_set()
@@ -216,6 +247,11 @@ class Agent:
                 service.stop()
             except Exception:
                 logger.exception("stopping %s failed", type(service).__name__)
+        if self.socket_lb is not None:
+            if self.config.cleanup_on_exit:
+                self.socket_lb.uninstall()
+            else:
+                self.socket_lb.close()  # hooks stay attached: Services keep translating
         if self.config.cleanup_on_exit:
             self.datapath.uninstall()
             logger.info("removed our tc filters and pinned maps")

@@ -34,6 +34,7 @@ _VALUE_FLAGS = {
     "--metrics-listen": ("metrics_listen", "Prometheus metrics address (default 127.0.0.1:9965)"),
     "--health-listen": ("health_listen", "/healthz and /readyz address (default 127.0.0.1:9879)"),
     "--flow-ring-size": ("flow_ring_size", "flows held in memory (default 65536)"),
+    "--socket-lb-cgroup": ("socket_lb_cgroup", "cgroup v2 path whose processes get Service translation"),
     "--export-file": ("export_file", "also write flows as JSON lines to this file (rotated by size)"),
     "--log-format": ("log_format", "auto (JSON when not a terminal), json or text"),
     "--log-level": ("log_level", "debug, info, warning or error"),
@@ -46,6 +47,8 @@ _SWITCHES = {
     ),
     "--no-policy": ("enable_policy", "do not enforce policy (flows only)"),
     "--no-flows": ("enable_flows", "do not serve flows or metrics"),
+    "--socket-lb": ("enable_socket_lb", "translate Service addresses at the socket (cgroup hooks)"),
+    "--sockmap": ("enable_sockmap", "splice established local TCP connections socket to socket"),
 }
 
 
@@ -61,6 +64,12 @@ def register(subparsers: Any) -> None:
     uninstall = subparsers.add_parser("uninstall", help="remove the agent's tc filters and pinned maps")
     uninstall.add_argument("--pin-dir", type=Path, default=None)
     uninstall.add_argument("--node-netns", default=None)
+    uninstall.add_argument(
+        "--socket-lb-cgroup",
+        type=Path,
+        default=None,
+        help="the cgroup the socket load-balancer was attached to (default: the pods')",
+    )
     uninstall.set_defaults(handler=_uninstall)
 
 
@@ -106,10 +115,18 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _uninstall(args: argparse.Namespace) -> int:
+    from meshagent.agent.config import SOCKET_LB_DIR
     from meshagent.datapath.datapath import Datapath
     from meshagent.datapath.loader import DEFAULT_PIN_DIR
+    from meshagent.datapath.socklb import default_cgroup, uninstall_from
 
-    datapath = Datapath(pin_dir=args.pin_dir or DEFAULT_PIN_DIR, netns=args.node_netns)
+    pin_dir = args.pin_dir or DEFAULT_PIN_DIR
+    lb_dir = pin_dir / SOCKET_LB_DIR
+    if lb_dir.exists():
+        cgroup = args.socket_lb_cgroup or default_cgroup()
+        detached = uninstall_from(cgroup, pin_dir=lb_dir)
+        print(f"removed the socket load-balancer from {cgroup} ({detached} hooks)")
+    datapath = Datapath(pin_dir=pin_dir, netns=args.node_netns)
     datapath.load()  # adopts the pinned maps, which list every endpoint we attached to
     endpoints = len(datapath.state()[0])
     datapath.uninstall()

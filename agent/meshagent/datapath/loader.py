@@ -66,7 +66,7 @@ def ensure_bpffs(pin_dir: Path) -> None:
 
 
 @contextlib.contextmanager
-def _captured_stderr() -> Iterator[list[str]]:
+def captured_stderr() -> Iterator[list[str]]:
     """BCC writes compiler and verifier messages to fd 2; keep them for our exceptions."""
     out: list[str] = []
     with tempfile.TemporaryFile(mode="w+b") as sink:
@@ -87,7 +87,7 @@ def load(*, pin_dir: Path, capacities: Capacities, extra_cflags: tuple[str, ...]
     text = assemble(ENTRY_SOURCE)
     log: list[str] = []
     try:
-        with _captured_stderr() as log:
+        with captured_stderr() as log:
             bpf = BPF(text=text, cflags=cflags)
     except Exception as err:
         raise CompileError(f"compiling {ENTRY_SOURCE} failed", log="".join(log).strip()) from err
@@ -96,7 +96,7 @@ def load(*, pin_dir: Path, capacities: Capacities, extra_cflags: tuple[str, ...]
     programs = []
     for name in (PROGRAM_FROM_ENDPOINT, PROGRAM_TO_ENDPOINT):
         try:
-            with _captured_stderr() as log:
+            with captured_stderr() as log:
                 programs.append(bpf.load_func(name, BPF.SCHED_CLS))
         except Exception as err:
             bpf.cleanup()

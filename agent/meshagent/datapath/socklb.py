@@ -21,7 +21,7 @@ from typing import Any
 from bcc import BPF, BPFAttachType, libbcc
 
 from meshagent.datapath.errors import AttachError, CompileError, DatapathError, LoadError, MapError
-from meshagent.datapath.loader import DEFAULT_PIN_DIR, _captured_stderr, ensure_bpffs
+from meshagent.datapath.loader import DEFAULT_PIN_DIR, captured_stderr, ensure_bpffs
 from meshagent.datapath.maps import lb_affinity, lb_events, lb_revnat, lb_services, lb_sockhash
 from meshagent.datapath.maps.base import PerCpuArray, TypedMap
 from meshagent.datapath.pinned import open_pinned
@@ -124,7 +124,7 @@ class SocketLB:
             cflags.append("-DMA_LB_SOCKMAP=1")
         log: list[str] = []
         try:
-            with _captured_stderr() as log:
+            with captured_stderr() as log:
                 self.bpf = BPF(text=assemble(ENTRY_SOURCE).encode(), cflags=cflags)
         except Exception as err:
             raise CompileError(f"compiling {ENTRY_SOURCE} failed", log="".join(log).strip()) from err
@@ -133,7 +133,7 @@ class SocketLB:
             loads += [(SOCKOPS_PROGRAM, BPF.SOCK_OPS, -1), (SK_MSG_PROGRAM, BPF.SK_MSG, -1)]
         for name, prog_type, attach_type in loads:
             try:
-                with _captured_stderr() as log:
+                with captured_stderr() as log:
                     # sock_addr programs must name their hook at load time (expected_attach_type).
                     self._programs[name] = self.bpf.load_func(
                         name.encode(), prog_type, attach_type=attach_type

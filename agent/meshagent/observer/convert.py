@@ -306,10 +306,14 @@ class FlowBuilder:
     def _ifname(self, ifindex: int) -> str:
         name = self._ifnames.get(ifindex)
         if name is None:
-            try:
-                name = socket.if_indextoname(ifindex) if ifindex else ""
-            except OSError:
-                name = ""  # in another namespace, or gone
+            # The datapath's interfaces live in the node's namespace, which need not be ours: ask the
+            # enricher (which knows the endpoints' interfaces) before our own namespace.
+            name = self._enricher.interface_name(ifindex)
+            if name is None:
+                try:
+                    name = socket.if_indextoname(ifindex) if ifindex else ""
+                except OSError:
+                    name = ""  # in another namespace, or gone
             if len(self._ifnames) > 4096:
                 self._ifnames.clear()
             self._ifnames[ifindex] = name

@@ -67,6 +67,10 @@ class Enricher(Protocol):
         """For a default deny (no rule matched): the policies that isolate this endpoint's direction."""
         ...
 
+    def interface_name(self, ifindex: int) -> str | None:
+        """The name of an endpoint's interface (None: not known, look it up locally)."""
+        ...
+
 
 @dataclass
 class StaticEnricher:
@@ -92,6 +96,9 @@ class StaticEnricher:
 
     def isolating_policies(self, endpoint_id: int, egress: bool) -> tuple[PolicyRef, ...]:
         return self.isolating.get((endpoint_id, egress), ())
+
+    def interface_name(self, ifindex: int) -> str | None:
+        return None
 
     @classmethod
     def from_mappings(
@@ -125,3 +132,6 @@ class NullEnricher:
 
     def isolating_policies(self, endpoint_id: int, egress: bool) -> tuple[PolicyRef, ...]:
         return ()
+
+    def interface_name(self, ifindex: int) -> str | None:
+        return None

@@ -21,6 +21,8 @@ class Kind(enum.StrEnum):
     NETWORK_POLICY = "NetworkPolicy"
     ADMIN_NETWORK_POLICY = "AdminNetworkPolicy"
     NODE = "Node"
+    TCP_ROUTE = "TCPRoute"
+    UDP_ROUTE = "UDPRoute"
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,10 @@ KINDS: tuple[KindInfo, ...] = (
         namespaced=False,
     ),
     KindInfo(Kind.NODE, "", "v1", "nodes", namespaced=False),
+    # Gateway API routes carry the weights of canary and blue-green splits between a Service's backends
+    # (CRDs; a cluster without them simply has none).
+    KindInfo(Kind.TCP_ROUTE, "gateway.networking.k8s.io", "v1alpha2", "tcproutes", namespaced=True),
+    KindInfo(Kind.UDP_ROUTE, "gateway.networking.k8s.io", "v1alpha2", "udproutes", namespaced=True),
 )
 
 KIND_INFO: dict[Kind, KindInfo] = {info.kind: info for info in KINDS}

@@ -1,0 +1,122 @@
+"""Services into the socket load-balancer: store events (Service, EndpointSlice, TCPRoute, UDPRoute) ->
+ServiceCatalog -> compiled frontends -> SocketLB maps, as a diff.
+
+Its own thread, like the policy reconciler: a burst of events is taken whole and compiled once. Bad input
+is rejected with its reason (log, Kubernetes Event) and the previous version of the object stays.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from meshagent.agent.enricher import ClusterEnricher
+from meshagent.services.catalog import ServiceCatalog
+from meshagent.services.lookup import backend_index
+from meshagent.sources.events import Action, ObjectEvent, SyncEvent
+from meshagent.sources.kinds import Kind
+from meshagent.sources.store import ObjectStore
+
+logger = logging.getLogger(__name__)
+
+SERVICE_KINDS = (Kind.SERVICE, Kind.ENDPOINT_SLICE, Kind.TCP_ROUTE, Kind.UDP_ROUTE)
+
+
+class FrontendWriter(Protocol):
+    """What this needs of the socket load-balancer (meshagent.datapath.socklb.SocketLB)."""
+
+    def apply(self, desired: Any) -> Any: ...
+
+
+class ServicesReconciler:
+    def __init__(
+        self,
+        *,
+        store: ObjectStore,
+        socket_lb: FrontendWriter,
+        enricher: ClusterEnricher,
+        on_rejected: Callable[[dict[str, Any], str], None] = lambda obj, reason: None,
+    ) -> None:
+        self.store = store
+        self.socket_lb = socket_lb
+        self.enricher = enricher
+        self.catalog = ServiceCatalog()
+        self._on_rejected = on_rejected
+        self._queue: queue.Queue[ObjectEvent | SyncEvent | None] = queue.Queue()
+        self._synced: set[Kind] = set()
+        self._thread: threading.Thread | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self.applied = threading.Event()
+        self.frontends = 0
+        self.errors: list[str] = []
+        self.rejected: dict[tuple[str, str, str], str] = {}
+
+    def start(self) -> None:
+        self._unsubscribe = self.store.subscribe(self._queue.put)
+        self._thread = threading.Thread(target=self._run, name="ma-services", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while True:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    return
+                batch.append(more)
+            try:
+                changed = sum(self._handle(event) for event in batch)
+                if self._synced.issuperset(SERVICE_KINDS) and (changed or not self.applied.is_set()):
+                    self._apply()
+            except Exception:  # keep serving the last good frontends
+                logger.exception("services step failed")
+
+    def _handle(self, item: ObjectEvent | SyncEvent) -> bool:
+        if isinstance(item, SyncEvent):
+            if item.kind in SERVICE_KINDS:
+                self._synced.add(item.kind)
+            return False
+        if item.kind not in SERVICE_KINDS:
+            return False
+        key = (item.kind.value, item.namespace or "", item.name)
+        if item.action == Action.DELETED:
+            self.rejected.pop(key, None)
+            return self.catalog.delete(item.kind.value, item.namespace or "", item.name)
+        error = self.catalog.upsert(item.kind.value, item.obj)
+        if error is not None:
+            if self.rejected.get(key) != str(error):
+                self._on_rejected(item.obj, str(error))
+            self.rejected[key] = str(error)
+            return False
+        self.rejected.pop(key, None)
+        return True
+
+    def _apply(self) -> None:
+        compiled = self.catalog.compile()
+        for warning in compiled.warnings:
+            logger.warning("services: %s", warning)
+        result = self.socket_lb.apply(compiled.entries)
+        self.errors = list(getattr(result, "errors", []))[-20:]
+        if self.errors:
+            logger.error("socket load-balancer update incomplete: %s", "; ".join(self.errors[:3]))
+        self.frontends = len(compiled.entries)
+        self.enricher.set_services(backend_index(compiled.entries))
+        if not self.applied.is_set():
+            logger.info("services in the socket load-balancer: %d frontends", self.frontends)
+        self.applied.set()

@@ -1,0 +1,132 @@
+"""The agent with socket load-balancing on: Services and EndpointSlices from the manifest directory are
+translated at connect() for processes in the agent's cgroup, flows name the Service, and a Service whose
+backends all go away refuses at once."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from meshagent.agent.config import AgentConfig
+from meshagent.agent.runtime import Agent
+from meshagent.datapath.socklb import cgroup2_mount
+from meshagent.testing.topology import Topology
+
+from tests.agent.test_agent_e2e import eventually, pod_manifest
+from tests.socklb.conftest import _remove_cgroup
+from tests.socklb.helpers import accepted, endpoint_slice, run_client
+
+pytestmark = pytest.mark.kernel
+
+VIP = "10.96.7.10"  # exists nowhere: only the socket hook makes it reachable
+
+
+@pytest.fixture
+def cgroup() -> Iterator[Path]:
+    path = cgroup2_mount() / f"meshagent-agenttest-{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    try:
+        yield path
+    finally:
+        _remove_cgroup(path)
+
+
+def service_yaml() -> str:
+    return textwrap.dedent(f"""\
+        apiVersion: v1
+        kind: Service
+        metadata: {{name: web, namespace: default}}
+        spec:
+          clusterIP: {VIP}
+          clusterIPs: [{VIP}]
+          ports: [{{name: http, port: 80, targetPort: 8080, protocol: TCP}}]
+        """)
+
+
+def slice_yaml(backends: list[str]) -> str:
+    ports = [{"name": "http", "port": 8080, "protocol": "TCP"}]
+    conditions = {"ready": True, "serving": True, "terminating": False}
+    return json.dumps(endpoint_slice("web", ports, [(ip, conditions) for ip in backends]))
+
+
+def test_services_from_manifests_translate_and_show_in_flows(cgroup: Path, tmp_path: Path) -> None:
+    with Topology() as topo:
+        client = topo.add_pod("client", "10.244.12.10")
+        backend = topo.add_pod("backend", "10.244.12.20")
+        backend.serve(tcp=(8080,), log=tmp_path / "backend.log")
+        manifests = tmp_path / "manifests"
+        manifests.mkdir()
+        (manifests / "pods.yaml").write_text(
+            "---\n".join(
+                [
+                    pod_manifest("client", "default", client.ip, {"app": "client"}),
+                    pod_manifest("backend", "default", backend.ip, {"app": "web"}),
+                ]
+            )
+        )
+        (manifests / "service.yaml").write_text(service_yaml())
+        (manifests / "slice.yaml").write_text(slice_yaml([str(backend.ip)]))
+        config = AgentConfig(
+            node="node-1",
+            node_netns=topo.node,
+            manifests=manifests,
+            manifests_poll_seconds=0.1,
+            pin_dir=Path("/sys/fs/bpf") / f"meshagent-test-{uuid.uuid4().hex[:8]}",
+            observer_socket=tmp_path / "o.sock",
+            metrics_listen=None,
+            health_listen=None,
+            enable_socket_lb=True,
+            socket_lb_cgroup=cgroup,
+            cleanup_on_exit=True,
+        )
+        agent = Agent(config)
+        agent.start()
+        try:
+            assert eventually(agent.ready, timeout=30), agent.status()
+            result = run_client(client, "tcp", VIP, "80", "--count", "3", cgroup=cgroup)
+            assert result["ok"] == 3 and result["peers"] == [f"{VIP}:80"], result
+            assert accepted(tmp_path / "backend.log", client) == 3
+
+            flows = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "meshagent.cli.main",
+                    "flows",
+                    "--server",
+                    f"unix://{tmp_path}/o.sock",
+                    "--all",
+                    "-o",
+                    "json",
+                    "--to-pod",
+                    "default/backend",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            records = [json.loads(line) for line in flows.stdout.splitlines() if line.strip()]
+            services = [record.get("flow", record).get("destinationService") for record in records]
+            names = {record.get("flow", record).get("interface", {}).get("name") for record in records}
+            assert names <= {client.host_ifname, backend.host_ifname}, names  # named in the node's namespace
+            assert {"name": "web", "namespace": "default"} in services, flows.stdout[-2000:]
+
+            # Every backend gone: new connections are refused at once, not left to hang.
+            (manifests / "slice.yaml").write_text(slice_yaml([]))
+            assert (
+                eventually(
+                    lambda: run_client(client, "tcp", VIP, "80", "--count", "1", cgroup=cgroup)["ok"] == 0
+                )
+                is not None
+            )
+            refused = run_client(client, "tcp", VIP, "80", "--count", "1", cgroup=cgroup)
+            assert refused["errors"] and "ECONNREFUSED" in json.dumps(refused["errors"]), refused
+            assert refused["slowest_ms"] < 500
+        finally:
+            agent.stop()
