@@ -180,12 +180,25 @@ def test_follow_until_rfc3339_ends(served: h.Served, capsys: pytest.CaptureFixtu
     import datetime as dt
     import threading
 
-    until = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1)).isoformat()  # noqa: UP017
-    threading.Timer(0.3, lambda: served.pipeline.on_event(h.event(dport=7777))).start()
-    rc, out, _ = run(capsys, *flows_cmd(served, "-f", "--until", until, "-o", "json"))
+    until = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=3)).isoformat()  # noqa: UP017
+    stop = threading.Event()
+
+    def keep_sending() -> None:
+        # New flows every 0.2 s, so that one arrives after the follower is connected even on a loaded machine.
+        while not stop.wait(0.2):
+            served.pipeline.on_event(h.event(dport=7777))
+
+    sender = threading.Thread(target=keep_sending)
+    sender.start()
+    try:
+        rc, out, _ = run(capsys, *flows_cmd(served, "-f", "--until", until, "-o", "json"))
+    finally:
+        stop.set()
+        sender.join()
     assert rc == 0
     ports = [json.loads(line)["l4"]["TCP"]["destinationPort"] for line in out.splitlines()]
-    assert ports == [7777]  # follow without a count streams only new flows, until the deadline
+    # Follow without a count streams only new flows (none of the 10 held before), until the deadline.
+    assert ports and set(ports) == {7777}
 
 
 def test_aggregate_windows_when_following(capsys: pytest.CaptureFixture[str]) -> None:
