@@ -104,8 +104,8 @@ def test_services_from_manifests_translate_and_show_in_flows(cgroup: Path, tmp_p
                     "--all",
                     "-o",
                     "json",
-                    "--to-pod",
-                    "default/backend",
+                    "--to-ip",
+                    str(backend.ip),
                 ],
                 capture_output=True,
                 text=True,
@@ -113,9 +113,22 @@ def test_services_from_manifests_translate_and_show_in_flows(cgroup: Path, tmp_p
             )
             records = [json.loads(line) for line in flows.stdout.splitlines() if line.strip()]
             services = [record.get("flow", record).get("destinationService") for record in records]
-            names = {record.get("flow", record).get("interface", {}).get("name") for record in records}
+            flows_at_interfaces = [
+                r.get("flow", r) for r in records if r.get("flow", r).get("interface", {}).get("index")
+            ]
+            names = {flow["interface"].get("name") for flow in flows_at_interfaces}
             assert names <= {client.host_ifname, backend.host_ifname}, names  # named in the node's namespace
             assert {"name": "web", "namespace": "default"} in services, flows.stdout[-2000:]
+
+            # Each translation is a flow too: TRANSLATED to the backend, naming the Service.
+            translated = [
+                r.get("flow", r) for r in records if r.get("flow", r).get("verdict") == "TRANSLATED"
+            ]
+            assert translated, "no TRANSLATED flows"
+            assert {t["IP"]["destination"] for t in translated} == {str(backend.ip)}
+            assert all(
+                t.get("destinationService") == {"name": "web", "namespace": "default"} for t in translated
+            )
 
             # Every backend gone: new connections are refused at once, not left to hang.
             (manifests / "slice.yaml").write_text(slice_yaml([]))

@@ -21,7 +21,7 @@ from meshagent.agent.health import HealthServer
 from meshagent.agent.metrics import ReconcilerCollector
 from meshagent.agent.reaper import ConntrackReaper
 from meshagent.agent.reconciler import Reconciler
-from meshagent.agent.services import ServicesReconciler
+from meshagent.agent.services import ServicesReconciler, translation_event
 from meshagent.datapath.datapath import Datapath
 from meshagent.datapath.discovery import EndpointInterfaces
 from meshagent.datapath.socklb import SocketLB
@@ -129,6 +129,9 @@ class Agent:
         )
         self.services.start()
         self._services.append(self.services)
+        if self.pipeline is not None:
+            pipeline = self.pipeline
+            self.socket_lb.start_events(lambda translation: pipeline.on_event(translation_event(translation)))
         logger.info(
             "socket load-balancing on cgroup %s%s",
             self.socket_lb.cgroup,
@@ -251,7 +254,7 @@ class Agent:
             if self.config.cleanup_on_exit:
                 self.socket_lb.uninstall()
             else:
-                self.socket_lb.close()  # hooks stay attached: Services keep translating
+                self.socket_lb.release()  # hooks stay attached: Services keep translating
         if self.config.cleanup_on_exit:
             self.datapath.uninstall()
             logger.info("removed our tc filters and pinned maps")

@@ -11,9 +11,13 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from ipaddress import IPv4Address
 from typing import Any, Protocol
 
 from meshagent.agent.enricher import ClusterEnricher
+from meshagent.model.events import DatapathEvent, DropReason, EventType
+from meshagent.model.kernel_state import Direction, Verdict
+from meshagent.model.services import ServiceTranslation
 from meshagent.services.catalog import ServiceCatalog
 from meshagent.services.lookup import backend_index
 from meshagent.sources.events import Action, ObjectEvent, SyncEvent
@@ -29,6 +33,33 @@ class FrontendWriter(Protocol):
     """What this needs of the socket load-balancer (meshagent.datapath.socklb.SocketLB)."""
 
     def apply(self, desired: Any) -> Any: ...
+
+
+def translation_event(translation: ServiceTranslation) -> DatapathEvent:
+    """A socket load-balancer decision as a datapath event, so it becomes a flow like any other: from the
+    Service address to the chosen backend (TRANSLATED), or refused when the Service has no backend. The
+    client's address is not known yet at connect() time."""
+    frontend = translation.frontend
+    backend = translation.backend
+    return DatapathEvent(
+        timestamp_ns=translation.timestamp_ns,
+        type=EventType.TRANSLATED,
+        verdict=Verdict.ALLOWED if backend is not None else Verdict.DENIED,
+        drop_reason=DropReason.NONE,
+        direction=Direction.EGRESS,
+        endpoint_id=0,
+        ifindex=0,
+        saddr=IPv4Address(0),
+        daddr=backend[0] if backend is not None else frontend.address,
+        sport=0,
+        dport=backend[1] if backend is not None else frontend.port,
+        protocol=int(frontend.protocol),
+        tcp_flags=0,
+        is_reply=False,
+        rule_id=0,
+        src_identity=0,
+        dst_identity=0,
+    )
 
 
 class ServicesReconciler:

@@ -284,6 +284,14 @@ class SocketLB:
             "passed": sum(c.value for c in counters.read(lb_sockhash.ACCEL_PASSED)),
         }
 
+    def release(self) -> None:
+        """Stops reading events and drops our handles, leaving the hooks attached and the maps pinned: the
+        kernel keeps translating while no agent runs, and the next agent replaces the hooks in place."""
+        self.stop_events()
+        if self.bpf is not None:
+            self.bpf.cleanup()
+            self.bpf = None
+
     def close(self) -> None:
         """Detaches and unloads; the pinned maps stay (a restarted agent adopts them)."""
         self.stop_events()

@@ -13,6 +13,7 @@ class EventType(enum.IntEnum):
     POLICY_VERDICT = 1  # first packet of a new connection was evaluated
     DROP = 2  # a packet was dropped
     CONN_CLOSE = 3  # a tracked connection closed (FIN both ways, RST) or was reaped
+    TRANSLATED = 4  # the socket load-balancer sent a connection for a Service to a backend (or refused it)
 
 
 class DropReason(enum.IntEnum):

@@ -249,6 +249,15 @@ class FlowBuilder:
             f.verdict = verdict  # type: ignore[assignment]
             if f.verdict == pb.DROPPED and drop == pb.DROP_REASON_UNKNOWN:
                 drop = pb.POLICY_DENY if ev.rule_id else pb.POLICY_DENIED
+        elif ev.type == EventType.TRANSLATED:
+            # A socket-level Service translation: the backend chosen, or a refusal (no backend).
+            f.event_type.type = MESSAGE_TYPE_TRACE
+            f.Type = pb.SOCK
+            if ev.verdict == Verdict.DENIED:
+                f.verdict = pb.DROPPED
+                drop = pb.SERVICE_BACKEND_NOT_FOUND
+            else:
+                f.verdict = pb.TRANSLATED
         else:  # CONN_CLOSE and anything newer: a trace of a tracked connection
             f.event_type.type = MESSAGE_TYPE_TRACE
             f.verdict = pb.FORWARDED
