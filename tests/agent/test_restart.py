@@ -89,23 +89,6 @@ class AgentProcess:
         self.process.wait(timeout=30)
 
 
-# A client that keeps one connection busy and reports any exchange that failed or stalled.
-_STEADY_CLIENT = """
-import socket, sys, time
-s = socket.create_connection(("%s", 80), timeout=10)  # a loaded machine may stall; a drop never recovers
-print("connected", flush=True)
-ok = failed = 0
-end = time.monotonic() + %f
-while time.monotonic() < end:
-    try:
-        s.sendall(b"ping"); ok += s.recv(4) == b"ping"
-    except OSError:
-        failed += 1
-    time.sleep(0.05)
-print(ok, failed, flush=True)
-"""
-
-
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[tuple[Topology, dict[str, Pod], Path]]:
     with Topology() as topo:
@@ -146,9 +129,7 @@ def test_kill_minus_nine_keeps_enforcing_and_restart_converges(
         assert allowed(web, db, 80) and not allowed(other, db, 80)
         assert agent.children() == [], "entering the node's namespace must not fork helper processes"
 
-        steady = web.popen(
-            "python3", "-c", _STEADY_CLIENT % (db.ip, 12.0), stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
+        steady = web.talk(db.ip, 80, seconds=12.0)
         assert steady.stdout is not None and steady.stdout.readline().strip() == "connected"
 
         # Killed during steady traffic: nothing changes for packets.

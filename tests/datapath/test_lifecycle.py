@@ -114,7 +114,7 @@ def test_new_map_layout_migrates_without_a_gap(topo: Topology, own_pin_dir: Path
     old.apply(desired)
     old.close()
     # a is isolated for ingress: the replies of its connection pass only because conntrack knows it.
-    long_lived = a.popen("python3", "-c", _TALKER % b.ip, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    long_lived = a.talk(b.ip, 80, seconds=6.0)
     try:
         assert long_lived.stdout is not None and long_lived.stdout.readline().strip() == "connected"
         new = Datapath(pin_dir=own_pin_dir, netns=topo.node)
@@ -136,19 +136,3 @@ def test_new_map_layout_migrates_without_a_gap(topo: Topology, own_pin_dir: Path
             long_lived.kill()
         for ifindex in (a.ifindex, b.ifindex):
             tc.detach(ifindex=ifindex, netns=topo.node)
-
-
-_TALKER = """
-import socket, time
-s = socket.create_connection(("%s", 80), timeout=10)  # a loaded machine may stall; a drop never recovers
-print("connected", flush=True)
-ok = failed = 0
-end = time.monotonic() + 6
-while time.monotonic() < end:
-    try:
-        s.sendall(b"ping"); ok += s.recv(4) == b"ping"
-    except OSError:
-        failed += 1
-    time.sleep(0.05)
-print(ok, failed, flush=True)
-"""

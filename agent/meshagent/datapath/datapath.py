@@ -540,7 +540,3 @@ class Datapath:
             policy.MAP_NAME: (len(self._policy), self.capacities.policy),
             conntrack.MAP_NAME: (len(self.ct_map), self.capacities.conntrack),
         }
-
-    @property
-    def attached_interfaces(self) -> frozenset[int]:
-        return frozenset(self._attached)

@@ -6,6 +6,8 @@ exchange completed (the echo came back), 1 that it did not (timeout, refused, re
   python -m meshagent.testing.netprobe serve --tcp 80,81 --udp 80 --log FILE
   python -m meshagent.testing.netprobe tcp IP PORT [--timeout S] [--size N] [--bind IP]
   python -m meshagent.testing.netprobe udp IP PORT [--timeout S] [--size N] [--bind IP]
+  python -m meshagent.testing.netprobe talk IP PORT --seconds S   one connection kept busy: prints
+      "connected", then "<exchanges that worked> <exchanges that failed>" at the end
 """
 
 from __future__ import annotations
@@ -118,6 +120,24 @@ def udp_exchange(ip: str, port: int, *, timeout: float, size: int, bind: str | N
         sock.close()
 
 
+def talk(ip: str, port: int, *, seconds: float) -> tuple[int, int]:
+    """Keeps one TCP connection busy with small echoes. A loaded machine may stall a while (hence the long
+    timeout); a connection the datapath dropped never recovers, so every exchange after it fails."""
+    sock = socket.create_connection((ip, port), timeout=10)
+    print("connected", flush=True)
+    ok = failed = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            sock.sendall(b"ping")
+            ok += sock.recv(4) == b"ping"
+        except OSError:
+            failed += 1
+        time.sleep(0.05)
+    sock.close()
+    return ok, failed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="netprobe")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -132,8 +152,16 @@ def main(argv: list[str] | None = None) -> int:
         client.add_argument("--timeout", type=float, default=1.0)
         client.add_argument("--size", type=int, default=32)
         client.add_argument("--bind")
+    talk_p = sub.add_parser("talk")
+    talk_p.add_argument("ip")
+    talk_p.add_argument("port", type=int)
+    talk_p.add_argument("--seconds", type=float, required=True)
     args = parser.parse_args(argv)
 
+    if args.command == "talk":
+        ok, failed = talk(args.ip, args.port, seconds=args.seconds)
+        print(ok, failed, flush=True)
+        return 0
     if args.command == "serve":
         ports = [int(p) for p in args.tcp.split(",") if p], [int(p) for p in args.udp.split(",") if p]
         serve(ports[0], ports[1], args.log)

@@ -93,6 +93,21 @@ class Pod:
             parsed = {"ok": False, "error": f"netprobe failed: {result.stderr.strip()[-300:]}"}
         return parsed
 
+    def talk(self, ip: IPv4Address | str, port: int, *, seconds: float) -> subprocess.Popen[str]:
+        """Starts netprobe's `talk` in this pod: one connection kept busy; read its output to judge."""
+        return self.popen(
+            sys.executable,
+            "-m",
+            "meshagent.testing.netprobe",
+            "talk",
+            str(ip),
+            str(port),
+            "--seconds",
+            str(seconds),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+
     def ping(self, ip: IPv4Address | str, *, timeout: float = 1.0) -> bool:
         result = self.run("ping", "-c", "1", "-W", str(max(1, int(timeout))), str(ip), timeout=timeout + 5)
         return result.returncode == 0
