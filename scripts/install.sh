@@ -19,6 +19,8 @@ apt_packages=(
   python3-venv python3-dev
   iproute2 iperf3 bpftool netcat-openbsd iputils-ping procps util-linux iptables
   linux-headers-amd64 kmod
+  # Go client of the Observer API (bench/tools/flowfollow), built offline in GOPATH mode from these sources
+  golang-go golang-google-grpc-dev golang-google-protobuf-dev
 )
 missing=()
 for pkg in "${apt_packages[@]}"; do
