@@ -1,7 +1,8 @@
-"""Helpers shared by the benchmarks: building the C load tool, medians, and the BENCH line format."""
+"""Helpers shared by the benchmarks: building the C load tools, medians, and the BENCH line format."""
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 from pathlib import Path
@@ -10,14 +11,31 @@ REPO = Path(__file__).resolve().parents[3]
 CACHE = REPO / ".cache"
 
 
-def build_tcpbench() -> Path:
-    """Compiles bench/tools/tcpbench.c into .cache/ when the source is newer than the binary."""
-    source = REPO / "bench" / "tools" / "tcpbench.c"
-    binary = CACHE / "tcpbench"
+def build_tool(name: str, *flags: str) -> Path:
+    """Compiles bench/tools/<name>.c into .cache/<name> when the source is newer than the binary. The
+    binary is written under a temporary name and renamed, so benchmarks running at once never see half
+    of one."""
+    source = REPO / "bench" / "tools" / f"{name}.c"
+    binary = CACHE / name
     if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
         CACHE.mkdir(exist_ok=True)
-        subprocess.run(["gcc", "-O2", "-pthread", "-o", str(binary), str(source)], check=True)
+        partial = CACHE / f".{name}.{os.getpid()}"
+        try:
+            subprocess.run(["gcc", "-O2", *flags, "-o", str(partial), str(source)], check=True)
+            partial.replace(binary)
+        finally:
+            partial.unlink(missing_ok=True)
     return binary
+
+
+def build_tcpbench() -> Path:
+    """bench/tools/tcpbench.c, compiled (see build_tool)."""
+    return build_tool("tcpbench", "-pthread")
+
+
+def build_udpspray() -> Path:
+    """bench/tools/udpspray.c, compiled (see build_tool)."""
+    return build_tool("udpspray")
 
 
 def median(values: list[float]) -> float:
