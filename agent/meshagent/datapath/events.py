@@ -59,11 +59,28 @@ C_FIELD_NAMES = {"saddr_net": "saddr", "daddr_net": "daddr"}
 _RECORD = struct.Struct("=5Q2I4s4s3I2H8B")
 assert _RECORD.size == ctypes.sizeof(EventRecord)
 
+# Plain lookups instead of Enum calls: `EventType(n)` goes through Python-level Enum machinery per event.
+_TYPES = {int(t): t for t in EventType}
 _VERDICTS = {int(v): v for v in Verdict}
 _REASONS = {int(r): r for r in DropReason}
+_DIRECTIONS = (Direction(0), Direction(1))
+
+# One IPv4Address per raw address, reused: building one costs as much as the rest of a decode, and a node
+# sees the same few thousand addresses over and over. Bounded; emptied when full (then refills).
+_ADDRS: dict[bytes, IPv4Address] = {}
+ADDR_CACHE_MAX = 16384
+
+
+def _addr(raw: bytes) -> IPv4Address:
+    a = IPv4Address(raw)
+    if len(_ADDRS) >= ADDR_CACHE_MAX:
+        _ADDRS.clear()
+    _ADDRS[raw] = a
+    return a
 
 
 def decode(data: bytes | memoryview) -> DatapathEvent:
+    """One ma_event record as an event; ValueError for an event type this agent does not know."""
     (
         ts,
         pf,
@@ -88,28 +105,32 @@ def decode(data: bytes | memoryview) -> DatapathEvent:
         flags,
         _pad,
     ) = _RECORD.unpack_from(data)
-    return DatapathEvent(
-        timestamp_ns=ts,
-        type=EventType(type_),
-        verdict=_VERDICTS.get(verdict),
-        drop_reason=_REASONS.get(reason, DropReason.NONE),
-        direction=Direction(direction & 1),
-        endpoint_id=endpoint_id,
-        ifindex=ifindex,
-        saddr=IPv4Address(saddr),
-        daddr=IPv4Address(daddr),
-        sport=sport,
-        dport=dport,
-        protocol=proto,
-        tcp_flags=tcp_flags,
-        is_reply=bool(flags & FLAG_REPLY),
-        rule_id=rule_id,
-        src_identity=src_id,
-        dst_identity=dst_id,
-        packets_fwd=pf,
-        bytes_fwd=bf,
-        packets_rev=pr,
-        bytes_rev=br,
+    try:
+        etype = _TYPES[type_]
+    except KeyError:
+        raise ValueError(f"unknown event type {type_}") from None
+    return DatapathEvent.from_record(
+        ts,
+        etype,
+        _VERDICTS.get(verdict),
+        _REASONS.get(reason, DropReason.NONE),
+        _DIRECTIONS[direction & 1],
+        endpoint_id,
+        ifindex,
+        _ADDRS.get(saddr) or _addr(saddr),
+        _ADDRS.get(daddr) or _addr(daddr),
+        sport,
+        dport,
+        proto,
+        tcp_flags,
+        (flags & FLAG_REPLY) != 0,
+        rule_id,
+        src_id,
+        dst_id,
+        pf,
+        bf,
+        pr,
+        br,
     )
 
 

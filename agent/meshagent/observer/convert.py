@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
-import threading
 import time
+from collections.abc import Callable
 from ipaddress import IPv4Address
 
 from meshagent.model.events import DatapathEvent, DropReason, EventType
@@ -64,34 +65,57 @@ RESERVED_HOST = "reserved:host"
 PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_SCTP = 1, 6, 17, 132
 
 
-class _UuidSource:
-    """Unique flow ids, cheap: a random per-process prefix plus a counter, in UUID text form."""
+class UuidSource:
+    """Unique flow ids, cheap: a random per-process prefix plus a counter, in UUID text form. A flow takes
+    its number at ingest; the text is made only when the flow is read."""
 
-    def __init__(self) -> None:
+    def __init__(self, start: int = 0) -> None:
         r = os.urandom(10).hex()
-        self._prefix = f"{r[0:8]}-{r[8:12]}-4{r[13:16]}-{'89ab'[int(r[16], 16) & 3]}{r[17:20]}-"
-        self._lock = threading.Lock()
-        self._n = 0
+        self.prefix = f"{r[0:8]}-{r[8:12]}-4{r[13:16]}-{'89ab'[int(r[16], 16) & 3]}{r[17:20]}-"
+        self.prefix_bytes = self.prefix.encode()
+        # count.__next__ runs in C without releasing the GIL: a lock-free atomic counter (a lock cost more
+        # than the rest of taking an id).
+        self.take: Callable[[], int] = itertools.count(start + 1).__next__
+
+    def text(self, n: int) -> str:
+        return f"{self.prefix}{n:012x}"
 
     def next(self) -> str:
-        with self._lock:
-            self._n += 1
-            n = self._n
-        return f"{self._prefix}{n:012x}"
+        return self.text(self.take())
+
+
+class Template:
+    """One conversation's flow template plus what is derived from it once, shared by its flows."""
+
+    __slots__ = ("flow", "protocol", "static_wire")
+
+    def __init__(self, flow: pb.Flow, protocol: int) -> None:
+        self.flow = flow
+        self.protocol = protocol  # part of the template key: the same for all its flows
+        # The template's encoding without the per-flow fields; made by observer.wire on first use.
+        self.static_wire: bytes | None = None
 
 
 class PreparedFlow:
     """A flow whose metadata is settled (template, time, uuid) but whose message is built on demand."""
 
-    __slots__ = ("_flow", "event", "template", "time_ns", "uuid", "wire")
+    __slots__ = ("_flow", "event", "ids", "seq", "shared", "template", "time_ns", "wire")
 
-    def __init__(self, event: DatapathEvent, template: pb.Flow, time_ns: int, uuid: str) -> None:
+    def __init__(
+        self, event: DatapathEvent, shared: Template, time_ns: int, ids: UuidSource, seq: int
+    ) -> None:
         self.event = event
-        self.template = template
+        self.shared = shared
+        self.template = shared.flow
         self.time_ns = time_ns
-        self.uuid = uuid
+        self.ids = ids
+        self.seq = seq  # the uuid's number, in `ids`
         self._flow: pb.Flow | None = None
         self.wire: bytes | None = None  # the encoded GetFlowsResponse, once a client was sent it
+
+    @property
+    def uuid(self) -> str:
+        return self.ids.text(self.seq)
 
     def flow(self) -> pb.Flow:
         f = self._flow
@@ -121,7 +145,7 @@ def _materialize(p: PreparedFlow) -> pb.Flow:
             flags = tcp.flags
             for n in _flag_names(bits):
                 setattr(flags, n, True)
-            f.Summary = _TCP_SUMMARY[bits]
+            f.Summary = TCP_SUMMARIES[bits]
     elif proto == PROTO_UDP:
         f.l4.UDP.source_port = ev.sport
         f.l4.UDP.destination_port = ev.dport
@@ -140,15 +164,16 @@ class FlowBuilder:
         enricher: Enricher,
         node_name: str,
         clock: WallClock | None = None,
+        uuids: UuidSource | None = None,
         cache_ttl_s: float = 1.0,  # metadata changes show up in flows within this time
         cache_max: int = 65536,
     ) -> None:
         self._enricher = enricher
         self._node_name = node_name
         self._clock = clock or WallClock()
-        self._uuids = _UuidSource()
+        self._uuids = uuids or UuidSource()
         self._ifnames: dict[int, str] = {}
-        self._templates: dict[tuple[object, ...], pb.Flow] = {}
+        self._templates: dict[tuple[object, ...], Template] = {}
         self._cache_ttl_s = cache_ttl_s
         self._cache_max = cache_max
         self._cache_expiry = 0.0
@@ -190,11 +215,12 @@ class FlowBuilder:
             dst_svc,
             src_svc,
         )
-        template = self._templates.get(key)
-        if template is None:
-            template = self._template(ev, dst_svc, src_svc)
-            self._templates[key] = template
-        return PreparedFlow(ev, template, self._clock.to_wall_ns(ev.timestamp_ns), self._uuids.next())
+        shared = self._templates.get(key)
+        if shared is None:
+            shared = Template(self._template(ev, dst_svc, src_svc), ev.protocol)
+            self._templates[key] = shared
+        uuids = self._uuids
+        return PreparedFlow(ev, shared, self._clock.to_wall_ns(ev.timestamp_ns), uuids, uuids.take())
 
     def _template(self, ev: DatapathEvent, dst_svc: ServiceRef | None, src_svc: ServiceRef | None) -> pb.Flow:
         f = pb.Flow()
@@ -348,4 +374,4 @@ def _summary_for(bits: int) -> str:
     return "TCP Flags: " + ", ".join(n for n in order if n in names) if names else "TCP"
 
 
-_TCP_SUMMARY = [_summary_for(b) for b in range(256)]
+TCP_SUMMARIES = [_summary_for(b) for b in range(256)]  # a TCP flow's Summary by its flag bits
