@@ -116,6 +116,10 @@ def test_follow_until_stop_port(flowfollow: Path, tmp_path: Path) -> None:
 def test_follow_stopped_by_signal_reports_counts(flowfollow: Path, served: h.Served) -> None:
     with gofollow.Follower(flowfollow, served.target, "--follow", "--number", "2", "--timeout", "30") as f:
         f.wait_ready()
+        # `ready` means the request was sent; the history/new split happens when the server takes it.
+        deadline = time.monotonic() + 10
+        while served.service.active_streams != 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
         served.pipeline.on_event(h.event(dport=4242))
         time.sleep(0.5)
         r = f.stop()

@@ -99,13 +99,29 @@ def run_query(
     active: Callable[[], bool],
     now_ns: Callable[[], int],
     poll_s: float = 0.2,
+    on_idle: Callable[[], None] | None = None,
 ) -> Iterator[QueryItem]:
-    """Yields what a GetFlows client should get, in order. Stops when done or when `active()` turns False."""
+    """Yields what a GetFlows client should get, in order. Stops when done or when `active()` turns False.
+
+    The split between history and new flows is the ring's position when this is called (not when the
+    first item is pulled). `on_idle` is called whenever a follower has caught up and is about to wait for
+    new flows: the moment to send what was batched so far."""
     cache: TemplateCache = {}
     if q.first:
-        yield from _first(ring, q, cache)
-        return
-    start = ring.next_seq
+        return _first(ring, q, cache, ring.oldest_seq, ring.next_seq)
+    return _last_then_follow(ring, q, ring.next_seq, cache, active, now_ns, poll_s, on_idle)
+
+
+def _last_then_follow(
+    ring: FlowRing,
+    q: FlowQuery,
+    start: int,
+    cache: TemplateCache,
+    active: Callable[[], bool],
+    now_ns: Callable[[], int],
+    poll_s: float,
+    on_idle: Callable[[], None] | None,
+) -> Iterator[QueryItem]:
     yield from _history_last(ring, q, start, cache)
     if not q.follow:
         return
@@ -113,6 +129,8 @@ def run_query(
     while active():
         if q.until_ns is not None and now_ns() > q.until_ns:
             return
+        if on_idle is not None and ring.next_seq <= seq:
+            on_idle()
         if not ring.wait_for(seq, poll_s):
             continue
         entries, seq, lost = ring.read_from(seq)
@@ -123,10 +141,8 @@ def run_query(
                 yield e
 
 
-def _first(ring: FlowRing, q: FlowQuery, cache: TemplateCache) -> Iterator[QueryItem]:
+def _first(ring: FlowRing, q: FlowQuery, cache: TemplateCache, seq: int, end: int) -> Iterator[QueryItem]:
     sent = 0
-    seq = ring.oldest_seq
-    end = ring.next_seq
     while seq < end:
         entries, seq, lost = ring.read_from(seq, limit=min(1024, end - seq))
         if lost:

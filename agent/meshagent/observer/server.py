@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
-from concurrent import futures
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-
-from meshagent.observer.service import ObserverService, generic_handler
+from meshagent.observer.h2server import H2GrpcServer
+from meshagent.observer.service import ObserverService, methods
 
 logger = logging.getLogger(__name__)
 
@@ -28,16 +26,19 @@ class TlsConfig:
     key_file: Path
     client_ca_file: Path | None = None  # set: clients must present a certificate signed by this CA
 
-    def credentials(self) -> grpc.ServerCredentials:
+    def context(self) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        # gRPC runs on HTTP/2, which clients ask for by ALPN (grpc-go refuses a server that ignores it).
+        ctx.set_alpn_protocols(["h2"])
         try:
-            cert = self.cert_file.read_bytes()
-            key = self.key_file.read_bytes()
-            ca = self.client_ca_file.read_bytes() if self.client_ca_file else None
-        except OSError as err:
-            raise ServerConfigError(f"cannot read TLS material: {err}") from err
-        return grpc.ssl_server_credentials(
-            [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
-        )
+            ctx.load_cert_chain(self.cert_file, self.key_file)
+            if self.client_ca_file is not None:
+                ctx.load_verify_locations(cafile=self.client_ca_file)
+                ctx.verify_mode = ssl.CERT_REQUIRED
+        except (OSError, ssl.SSLError) as err:
+            raise ServerConfigError(f"cannot load TLS material: {err}") from err
+        return ctx
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,14 @@ class ServerConfig:
     tcp_address: str | None = None  # e.g. "0.0.0.0:4245"
     tls: TlsConfig | None = None
     allow_insecure_tcp: bool = False  # plaintext TCP only when asked for explicitly
-    max_workers: int = 16  # each following client holds one worker
+    max_workers: int = 16  # GetFlows calls at once (each holds a thread); more get RESOURCE_EXHAUSTED
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ServerConfigError(f"TCP address must be host:port, got {address!r}")
+    return host.strip("[]"), int(port)
 
 
 class ObserverServer:
@@ -56,60 +64,42 @@ class ObserverServer:
         if config.tcp_address and config.tls is None and not config.allow_insecure_tcp:
             raise ServerConfigError("TCP without TLS needs allow_insecure_tcp=True")
         self._config = config
-        self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="observer"),
-            handlers=[generic_handler(service)],
-            # Each follower holds a worker: beyond that, refuse (RESOURCE_EXHAUSTED) rather than queue.
-            maximum_concurrent_rpcs=config.max_workers,
-        )
+        self._tcp = _split_address(config.tcp_address) if config.tcp_address is not None else None
+        self._ssl = config.tls.context() if config.tls is not None else None
+        self._server = H2GrpcServer(methods(service), max_streams=config.max_workers)
         self.tcp_port: int | None = None
 
     def start(self) -> None:
         cfg = self._config
-        # umask makes the Unix socket owner-only from the moment it exists, whether gRPC binds it when the
-        # port is added or at start(); the chmod afterwards is belt and braces.
-        old = os.umask(0o177)
+        self._server.start()
         try:
-            self._add_ports()
-            self._server.start()
-        finally:
-            os.umask(old)
-        if cfg.unix_socket is not None:
-            os.chmod(cfg.unix_socket, 0o600)
+            if cfg.unix_socket is not None:
+                self._bind_unix(cfg.unix_socket)
+            if self._tcp is not None:
+                host, port = self._tcp
+                try:
+                    self.tcp_port = self._server.listen_tcp(host, port, self._ssl)
+                except OSError as err:
+                    raise ServerConfigError(f"cannot listen on {cfg.tcp_address}: {err}") from err
+        except Exception:
+            self._server.stop(grace=None)
+            raise
         where = [str(cfg.unix_socket)] if cfg.unix_socket else []
         if self.tcp_port:
             where.append(f"tcp:{self.tcp_port}" + (" (TLS)" if cfg.tls else " (plaintext)"))
         logger.info("observer listening on %s", ", ".join(where))
-
-    def _add_ports(self) -> None:
-        cfg = self._config
-        if cfg.unix_socket is not None:
-            self._bind_unix(cfg.unix_socket)
-        if cfg.tcp_address is not None:
-            try:
-                if cfg.tls is not None:
-                    port = self._server.add_secure_port(cfg.tcp_address, cfg.tls.credentials())
-                else:
-                    port = self._server.add_insecure_port(cfg.tcp_address)
-            except RuntimeError as err:  # grpc raises rather than returning 0 on a failed bind
-                raise ServerConfigError(f"cannot listen on {cfg.tcp_address}: {err}") from err
-            if port == 0:
-                raise ServerConfigError(f"cannot listen on {cfg.tcp_address}")
-            self.tcp_port = port
 
     def _bind_unix(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if path.exists() or path.is_symlink():
             path.unlink()  # stale socket from a previous run
         try:
-            port = self._server.add_insecure_port(f"unix:{path}")
-        except RuntimeError as err:
+            self._server.listen_unix(path)
+        except OSError as err:
             raise ServerConfigError(f"cannot listen on unix:{path}: {err}") from err
-        if port == 0:
-            raise ServerConfigError(f"cannot listen on unix:{path}")
 
     def stop(self, grace: float | None = 1.0) -> None:
-        self._server.stop(grace).wait()
+        self._server.stop(grace)
         sock = self._config.unix_socket
         if sock is not None and sock.exists():
             sock.unlink()

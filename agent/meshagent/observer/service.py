@@ -1,4 +1,8 @@
-"""The observer.Observer gRPC service (Hubble-compatible) over a FlowPipeline's ring."""
+"""The observer.Observer gRPC service (Hubble-compatible) over a FlowPipeline's ring.
+
+Handlers work on request bytes and return (or stream) encoded messages: the server (h2server.py) speaks
+gRPC, this module knows the Observer API.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +10,27 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TypeVar
 
-import grpc
+from google.protobuf.message import DecodeError, Message
 
 from meshagent import __version__
+from meshagent.observer.grpcwire import RpcError, Status, frame
+from meshagent.observer.h2server import CallInfo, Method, ServerStream
 from meshagent.observer.pipeline import FlowPipeline
 from meshagent.observer.proto.flow import flow_pb2 as pb
 from meshagent.observer.proto.observer import observer_pb2 as opb
 from meshagent.observer.proto.relay import relay_pb2 as rpb
-from meshagent.observer.query import InvalidRequest, LostNotice, parse_request, run_query
+from meshagent.observer.query import InvalidRequest, LostNotice, QueryItem, parse_request, run_query
+from meshagent.observer.ring import RingEntry
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "observer.Observer"
+
+# A follower's responses are sent in writes of about this many bytes (hundreds of flows); a follower that
+# has caught up sends what it has at once, so batching adds no delay.
+STREAM_BATCH_BYTES = 128 * 1024
 
 
 def _varint(n: int) -> bytes:
@@ -48,6 +59,38 @@ def encode_flow_response(flow: pb.Flow, node_tail: bytes) -> bytes:
     return b"".join((_TAG_FLOW, _varint(len(body)), body, node_tail, _TAG_TIME, _varint(len(ts)), ts))
 
 
+_M = TypeVar("_M", bound=Message)
+
+
+def _parse(message_type: type[_M], request: bytes) -> _M:
+    try:
+        return message_type.FromString(request)
+    except DecodeError as err:
+        raise RpcError(Status.INVALID_ARGUMENT, f"cannot parse {message_type.__name__}: {err}") from err
+
+
+class _Batch:
+    """Framed responses gathered for one write to the stream."""
+
+    def __init__(self, stream: ServerStream) -> None:
+        self._stream = stream
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def add(self, framed: bytes) -> None:
+        self._parts.append(framed)
+        self._size += len(framed)
+        if self._size >= STREAM_BATCH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._parts:
+            data = b"".join(self._parts)
+            self._parts.clear()
+            self._size = 0
+            self._stream.write(data)
+
+
 class ObserverService:
     def __init__(
         self,
@@ -65,6 +108,7 @@ class ObserverService:
         self._node_tail = _TAG_NODE + _varint(len(node)) + node if node else b""
         self._lock = threading.Lock()
         self._follower_lost = 0
+        self._streams = 0
         # Called with the count when a following client loses flows to ring overwrites (metrics hook).
         self.on_follower_loss: Callable[[int], None] | None = None
 
@@ -72,42 +116,65 @@ class ObserverService:
     def follower_lost(self) -> int:
         return self._follower_lost
 
+    @property
+    def active_streams(self) -> int:
+        """GetFlows calls being served right now (past validation)."""
+        return self._streams
+
     # -- GetFlows ---------------------------------------------------------------------------------------
-    def GetFlows(self, request: opb.GetFlowsRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
+    def get_flows(self, request: bytes, stream: ServerStream) -> None:
+        """Streams what the request asks for; runs on the call's own worker thread."""
         try:
-            query = parse_request(request)
+            query = parse_request(_parse(opb.GetFlowsRequest, request))
         except InvalidRequest as err:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
-            return
-        logger.debug("GetFlows from %s: %s", context.peer(), query)
-        node_name = self._pipeline.node_name
-        for item in run_query(self._pipeline.ring, query, active=context.is_active, now_ns=time.time_ns):
+            raise RpcError(Status.INVALID_ARGUMENT, str(err)) from err
+        logger.debug("GetFlows from %s: %s", stream.peer, query)
+        batch = _Batch(stream)
+        items = run_query(
+            self._pipeline.ring, query, active=stream.is_active, now_ns=time.time_ns, on_idle=batch.flush
+        )
+        with self._lock:
+            self._streams += 1
+        try:
+            self._stream_items(items, batch)
+        finally:
+            with self._lock:
+                self._streams -= 1
+
+    def _stream_items(self, items: Iterator[QueryItem], batch: _Batch) -> None:
+        for item in items:
             if isinstance(item, LostNotice):
-                with self._lock:
-                    self._follower_lost += item.count
-                if self.on_follower_loss is not None:
-                    self.on_follower_loss(item.count)
+                self._count_follower_loss(item.count)
                 lost = pb.LostEvent(source=pb.HUBBLE_RING_BUFFER, num_events_lost=item.count)
-                yield opb.GetFlowsResponse(lost_events=lost, node_name=node_name).SerializeToString()
-            elif item.prepared is not None:
-                # Encoded once, whichever client asks first; later readers (followers, --last) reuse it.
-                prepared = item.prepared
-                wire = prepared.wire
-                if wire is None:
-                    wire = encode_flow_response(prepared.flow(), self._node_tail)
-                    prepared.wire = wire
-                yield wire
-            elif item.flow is not None:
-                yield encode_flow_response(item.flow, self._node_tail)
-            elif item.lost is not None:
-                resp = opb.GetFlowsResponse(lost_events=item.lost, node_name=node_name)
-                resp.time.FromNanoseconds(item.time_ns)
-                yield resp.SerializeToString()
+                resp = opb.GetFlowsResponse(lost_events=lost, node_name=self._pipeline.node_name)
+                batch.add(frame(resp.SerializeToString()))
+            else:
+                batch.add(self._framed(item))
+        batch.flush()
+
+    def _framed(self, item: RingEntry) -> bytes:
+        prepared = item.prepared
+        if prepared is not None:
+            # Encoded once, whichever client asks first; later readers (followers, --last) reuse it.
+            wire = prepared.wire
+            if wire is None:
+                wire = frame(encode_flow_response(prepared.flow(), self._node_tail))
+                prepared.wire = wire
+            return wire
+        if item.flow is not None:
+            return frame(encode_flow_response(item.flow, self._node_tail))
+        resp = opb.GetFlowsResponse(lost_events=item.lost, node_name=self._pipeline.node_name)
+        resp.time.FromNanoseconds(item.time_ns)
+        return frame(resp.SerializeToString())
+
+    def _count_follower_loss(self, count: int) -> None:
+        with self._lock:
+            self._follower_lost += count
+        if self.on_follower_loss is not None:
+            self.on_follower_loss(count)
 
     # -- unary ------------------------------------------------------------------------------------------
-    def ServerStatus(
-        self, request: opb.ServerStatusRequest, context: grpc.ServicerContext
-    ) -> opb.ServerStatusResponse:
+    def server_status(self) -> opb.ServerStatusResponse:
         s = self._pipeline.stats()
         ring = self._pipeline.ring
         resp = opb.ServerStatusResponse(
@@ -126,7 +193,7 @@ class ObserverService:
         resp.num_unavailable_nodes.value = 0
         return resp
 
-    def GetNodes(self, request: opb.GetNodesRequest, context: grpc.ServicerContext) -> opb.GetNodesResponse:
+    def get_nodes(self) -> opb.GetNodesResponse:
         s = self._pipeline.stats()
         ring = self._pipeline.ring
         node = opb.Node(
@@ -143,9 +210,7 @@ class ObserverService:
         node.tls.server_name = self._tls_server_name
         return opb.GetNodesResponse(nodes=[node])
 
-    def GetNamespaces(
-        self, request: opb.GetNamespacesRequest, context: grpc.ServicerContext
-    ) -> opb.GetNamespacesResponse:
+    def get_namespaces(self) -> opb.GetNamespacesResponse:
         names: set[str] = set()
         for e in self._pipeline.ring.snapshot():
             meta = e.metadata
@@ -157,32 +222,20 @@ class ObserverService:
         return opb.GetNamespacesResponse(namespaces=[opb.Namespace(namespace=n) for n in sorted(names)])
 
 
-def generic_handler(service: ObserverService) -> grpc.GenericRpcHandler:
-    """Handlers for observer.Observer; GetFlows responses are pre-encoded bytes (see encode_flow_response)."""
+def methods(service: ObserverService) -> dict[str, Method]:
+    """observer.Observer's methods by their gRPC path. Unary requests carry nothing we use (Hubble's
+    ServerStatus/GetNodes/GetNamespaces requests are empty), but each must still parse."""
 
-    def passthrough(b: bytes) -> bytes:
-        return b
+    def unary(request_type: type[Message], respond: Callable[[], Message]) -> Method:
+        def handler(request: bytes, info: CallInfo) -> bytes:
+            _parse(request_type, request)
+            return respond().SerializeToString()
 
-    handlers: dict[str, Any] = {
-        "GetFlows": grpc.unary_stream_rpc_method_handler(
-            service.GetFlows,
-            request_deserializer=opb.GetFlowsRequest.FromString,
-            response_serializer=passthrough,
-        ),
-        "ServerStatus": grpc.unary_unary_rpc_method_handler(
-            service.ServerStatus,
-            request_deserializer=opb.ServerStatusRequest.FromString,
-            response_serializer=opb.ServerStatusResponse.SerializeToString,
-        ),
-        "GetNodes": grpc.unary_unary_rpc_method_handler(
-            service.GetNodes,
-            request_deserializer=opb.GetNodesRequest.FromString,
-            response_serializer=opb.GetNodesResponse.SerializeToString,
-        ),
-        "GetNamespaces": grpc.unary_unary_rpc_method_handler(
-            service.GetNamespaces,
-            request_deserializer=opb.GetNamespacesRequest.FromString,
-            response_serializer=opb.GetNamespacesResponse.SerializeToString,
-        ),
+        return Method(unary=handler)
+
+    return {
+        f"/{SERVICE_NAME}/GetFlows": Method(stream=service.get_flows),
+        f"/{SERVICE_NAME}/ServerStatus": unary(opb.ServerStatusRequest, service.server_status),
+        f"/{SERVICE_NAME}/GetNodes": unary(opb.GetNodesRequest, service.get_nodes),
+        f"/{SERVICE_NAME}/GetNamespaces": unary(opb.GetNamespacesRequest, service.get_namespaces),
     }
-    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
