@@ -459,13 +459,9 @@ class H2GrpcServer:
         status, message = Status.OK, ""
         try:
             handler(request, stream)
-            if call.deadline is not None and time.monotonic() >= call.deadline:
-                status, message = Status.DEADLINE_EXCEEDED, "deadline exceeded"
+            status, message = self._why_ended(call, Status.OK, "")
         except StreamClosed:
-            if call.deadline is not None and time.monotonic() >= call.deadline:
-                status, message = Status.DEADLINE_EXCEEDED, "deadline exceeded"
-            else:
-                status, message = Status.CANCELLED, "cancelled"
+            status, message = self._why_ended(call, Status.CANCELLED, "cancelled")
         except RpcError as err:
             status, message = err.status, err.message
         except Exception as err:  # a handler bug must end its call, not the server
@@ -478,6 +474,15 @@ class H2GrpcServer:
         if not self._loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop already stopped
                 self._loop.call_soon_threadsafe(call.conn.finish, call, status, message)
+
+
+    def _why_ended(self, call: _Call, status: Status, message: str) -> tuple[Status, str]:
+        """A stream that stopped early stopped for its deadline or for the server going away."""
+        if self._stopping.is_set():
+            return Status.UNAVAILABLE, "the server is stopping"
+        if call.deadline is not None and time.monotonic() >= call.deadline:
+            return Status.DEADLINE_EXCEEDED, "deadline exceeded"
+        return status, message
 
 
 def _run_unary(handler: UnaryHandler, request: bytes, info: CallInfo) -> tuple[Status, str, bytes | None]:
