@@ -23,6 +23,7 @@ from meshagent.observer.proto.observer import observer_pb2 as opb
 from meshagent.observer.proto.relay import relay_pb2 as rpb
 from meshagent.observer.query import InvalidRequest, LostNotice, QueryItem, parse_request, run_query
 from meshagent.observer.ring import RingEntry
+from meshagent.observer.wire import flow_response_bytes, node_name_field
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +105,7 @@ class ObserverService:
         self._version = version
         self._address = address
         self._tls_server_name = tls_server_name
-        node = pipeline.node_name.encode()
-        self._node_tail = _TAG_NODE + _varint(len(node)) + node if node else b""
+        self._node_tail = node_name_field(pipeline.node_name)
         self._lock = threading.Lock()
         self._follower_lost = 0
         self._streams = 0
@@ -155,12 +155,9 @@ class ObserverService:
     def _framed(self, item: RingEntry) -> bytes:
         prepared = item.prepared
         if prepared is not None:
-            # Encoded once, whichever client asks first; later readers (followers, --last) reuse it.
-            wire = prepared.wire
-            if wire is None:
-                wire = frame(encode_flow_response(prepared.flow(), self._node_tail))
-                prepared.wire = wire
-            return wire
+            # Straight from the prepared flow (no Flow message is built). Not kept: another reader
+            # encodes again, cheaper than holding the bytes of every flow in the ring.
+            return frame(flow_response_bytes(prepared, self._node_tail))
         if item.flow is not None:
             return frame(encode_flow_response(item.flow, self._node_tail))
         resp = opb.GetFlowsResponse(lost_events=item.lost, node_name=self._pipeline.node_name)
