@@ -36,7 +36,7 @@
 #define MA_FRAGS_MAX 8192
 #endif
 #ifndef MA_EVENTS_PAGES
-#define MA_EVENTS_PAGES 256 /* 1 MiB of ring buffer */
+#define MA_EVENTS_PAGES 1024 /* 4 MiB of ring buffer */
 #endif
 
 /* Direction relative to the endpoint (pod); matches meshagent.model.kernel_state.Direction. */

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from meshagent.cli.main import main
 from meshagent.datapath.datapath import Datapath
+from meshagent.datapath.events import EventReader
 from meshagent.model.kernel_state import (
     Action,
     Direction,
@@ -48,7 +49,15 @@ RULE_ALLOW_A = 10
 
 
 class Agent:
-    def __init__(self, datapath: Datapath, pipeline: FlowPipeline, metrics: FlowMetrics, sock: Path) -> None:
+    def __init__(
+        self,
+        datapath: Datapath,
+        pipeline: FlowPipeline,
+        metrics: FlowMetrics,
+        sock: Path,
+        reader: EventReader,
+    ) -> None:
+        self.reader = reader
         self.datapath = datapath
         self.pipeline = pipeline
         self.metrics = metrics
@@ -124,17 +133,19 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Agent, Pod
                 version="test",
                 map_usage=lambda: [],
             )
-            pipeline.add_event_sink(metrics.observe_event)
+            pipeline.add_batch_sink(metrics.observe_prepared)  # as the agent wires it
             pipeline.add_lost_listener(metrics.lost)
             since = time.monotonic_ns()
             # Skip events older than this module (the ring buffer may hold another test's leftovers).
-            dp.start_events(lambda ev: pipeline.on_event(ev) if ev.timestamp_ns >= since else None)
+            reader = dp.start_events(
+                on_events=lambda evs: pipeline.on_events([e for e in evs if e.timestamp_ns >= since])
+            )
             server = ObserverServer(
                 ObserverService(pipeline), ServerConfig(unix_socket=tmp / "observer.sock")
             )
             server.start()
             try:
-                yield Agent(dp, pipeline, metrics, tmp / "observer.sock"), a, b
+                yield Agent(dp, pipeline, metrics, tmp / "observer.sock", reader), a, b
             finally:
                 server.stop(grace=None)
                 dp.stop_events()
@@ -176,6 +187,18 @@ def test_allowed_connection_becomes_a_forwarded_flow_with_policy(world: tuple[Ag
     assert f.node_name == "e2e-node" and f.interface.index == b.ifindex
     assert abs(f.time.ToNanoseconds() - time.time_ns()) < 30 * 1_000_000_000  # wall clock, not monotonic
     assert f.is_reply.value is False
+
+
+def test_events_are_read_through_the_ring_buffer_mapping(world: tuple[Agent, Pod, Pod]) -> None:
+    agent, a, b = world
+    assert agent.reader.mapped  # not BCC's per-record callback
+    before = agent.reader.delivered
+    assert not a.probe("tcp", b.ip, 81, timeout=0.5)["ok"]  # denied at b: at least a verdict and a drop
+    deadline = time.monotonic() + 5
+    while agent.reader.delivered < before + 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert agent.reader.delivered >= before + 2
+    assert (agent.reader.decode_errors, agent.reader.malformed) == (0, 0)
 
 
 def test_denied_connection_becomes_a_dropped_flow(world: tuple[Agent, Pod, Pod]) -> None:

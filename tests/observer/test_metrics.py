@@ -104,12 +104,19 @@ def test_no_per_pod_or_ip_labels(scrape: dict) -> None:  # type: ignore[type-arg
     assert not label_names & {"pod", "ip", "source_ip", "destination_ip", "source_pod", "destination_pod"}
 
 
-def test_flow_and_event_paths_count_the_same() -> None:
-    by_event = FlowMetrics(node_name="n", version="v")
-    by_flow = FlowMetrics(node_name="n", version="v")
+@pytest.mark.parametrize("namespace_labels", [False, True])
+def test_flow_event_and_batch_paths_count_the_same(namespace_labels: bool) -> None:
+    by_event = FlowMetrics(node_name="n", version="v", namespace_labels=namespace_labels)
+    by_flow = FlowMetrics(node_name="n", version="v", namespace_labels=namespace_labels)
+    by_batch = FlowMetrics(node_name="n", version="v", namespace_labels=namespace_labels)
     pipeline = h.make_pipeline()
     pipeline.add_event_sink(by_event.observe_event)
     pipeline.add_sink(by_flow.observe)
+    pipeline.add_batch_sink(by_batch.observe_prepared)
     for _ in range(3):
         pipeline.on_events(h.sample_events())
-    assert by_event.snapshot() == by_flow.snapshot()
+    for ev in h.sample_events():
+        pipeline.on_event(ev)
+    counts, _, _ = by_batch.snapshot()
+    assert sum(counts.values()) == 4 * len(h.sample_events())
+    assert by_event.snapshot() == by_flow.snapshot() == by_batch.snapshot()

@@ -143,7 +143,7 @@ class Agent:
         ring = FlowRing(cfg.flow_ring_size)
         builder = FlowBuilder(enricher=self.enricher, node_name=cfg.node)
         self.pipeline = FlowPipeline(builder=builder, ring=ring, kernel_lost=self.datapath.lost_events)
-        self.datapath.start_events(self.pipeline.on_event)
+        self.datapath.start_events(on_events=self.pipeline.on_events)
         poller = LossPoller(self.pipeline)
         poller.start()
         self._services.append(poller)
@@ -154,7 +154,7 @@ class Agent:
                 map_usage=self._map_usage,
                 source_sync=self._source_sync,
             )
-            self.pipeline.add_event_sink(metrics.observe_event)
+            self.pipeline.add_batch_sink(metrics.observe_prepared)
             self.pipeline.add_lost_listener(metrics.lost)
             metrics_server = MetricsServer(metrics.registry, cfg.metrics_listen)
             self.metrics_port = metrics_server.port

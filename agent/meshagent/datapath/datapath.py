@@ -457,12 +457,18 @@ class Datapath:
 
     # --- observation -----------------------------------------------------------------------------
 
-    def start_events(self, on_event: Callable[[DatapathEvent], None], *, thread: bool = True) -> EventReader:
-        """Delivers decoded events to `on_event` (from a reader thread unless thread=False, in which case
-        the caller drains with EventReader.drain())."""
+    def start_events(
+        self,
+        on_event: Callable[[DatapathEvent], None] | None = None,
+        *,
+        on_events: Callable[[list[DatapathEvent]], None] | None = None,
+        thread: bool = True,
+    ) -> EventReader:
+        """Delivers decoded events one by one to `on_event`, or a list per drain to `on_events` (from a
+        reader thread unless thread=False, in which case the caller drains with EventReader.drain())."""
         if self._reader is None:
             self._reader = EventReader(self.bpf)
-        self._reader.start(on_event, thread=thread)
+        self._reader.start(on_event, on_events=on_events, thread=thread)
         return self._reader
 
     def stop_events(self) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from ipaddress import IPv4Address
 from typing import Any
 
+from meshagent.datapath.ringbuf import RingBufferReader
 from meshagent.model.events import DatapathEvent, DropReason, EventType
 from meshagent.model.kernel_state import Direction, Verdict
 
@@ -71,8 +72,29 @@ _ADDRS: dict[bytes, IPv4Address] = {}
 ADDR_CACHE_MAX = 16384
 
 
+class _HashedIPv4Address(IPv4Address):
+    """An IPv4Address whose hash is computed once: IPv4Address hashes through Python code on every use,
+    and the flow path looks addresses up in dicts (services, templates) several times per event. Equal to,
+    and hashing like, the plain IPv4Address of the same address."""
+
+    __slots__ = ("_hash",)
+
+    def __init__(self, address: bytes) -> None:
+        super().__init__(address)
+        self._hash = IPv4Address.__hash__(self)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __repr__(self) -> str:
+        return f"IPv4Address({str(self)!r})"
+
+    def __reduce__(self) -> tuple[type[IPv4Address], tuple[str]]:
+        return IPv4Address, (str(self),)
+
+
 def _addr(raw: bytes) -> IPv4Address:
-    a = IPv4Address(raw)
+    a = _HashedIPv4Address(raw)
     if len(_ADDRS) >= ADDR_CACHE_MAX:
         _ADDRS.clear()
     _ADDRS[raw] = a
@@ -81,6 +103,11 @@ def _addr(raw: bytes) -> IPv4Address:
 
 def decode(data: bytes | memoryview) -> DatapathEvent:
     """One ma_event record as an event; ValueError for an event type this agent does not know."""
+    return decode_fields(_RECORD.unpack_from(data))
+
+
+def decode_fields(fields: tuple[Any, ...]) -> DatapathEvent:
+    """An event from a record already unpacked with RECORD (the ring-buffer reader's batches)."""
     (
         ts,
         pf,
@@ -104,7 +131,7 @@ def decode(data: bytes | memoryview) -> DatapathEvent:
         tcp_flags,
         flags,
         _pad,
-    ) = _RECORD.unpack_from(data)
+    ) = fields
     try:
         etype = _TYPES[type_]
     except KeyError:
@@ -134,62 +161,119 @@ def decode(data: bytes | memoryview) -> DatapathEvent:
     )
 
 
-class EventReader:
-    """Drains the ring buffer on its own thread and hands decoded events to a consumer.
+EventsConsumer = Callable[[list[DatapathEvent]], None]
 
-    The consumer runs on the reader thread; it should be quick (queue the event, do not block).
+
+class EventReader:
+    """Drains the ring buffer on its own thread and hands decoded events to a consumer, a batch per drain
+    (one call per few milliseconds rather than one per event: the flow ring then wakes its followers once
+    per batch).
+
+    The consumer runs on the reader thread; it should be quick (queue the events, do not block).
     """
 
     def __init__(self, bpf: Any, *, interval_s: float = 0.01) -> None:
         self._bpf = bpf
-        self._on_event: Callable[[DatapathEvent], None] | None = None
+        self._consumer: EventsConsumer | None = None
+        self._pending: list[DatapathEvent] = []
         self._interval_s = interval_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.decode_errors = 0
         self.delivered = 0
-        # BCC registers a ring buffer once per BPF object: the reader lives as long as the programs.
-        bpf[MAP_NAME.encode()].open_ring_buffer(self._callback)
+        self._mapped: RingBufferReader | None = None
+        table = bpf[MAP_NAME.encode()]
+        try:
+            self._mapped = RingBufferReader(table.map_fd, int(table.max_entries), _RECORD)
+        except (OSError, ValueError) as err:
+            # BCC's per-record callback works everywhere; mapping is the fast path (see ringbuf.py).
+            logger.warning("reading %s through BCC callbacks (mapping it failed: %s)", MAP_NAME, err)
+            # BCC registers a ring buffer once per BPF object: the reader lives as long as the programs.
+            table.open_ring_buffer(self._callback)
+
+    @property
+    def mapped(self) -> bool:
+        """True when the ring buffer is read through its memory mapping (else through BCC callbacks)."""
+        return self._mapped is not None
+
+    @property
+    def malformed(self) -> int:
+        """Records of an unexpected size, skipped (mapped reading only)."""
+        return self._mapped.malformed if self._mapped is not None else 0
 
     def _callback(self, _ctx: Any, data: Any, size: int) -> int:
         # BCC wants an int back (returning None costs an exception per event, GUIDE §1).
         try:
-            event = decode(ctypes.string_at(data, size))
+            self._pending.append(decode(ctypes.string_at(data, size)))
         except (ValueError, struct.error):
             self.decode_errors += 1
-            return 0
-        self.delivered += 1
-        if self._on_event is None:
-            return 0
-        try:
-            self._on_event(event)
-        except Exception:  # a consumer bug must not kill the reader
-            logger.exception("event consumer failed")
         return 0
 
-    def start(self, on_event: Callable[[DatapathEvent], None], *, thread: bool = True) -> None:
-        """Delivers events to `on_event`, from a reader thread unless thread=False (then call drain())."""
+    def start(
+        self,
+        on_event: Callable[[DatapathEvent], None] | None = None,
+        *,
+        on_events: EventsConsumer | None = None,
+        thread: bool = True,
+    ) -> None:
+        """Delivers events to `on_events` (a list per drain) or one by one to `on_event`, from a reader
+        thread unless thread=False (then call drain())."""
+        if (on_event is None) == (on_events is None):
+            raise ValueError("give exactly one of on_event and on_events")
         self.stop()
-        self._on_event = on_event
+        if on_events is None:
+            assert on_event is not None
+            single = on_event
+
+            def each(events: list[DatapathEvent]) -> None:
+                for ev in events:
+                    single(ev)
+
+            on_events = each
+        self._consumer = on_events
         self._stop.clear()
         if not thread:
             return
         self._thread = threading.Thread(target=self._run, name="ma-events", daemon=True)
         self._thread.start()
 
+    def _consume(self) -> None:
+        if self._mapped is not None:
+            self._decode_mapped(self._mapped.read())
+        else:
+            self._bpf.ring_buffer_consume()
+        if not self._pending:
+            return
+        events, self._pending = self._pending, []
+        self.delivered += len(events)
+        if self._consumer is None:
+            return
+        try:
+            self._consumer(events)
+        except Exception:  # a consumer bug must not kill the reader
+            logger.exception("event consumer failed")
+
+    def _decode_mapped(self, records: list[tuple[Any, ...]]) -> None:
+        pending = self._pending
+        for fields in records:
+            try:
+                pending.append(decode_fields(fields))
+            except ValueError:
+                self.decode_errors += 1
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._bpf.ring_buffer_consume()
+            self._consume()
             self._stop.wait(self._interval_s)
-        self._bpf.ring_buffer_consume()
+        self._consume()
 
     def drain(self) -> None:
         """Consumes what is in the buffer now, on the caller's thread (when no reader thread runs)."""
-        self._bpf.ring_buffer_consume()
+        self._consume()
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
-        self._on_event = None
+        self._consumer = None

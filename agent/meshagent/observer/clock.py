@@ -27,5 +27,10 @@ class WallClock:
         assert best is not None
         self._offset_ns = best[1]
 
+    @property
+    def offset_ns(self) -> int:
+        """Wall clock minus monotonic clock, in ns."""
+        return self._offset_ns
+
     def to_wall_ns(self, monotonic_ns: int) -> int:
         return monotonic_ns + self._offset_ns

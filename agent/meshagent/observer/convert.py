@@ -7,7 +7,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address
 
 from meshagent.model.events import DatapathEvent, DropReason, EventType
@@ -189,38 +189,49 @@ class FlowBuilder:
         """The ingest half: enrichment (via the cached template), wall time and uuid are fixed now; the
         Flow message itself is made on first read (`PreparedFlow.flow`), so a flow nobody reads costs
         little more than a template lookup."""
+        return self.prepare_many((ev,))[0]
+
+    def prepare_many(self, events: Sequence[DatapathEvent]) -> list[PreparedFlow]:
+        """`prepare` for a batch (the reader's drain), with the per-batch work done once."""
         # Everything but time, uuid, ports, flags and reply comes from a per-"conversation" template: the
         # enrichment lookups and nested message building run once per key per cache period, not per event.
         now = time.monotonic()
         if now >= self._cache_expiry or len(self._templates) >= self._cache_max:
             self._templates.clear()
             self._cache_expiry = now + self._cache_ttl_s
-        dst_svc = self._enricher.service_by_addr(ev.daddr, ev.dport, ev.protocol)
-        # A source service only exists for replies coming back from a service address.
-        src_svc = self._enricher.service_by_addr(ev.saddr, ev.sport, ev.protocol) if ev.is_reply else None
-        # Plain ints in the key: IPv4Address hashes through Python code, several times slower.
-        key = (
-            ev.type,
-            ev.verdict,
-            ev.drop_reason,
-            ev.direction,
-            ev.endpoint_id,
-            ev.ifindex,
-            int(ev.saddr),
-            int(ev.daddr),
-            ev.protocol,
-            ev.rule_id,
-            ev.src_identity,
-            ev.dst_identity,
-            dst_svc,
-            src_svc,
-        )
-        shared = self._templates.get(key)
-        if shared is None:
-            shared = Template(self._template(ev, dst_svc, src_svc), ev.protocol)
-            self._templates[key] = shared
+        templates = self._templates
+        service_by_addr = self._enricher.service_by_addr
+        offset = self._clock.offset_ns
         uuids = self._uuids
-        return PreparedFlow(ev, shared, self._clock.to_wall_ns(ev.timestamp_ns), uuids, uuids.take())
+        out: list[PreparedFlow] = []
+        append = out.append
+        for ev in events:
+            dst_svc = service_by_addr(ev.daddr, ev.dport, ev.protocol)
+            # A source service only exists for replies coming back from a service address.
+            src_svc = service_by_addr(ev.saddr, ev.sport, ev.protocol) if ev.is_reply else None
+            # Addresses from the ring-buffer decoder carry a precomputed hash (events.py).
+            key = (
+                ev.type,
+                ev.verdict,
+                ev.drop_reason,
+                ev.direction,
+                ev.endpoint_id,
+                ev.ifindex,
+                ev.saddr,
+                ev.daddr,
+                ev.protocol,
+                ev.rule_id,
+                ev.src_identity,
+                ev.dst_identity,
+                dst_svc,
+                src_svc,
+            )
+            shared = templates.get(key)
+            if shared is None:
+                shared = Template(self._template(ev, dst_svc, src_svc), ev.protocol)
+                templates[key] = shared
+            append(PreparedFlow(ev, shared, ev.timestamp_ns + offset, uuids, uuids.take()))
+        return out
 
     def _template(self, ev: DatapathEvent, dst_svc: ServiceRef | None, src_svc: ServiceRef | None) -> pb.Flow:
         f = pb.Flow()

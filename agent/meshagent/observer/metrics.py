@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from meshagent.model.events import DatapathEvent
+from meshagent.observer.convert import PreparedFlow
 from meshagent.observer.proto.flow import flow_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -100,8 +101,8 @@ class FlowMetrics:
     """Counts flows on the hot path in a plain dict (one increment per flow) and expands the counts into
     Prometheus families only when scraped: prometheus_client counters cost ~15 us per flow here.
 
-    Feed it with `observe_event` (pipeline event sink, cheapest) or `observe` (any flow); `lost` is the
-    pipeline's lost listener.
+    Feed it with `observe_prepared` (pipeline batch sink, cheapest), `observe_event` (event sink) or
+    `observe` (any flow); `lost` is the pipeline's lost listener.
     """
 
     def __init__(
@@ -143,6 +144,34 @@ class FlowMetrics:
         self._add(key)
         if self._ns_counts is not None:
             self._add_ns(flow)
+
+    def observe_prepared(self, batch: Sequence[PreparedFlow]) -> None:
+        """Batch path (pipeline batch sink, cheapest): flows of one template share every label but the
+        TCP flags, so a batch is first counted by (template, flags) without a lock, then merged."""
+        local: dict[tuple[object, int], list[Any]] = {}
+        for p in batch:
+            ev = p.event
+            k = (p.shared, ev.tcp_flags)
+            hit = local.get(k)
+            if hit is None:
+                local[k] = [ev, p.template, 1]
+            else:
+                hit[2] += 1
+        for ev, template, n in local.values():
+            ek = (ev.type, ev.verdict, ev.drop_reason, ev.protocol, ev.direction, bool(ev.rule_id))
+            base = self._event_keys.get(ek)
+            if base is None:
+                base = self._key_of(template)
+                if len(self._event_keys) < 4096:
+                    self._event_keys[ek] = base
+            key = (*base[:6], ev.tcp_flags if ev.protocol == 6 else 0)
+            with self._lock:
+                self._counts[key] = self._counts.get(key, 0) + n
+            if self._ns_counts is not None:
+                src, dst = template.source.namespace, template.destination.namespace
+                k_ns = (src, dst, pb.Verdict.Name(template.verdict))
+                with self._lock:
+                    self._ns_counts[k_ns] = self._ns_counts.get(k_ns, 0) + n
 
     def observe(self, f: pb.Flow) -> None:
         self._add(self._key_of(f))

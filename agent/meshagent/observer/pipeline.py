@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from meshagent.model.events import DatapathEvent
-from meshagent.observer.convert import FlowBuilder
+from meshagent.observer.convert import FlowBuilder, PreparedFlow
 from meshagent.observer.proto.flow import flow_pb2 as pb
 from meshagent.observer.ring import FlowRing
 
@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 FlowSink = Callable[[pb.Flow], None]
 # Called with the event and its flow *template* (metadata without time/ports/flags): cheap to observe.
 EventSink = Callable[[DatapathEvent, pb.Flow], None]
+# Called once per batch of prepared flows (the reader's drain): the cheapest way to observe many.
+BatchSink = Callable[[Sequence[PreparedFlow]], None]
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class FlowPipeline:
         self._kernel_lost_seen = kernel_lost() if kernel_lost else 0
         self._sinks = list(sinks)
         self._event_sinks: list[EventSink] = []
+        self._batch_sinks: list[BatchSink] = []
         self._lock = threading.Lock()
         self._seen = 0
         self._lost_datapath = 0
@@ -91,6 +94,10 @@ class FlowPipeline:
         """Called with (event, flow template) per datapath event (FlowMetrics.observe_event); keep it fast."""
         self._event_sinks.append(sink)
 
+    def add_batch_sink(self, sink: BatchSink) -> None:
+        """Called with each batch of prepared flows (FlowMetrics.observe_prepared)."""
+        self._batch_sinks.append(sink)
+
     def add_lost_listener(self, listener: Callable[[int, int], None]) -> None:
         """Called with (LostEventSource, count) whenever losses are recorded."""
         self._lost_listeners.append(listener)
@@ -104,12 +111,15 @@ class FlowPipeline:
                 sink(flow)
         for esink in self._event_sinks:
             esink(ev, prepared.template)
+        for bsink in self._batch_sinks:
+            bsink((prepared,))
         self._count(1)
 
     def on_events(self, events: Sequence[DatapathEvent]) -> None:
-        prepare = self.builder.prepare
-        batch = [prepare(ev) for ev in events]
+        batch = self.builder.prepare_many(events)
         self.ring.push_many(batch)
+        for bsink in self._batch_sinks:
+            bsink(batch)
         for sink in self._sinks:
             for p in batch:
                 sink(p.flow())

@@ -105,11 +105,39 @@ def run_query(
 
     The split between history and new flows is the ring's position when this is called (not when the
     first item is pulled). `on_idle` is called whenever a follower has caught up and is about to wait for
-    new flows: the moment to send what was batched so far."""
+    new flows."""
+    batches = run_query_batches(ring, q, active=active, now_ns=now_ns, poll_s=poll_s, on_idle=on_idle)
+    return (item for batch in batches for item in batch)
+
+
+BATCH = 1024  # entries taken from the ring at a time
+
+
+def run_query_batches(
+    ring: FlowRing,
+    q: FlowQuery,
+    *,
+    active: Callable[[], bool],
+    now_ns: Callable[[], int],
+    poll_s: float = 0.2,
+    on_idle: Callable[[], None] | None = None,
+) -> Iterator[list[QueryItem]]:
+    """`run_query` in lists of up to about BATCH items (a server writes each list at once)."""
     cache: TemplateCache = {}
     if q.first:
-        return _first(ring, q, cache, ring.oldest_seq, ring.next_seq)
+        return _chunks(_first(ring, q, cache, ring.oldest_seq, ring.next_seq))
     return _last_then_follow(ring, q, ring.next_seq, cache, active, now_ns, poll_s, on_idle)
+
+
+def _chunks(items: Iterator[QueryItem]) -> Iterator[list[QueryItem]]:
+    out: list[QueryItem] = []
+    for item in items:
+        out.append(item)
+        if len(out) >= BATCH:
+            yield out
+            out = []
+    if out:
+        yield out
 
 
 def _last_then_follow(
@@ -121,10 +149,12 @@ def _last_then_follow(
     now_ns: Callable[[], int],
     poll_s: float,
     on_idle: Callable[[], None] | None,
-) -> Iterator[QueryItem]:
-    yield from _history_last(ring, q, start, cache)
+) -> Iterator[list[QueryItem]]:
+    yield from _chunks(_history_last(ring, q, start, cache))
     if not q.follow:
         return
+    # Nothing to test per entry when the query takes everything in any time (the common follower).
+    take_all = q.matcher.matches_everything and q.since_ns is None and q.until_ns is None
     seq = start
     while active():
         if q.until_ns is not None and now_ns() > q.until_ns:
@@ -133,18 +163,20 @@ def _last_then_follow(
             on_idle()
         if not ring.wait_for(seq, poll_s):
             continue
-        entries, seq, lost = ring.read_from(seq)
-        if lost:
-            yield LostNotice(lost)
-        for e in entries:
-            if _wanted(q, e, cache):
-                yield e
+        entries, seq, lost = ring.read_from(seq, BATCH)
+        out: list[QueryItem] = [LostNotice(lost)] if lost else []
+        if take_all:
+            out.extend(entries)
+        else:
+            out.extend(e for e in entries if _wanted(q, e, cache))
+        if out:
+            yield out
 
 
 def _first(ring: FlowRing, q: FlowQuery, cache: TemplateCache, seq: int, end: int) -> Iterator[QueryItem]:
     sent = 0
     while seq < end:
-        entries, seq, lost = ring.read_from(seq, limit=min(1024, end - seq))
+        entries, seq, lost = ring.read_from(seq, limit=min(BATCH, end - seq))
         if lost:
             yield LostNotice(lost)
         for e in entries:

@@ -17,7 +17,7 @@ class RingEntry:
     """One slot: a flow (built now, or prepared and built on first read), or a marker saying events were
     lost upstream (kernel buffer, queue)."""
 
-    __slots__ = ("_flow", "_prepared", "lost", "seq", "time_ns")
+    __slots__ = ("_flow", "lost", "prepared", "seq", "time_ns")
 
     def __init__(
         self,
@@ -31,25 +31,21 @@ class RingEntry:
         self.time_ns = time_ns  # wall clock, for since/until
         self._flow = flow
         self.lost = lost
-        self._prepared = prepared
-
-    @property
-    def prepared(self) -> PreparedFlow | None:
-        """Set for flows from the datapath until nothing else is known (built lazily)."""
-        return self._prepared
+        # Set for flows from the datapath (their message is built lazily, if ever).
+        self.prepared = prepared
 
     @property
     def metadata(self) -> pb.Flow | None:
         """The flow, or for a flow not built yet its template (endpoints, verdict, policies; no time or
         ports): enough for questions about who talked, without building every message."""
-        if self._flow is None and self._prepared is not None:
-            return self._prepared.template
+        if self._flow is None and self.prepared is not None:
+            return self.prepared.template
         return self._flow
 
     @property
     def flow(self) -> pb.Flow | None:
-        if self._flow is None and self._prepared is not None:
-            return self._prepared.flow()
+        if self._flow is None and self.prepared is not None:
+            return self.prepared.flow()
         return self._flow
 
 

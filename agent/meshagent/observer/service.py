@@ -7,9 +7,10 @@ gRPC, this module knows the Observer API.
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TypeVar
 
 from google.protobuf.message import DecodeError, Message
@@ -21,7 +22,7 @@ from meshagent.observer.pipeline import FlowPipeline
 from meshagent.observer.proto.flow import flow_pb2 as pb
 from meshagent.observer.proto.observer import observer_pb2 as opb
 from meshagent.observer.proto.relay import relay_pb2 as rpb
-from meshagent.observer.query import InvalidRequest, LostNotice, QueryItem, parse_request, run_query
+from meshagent.observer.query import InvalidRequest, LostNotice, QueryItem, parse_request, run_query_batches
 from meshagent.observer.ring import RingEntry
 from meshagent.observer.wire import flow_response_bytes, node_name_field
 
@@ -29,9 +30,7 @@ logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "observer.Observer"
 
-# A follower's responses are sent in writes of about this many bytes (hundreds of flows); a follower that
-# has caught up sends what it has at once, so batching adds no delay.
-STREAM_BATCH_BYTES = 128 * 1024
+_HEAD = struct.Struct(">BI").pack  # a gRPC message's prefix: not compressed, length
 
 
 def _varint(n: int) -> bytes:
@@ -68,28 +67,6 @@ def _parse(message_type: type[_M], request: bytes) -> _M:
         return message_type.FromString(request)
     except DecodeError as err:
         raise RpcError(Status.INVALID_ARGUMENT, f"cannot parse {message_type.__name__}: {err}") from err
-
-
-class _Batch:
-    """Framed responses gathered for one write to the stream."""
-
-    def __init__(self, stream: ServerStream) -> None:
-        self._stream = stream
-        self._parts: list[bytes] = []
-        self._size = 0
-
-    def add(self, framed: bytes) -> None:
-        self._parts.append(framed)
-        self._size += len(framed)
-        if self._size >= STREAM_BATCH_BYTES:
-            self.flush()
-
-    def flush(self) -> None:
-        if self._parts:
-            data = b"".join(self._parts)
-            self._parts.clear()
-            self._size = 0
-            self._stream.write(data)
 
 
 class ObserverService:
@@ -129,35 +106,41 @@ class ObserverService:
         except InvalidRequest as err:
             raise RpcError(Status.INVALID_ARGUMENT, str(err)) from err
         logger.debug("GetFlows from %s: %s", stream.peer, query)
-        batch = _Batch(stream)
-        items = run_query(
-            self._pipeline.ring, query, active=stream.is_active, now_ns=time.time_ns, on_idle=batch.flush
+        batches = run_query_batches(
+            self._pipeline.ring, query, active=stream.is_active, now_ns=time.time_ns
         )
         with self._lock:
             self._streams += 1
         try:
-            self._stream_items(items, batch)
+            for items in batches:
+                stream.write(self._encode(items))  # one write (and one wake of the I/O loop) per batch
         finally:
             with self._lock:
                 self._streams -= 1
 
-    def _stream_items(self, items: Iterator[QueryItem], batch: _Batch) -> None:
+    def _encode(self, items: list[QueryItem]) -> bytes:
+        """The framed responses for a batch of query items, concatenated."""
+        parts: list[bytes] = []
+        add = parts.append
+        tail = self._node_tail
         for item in items:
-            if isinstance(item, LostNotice):
-                self._count_follower_loss(item.count)
-                lost = pb.LostEvent(source=pb.HUBBLE_RING_BUFFER, num_events_lost=item.count)
-                resp = opb.GetFlowsResponse(lost_events=lost, node_name=self._pipeline.node_name)
-                batch.add(frame(resp.SerializeToString()))
+            prepared = item.prepared if type(item) is RingEntry else None
+            if prepared is not None:
+                # Straight from the prepared flow (no Flow message is built). Not kept: another reader
+                # encodes again, cheaper than holding the bytes of every flow in the ring.
+                msg = flow_response_bytes(prepared, tail)
+                add(_HEAD(0, len(msg)))
+                add(msg)
             else:
-                batch.add(self._framed(item))
-        batch.flush()
+                add(self._framed_other(item))
+        return b"".join(parts)
 
-    def _framed(self, item: RingEntry) -> bytes:
-        prepared = item.prepared
-        if prepared is not None:
-            # Straight from the prepared flow (no Flow message is built). Not kept: another reader
-            # encodes again, cheaper than holding the bytes of every flow in the ring.
-            return frame(flow_response_bytes(prepared, self._node_tail))
+    def _framed_other(self, item: QueryItem) -> bytes:
+        if isinstance(item, LostNotice):
+            self._count_follower_loss(item.count)
+            lost = pb.LostEvent(source=pb.HUBBLE_RING_BUFFER, num_events_lost=item.count)
+            resp = opb.GetFlowsResponse(lost_events=lost, node_name=self._pipeline.node_name)
+            return frame(resp.SerializeToString())
         if item.flow is not None:
             return frame(encode_flow_response(item.flow, self._node_tail))
         resp = opb.GetFlowsResponse(lost_events=item.lost, node_name=self._pipeline.node_name)

@@ -1,0 +1,85 @@
+"""Reads a BPF ring buffer through its own memory mapping, a batch of fixed-size records per call.
+
+BCC (through libbpf) calls a Python callback per record, through a ctypes trampoline, and the callback
+copies the record out with ctypes.string_at: together more than half the cost of ingesting an event at
+100k events/s. The ring buffer's layout is kernel ABI (the same one libbpf reads): a consumer page we may
+write, then a read-only producer page followed by the data area, which the kernel maps twice in a row so
+that a record wrapping past the end reads as contiguous bytes. Each record starts with an 8-byte header:
+a 32-bit length whose top bits say "still being written" (BUSY) and "discarded", then the record, the
+whole padded to 8 bytes.
+
+Memory ordering: the kernel publishes a record by clearing BUSY after writing it (a release store). On
+x86-64, which this agent is built for, ordinary loads are not reordered with one another, so reading the
+producer position, then the header, then the record, sees the record complete.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+
+BUSY = 1 << 31
+DISCARD = 1 << 30
+HEADER_SIZE = 8
+
+_POS = struct.Struct("<Q")
+_LEN = struct.Struct("<I")
+
+
+class RingBufferReader:
+    """Consumes records of one size from a ring buffer map (fd) of `data_size` bytes (a power of two)."""
+
+    def __init__(self, map_fd: int, data_size: int, record: struct.Struct) -> None:
+        if data_size <= 0 or data_size & (data_size - 1):
+            raise ValueError(f"ring buffer size must be a power of two, got {data_size}")
+        page = mmap.PAGESIZE
+        self._consumer = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+        try:
+            self._producer = mmap.mmap(
+                map_fd, page + 2 * data_size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page
+            )
+        except OSError:
+            self._consumer.close()
+            raise
+        self._data = memoryview(self._producer)[page:]
+        self._mask = data_size - 1
+        self._record = record
+        self.discarded = 0
+        self.malformed = 0  # records of another size: counted and skipped
+
+    def read(self, limit: int = 1 << 20) -> list[tuple[object, ...]]:
+        """The unpacked records written since the last call (up to `limit`), oldest first; their space
+        is handed back to the kernel before returning."""
+        cons = _POS.unpack_from(self._consumer, 0)[0]
+        prod = _POS.unpack_from(self._producer, 0)[0]
+        if cons >= prod:
+            return []
+        data = self._data
+        mask = self._mask
+        unpack_len = _LEN.unpack_from
+        unpack = self._record.unpack_from
+        want = self._record.size
+        out: list[tuple[object, ...]] = []
+        append = out.append
+        pos = cons
+        while pos < prod and len(out) < limit:
+            off = pos & mask
+            length = unpack_len(data, off)[0]
+            if length & BUSY:
+                break  # reserved, not committed yet: the rest is read next time
+            size = length & ~(BUSY | DISCARD)
+            if length & DISCARD:
+                self.discarded += 1
+            elif size == want:
+                append(unpack(data, off + HEADER_SIZE))
+            else:
+                self.malformed += 1
+            pos += (HEADER_SIZE + size + 7) & ~7
+        if pos != cons:
+            _POS.pack_into(self._consumer, 0, pos)
+        return out
+
+    def close(self) -> None:
+        self._data.release()
+        self._producer.close()
+        self._consumer.close()
