@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from meshagent.cli.main import main
 
 from tests.observer import helpers as h
-
-
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[h.Served]:
-    pipeline = h.make_pipeline()
-    pipeline.on_events(h.sample_events())
-    with h.serve(pipeline, tmp_path / "observer.sock") as s:
-        yield s
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -6,7 +6,6 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -19,14 +18,6 @@ from meshagent.observer.proto.observer import observer_pb2_grpc as ogrpc
 from tests.observer import helpers as h
 
 FOLLOW_LATENCY_S = 0.5  # a follower must see a new flow within this time
-
-
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[h.Served]:
-    pipeline = h.make_pipeline()
-    pipeline.on_events(h.sample_events())
-    with h.serve(pipeline, tmp_path / "observer.sock") as s:
-        yield s
 
 
 def flows_of(responses: list[opb.GetFlowsResponse]) -> list[pb.Flow]:

@@ -33,14 +33,6 @@ def flowfollow() -> Path:
         pytest.fail(f"the Go client cannot be built: {e}", pytrace=False)
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[h.Served]:
-    pipeline = h.make_pipeline()
-    pipeline.on_events(h.sample_events())
-    with h.serve(pipeline, tmp_path / "observer.sock") as s:
-        yield s
-
-
 def getflows(binary: Path, address: str, *args: str) -> gofollow.Result:
     return gofollow.run(binary, "getflows", address, "--timeout", "20", *args)
 

@@ -11,7 +11,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -32,14 +32,6 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.01)
     return predicate()
-
-
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[h.Served]:
-    pipeline = h.make_pipeline()
-    pipeline.on_events(h.sample_events())
-    with h.serve(pipeline, tmp_path / "observer.sock") as s:
-        yield s
 
 
 def raw_call(ch: grpc.Channel, path: str, body: bytes, timeout: float = 5) -> bytes:
