@@ -207,3 +207,23 @@ def test_a_client_that_stops_reading_holds_its_stream_not_the_server(tmp_path: P
         finally:
             c.close()
         assert wait_for(lambda: s.service.active_streams == 0)
+
+
+def test_large_unary_response_is_sent_in_frames_under_flow_control(tmp_path: Path) -> None:
+    """A response bigger than a frame (16 KiB) and than the initial window (64 KiB) arrives whole."""
+    from meshagent.observer.h2server import CallInfo, H2GrpcServer, Method
+
+    big = bytes(range(256)) * 1200  # 300 KiB
+
+    def echo_big(request: bytes, info: CallInfo) -> bytes:
+        return big + request
+
+    server = H2GrpcServer({"/t.T/Big": Method(unary=echo_big)})
+    server.start()
+    try:
+        server.listen_unix(tmp_path / "t.sock")
+        with grpc.insecure_channel(f"unix://{tmp_path / 't.sock'}") as ch:
+            got = raw_call(ch, "/t.T/Big", b"tail", timeout=10)
+    finally:
+        server.stop(grace=None)
+    assert got == big + b"tail"

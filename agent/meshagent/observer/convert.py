@@ -99,7 +99,7 @@ class Template:
 class PreparedFlow:
     """A flow whose metadata is settled (template, time, uuid) but whose message is built on demand."""
 
-    __slots__ = ("_flow", "event", "ids", "seq", "shared", "template", "time_ns", "wire")
+    __slots__ = ("_flow", "event", "ids", "seq", "shared", "template", "time_ns")
 
     def __init__(
         self, event: DatapathEvent, shared: Template, time_ns: int, ids: UuidSource, seq: int
@@ -111,7 +111,6 @@ class PreparedFlow:
         self.ids = ids
         self.seq = seq  # the uuid's number, in `ids`
         self._flow: pb.Flow | None = None
-        self.wire: bytes | None = None  # the encoded GetFlowsResponse, once a client was sent it
 
     @property
     def uuid(self) -> str:

@@ -280,20 +280,25 @@ class _Connection(asyncio.Protocol):
         if call.closed:
             raise StreamClosed()
 
-    def finish(self, call: _Call, status: Status, message: str = "", response: bytes | None = None) -> None:
-        """Ends a call: an optional last message, then the status (trailers-only when nothing was sent)."""
+    async def respond(self, call: _Call, status: Status, message: str, response: bytes | None) -> None:
+        """Ends a unary call: its response (in frames, as flow control allows), then the status."""
+        if response is not None:
+            try:
+                await self.send_data(call, frame(response))
+            except StreamClosed:
+                return
+        self.finish(call, status, message)
+
+    def finish(self, call: _Call, status: Status, message: str = "") -> None:
+        """Ends a call with its status (trailers-only when nothing was sent)."""
         if call.closed:
             return
         try:
-            if response is not None:
-                self._ensure_headers(call)
-                self._h2.send_data(call.stream_id, frame(response))
             if call.sent_headers:
                 self._h2.send_headers(call.stream_id, trailers(status, message), end_stream=True)
             else:
                 self._h2.send_headers(call.stream_id, trailers_only(status, message), end_stream=True)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, h2.exceptions.FlowControlError):
-            # Gone, or the unary response does not fit the window: reset rather than hang.
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self._h2.reset_stream(call.stream_id)
         self._calls.pop(call.stream_id, None)
@@ -341,6 +346,7 @@ class H2GrpcServer:
         self._workers: set[threading.Thread] = set()
         self._workers_lock = threading.Lock()
         self.connections: set[_Connection] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle (any thread) -------------------------------------------------------------------------
     def start(self) -> None:
@@ -434,7 +440,9 @@ class H2GrpcServer:
 
         def done(f: asyncio.Future[tuple[Status, str, bytes | None]]) -> None:
             status, message, response = f.result()
-            call.conn.finish(call, status, message, response)
+            task = self._loop.create_task(call.conn.respond(call, status, message, response))
+            self._tasks.add(task)  # held until done: the loop keeps only weak references to tasks
+            task.add_done_callback(self._tasks.discard)
 
         fut.add_done_callback(done)
 

@@ -99,14 +99,12 @@ def run_query(
     active: Callable[[], bool],
     now_ns: Callable[[], int],
     poll_s: float = 0.2,
-    on_idle: Callable[[], None] | None = None,
 ) -> Iterator[QueryItem]:
     """Yields what a GetFlows client should get, in order. Stops when done or when `active()` turns False.
 
     The split between history and new flows is the ring's position when this is called (not when the
-    first item is pulled). `on_idle` is called whenever a follower has caught up and is about to wait for
-    new flows."""
-    batches = run_query_batches(ring, q, active=active, now_ns=now_ns, poll_s=poll_s, on_idle=on_idle)
+    first item is pulled)."""
+    batches = run_query_batches(ring, q, active=active, now_ns=now_ns, poll_s=poll_s)
     return (item for batch in batches for item in batch)
 
 
@@ -120,13 +118,12 @@ def run_query_batches(
     active: Callable[[], bool],
     now_ns: Callable[[], int],
     poll_s: float = 0.2,
-    on_idle: Callable[[], None] | None = None,
 ) -> Iterator[list[QueryItem]]:
     """`run_query` in lists of up to about BATCH items (a server writes each list at once)."""
     cache: TemplateCache = {}
     if q.first:
         return _chunks(_first(ring, q, cache, ring.oldest_seq, ring.next_seq))
-    return _last_then_follow(ring, q, ring.next_seq, cache, active, now_ns, poll_s, on_idle)
+    return _last_then_follow(ring, q, ring.next_seq, cache, active, now_ns, poll_s)
 
 
 def _chunks(items: Iterator[QueryItem]) -> Iterator[list[QueryItem]]:
@@ -148,7 +145,6 @@ def _last_then_follow(
     active: Callable[[], bool],
     now_ns: Callable[[], int],
     poll_s: float,
-    on_idle: Callable[[], None] | None,
 ) -> Iterator[list[QueryItem]]:
     yield from _chunks(_history_last(ring, q, start, cache))
     if not q.follow:
@@ -159,8 +155,6 @@ def _last_then_follow(
     while active():
         if q.until_ns is not None and now_ns() > q.until_ns:
             return
-        if on_idle is not None and ring.next_seq <= seq:
-            on_idle()
         if not ring.wait_for(seq, poll_s):
             continue
         entries, seq, lost = ring.read_from(seq, BATCH)
