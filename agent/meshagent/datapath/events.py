@@ -103,12 +103,14 @@ def _addr(raw: bytes) -> IPv4Address:
 
 def decode(data: bytes | memoryview) -> DatapathEvent:
     """One ma_event record as an event; ValueError for an event type this agent does not know."""
-    return decode_fields(_RECORD.unpack_from(data))
+    return decode_framed((0, *_RECORD.unpack_from(data)))
 
 
-def decode_fields(fields: tuple[Any, ...]) -> DatapathEvent:
-    """An event from a record already unpacked with RECORD (the ring-buffer reader's batches)."""
+def decode_framed(fields: tuple[Any, ...]) -> DatapathEvent:
+    """An event from a record unpacked with its ring-buffer header in front (the mapped reader's
+    batches: the header's length, then RECORD's fields)."""
     (
+        _length,
         ts,
         pf,
         bf,
@@ -254,10 +256,11 @@ class EventReader:
             logger.exception("event consumer failed")
 
     def _decode_mapped(self, records: list[tuple[Any, ...]]) -> None:
+        decode_one = decode_framed
         pending = self._pending
         for fields in records:
             try:
-                pending.append(decode_fields(fields))
+                pending.append(decode_one(fields))
             except ValueError:
                 self.decode_errors += 1
 
