@@ -137,7 +137,7 @@ def sample_events() -> list[DatapathEvent]:
         event(protocol=1, sport=0, dport=0, tcp_flags=0, daddr=WORLD_IP, dst_identity=IDENTITY_WORLD),
         event(protocol=132, dport=3868, tcp_flags=0),
     ]
-    return [DatapathEvent(**{**e.__dict__, "timestamp_ns": t0 + i * 1_000_000}) for i, e in enumerate(evs)]
+    return [e._replace(timestamp_ns=t0 + i * 1_000_000) for i, e in enumerate(evs)]
 
 
 @dataclass

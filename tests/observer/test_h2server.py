@@ -91,7 +91,7 @@ def test_stop_ends_attached_followers_promptly(tmp_path: Path) -> None:
 
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
-        assert wait_for(lambda: s.service.active_streams == 1)
+        assert wait_for(lambda: len(seen) == 3)  # the history arrived: the stream is following
         started = time.monotonic()
         s.server.stop(grace=1.0)
         stop_s = time.monotonic() - started
@@ -99,7 +99,7 @@ def test_stop_ends_attached_followers_promptly(tmp_path: Path) -> None:
         assert not reader.is_alive()
     assert stop_s < 3
     # The follower got its history, then a status saying why the stream ended.
-    assert len(seen) == 4
+    assert len(seen) == 4, seen
     assert seen[-1] == grpc.StatusCode.UNAVAILABLE
     assert s.service.active_streams == 0
     assert not (tmp_path / "o.sock").exists()

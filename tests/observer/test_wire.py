@@ -130,9 +130,9 @@ def test_flows_sharing_one_template_each_get_their_own_fields(
     builder = FlowBuilder(enricher=rich_enricher(), node_name="node-a", clock=ZeroOffsetClock())
     prepared = [builder.prepare(base)]
     for sport, dport, flags, reply in variants:
-        ev = DatapathEvent(**{**base.__dict__, "sport": sport, "dport": dport, "tcp_flags": flags})
+        ev = base._replace(sport=sport, dport=dport, tcp_flags=flags)
         # is_reply is not part of the template key unless a source service is found for it.
-        ev = DatapathEvent(**{**ev.__dict__, "is_reply": reply})
+        ev = ev._replace(is_reply=reply)
         prepared.append(builder.prepare(ev))
     for p in prepared:
         check(p, "node-a")

@@ -65,6 +65,7 @@ _TYPES = {int(t): t for t in EventType}
 _VERDICTS = {int(v): v for v in Verdict}
 _REASONS = {int(r): r for r in DropReason}
 _DIRECTIONS = (Direction(0), Direction(1))
+_new_tuple = tuple.__new__
 
 # One IPv4Address per raw address, reused: building one costs as much as the rest of a decode, and a node
 # sees the same few thousand addresses over and over. Bounded; emptied when full (then refills).
@@ -138,28 +139,32 @@ def decode_framed(fields: tuple[Any, ...]) -> DatapathEvent:
         etype = _TYPES[type_]
     except KeyError:
         raise ValueError(f"unknown event type {type_}") from None
-    return DatapathEvent.from_record(
-        ts,
-        etype,
-        _VERDICTS.get(verdict),
-        _REASONS.get(reason, DropReason.NONE),
-        _DIRECTIONS[direction & 1],
-        endpoint_id,
-        ifindex,
-        _ADDRS.get(saddr) or _addr(saddr),
-        _ADDRS.get(daddr) or _addr(daddr),
-        sport,
-        dport,
-        proto,
-        tcp_flags,
-        (flags & FLAG_REPLY) != 0,
-        rule_id,
-        src_id,
-        dst_id,
-        pf,
-        bf,
-        pr,
-        br,
+    # One C call (tuple.__new__) for the 21 fields: see DatapathEvent.
+    return _new_tuple(
+        DatapathEvent,
+        (
+            ts,
+            etype,
+            _VERDICTS.get(verdict),
+            _REASONS.get(reason, DropReason.NONE),
+            _DIRECTIONS[direction & 1],
+            endpoint_id,
+            ifindex,
+            _ADDRS.get(saddr) or _addr(saddr),
+            _ADDRS.get(daddr) or _addr(daddr),
+            sport,
+            dport,
+            proto,
+            tcp_flags,
+            (flags & FLAG_REPLY) != 0,
+            rule_id,
+            src_id,
+            dst_id,
+            pf,
+            bf,
+            pr,
+            br,
+        ),
     )
 
 

@@ -381,10 +381,10 @@ class H2GrpcServer:
         self._stopping.set()
 
         async def close_listeners() -> None:
+            # GOAWAY waits for the end: h2 takes no more frames once it has sent one, and the running
+            # streams still need the peers' window updates to finish.
             for s in self._listeners:
                 s.close()
-            for c in list(self.connections):
-                c.goaway()
 
         self._run(close_listeners())
         end = time.monotonic() + (grace or 0.0)
@@ -395,6 +395,7 @@ class H2GrpcServer:
 
         async def abort_all() -> None:
             for c in list(self.connections):
+                c.goaway()
                 c.abort()
             await asyncio.sleep(0)
 
@@ -416,6 +417,9 @@ class H2GrpcServer:
     # -- calls (loop thread) ----------------------------------------------------------------------------
     def dispatch(self, call: _Call) -> None:
         conn = call.conn
+        if self._stopping.is_set():
+            conn.finish(call, Status.UNAVAILABLE, "the server is stopping")
+            return
         method = self._methods.get(call.path)
         if method is None:
             conn.finish(call, Status.UNIMPLEMENTED, f"unknown method {call.path}")
