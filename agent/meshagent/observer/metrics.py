@@ -131,19 +131,21 @@ class FlowMetrics:
             self._counts[key] = self._counts.get(key, 0) + 1
 
     def observe_event(self, ev: DatapathEvent, flow: pb.Flow) -> None:
-        """Fast path: the label values come from a small cache keyed by the event's plain fields; `flow`
-        (a full flow or the pipeline's template) is only read on a cache miss, and TCP flags come from
-        the event."""
+        """Per-event path (pipeline event sink): `flow` is a full flow or the pipeline's template."""
+        self._add(self._event_key(ev, flow))
+        if self._ns_counts is not None:
+            self._add_ns(flow)
+
+    def _event_key(self, ev: DatapathEvent, flow: pb.Flow) -> _Key:
+        """The labels of an event's flow, from a cache keyed by the event's plain fields (`flow`, a full
+        flow or its template, is read only on a miss); TCP flags come from the event."""
         ek = (ev.type, ev.verdict, ev.drop_reason, ev.protocol, ev.direction, bool(ev.rule_id))
         base = self._event_keys.get(ek)
         if base is None:
             base = self._key_of(flow)
             if len(self._event_keys) < 4096:
                 self._event_keys[ek] = base
-        key = (*base[:6], ev.tcp_flags if ev.protocol == 6 else 0)
-        self._add(key)
-        if self._ns_counts is not None:
-            self._add_ns(flow)
+        return (*base[:6], ev.tcp_flags if ev.protocol == 6 else 0)
 
     def observe_prepared(self, batch: Sequence[PreparedFlow]) -> None:
         """Batch path (pipeline batch sink, cheapest): flows of one template share every label but the
@@ -158,13 +160,7 @@ class FlowMetrics:
             else:
                 hit[2] += 1
         for ev, template, n in local.values():
-            ek = (ev.type, ev.verdict, ev.drop_reason, ev.protocol, ev.direction, bool(ev.rule_id))
-            base = self._event_keys.get(ek)
-            if base is None:
-                base = self._key_of(template)
-                if len(self._event_keys) < 4096:
-                    self._event_keys[ek] = base
-            key = (*base[:6], ev.tcp_flags if ev.protocol == 6 else 0)
+            key = self._event_key(ev, template)
             with self._lock:
                 self._counts[key] = self._counts.get(key, 0) + n
             if self._ns_counts is not None:
