@@ -7,19 +7,17 @@ so these tests also pin the wire format, not only what grpcio makes of it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from meshagent.observer.client import ObserverClient
 from meshagent.observer.proto.flow import flow_pb2 as pb
 from meshagent.observer.proto.observer import observer_pb2 as opb
-from meshagent.observer.server import ObserverServer, ServerConfig, TlsConfig
-from meshagent.observer.service import ObserverService
 from meshagent.testing import gofollow
 
 from tests.observer import helpers as h
 from tests.observer.test_tls import SERVER_NAME
+from tests.observer.test_tls import mtls_port as mtls_port  # the mutual-TLS server fixture, shared
 from tests.observer.test_tls import pki as pki  # the certificate fixture, shared
 
 STOP_DPORT = 9999
@@ -142,26 +140,6 @@ def test_invalid_filter_is_invalid_argument(flowfollow: Path, served: h.Served) 
 def test_missing_socket_is_unavailable(flowfollow: Path, tmp_path: Path) -> None:
     r = getflows(flowfollow, f"unix://{tmp_path}/nobody.sock", "--timeout", "5")
     assert (r.returncode, r.result["status"]) == (1, "UNAVAILABLE"), r
-
-
-@pytest.fixture
-def mtls_port(pki: dict[str, Path]) -> Iterator[int]:
-    pipeline = h.make_pipeline()
-    pipeline.on_events(h.sample_events())
-    server = ObserverServer(
-        ObserverService(pipeline, tls_server_name=SERVER_NAME),
-        ServerConfig(
-            unix_socket=None,
-            tcp_address="127.0.0.1:0",
-            tls=TlsConfig(pki["srv_crt"], pki["srv_key"], pki["ca"]),
-        ),
-    )
-    server.start()
-    try:
-        assert server.tcp_port
-        yield server.tcp_port
-    finally:
-        server.stop(grace=None)
 
 
 def test_mutual_tls(flowfollow: Path, mtls_port: int, pki: dict[str, Path]) -> None:

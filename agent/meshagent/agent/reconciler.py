@@ -11,7 +11,6 @@ Kubernetes Event through `on_rejected`), and the previous valid version of it, i
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from ipaddress import IPv4Address
 from typing import Any, Protocol
 
 from meshagent.agent.enricher import ClusterEnricher, workloads_of
+from meshagent.agent.subscription import StoreSubscription
 from meshagent.datapath.discovery import EndpointInterfaces, NotUpYet, PodInterface
 from meshagent.model.cluster import LocalEndpoint
 from meshagent.model.errors import PolicyInputError
@@ -76,9 +76,7 @@ class Reconciler:
         self.enricher = enricher
         self._on_rejected = on_rejected
         self._retry_interval = retry_interval
-        self._queue: queue.Queue[ObjectEvent | SyncEvent | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._unsubscribe: Callable[[], None] | None = None
+        self._events = StoreSubscription(store, "ma-reconciler")
         self._synced_kinds: set[Kind] = set()
         self._local_ips: dict[str, IPv4Address] = {}  # "ns/pod" -> IP, for the pods on this node
         self._local_endpoints: dict[str, int] = {}  # "ns/pod" -> ifindex (= endpoint id)
@@ -93,16 +91,10 @@ class Reconciler:
     # --- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._unsubscribe = self.store.subscribe(self._queue.put)
-        self._thread = threading.Thread(target=self._run, name="ma-reconciler", daemon=True)
-        self._thread.start()
+        self._events.start(self._run)
 
     def stop(self) -> None:
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-        self._queue.put(None)
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._events.stop()
 
     def endpoint_states(self) -> dict[str, str]:
         """Each local pod and where it stands: ready (with its interface) or why not yet."""
@@ -118,24 +110,14 @@ class Reconciler:
 
     def _run(self) -> None:
         while True:
-            try:
-                item = self._queue.get(timeout=self._retry_interval)
-            except queue.Empty:
-                item = False  # type: ignore[assignment]
-            if item is None:
+            # A burst at a time, so the kernel is touched once per burst; [] when nothing came within the
+            # retry interval (endpoints are still refreshed).
+            batch = self._events.burst(timeout=self._retry_interval)
+            if batch is None:
                 return
             try:
-                if item is not False:
+                for item in batch:
                     self._handle(item)
-                    # Take what else is already queued before touching the kernel: one apply per burst.
-                    while True:
-                        try:
-                            more = self._queue.get_nowait()
-                        except queue.Empty:
-                            break
-                        if more is None:
-                            return
-                        self._handle(more)
                 self._refresh_endpoints()
                 if not self.applied.is_set() and self._synced_kinds.issuperset(POLICY_KINDS):
                     self._full_apply()

@@ -8,13 +8,13 @@ is rejected with its reason (log, Kubernetes Event) and the previous version of 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from collections.abc import Callable
 from ipaddress import IPv4Address
 from typing import Any, Protocol
 
 from meshagent.agent.enricher import ClusterEnricher
+from meshagent.agent.subscription import StoreSubscription
 from meshagent.model.events import DatapathEvent, DropReason, EventType
 from meshagent.model.kernel_state import Direction, Verdict
 from meshagent.model.services import ServiceTranslation
@@ -76,41 +76,24 @@ class ServicesReconciler:
         self.enricher = enricher
         self.catalog = ServiceCatalog()
         self._on_rejected = on_rejected
-        self._queue: queue.Queue[ObjectEvent | SyncEvent | None] = queue.Queue()
+        self._events = StoreSubscription(store, "ma-services")
         self._synced: set[Kind] = set()
-        self._thread: threading.Thread | None = None
-        self._unsubscribe: Callable[[], None] | None = None
         self.applied = threading.Event()
         self.frontends = 0
         self.errors: list[str] = []
         self.rejected: dict[tuple[str, str, str], str] = {}
 
     def start(self) -> None:
-        self._unsubscribe = self.store.subscribe(self._queue.put)
-        self._thread = threading.Thread(target=self._run, name="ma-services", daemon=True)
-        self._thread.start()
+        self._events.start(self._run)
 
     def stop(self) -> None:
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-        self._queue.put(None)
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._events.stop()
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is None:
+            batch = self._events.burst()
+            if batch is None:
                 return
-            batch = [item]
-            while True:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    return
-                batch.append(more)
             try:
                 changed = sum(self._handle(event) for event in batch)
                 if self._synced.issuperset(SERVICE_KINDS) and (changed or not self.applied.is_set()):
