@@ -24,10 +24,11 @@ Loss accounting of a kernel phase: kernel_events (what the datapath emitted: eve
 overwrites the follower was told about) + unaccounted. The end of a run is one TCP SYN to port 65535
 sent after the agent has drained the ring buffer; the follower stops at that flow, and the marker's own
 events are left out of the figures. CPU shares are process CPU time (/proc/PID/stat, all threads) over
-wall time: the agent's from the spray's start until it has drained, the follower's until it has
-stopped. machine_* are shares of the whole machine in cores (2 here) over the agent's window: idle,
+wall time: the agent's from the spray's start until it has drained; its observer front process's
+(front_cpu_share; 0 with --no-observer-front-process) and the follower's until the follower has stopped.
+machine_* are shares of the whole machine in cores (2 here) over the agent's window: idle,
 softirq (where the tc programs run for a local sender; the kernel charges part of it to whichever
-process it interrupted) and other (busy time none of our three processes was charged with: softirq,
+process it interrupted) and other (busy time none of our processes was charged with: softirq,
 and anything else running on the machine, which makes every figure of that phase suspect).
 
 The follower is the Go one (meshagent.testing.gofollow) when it can be built, else the Python one in
@@ -39,6 +40,7 @@ Run: .venv/bin/python bench/flow_pipeline.py [--quick] [--synthetic-only | --ker
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -161,6 +163,16 @@ def proc_cpu_s(pid: int) -> float:
     """CPU time (user + system, all threads) of a running process, from /proc/PID/stat."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14 and 15)
+
+
+def children_cpu_s(pid: int) -> float:
+    """CPU time of a process's running children (the agent's observer front process)."""
+    total = 0.0
+    for tasks in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in tasks.read_text().split():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # exited meanwhile
+                total += proc_cpu_s(int(child))
+    return total
 
 
 def machine_cpu_s() -> dict[str, float]:
@@ -438,6 +450,7 @@ class Counters:
     ring_lost: int  # flows overwritten before a follower read them (ServerStatus.lost_events_followers)
     drops: int  # packets the datapath dropped, any reason (pinned ma_metrics)
     agent_cpu: float
+    front_cpu: float  # the agent's observer front process (children_cpu_s)
     machine: dict[str, float]  # machine_cpu_s()
 
     @property
@@ -503,6 +516,7 @@ class KernelRig:
             ring_lost=int(getattr(status, "lost_events_followers", 0)),
             drops=int(drops),
             agent_cpu=proc_cpu_s(self.agent.pid),
+            front_cpu=children_cpu_s(self.agent.pid),
             machine=machine_cpu_s(),
         )
 
@@ -566,7 +580,9 @@ def calibrate(rig: KernelRig, packets: int) -> None:
     )
 
 
-def kernel_phase(rig: KernelRig, args: argparse.Namespace, name: str, pps: int, seconds: float) -> None:
+def kernel_phase(
+    rig: KernelRig, args: argparse.Namespace, name: str, pps: int, seconds: float, mode: str
+) -> None:
     follow = Follower(args.follower_kind, rig.sock)
     markers = 0
 
@@ -584,6 +600,7 @@ def kernel_phase(rig: KernelRig, args: argparse.Namespace, name: str, pps: int, 
         f_drained = follow.cpu_s()
         send_marker()
         res = follow.finish(120 + seconds, nudge=send_marker, nudge_every=5.0)
+        front_done = children_cpu_s(rig.agent.pid)
     finally:
         follow.kill()
     after = rig.drained()
@@ -603,16 +620,21 @@ def kernel_phase(rig: KernelRig, args: argparse.Namespace, name: str, pps: int, 
     machine = {k: (drained.machine[k] - before.machine[k]) / agent_s for k in before.machine}
     busy = sum(v for k, v in machine.items() if k not in ("idle", "iowait", "steal"))
     agent_share = (drained.agent_cpu - before.agent_cpu) / agent_s
+    # The front process works until the follower has everything: its share is over that window.
+    front_share = (front_done - before.front_cpu) / window
+    front_in_agent_window = (drained.front_cpu - before.front_cpu) / agent_s
     # Busy CPU no process of ours was charged with: softirq work, other processes on the machine.
-    other = busy - agent_share - (f_drained - f0 + float(sent["cpu_seconds"])) / agent_s
+    other = (
+        busy - agent_share - front_in_agent_window - (f_drained - f0 + float(sent["cpu_seconds"])) / agent_s
+    )
     print(
-        f"BENCH flow_pipeline phase={name} follower={follow.kind.name} target_pps={pps} "
+        f"BENCH flow_pipeline phase={name} observer={mode} follower={follow.kind.name} target_pps={pps} "
         f"packets_sent={sent['sent']} sent_pps={sent['sent'] / spray_s:.0f} datapath_drops={drops} "
         f"kernel_events={kernel_events} kernel_events_per_s={kernel_events / spray_s:.0f} "
         f"delivered={delivered} delivered_per_s={delivered / window:.0f} lost_reported={lost} "
         f"lost_kernel={lost_kernel} lost_queue={lost_queue} lost_ring={lost_ring} "
         f"follower_lost_seen={res.lost} unaccounted={kernel_events - delivered - lost} "
-        f"agent_cpu_share={agent_share:.2f} "
+        f"agent_cpu_share={agent_share:.2f} front_cpu_share={front_share:.2f} "
         f"follower_cpu_share={(res.cpu_s - f0) / window:.2f} "
         f"sender_cpu_share={float(sent['cpu_seconds']) / spray_s:.2f} "
         f"machine_idle={machine['idle']:.2f} machine_softirq={machine['softirq']:.2f} "
@@ -624,6 +646,13 @@ def kernel_phase(rig: KernelRig, args: argparse.Namespace, name: str, pps: int, 
 
 
 def kernel_phases(args: argparse.Namespace) -> None:
+    for mode in args.observer_modes.split(","):
+        kernel_phases_with(args, mode)
+
+
+def kernel_phases_with(args: argparse.Namespace, mode: str) -> None:
+    """The kernel phases against one agent, serving flows from its front process (mode "front") or from
+    its own process (mode "in-process")."""
     from meshagent.testing.benchtools import build_udpspray
     from meshagent.testing.topology import Topology
 
@@ -668,6 +697,8 @@ def kernel_phases(args: argparse.Namespace) -> None:
                 "--cleanup",
                 "--log-level", "warning",
             ]  # fmt: skip
+            if mode == "in-process":
+                command.append("--no-observer-front-process")
             with (tmp / "agent.log").open("wb") as log:
                 agent = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
             started = time.monotonic()
@@ -675,7 +706,7 @@ def kernel_phases(args: argparse.Namespace) -> None:
                 if agent.poll() is not None or time.monotonic() - started > 120:
                     raise RuntimeError("the agent did not become ready")
                 time.sleep(0.1)
-            note(f"agent ready in {time.monotonic() - started:.1f} s")
+            note(f"agent ready in {time.monotonic() - started:.1f} s (observer: {mode})")
             rig = KernelRig(
                 tool=tool,
                 spray_argv=spray.argv(str(tool), str(SINK_IP)),
@@ -686,12 +717,12 @@ def kernel_phases(args: argparse.Namespace) -> None:
             )
             rig.open()
             calibrate(rig, 1000 if args.quick else 5000)
-            kernel_phase(rig, args, "kernel-max", args.kernel_rate, args.kernel_seconds)
+            kernel_phase(rig, args, "kernel-max", args.kernel_rate, args.kernel_seconds, mode)
             if args.goal_flows:
                 pps = max(1, round(args.goal_flows / rig.events_per_packet))
-                kernel_phase(rig, args, "kernel-goal", pps, args.kernel_seconds)
+                kernel_phase(rig, args, "kernel-goal", pps, args.kernel_seconds, mode)
             pps = max(1, round(args.paced_flows / rig.events_per_packet))
-            kernel_phase(rig, args, "kernel-paced", pps, args.paced_seconds)
+            kernel_phase(rig, args, "kernel-paced", pps, args.paced_seconds, mode)
         except Exception:
             if (tmp / "agent.log").exists():
                 note("agent log tail:\n" + (tmp / "agent.log").read_text()[-3000:])
@@ -728,6 +759,12 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=5.0, help="synthetic paced phase: duration")
     p.add_argument("--no-metrics", action="store_true", help="synthetic: no Prometheus event sink")
     p.add_argument("--kernel-rate", type=int, default=0, help="kernel-max: packets/s (0: as fast as it goes)")
+    p.add_argument(
+        "--observer-modes",
+        default="front,in-process",
+        help="kernel phases: run them once per mode, comma-separated: front (the agent's observer front "
+        "process, its default) and in-process (--no-observer-front-process)",
+    )
     p.add_argument("--kernel-seconds", type=float, default=8.0, help="kernel-max and kernel-goal: duration")
     p.add_argument(
         "--goal-flows", type=int, default=100_000, help="kernel-goal: flows (events) per second (0: skip)"

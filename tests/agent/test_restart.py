@@ -68,12 +68,13 @@ class AgentProcess:
         assert ready is not None, self.log.read_text()[-3000:]
         return time.monotonic() - started
 
-    def children(self) -> list[int]:
-        """Processes the agent forked and that are still there (it should fork none)."""
+    def children(self) -> list[str]:
+        """Command lines of the processes the agent started and that are still there."""
         assert self.process is not None
-        found: list[int] = []
+        found: list[str] = []
         for task in Path(f"/proc/{self.process.pid}/task").iterdir():
-            found += [int(pid) for pid in (task / "children").read_text().split()]
+            for pid in (task / "children").read_text().split():
+                found.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
         return found
 
     def ready(self) -> bool:
@@ -127,7 +128,9 @@ def test_kill_minus_nine_keeps_enforcing_and_restart_converges(
     try:
         agent.start()
         assert allowed(web, db, 80) and not allowed(other, db, 80)
-        assert agent.children() == [], "entering the node's namespace must not fork helper processes"
+        # Its only child is the observer front process: entering the node's namespace forks no helpers.
+        children = agent.children()
+        assert len(children) == 1 and "-m meshagent.observer.frontproc " in children[0], children
 
         steady = web.talk(db.ip, 80, seconds=12.0)
         assert steady.stdout is not None and steady.stdout.readline().strip() == "connected"

@@ -9,10 +9,20 @@ import pytest
 
 from tests.observer import helpers as h
 
+# Every test of the served API runs against both ways of serving it: from this process, and from the
+# observer front process that the agent uses by default (observer/frontlink.py).
+SERVING_MODES = {"in-process": False, "front-process": True}
+
+
+@pytest.fixture(params=list(SERVING_MODES))
+def serving_mode(request: pytest.FixtureRequest) -> bool:
+    """front_process for ServerConfig."""
+    return SERVING_MODES[request.param]
+
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[h.Served]:
+def served(tmp_path: Path, serving_mode: bool) -> Iterator[h.Served]:
     pipeline = h.make_pipeline()
     pipeline.on_events(h.sample_events())
-    with h.serve(pipeline, tmp_path / "observer.sock") as s:
+    with h.serve(pipeline, tmp_path / "observer.sock", front_process=serving_mode) as s:
         yield s

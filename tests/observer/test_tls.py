@@ -102,13 +102,13 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def _serve(pki: dict[str, Path], *, mutual: bool) -> Iterator[int]:
+def _serve(pki: dict[str, Path], *, mutual: bool, front_process: bool) -> Iterator[int]:
     pipeline = h.make_pipeline()
     pipeline.on_events(h.sample_events())
     tls = TlsConfig(pki["srv_crt"], pki["srv_key"], pki["ca"] if mutual else None)
     server = ObserverServer(
         ObserverService(pipeline, tls_server_name=SERVER_NAME),
-        ServerConfig(unix_socket=None, tcp_address="127.0.0.1:0", tls=tls),
+        ServerConfig(unix_socket=None, tcp_address="127.0.0.1:0", tls=tls, front_process=front_process),
     )
     server.start()
     try:
@@ -119,13 +119,13 @@ def _serve(pki: dict[str, Path], *, mutual: bool) -> Iterator[int]:
 
 
 @pytest.fixture
-def tls_port(pki: dict[str, Path]) -> Iterator[int]:
-    yield from _serve(pki, mutual=False)
+def tls_port(pki: dict[str, Path], serving_mode: bool) -> Iterator[int]:
+    yield from _serve(pki, mutual=False, front_process=serving_mode)
 
 
 @pytest.fixture
-def mtls_port(pki: dict[str, Path]) -> Iterator[int]:
-    yield from _serve(pki, mutual=True)
+def mtls_port(pki: dict[str, Path], serving_mode: bool) -> Iterator[int]:
+    yield from _serve(pki, mutual=True, front_process=serving_mode)
 
 
 def _flows(port: int, tls: ClientTls) -> int:

@@ -40,6 +40,7 @@ class AgentConfig:
     observer_tls_key: Path | None = None
     observer_tls_client_ca: Path | None = None
     observer_insecure: bool = False
+    observer_front_process: bool = True  # gRPC and flow encoding in a process of their own
     metrics_listen: str | None = "127.0.0.1:9965"
     health_listen: str | None = "127.0.0.1:9879"
     flow_ring_size: int = 65536

@@ -170,6 +170,7 @@ class Agent:
                     tcp_address=cfg.observer_listen,
                     tls=tls,
                     allow_insecure_tcp=cfg.observer_insecure,
+                    front_process=cfg.observer_front_process,
                 ),
             )
             server.start()

@@ -42,6 +42,10 @@ _VALUE_FLAGS = {
 }
 _SWITCHES = {
     "--observer-insecure": ("observer_insecure", "allow --observer-listen without TLS"),
+    "--no-observer-front-process": (
+        "observer_front_process",
+        "serve the flow API from the agent's own process (default: a front process on another core)",
+    ),
     "--cleanup": (
         "cleanup_on_exit",
         "on exit remove our tc filters and pinned maps (default: leave enforcing)",

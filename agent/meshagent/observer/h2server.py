@@ -487,7 +487,6 @@ class H2GrpcServer:
             with contextlib.suppress(RuntimeError):  # the loop already stopped
                 self._loop.call_soon_threadsafe(call.conn.finish, call, status, message)
 
-
     def _why_ended(self, call: _Call, status: Status, message: str) -> tuple[Status, str]:
         """A stream that stopped early stopped for its deadline or for the server going away."""
         if self._stopping.is_set():

@@ -99,21 +99,38 @@ class ObserverService:
         return self._streams
 
     # -- GetFlows ---------------------------------------------------------------------------------------
+    @property
+    def node_tail(self) -> bytes:
+        """GetFlowsResponse.node_name, encoded (observer/wire.py)."""
+        return self._node_tail
+
     def get_flows(self, request: bytes, stream: ServerStream) -> None:
         """Streams what the request asks for; runs on the call's own worker thread."""
+        # One write (and one wake of the I/O loop) per batch.
+        self.serve_flows(
+            request, stream.is_active, lambda items: stream.write(self._encode(items)), stream.peer
+        )
+
+    def serve_flows(
+        self,
+        request: bytes,
+        active: Callable[[], bool],
+        send: Callable[[list[QueryItem]], None],
+        peer: str = "",
+    ) -> None:
+        """GetFlows for any transport: `send` takes each batch of query items (until `active()` turns
+        False or the query is done). Raises RpcError for an invalid request."""
         try:
             query = parse_request(_parse(opb.GetFlowsRequest, request))
         except InvalidRequest as err:
             raise RpcError(Status.INVALID_ARGUMENT, str(err)) from err
-        logger.debug("GetFlows from %s: %s", stream.peer, query)
-        batches = run_query_batches(
-            self._pipeline.ring, query, active=stream.is_active, now_ns=time.time_ns
-        )
+        logger.debug("GetFlows from %s: %s", peer, query)
+        batches = run_query_batches(self._pipeline.ring, query, active=active, now_ns=time.time_ns)
         with self._lock:
             self._streams += 1
         try:
             for items in batches:
-                stream.write(self._encode(items))  # one write (and one wake of the I/O loop) per batch
+                send(items)
         finally:
             with self._lock:
                 self._streams -= 1
@@ -132,10 +149,11 @@ class ObserverService:
                 add(_HEAD(0, len(msg)))
                 add(msg)
             else:
-                add(self._framed_other(item))
+                add(self.framed_other(item))
         return b"".join(parts)
 
-    def _framed_other(self, item: QueryItem) -> bytes:
+    def framed_other(self, item: QueryItem) -> bytes:
+        """The framed response of an item that is not a datapath flow (lost notice, built flow, marker)."""
         if isinstance(item, LostNotice):
             self._count_follower_loss(item.count)
             lost = pb.LostEvent(source=pb.HUBBLE_RING_BUFFER, num_events_lost=item.count)

@@ -16,7 +16,14 @@ from collections.abc import Iterable
 from google.protobuf import timestamp_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
-from meshagent.observer.convert import PROTO_SCTP, PROTO_TCP, PROTO_UDP, TCP_SUMMARIES, PreparedFlow
+from meshagent.observer.convert import (
+    PROTO_SCTP,
+    PROTO_TCP,
+    PROTO_UDP,
+    TCP_SUMMARIES,
+    PreparedFlow,
+    Template,
+)
 from meshagent.observer.proto.flow import flow_pb2 as pb
 from meshagent.observer.proto.observer import observer_pb2 as opb
 
@@ -160,30 +167,61 @@ def node_name_field(node_name: str) -> bytes:
     return _string_field(_TAG_RESPONSE_NODE, node_name) if node_name else b""
 
 
+def static_wire(shared: Template) -> bytes:
+    """The template's encoding without the per-flow fields (made once per template, then kept on it)."""
+    static = shared.static_wire
+    if static is None:
+        # Two threads may both get here; they make the same bytes.
+        static = shared.static_wire = _static_part(shared.flow, shared.protocol)
+    return static
+
+
 def flow_response_bytes(prepared: PreparedFlow, node_tail: bytes) -> bytes:
     """GetFlowsResponse{flow, node_name, time} for one prepared flow, serialized; `node_tail` is
     `node_name_field(node)`. Parses to the same message as one built from `prepared.flow()`."""
     shared = prepared.shared
     static = shared.static_wire
     if static is None:
-        # Two threads may both get here; they make the same bytes.
-        static = shared.static_wire = _static_part(shared.flow, shared.protocol)
+        static = static_wire(shared)
     ev = prepared.event
+    return response_bytes(
+        static,
+        shared.protocol,
+        prepared.time_ns,
+        prepared.ids.prefix_bytes,
+        prepared.seq,
+        ev.sport,
+        ev.dport,
+        ev.tcp_flags,
+        ev.is_reply,
+        node_tail,
+    )
 
-    seconds, nanos = divmod(prepared.time_ns, 1_000_000_000)
+
+def response_bytes(
+    static: bytes,
+    proto: int,
+    time_ns: int,
+    uuid_prefix: bytes,
+    uuid_number: int,
+    sport: int,
+    dport: int,
+    tcp_flags: int,
+    is_reply: bool | int,
+    node_tail: bytes,
+) -> bytes:
+    """A GetFlowsResponse from a template's `static_wire` and one flow's own fields: the encoder that both
+    the in-process server and the front process (observer/handoff.py) use."""
+    seconds, nanos = divmod(time_ns, 1_000_000_000)
     ts = _SECONDS.get(seconds)
     if ts is None:
         ts = _seconds_field(seconds)
     if nanos:
         ts += _TAG_NANOS + varint(nanos)
     ts_len = _SMALL[len(ts)]
-    uuid_prefix = prepared.ids.prefix_bytes  # the text of UuidSource.text, made without a str
-    uuid_number = b"%012x" % prepared.seq
+    uuid_text = b"%012x" % uuid_number  # with uuid_prefix: the text of UuidSource.text, made without a str
 
-    proto = shared.protocol
     if proto in _WITH_PORTS:
-        sport = ev.sport
-        dport = ev.dport
         sp = _SPORTS[sport]
         if sp is None:
             sp = _port_field(_SPORTS, _TAG_SPORT, sport)
@@ -191,9 +229,8 @@ def flow_response_bytes(prepared: PreparedFlow, node_tail: bytes) -> bytes:
         if dp is None:
             dp = _port_field(_DPORTS, _TAG_DPORT, dport)
         if proto == PROTO_TCP:
-            bits = ev.tcp_flags
-            fl = _TCP_FLAGS[bits]
-            l4 = b"".join((_L4_TCP[len(sp) + len(dp) + len(fl)], sp, dp, fl, _TCP_SUMMARY[bits]))
+            fl = _TCP_FLAGS[tcp_flags]
+            l4 = b"".join((_L4_TCP[len(sp) + len(dp) + len(fl)], sp, dp, fl, _TCP_SUMMARY[tcp_flags]))
         else:
             l4 = b"".join(((_L4_UDP if proto == PROTO_UDP else _L4_SCTP)[len(sp) + len(dp)], sp, dp))
     else:
@@ -206,11 +243,11 @@ def flow_response_bytes(prepared: PreparedFlow, node_tail: bytes) -> bytes:
             ts_len,
             ts,
             _TAG_UUID,
-            _SMALL[len(uuid_prefix) + len(uuid_number)],
+            _SMALL[len(uuid_prefix) + len(uuid_text)],
             uuid_prefix,
-            uuid_number,
+            uuid_text,
             l4,
-            _REPLY_FIELDS[ev.is_reply],
+            _REPLY_FIELDS[is_reply],
         )
     )
     return b"".join((_TAG_RESPONSE_FLOW, varint(len(body)), body, node_tail, _TAG_RESPONSE_TIME, ts_len, ts))

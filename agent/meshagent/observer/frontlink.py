@@ -1,0 +1,328 @@
+"""The agent's side of the observer front process: starts it, answers its calls, feeds its streams.
+
+Why a second process: at high flow rates the agent's interpreter lock is the limit. Reading the ring
+buffer, enrichment and the flow ring need it, and so did encoding every flow, HTTP/2 and the client
+sockets, about as much again. The front process (frontproc.py) takes the second half onto the other core:
+it owns the listening sockets and speaks gRPC; this side keeps the ring and the queries, and hands each
+stream's flows over as small records (handoff.py).
+
+Between the two:
+- a control socket (SOCK_SEQPACKET, one pickled tuple per message): the front process asks for unary calls
+  ("unary", id, path, request, peer, deadline) and answers come back ("result", id, status, message,
+  response); a GetFlows call arrives as ("stream", path, request, peer, deadline) with the agent's end of
+  a new socket pair attached; ("stop", grace) and the end of the socket stop the front process;
+- per stream, that socket: handoff frames from here, ended by END; the front process closes it when the
+  client goes, which ends the query here.
+
+If the front process dies, it is started again (the listening sockets are bound again by the new one).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from meshagent.observer.grpcwire import RpcError, Status
+from meshagent.observer.h2server import CallInfo, StreamClosed
+from meshagent.observer.handoff import FlowPacker, end_frame
+from meshagent.observer.service import ObserverService, methods
+
+if TYPE_CHECKING:
+    from meshagent.observer.server import ServerConfig
+
+logger = logging.getLogger(__name__)
+
+CONTROL_MAX = 1 << 20  # largest control message (a GetFlows request with its filters, a unary response)
+STREAM_BUFFER = 1 << 20  # socket buffer of a stream's pair: about 40k flow records in flight
+START_TIMEOUT_S = 60.0
+RESTART_DELAY_S = 1.0
+
+
+def control_pair() -> tuple[socket.socket, socket.socket]:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    for s in (a, b):
+        # A SEQPACKET message must fit the send buffer whole.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2 * CONTROL_MAX)
+    return a, b
+
+
+def send_control(sock: socket.socket, message: tuple[Any, ...], fds: list[int] | None = None) -> None:
+    data = pickle.dumps(message)
+    if len(data) > CONTROL_MAX:
+        raise RpcError(Status.RESOURCE_EXHAUSTED, f"message of {len(data)} bytes: at most {CONTROL_MAX}")
+    if fds:
+        socket.send_fds(sock, [data], fds)
+    else:
+        sock.send(data)
+
+
+class FrontLink:
+    """Runs the front process for `service` with `config` (ServerConfig) and serves what it asks."""
+
+    def __init__(self, service: ObserverService, config: ServerConfig) -> None:
+        self._service = service
+        self._config = config
+        self._methods = methods(service)
+        self._stopping = threading.Event()
+        self._send_lock = threading.Lock()
+        self._unary_pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="observer-unary")
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._control: socket.socket | None = None
+        self._supervisor: threading.Thread | None = None
+        self._streams: set[threading.Thread] = set()
+        self._streams_lock = threading.Lock()
+        self.tcp_port: int | None = None
+        self.restarts = 0
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def start(self) -> int | None:
+        """Starts the front process and waits until it listens; returns the bound TCP port, if any.
+        Raises ServerConfigError when it cannot listen."""
+        self._spawn()
+        self._supervisor = threading.Thread(target=self._supervise, name="observer-link", daemon=True)
+        self._supervisor.start()
+        return self.tcp_port
+
+    def _spawn(self) -> None:
+        from meshagent.observer.server import ServerConfigError
+
+        cfg = self._config
+        settings = {
+            "unix_socket": str(cfg.unix_socket) if cfg.unix_socket is not None else None,
+            "tcp_address": cfg.tcp_address,
+            "tls": None
+            if cfg.tls is None
+            else {
+                "cert_file": str(cfg.tls.cert_file),
+                "key_file": str(cfg.tls.key_file),
+                "client_ca_file": str(cfg.tls.client_ca_file) if cfg.tls.client_ca_file else None,
+            },
+            "max_streams": cfg.max_workers,
+            "methods": {path: "stream" if m.stream else "unary" for path, m in self._methods.items()},
+            "log_level": logging.getLogger("meshagent").getEffectiveLevel(),
+            "tcp_port": self.tcp_port,  # a restart binds the port the first start got
+        }
+        mine, theirs = control_pair()
+        argv = [
+            sys.executable,
+            "-m",
+            "meshagent.observer.frontproc",
+            str(theirs.fileno()),
+            json.dumps(settings),
+        ]
+        try:
+            proc = subprocess.Popen(argv, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        finally:
+            theirs.close()
+        mine.settimeout(START_TIMEOUT_S)
+        try:
+            reply = pickle.loads(mine.recv(CONTROL_MAX) or pickle.dumps(("error", "it exited at start")))
+        except (OSError, TimeoutError) as err:
+            reply = ("error", f"no answer: {err}")
+        if reply[0] != "ready":
+            mine.close()
+            proc.kill()
+            proc.wait()
+            raise ServerConfigError(f"observer front process: {reply[1]}")
+        mine.settimeout(None)
+        self.tcp_port = reply[1]
+        self._proc, self._control = proc, mine
+        logger.debug("observer front process %d ready", proc.pid)
+
+    def stop(self, grace: float | None = 1.0) -> None:
+        self._stopping.set()
+        self._stop_process(grace)
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=5)
+        with self._streams_lock:
+            streams = list(self._streams)
+        for t in streams:
+            t.join(timeout=5)
+        self._unary_pool.shutdown(wait=False)
+
+    def _stop_process(self, grace: float | None) -> None:
+        control, proc = self._control, self._proc
+        if control is not None:
+            try:
+                with self._send_lock:
+                    send_control(control, ("stop", grace or 0.0))
+            except OSError:
+                pass  # already gone
+        if proc is not None:
+            try:
+                proc.wait(timeout=(grace or 0.0) + 10)
+            except subprocess.TimeoutExpired:
+                logger.warning("observer front process %d did not stop; killing it", proc.pid)
+                proc.kill()
+                proc.wait()
+        if control is not None:
+            control.close()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def _supervise(self) -> None:
+        while True:
+            self._serve_control()
+            if self._stopping.is_set():
+                return
+            proc = self._proc
+            code = proc.wait() if proc is not None else None
+            if self._control is not None:
+                self._control.close()
+            logger.error("observer front process exited (%s); starting it again", code)
+            time.sleep(RESTART_DELAY_S)
+            if self._stopping.is_set():
+                return
+            try:
+                self._spawn()
+                self.restarts += 1
+            except Exception:
+                logger.exception("restarting the observer front process failed")
+                return
+            if self._stopping.is_set():  # stop() ran while it was starting: it saw the old one only
+                self._stop_process(0.0)
+                return
+
+    # -- calls from the front process -------------------------------------------------------------------
+    def _serve_control(self) -> None:
+        control = self._control
+        assert control is not None
+        while True:
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(control, CONTROL_MAX, 1)
+            except OSError:
+                return
+            if not data:
+                for fd in fds:
+                    os.close(fd)
+                return  # the front process is gone (or stopped)
+            try:
+                message = pickle.loads(data)
+                kind = message[0]
+            except Exception:
+                logger.exception("unreadable message from the observer front process")
+                continue
+            if kind == "unary":
+                self._unary_pool.submit(self._unary, *message[1:])
+            elif kind == "stream" and fds:
+                self._start_stream(fds[0], *message[1:])
+            else:
+                logger.error("unexpected message from the observer front process: %r", kind)
+                for fd in fds:
+                    os.close(fd)
+
+    def _unary(self, call_id: int, path: str, request: bytes, peer: str, deadline: float | None) -> None:
+        method = self._methods.get(path)
+        status, message, response = Status.OK, "", b""
+        try:
+            if method is None or method.unary is None:
+                raise RpcError(Status.UNIMPLEMENTED, f"unknown method {path}")
+            response = method.unary(request, CallInfo(peer, deadline))
+        except RpcError as err:
+            status, message, response = err.status, err.message, b""
+        except Exception as err:
+            logger.exception("unary call %s failed", path)
+            status, message, response = Status.UNKNOWN, f"{type(err).__name__}: {err}", b""
+        try:
+            with self._send_lock:
+                send_control(self._control_socket(), ("result", call_id, int(status), message, response))
+        except RpcError as err:
+            with self._send_lock:
+                send_control(self._control_socket(), ("result", call_id, int(err.status), err.message, b""))
+        except OSError:
+            pass  # the front process went away; its client gets UNAVAILABLE from the restart
+
+    def _control_socket(self) -> socket.socket:
+        control = self._control
+        if control is None:
+            raise OSError("no front process")
+        return control
+
+    def _start_stream(self, fd: int, path: str, request: bytes, peer: str, deadline: float | None) -> None:
+        sock = socket.socket(fileno=fd)
+        t = threading.Thread(
+            target=self._run_stream,
+            args=(sock, path, request, peer, deadline),
+            name="observer-flows",
+            daemon=True,
+        )
+        with self._streams_lock:
+            self._streams.add(t)
+        t.start()
+
+    def _run_stream(
+        self, sock: socket.socket, path: str, request: bytes, peer: str, deadline: float | None
+    ) -> None:
+        link = _StreamLink(sock, deadline, self._stopping)
+        try:
+            method = self._methods.get(path)
+            if method is None or method.stream is None:
+                raise RpcError(Status.UNIMPLEMENTED, f"unknown method {path}")
+            packer = FlowPacker(self._service.node_tail, self._service.framed_other)
+            self._service.serve_flows(
+                request, link.is_active, lambda items: link.send(packer.pack(items)), peer
+            )
+            link.end(Status.OK, "")
+        except StreamClosed:
+            pass  # the client (or the front process) went away
+        except RpcError as err:
+            link.end(err.status, err.message)
+        except Exception as err:
+            logger.exception("GetFlows for %s failed", peer)
+            link.end(Status.UNKNOWN, f"{type(err).__name__}: {err}")
+        finally:
+            sock.close()
+            with self._streams_lock:
+                self._streams.discard(threading.current_thread())
+
+
+class _StreamLink:
+    """This end of one stream's socket: the query's `active` and `send`."""
+
+    def __init__(self, sock: socket.socket, deadline: float | None, stopping: threading.Event) -> None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_BUFFER)
+        self._sock = sock
+        self._deadline = deadline  # time.monotonic(): the same clock in both processes (CLOCK_MONOTONIC)
+        self._stopping = stopping
+        self._gone = False
+
+    def is_active(self) -> bool:
+        if self._gone or self._stopping.is_set():
+            return False
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            return False
+        try:
+            # The front process never writes here: readable means closed (client gone).
+            if self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                self._gone = True
+        except BlockingIOError:
+            pass
+        except OSError:
+            self._gone = True
+        return not self._gone
+
+    def send(self, data: bytes) -> None:
+        try:
+            self._sock.sendall(data)  # blocks while the front process (its client) is behind
+        except OSError as err:
+            self._gone = True
+            raise StreamClosed() from err
+
+    def end(self, status: Status, message: str) -> None:
+        if self._gone:
+            return
+        try:
+            self._sock.sendall(end_frame(status, message))
+        except OSError:
+            self._gone = True

@@ -1,0 +1,191 @@
+"""The observer front process: serves observer.Observer over gRPC for the agent that started it.
+
+Started by frontlink.FrontLink as `python -m meshagent.observer.frontproc CONTROL_FD SETTINGS_JSON`. It binds
+the listening sockets, runs the HTTP/2 server (h2server.py), asks the agent for every call over the control
+socket, and turns the records of each GetFlows stream into responses (handoff.py). It stops when the agent
+says so or when the control socket ends (the agent is gone).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import json
+import logging
+import pickle
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from meshagent.observer.frontlink import CONTROL_MAX, STREAM_BUFFER, send_control
+from meshagent.observer.grpcwire import RpcError, Status
+from meshagent.observer.h2server import CallInfo, H2GrpcServer, Method, ServerStream
+from meshagent.observer.handoff import FlowUnpacker, FrameReader
+from meshagent.observer.server import ServerConfigError, TlsConfig, bind_tcp, bind_unix, split_address
+
+logger = logging.getLogger("meshagent.observer.frontproc")
+
+UNARY_TIMEOUT_S = 30.0  # a unary call with no deadline waits this long for the agent
+POLL_S = 0.5  # how often a waiting stream looks at its client
+
+
+class AgentLink:
+    """The control socket from this side: calls to the agent, and its answers and orders."""
+
+    def __init__(self, control: socket.socket) -> None:
+        self._control = control
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._pending: dict[int, concurrent.futures.Future[tuple[int, str, bytes]]] = {}
+        self.stop_requested = threading.Event()
+        self.grace = 0.0
+        self.gone = False
+
+    def send(self, message: tuple[Any, ...], fds: list[int] | None = None) -> None:
+        try:
+            with self._lock:
+                send_control(self._control, message, fds)
+        except OSError as err:
+            raise RpcError(Status.UNAVAILABLE, f"the agent is not reachable: {err}") from err
+
+    def unary(self, path: str, request: bytes, info: CallInfo) -> bytes:
+        call_id = next(self._ids)
+        fut: concurrent.futures.Future[tuple[int, str, bytes]] = concurrent.futures.Future()
+        self._pending[call_id] = fut
+        try:
+            if self.gone:
+                raise RpcError(Status.UNAVAILABLE, "the agent is gone")
+            self.send(("unary", call_id, path, request, info.peer, info.deadline))
+            wait = UNARY_TIMEOUT_S if info.deadline is None else max(0.0, info.deadline - time.monotonic())
+            try:
+                status, message, response = fut.result(timeout=wait)
+            except concurrent.futures.TimeoutError:
+                if info.deadline is not None:
+                    raise RpcError(Status.DEADLINE_EXCEEDED, "deadline exceeded") from None
+                raise RpcError(Status.UNAVAILABLE, "the agent did not answer") from None
+        finally:
+            self._pending.pop(call_id, None)
+        if status != Status.OK:
+            raise RpcError(Status(status), message)
+        return response
+
+    def run(self) -> None:
+        """Reads the agent's messages until it says stop or goes away (on the calling thread)."""
+        while True:
+            try:
+                data = self._control.recv(CONTROL_MAX)
+            except OSError:
+                data = b""
+            if not data:
+                self.gone = True
+                for fut in list(self._pending.values()):
+                    fut.set_result((int(Status.UNAVAILABLE), "the agent is gone", b""))
+                self.stop_requested.set()
+                return
+            message = pickle.loads(data)
+            if message[0] == "result":
+                _, call_id, status, text, response = message
+                waiting = self._pending.get(call_id)
+                if waiting is not None and not waiting.done():
+                    waiting.set_result((status, text, response))
+            elif message[0] == "stop":
+                self.grace = float(message[1])
+                self.stop_requested.set()
+                return
+
+
+def stream_handler(agent: AgentLink, path: str) -> Any:
+    def handler(request: bytes, stream: ServerStream) -> None:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        mine.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, STREAM_BUFFER)
+        try:
+            try:
+                agent.send(("stream", path, request, stream.peer, stream.deadline), [theirs.fileno()])
+            finally:
+                theirs.close()
+            reader = FrameReader(mine)
+            unpacker = FlowUnpacker()
+            while stream.is_active():
+                frames = reader.read(POLL_S)
+                data = b"".join([unpacker.feed(kind, payload) for kind, payload in frames])
+                if data:
+                    stream.write(data)
+                if unpacker.ended is not None:
+                    status, message = unpacker.ended
+                    if status != Status.OK:
+                        raise RpcError(status, message)
+                    return
+                if reader.eof:
+                    raise RpcError(Status.UNAVAILABLE, "the agent ended the stream")
+        finally:
+            mine.close()  # tells the agent's side, if the client went first
+
+    return handler
+
+
+def unary_handler(agent: AgentLink, path: str) -> Any:
+    def handler(request: bytes, info: CallInfo) -> bytes:
+        return agent.unary(path, request, info)
+
+    return handler
+
+
+def serve(control: socket.socket, settings: dict[str, Any]) -> int:
+    agent = AgentLink(control)
+    methods = {
+        path: Method(stream=stream_handler(agent, path))
+        if kind == "stream"
+        else Method(unary=unary_handler(agent, path))
+        for path, kind in settings["methods"].items()
+    }
+    server = H2GrpcServer(methods, max_streams=int(settings["max_streams"]))
+    server.start()
+    try:
+        tcp_port = None
+        if settings["unix_socket"]:
+            bind_unix(server, Path(settings["unix_socket"]))
+        if settings["tcp_address"]:
+            address = settings["tcp_address"]
+            if settings.get("tcp_port"):
+                address = f"{split_address(address)[0]}:{settings['tcp_port']}"
+            tls = settings["tls"]
+            ctx = None
+            if tls is not None:
+                ca = tls["client_ca_file"]
+                ctx = TlsConfig(
+                    Path(tls["cert_file"]), Path(tls["key_file"]), Path(ca) if ca else None
+                ).context()
+            tcp_port = bind_tcp(server, address, ctx)
+    except Exception as err:  # reported to the agent, which raises it as ServerConfigError
+        server.stop(grace=None)
+        send_control(control, ("error", str(err) if isinstance(err, ServerConfigError) else repr(err)))
+        return 1
+    send_control(control, ("ready", tcp_port))
+    agent.run()
+    server.stop(grace=agent.grace)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python -m meshagent.observer.frontproc CONTROL_FD SETTINGS_JSON", file=sys.stderr)
+        return 2
+    settings = json.loads(argv[1])
+    logging.basicConfig(
+        level=int(settings.get("log_level", logging.INFO)),
+        format="%(asctime)s %(levelname)s %(name)s[front]: %(message)s",
+    )
+    # As in the agent (cli/run.py): short GIL hand-offs between the I/O loop and the stream workers.
+    sys.setswitchinterval(0.0005)
+    control = socket.socket(fileno=int(argv[0]))
+    try:
+        return serve(control, settings)
+    finally:
+        control.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
