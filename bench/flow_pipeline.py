@@ -6,6 +6,9 @@ Synthetic phases (the Python pipeline alone, fed DatapathEvent objects in this p
   e2e           produce as fast as possible while a follower streams everything: rate delivered, loss
                 counted (lost_events the server reported + anything unaccounted for), CPU share.
   paced         produce at a fixed rate (default 10k/s) with a follower: loss and CPU share.
+e2e, paced and the kernel phases run once per --observer-modes entry (default both): flows served from
+the agent's observer front process (observer=front, the agent's default) and from its own process
+(observer=in-process), side by side in one run.
 
 Kernel phases (root): a node namespace with two pods; the whole agent (`meshagent run`, a separate
 process) enforces a NetworkPolicy that denies all egress of the `spray` pod, and bench/tools/udpspray.c
@@ -334,21 +337,33 @@ def phase_ingest(events: list[DatapathEvent], args: argparse.Namespace, tmp: Pat
     )
 
 
-def phase_e2e(events: list[DatapathEvent], args: argparse.Namespace, tmp: Path) -> None:
-    pipeline = build_agent(args.ring, args.pods, not args.no_metrics)
-    server = ObserverServer(ObserverService(pipeline), ServerConfig(unix_socket=tmp / "e2e.sock"))
+def front_cpu_s(server: ObserverServer) -> float:
+    """CPU time of the server's front process (0 when it serves from this process)."""
+    pid = server.front.pid if server.front is not None else None
+    return proc_cpu_s(pid) if pid is not None else 0.0
+
+
+def start_server(pipeline: FlowPipeline, sock: Path, mode: str) -> ObserverServer:
+    config = ServerConfig(unix_socket=sock, front_process=mode == "front")
+    server = ObserverServer(ObserverService(pipeline), config)
     server.start()
+    return server
+
+
+def phase_e2e(events: list[DatapathEvent], args: argparse.Namespace, tmp: Path, mode: str) -> None:
+    pipeline = build_agent(args.ring, args.pods, not args.no_metrics)
+    server = start_server(pipeline, tmp / "e2e.sock", mode)
     try:
         follow = Follower(args.follower_kind, tmp / "e2e.sock")
         try:
             f0 = follow.cpu_s()
-            c0, t0 = cpu_s(), time.perf_counter()
+            c0, t0, fc0 = cpu_s(), time.perf_counter(), front_cpu_s(server)
             for i in range(0, len(events), READER_BATCH):
                 pipeline.on_events(events[i : i + READER_BATCH])
             produce_s = time.perf_counter() - t0
             pipeline.on_event(end_marker())
             res = follow.finish(300)
-            dt, dc = time.perf_counter() - t0, cpu_s() - c0
+            dt, dc, dfc = time.perf_counter() - t0, cpu_s() - c0, front_cpu_s(server) - fc0
         finally:
             follow.kill()
     finally:
@@ -356,18 +371,17 @@ def phase_e2e(events: list[DatapathEvent], args: argparse.Namespace, tmp: Path) 
     sent = len(events) + 1
     unaccounted = sent - res.flows - res.lost
     print(
-        f"BENCH flow_pipeline phase=e2e follower={follow.kind.name} events={sent} "
+        f"BENCH flow_pipeline phase=e2e observer={mode} follower={follow.kind.name} events={sent} "
         f"produce_per_s={sent / produce_s:.0f} delivered_per_s={res.flows / dt:.0f} delivered={res.flows} "
         f"lost_reported={res.lost} unaccounted={unaccounted} agent_cpu_share={dc / dt:.2f} "
-        f"follower_cpu_share={(res.cpu_s - f0) / dt:.2f} ring={args.ring}",
+        f"front_cpu_share={dfc / dt:.2f} follower_cpu_share={(res.cpu_s - f0) / dt:.2f} ring={args.ring}",
         flush=True,
     )
 
 
-def phase_paced(events: list[DatapathEvent], args: argparse.Namespace, tmp: Path) -> None:
+def phase_paced(events: list[DatapathEvent], args: argparse.Namespace, tmp: Path, mode: str) -> None:
     pipeline = build_agent(args.ring, args.pods, not args.no_metrics)
-    server = ObserverServer(ObserverService(pipeline), ServerConfig(unix_socket=tmp / "paced.sock"))
-    server.start()
+    server = start_server(pipeline, tmp / "paced.sock", mode)
     try:
         follow = Follower(args.follower_kind, tmp / "paced.sock")
         try:
@@ -375,7 +389,7 @@ def phase_paced(events: list[DatapathEvent], args: argparse.Namespace, tmp: Path
             batch = max(1, rate // 100)  # the datapath reader drains every ~10 ms
             total = min(len(events), int(rate * args.seconds))
             f0 = follow.cpu_s()
-            c0, t0 = cpu_s(), time.perf_counter()
+            c0, t0, fc0 = cpu_s(), time.perf_counter(), front_cpu_s(server)
             i = 0
             while i < total:
                 pipeline.on_events(events[i : i + batch])
@@ -388,15 +402,17 @@ def phase_paced(events: list[DatapathEvent], args: argparse.Namespace, tmp: Path
             pipeline.on_event(end_marker())
             res = follow.finish(300)
             follower_share = (res.cpu_s - f0) / (res.exited_at - t0)
+            front_share = (front_cpu_s(server) - fc0) / (res.exited_at - t0)
         finally:
             follow.kill()
     finally:
         server.stop(grace=None)
     sent = total + 1
     print(
-        f"BENCH flow_pipeline phase=paced follower={follow.kind.name} target_per_s={rate} "
+        f"BENCH flow_pipeline phase=paced observer={mode} follower={follow.kind.name} target_per_s={rate} "
         f"achieved_per_s={total / dt:.0f} delivered={res.flows} lost_reported={res.lost} "
         f"unaccounted={sent - res.flows - res.lost} agent_cpu_share={dc / dt:.2f} "
+        f"front_cpu_share={front_share:.2f} "
         f"follower_cpu_share={follower_share:.2f}",
         flush=True,
     )
@@ -406,8 +422,9 @@ def synthetic_phases(args: argparse.Namespace) -> None:
     events = make_events(max(args.events, int(args.rate * args.seconds)), args.pods)
     with tempfile.TemporaryDirectory(prefix="flowbench-") as tmp:
         phase_ingest(events[: args.events], args, Path(tmp))
-        phase_e2e(events[: args.events], args, Path(tmp))
-        phase_paced(events, args, Path(tmp))
+        for mode in args.observer_modes.split(","):
+            phase_e2e(events[: args.events], args, Path(tmp), mode)
+            phase_paced(events, args, Path(tmp), mode)
 
 
 # --- kernel phases ----------------------------------------------------------------------------------------
@@ -762,8 +779,8 @@ def main() -> int:
     p.add_argument(
         "--observer-modes",
         default="front,in-process",
-        help="kernel phases: run them once per mode, comma-separated: front (the agent's observer front "
-        "process, its default) and in-process (--no-observer-front-process)",
+        help="serving phases (e2e, paced, kernel-*): run them once per mode, comma-separated: front (the "
+        "agent's observer front process, its default) and in-process (--no-observer-front-process)",
     )
     p.add_argument("--kernel-seconds", type=float, default=8.0, help="kernel-max and kernel-goal: duration")
     p.add_argument(

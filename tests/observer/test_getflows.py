@@ -11,9 +11,11 @@ from pathlib import Path
 import grpc
 import pytest
 from meshagent.observer.client import ObserverClient
+from meshagent.observer.pipeline import FlowPipeline
 from meshagent.observer.proto.flow import flow_pb2 as pb
 from meshagent.observer.proto.observer import observer_pb2 as opb
 from meshagent.observer.proto.observer import observer_pb2_grpc as ogrpc
+from meshagent.observer.ring import FlowRing
 
 from tests.observer import helpers as h
 
@@ -255,3 +257,17 @@ def test_too_many_followers_are_refused_not_queued(tmp_path: Path) -> None:
         with pytest.raises(grpc.RpcError) as info:
             list(c.get_flows(opb.GetFlowsRequest(number=1)))
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_a_lagging_reader_gets_the_loss_markers_it_missed_and_a_count_of_flows_only() -> None:
+    ring = FlowRing(8)
+    pipeline = FlowPipeline(builder=h.make_pipeline().builder, ring=ring)
+    pipeline.on_event(h.event(dport=1))
+    pipeline.record_lost(pb.PERF_EVENT_RING_BUFFER, 37)  # a marker at seq 1
+    pipeline.on_events([h.event(dport=100 + i) for i in range(20)])  # seq 2..21: the ring holds 14..21
+    entries, next_seq, lost = ring.read_from(0, limit=100)
+    assert next_seq == 22
+    assert lost == 13  # seq 0..13 are gone: 13 flows and the marker, which comes back
+    assert entries[0].lost is not None and entries[0].lost.num_events_lost == 37
+    assert [e.seq for e in entries[1:]] == list(range(14, 22))
+    assert ring.num_flows == 8

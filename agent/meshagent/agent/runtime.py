@@ -171,6 +171,7 @@ class Agent:
                     tls=tls,
                     allow_insecure_tcp=cfg.observer_insecure,
                     front_process=cfg.observer_front_process,
+                    front_log_format=cfg.log_format,
                 ),
             )
             server.start()

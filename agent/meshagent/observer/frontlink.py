@@ -108,7 +108,8 @@ class FrontLink:
             },
             "max_streams": cfg.max_workers,
             "methods": {path: "stream" if m.stream else "unary" for path, m in self._methods.items()},
-            "log_level": logging.getLogger("meshagent").getEffectiveLevel(),
+            "log_level": logging.getLevelName(logging.getLogger("meshagent").getEffectiveLevel()),
+            "log_format": cfg.front_log_format,
             "tcp_port": self.tcp_port,  # a restart binds the port the first start got
         }
         mine, theirs = control_pair()

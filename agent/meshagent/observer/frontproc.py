@@ -174,10 +174,9 @@ def main(argv: list[str]) -> int:
         print("usage: python -m meshagent.observer.frontproc CONTROL_FD SETTINGS_JSON", file=sys.stderr)
         return 2
     settings = json.loads(argv[1])
-    logging.basicConfig(
-        level=int(settings.get("log_level", logging.INFO)),
-        format="%(asctime)s %(levelname)s %(name)s[front]: %(message)s",
-    )
+    from meshagent.agent.logs import setup_logging
+
+    setup_logging(level=str(settings["log_level"]), fmt=str(settings["log_format"]))
     # As in the agent (cli/run.py): short GIL hand-offs between the I/O loop and the stream workers.
     sys.setswitchinterval(0.0005)
     control = socket.socket(fileno=int(argv[0]))

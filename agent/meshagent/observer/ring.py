@@ -65,7 +65,9 @@ class FlowRing:
         self._cond = threading.Condition(threading.Lock())
         self._waiters = 0
         self._closed = False
-        self._lost_seqs: deque[int] = deque()  # sequence numbers of held lost-event markers (rare)
+        # Lost-event markers (rare), kept for one more ring length after they are overwritten: a reader that
+        # fell behind still gets the markers it missed, and is told how many *flows* it missed.
+        self._markers: deque[RingEntry] = deque()
 
     @property
     def capacity(self) -> int:
@@ -87,9 +89,13 @@ class FlowRing:
         """Flows held (lost-event markers excluded)."""
         with self._cond:
             oldest = max(0, self._next - self._cap)
-            while self._lost_seqs and self._lost_seqs[0] < oldest:
-                self._lost_seqs.popleft()
-            return min(self._next, self._cap) - len(self._lost_seqs)
+            self._prune_markers(oldest)
+            held = sum(1 for m in self._markers if m.seq >= oldest)
+            return min(self._next, self._cap) - held
+
+    def _prune_markers(self, oldest: int) -> None:
+        while self._markers and self._markers[0].seq < oldest - self._cap:
+            self._markers.popleft()
 
     @property
     def overwritten(self) -> int:
@@ -122,9 +128,10 @@ class FlowRing:
     def _push(self, time_ns: int, flow: pb.Flow | None, lost: pb.LostEvent | None) -> None:
         with self._cond:
             seq = self._next
+            entry = self._slots[seq % self._cap] = RingEntry(seq, time_ns, flow, lost)
             if lost is not None:
-                self._lost_seqs.append(seq)
-            self._slots[seq % self._cap] = RingEntry(seq, time_ns, flow, lost)
+                self._markers.append(entry)
+                self._prune_markers(max(0, seq - self._cap))
             self._next = seq + 1
             if self._waiters:
                 self._cond.notify_all()
@@ -137,15 +144,18 @@ class FlowRing:
         return entry
 
     def read_from(self, seq: int, limit: int = 1024) -> tuple[list[RingEntry], int, int]:
-        """Up to `limit` entries from `seq`: (entries, next seq to read, number lost before them)."""
+        """Up to `limit` entries from `seq`: (entries, next seq to read, number of flows lost before them).
+        Lost-event markers overwritten since `seq` lead the entries: what the kernel lost is still told."""
         with self._cond:
             oldest = max(0, self._next - self._cap)
             lost = 0
+            out: list[RingEntry | None] = []
             if seq < oldest:
-                lost = oldest - seq
+                out = [m for m in self._markers if seq <= m.seq < oldest]
+                lost = oldest - seq - len(out)
                 seq = oldest
             end = min(self._next, seq + limit)
-            out = [self._slots[s % self._cap] for s in range(seq, end)]
+            out += [self._slots[s % self._cap] for s in range(seq, end)]
         return [e for e in out if e is not None], end, lost
 
     def wait_for(self, seq: int, timeout: float) -> bool:

@@ -55,6 +55,7 @@ class ServerConfig:
     allow_insecure_tcp: bool = False  # plaintext TCP only when asked for explicitly
     max_workers: int = 16  # GetFlows calls at once (each holds a thread); more get RESOURCE_EXHAUSTED
     front_process: bool = False  # serve from a separate process (observer/frontlink.py)
+    front_log_format: str = "auto"  # the front process's logs: as the agent's log_format
 
 
 def split_address(address: str) -> tuple[str, int]:
