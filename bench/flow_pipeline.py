@@ -645,7 +645,8 @@ def kernel_phase(
         busy - agent_share - front_in_agent_window - (f_drained - f0 + float(sent["cpu_seconds"])) / agent_s
     )
     print(
-        f"BENCH flow_pipeline phase={name} observer={mode} follower={follow.kind.name} target_pps={pps} "
+        f"BENCH flow_pipeline phase={name} observer={mode} cpu_hogs={args.cpu_hogs} "
+        f"follower={follow.kind.name} target_pps={pps} "
         f"packets_sent={sent['sent']} sent_pps={sent['sent'] / spray_s:.0f} datapath_drops={drops} "
         f"kernel_events={kernel_events} kernel_events_per_s={kernel_events / spray_s:.0f} "
         f"delivered={delivered} delivered_per_s={delivered / window:.0f} lost_reported={lost} "
@@ -664,7 +665,13 @@ def kernel_phase(
 
 def kernel_phases(args: argparse.Namespace) -> None:
     for mode in args.observer_modes.split(","):
-        kernel_phases_with(args, mode)
+        hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.cpu_hogs)]
+        try:
+            kernel_phases_with(args, mode)
+        finally:
+            for hog in hogs:
+                hog.kill()
+                hog.wait()
 
 
 def kernel_phases_with(args: argparse.Namespace, mode: str) -> None:
@@ -781,6 +788,12 @@ def main() -> int:
         default="front,in-process",
         help="serving phases (e2e, paced, kernel-*): run them once per mode, comma-separated: front (the "
         "agent's observer front process, its default) and in-process (--no-observer-front-process)",
+    )
+    p.add_argument(
+        "--cpu-hogs",
+        type=int,
+        default=0,
+        help="kernel phases: run this many busy-looping processes alongside (a noisy neighbour on the node)",
     )
     p.add_argument("--kernel-seconds", type=float, default=8.0, help="kernel-max and kernel-goal: duration")
     p.add_argument(

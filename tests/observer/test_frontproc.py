@@ -14,9 +14,12 @@ from pathlib import Path
 import grpc
 import pytest
 from meshagent.observer.client import ObserverClient
+from meshagent.observer.metrics import FlowMetrics
 from meshagent.observer.proto.observer import observer_pb2 as opb
 from meshagent.observer.server import ObserverServer, ServerConfig, ServerConfigError
 from meshagent.observer.service import ObserverService
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.observer import helpers as h
 
@@ -56,9 +59,18 @@ def test_a_killed_front_process_is_started_again(tmp_path: Path) -> None:
     with h.serve(pipeline, tmp_path / "observer.sock", front_process=True) as s:
         link = s.server.front
         assert link is not None and link.pid is not None
+        metrics = FlowMetrics(node_name="node-a", version="test")
+        link.on_restart = metrics.front_restarted
         first = link.pid
         os.kill(first, signal.SIGKILL)
         assert _wait(lambda: link.restarts == 1 and link.pid != first), "not restarted"
+        exposition = generate_latest(metrics.registry).decode()
+        samples = {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(exposition)
+            for sample in family.samples
+        }
+        assert samples["meshagent_observer_front_restarts_total"] == 1
         with ObserverClient(f"unix://{s.socket}", timeout_s=5) as c:
             got = [r for r in c.get_flows(opb.GetFlowsRequest(number=3)) if r.HasField("flow")]
         assert len(got) == 3

@@ -174,6 +174,8 @@ class Agent:
                     front_log_format=cfg.log_format,
                 ),
             )
+            if server.front is not None and self.metrics is not None:
+                server.front.on_restart = self.metrics.front_restarted
             server.start()
             self._services.append(server)
         if cfg.export_file:

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from meshagent.observer.grpcwire import RpcError, Status
@@ -82,6 +83,7 @@ class FrontLink:
         self._streams_lock = threading.Lock()
         self.tcp_port: int | None = None
         self.restarts = 0
+        self.on_restart: Callable[[], None] | None = None  # after each restart (metrics hook)
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def start(self) -> int | None:
@@ -194,6 +196,8 @@ class FrontLink:
             if self._stopping.is_set():  # stop() ran while it was starting: it saw the old one only
                 self._stop_process(0.0)
                 return
+            if self.on_restart is not None:
+                self.on_restart()
 
     # -- calls from the front process -------------------------------------------------------------------
     def _serve_control(self) -> None:

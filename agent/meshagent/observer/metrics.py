@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Info, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Info, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -125,6 +125,15 @@ class FlowMetrics:
         info.info({"version": version, "node": node_name})
         self.registry.register(_FlowCollector(self))
         self.registry.register(_CallbackCollector(map_usage, source_sync))
+        self._front_restarts = Counter(
+            "meshagent_observer_front_restarts",
+            "Times the observer front process died and was started again (the flow API was down meanwhile)",
+            registry=self.registry,
+        )
+
+    def front_restarted(self) -> None:
+        """FrontLink.on_restart: the observer front process was started again."""
+        self._front_restarts.inc()
 
     def _add(self, key: _Key) -> None:
         with self._lock:
