@@ -463,6 +463,7 @@ class Counters:
     at: float  # time.perf_counter()
     seen: int  # events the agent's pipeline ingested (ServerStatus.seen_flows)
     kernel_lost: int  # events the kernel could not put in the ring buffer (pinned ma_events_lost)
+    kernel_lost_told: int  # of those, what the agent has recorded so far (ServerStatus, polled each second)
     queue_lost: int  # events dropped between the reader and the flow ring (ServerStatus)
     ring_lost: int  # flows overwritten before a follower read them (ServerStatus.lost_events_followers)
     drops: int  # packets the datapath dropped, any reason (pinned ma_metrics)
@@ -529,6 +530,7 @@ class KernelRig:
             at=time.perf_counter(),
             seen=int(status.seen_flows),
             kernel_lost=int(kernel_lost),
+            kernel_lost_told=int(status.lost_events_datapath),
             queue_lost=int(getattr(status, "lost_events_queue", 0)),
             ring_lost=int(getattr(status, "lost_events_followers", 0)),
             drops=int(drops),
@@ -539,7 +541,8 @@ class KernelRig:
 
     def drained(self, *, quiet_s: float = 0.15, timeout: float = 60.0) -> Counters:
         """Waits until the agent has taken in everything the kernel produced (its counts stop moving for
-        `quiet_s`); returns the reading from the moment they stopped."""
+        `quiet_s`) and has recorded every kernel loss, so that none of this phase's reaches the next
+        phase's follower; returns the reading from the moment they stopped."""
         deadline = time.perf_counter() + timeout
         last = self.counters()
         while True:
@@ -547,7 +550,7 @@ class KernelRig:
             now = self.counters()
             if (now.seen, now.kernel_lost, now.queue_lost) != (last.seen, last.kernel_lost, last.queue_lost):
                 last = now
-            elif now.at - last.at >= quiet_s:
+            elif now.at - last.at >= quiet_s and now.kernel_lost_told >= now.kernel_lost:
                 return last
             if now.at > deadline:
                 raise RuntimeError("the agent did not drain the ring buffer in time")

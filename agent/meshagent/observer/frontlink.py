@@ -123,7 +123,11 @@ class FrontLink:
             json.dumps(settings),
         ]
         try:
-            proc = subprocess.Popen(argv, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+            # A session of its own: a terminal's Ctrl-C is for the agent, which then stops this process
+            # itself (a SIGINT to both would read to the agent as a crash to restart from).
+            proc = subprocess.Popen(
+                argv, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, start_new_session=True
+            )
         finally:
             theirs.close()
         mine.settimeout(START_TIMEOUT_S)
