@@ -193,6 +193,7 @@ def test_directory_drives_enforcement_flows_and_metrics(
         for pod in ("shop/web", "shop/db", "shop/other"):
             assert re.search(rf"{pod}\s+ready", status.stdout), status.stdout
         assert "NetworkPolicy shop/broken" in status.stdout
+        assert re.search(r"Flow API:\s+front process pid \d+\n", status.stdout), status.stdout
 
         # Metrics: real exposition, parsed; the policy drops we caused are counted.
         text = (

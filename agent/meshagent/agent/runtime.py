@@ -51,6 +51,7 @@ class AgentStatus:
     flows_seen: int
     events_lost: int
     started_seconds_ago: float
+    flow_api: dict[str, Any]  # how flows are served: {"mode", and for a front process "pid", "restarts"}
 
 
 class Agent:
@@ -67,6 +68,7 @@ class Agent:
         self.services: ServicesReconciler | None = None
         self._services: list[Any] = []  # things with stop(), stopped in reverse order
         self.metrics: FlowMetrics | None = None
+        self.observer_server: ObserverServer | None = None
         self.metrics_port: int | None = None  # the ports actually bound (an address may ask for port 0)
         self.health_port: int | None = None
         self._stopped = threading.Event()
@@ -177,6 +179,7 @@ class Agent:
             if server.front is not None and self.metrics is not None:
                 server.front.on_restart = self.metrics.front_restarted
             server.start()
+            self.observer_server = server
             self._services.append(server)
         if cfg.export_file:
             exporter = FlowExporter(
@@ -220,7 +223,16 @@ class Agent:
             flows_seen=stats.seen_flows if stats else 0,
             events_lost=self.datapath.lost_events(),
             started_seconds_ago=round(time.monotonic() - self.started, 1),
+            flow_api=self._flow_api(),
         )
+
+    def _flow_api(self) -> dict[str, Any]:
+        server = self.observer_server
+        if server is None:
+            return {"mode": "off"}
+        if server.front is None:
+            return {"mode": "in-process"}
+        return {"mode": "front-process", "pid": server.front.pid, "restarts": server.front.restarts}
 
     def _map_usage(self) -> list[MapUsage]:
         return [

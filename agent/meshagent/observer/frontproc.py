@@ -22,7 +22,14 @@ from typing import Any
 
 from meshagent.observer.frontlink import CONTROL_MAX, STREAM_BUFFER, send_control
 from meshagent.observer.grpcwire import RpcError, Status
-from meshagent.observer.h2server import CallInfo, H2GrpcServer, Method, ServerStream
+from meshagent.observer.h2server import (
+    CallInfo,
+    H2GrpcServer,
+    Method,
+    ServerStream,
+    StreamHandler,
+    UnaryHandler,
+)
 from meshagent.observer.handoff import FlowUnpacker, FrameReader
 from meshagent.observer.server import ServerConfigError, TlsConfig, bind_tcp, bind_unix, split_address
 
@@ -97,7 +104,7 @@ class AgentLink:
                 return
 
 
-def stream_handler(agent: AgentLink, path: str) -> Any:
+def stream_handler(agent: AgentLink, path: str) -> StreamHandler:
     def handler(request: bytes, stream: ServerStream) -> None:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         mine.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, STREAM_BUFFER)
@@ -126,7 +133,7 @@ def stream_handler(agent: AgentLink, path: str) -> Any:
     return handler
 
 
-def unary_handler(agent: AgentLink, path: str) -> Any:
+def unary_handler(agent: AgentLink, path: str) -> UnaryHandler:
     def handler(request: bytes, info: CallInfo) -> bytes:
         return agent.unary(path, request, info)
 

@@ -92,6 +92,7 @@ class ObserverServer:
         self._config = config
         if config.tcp_address is not None:
             split_address(config.tcp_address)  # a malformed address fails here, before anything starts
+        # Built in both modes: bad TLS material fails here, in the caller (the front process builds its own).
         self._ssl = config.tls.context() if config.tls is not None else None
         self._server: H2GrpcServer | None = None
         self._front: FrontLink | None = None

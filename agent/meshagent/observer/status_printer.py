@@ -51,6 +51,14 @@ def print_agent_status(out: TextIO, status: dict[str, object]) -> None:
         f"Agent:            {'ready' if status.get('ready') else 'NOT READY'} on node {status.get('node')}\n"
     )
     out.write(f"Source:           {source.get('name', '-')}, {state}\n")
+    api = status.get("flow_api") or {}
+    assert isinstance(api, dict)
+    if api.get("mode") == "front-process":
+        restarts = api.get("restarts", 0)
+        again = f", started again {restarts} time{'s' if restarts != 1 else ''}" if restarts else ""
+        out.write(f"Flow API:         front process pid {api.get('pid')}{again}\n")
+    elif api:
+        out.write(f"Flow API:         {api.get('mode')}\n")
     endpoints = status.get("endpoints") or {}
     assert isinstance(endpoints, dict)
     out.write(f"Endpoints:        {len(endpoints)}\n")
