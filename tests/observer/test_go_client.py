@@ -56,18 +56,18 @@ def test_first_n_and_all(flowfollow: Path, served: h.Served) -> None:
     assert (everything["flows"], everything["first_dport"], everything["last_dport"]) == (10, 80, 3868)
 
 
-def test_lost_events_are_summed(flowfollow: Path, tmp_path: Path) -> None:
+def test_lost_events_are_summed(flowfollow: Path, tmp_path: Path, serving_mode: bool) -> None:
     pipeline = h.make_pipeline()
     pipeline.on_events(h.sample_events()[:2])
     pipeline.record_lost(pb.PERF_EVENT_RING_BUFFER, 7)
     pipeline.on_event(h.event(dport=443))
     pipeline.record_lost(pb.OBSERVER_EVENTS_QUEUE, 5)
-    with h.serve(pipeline, tmp_path / "o.sock") as s:
+    with h.serve(pipeline, tmp_path / "o.sock", front_process=serving_mode) as s:
         r = getflows(flowfollow, s.target).result
     assert (r["flows"], r["lost"], r["responses"], r["last_dport"]) == (3, 12, 5, 443)
 
 
-def test_follow_until_stop_port(flowfollow: Path, tmp_path: Path) -> None:
+def test_follow_until_stop_port(flowfollow: Path, tmp_path: Path, serving_mode: bool) -> None:
     # An empty ring and --number equal to what we push: the count is exact whether the server attaches
     # the follower before, during or after the first batch (history then live, without gaps or repeats).
     early, late = 5000, 15000
@@ -75,7 +75,7 @@ def test_follow_until_stop_port(flowfollow: Path, tmp_path: Path) -> None:
     ports = [1000 + i % 8000 for i in range(early + late - 1)] + [STOP_DPORT]
     events = [h.event(dport=p) for p in ports]
     with (
-        h.serve(pipeline, tmp_path / "o.sock") as s,
+        h.serve(pipeline, tmp_path / "o.sock", front_process=serving_mode) as s,
         gofollow.Follower(
             flowfollow,
             s.target,
@@ -117,10 +117,10 @@ def test_follow_stopped_by_signal_reports_counts(flowfollow: Path, served: h.Ser
     assert (r.result["flows"], r.result["first_dport"], r.result["last_dport"]) == (3, -1, 4242)
 
 
-def test_server_status(flowfollow: Path, tmp_path: Path) -> None:
+def test_server_status(flowfollow: Path, tmp_path: Path, serving_mode: bool) -> None:
     pipeline = h.make_pipeline(capacity=8)
     pipeline.on_events(h.sample_events() + [h.event(dport=p) for p in (1, 2)])
-    with h.serve(pipeline, tmp_path / "o.sock") as s:
+    with h.serve(pipeline, tmp_path / "o.sock", front_process=serving_mode) as s:
         r = gofollow.run(flowfollow, "status", s.target, "--timeout", "10")
     assert r.returncode == 0, r
     assert set(r.result) == gofollow.STATUS_KEYS

@@ -75,10 +75,13 @@ def test_cancelled_follower_frees_its_worker(served: h.Served) -> None:
         assert wait_for(lambda: served.service.active_streams == 0)
 
 
-def test_stop_ends_attached_followers_promptly(tmp_path: Path) -> None:
+def test_stop_ends_attached_followers_promptly(tmp_path: Path, serving_mode: bool) -> None:
     pipeline = h.make_pipeline()
     pipeline.on_events(h.sample_events())
-    with h.serve(pipeline, tmp_path / "o.sock") as s, grpc.insecure_channel(s.target) as ch:
+    with (
+        h.serve(pipeline, tmp_path / "o.sock", front_process=serving_mode) as s,
+        grpc.insecure_channel(s.target) as ch,
+    ):
         stream = ogrpc.ObserverStub(ch).GetFlows(opb.GetFlowsRequest(follow=True, number=3), timeout=60)
         seen: list[object] = []
 
@@ -175,11 +178,13 @@ def test_non_grpc_requests_get_an_http_error(
         c.close()
 
 
-def test_a_client_that_stops_reading_holds_its_stream_not_the_server(tmp_path: Path) -> None:
+def test_a_client_that_stops_reading_holds_its_stream_not_the_server(
+    tmp_path: Path, serving_mode: bool
+) -> None:
     """Flow control: a client with a small window that never returns it gets only that much; the server
     keeps serving others, and the stuck stream's flows are reported lost to it when it reads again."""
     pipeline = h.make_pipeline(capacity=1024)
-    with h.serve(pipeline, tmp_path / "o.sock") as s:
+    with h.serve(pipeline, tmp_path / "o.sock", front_process=serving_mode) as s:
         c = RawClient(s.socket, window=4096)
         try:
             request = opb.GetFlowsRequest(follow=True).SerializeToString()

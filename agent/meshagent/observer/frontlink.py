@@ -9,8 +9,9 @@ stream's flows over as small records (handoff.py).
 Between the two:
 - a control socket (SOCK_SEQPACKET, one pickled tuple per message): the front process asks for unary calls
   ("unary", id, path, request, peer, deadline) and answers come back ("result", id, status, message,
-  response); a GetFlows call arrives as ("stream", path, request, peer, deadline) with the agent's end of
-  a new socket pair attached; ("stop", grace) and the end of the socket stop the front process;
+  response); a GetFlows call arrives as ("stream", path, peer, deadline) with the agent's end of a new
+  socket pair attached, its request then comes on that socket; ("stop", grace) and the end of the
+  socket stop the front process;
 - per stream, that socket: handoff frames from here, ended by END; the front process closes it when the
   client goes, which ends the query here.
 
@@ -20,11 +21,13 @@ If the front process dies, it is started again (the listening sockets are bound 
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import json
 import logging
 import os
 import pickle
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -51,19 +54,58 @@ RESTART_DELAY_S = 1.0
 def control_pair() -> tuple[socket.socket, socket.socket]:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     for s in (a, b):
-        # A SEQPACKET message must fit the send buffer whole.
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2 * CONTROL_MAX)
+        # A SEQPACKET message must fit the send buffer whole. Without CAP_NET_ADMIN the kernel caps the
+        # size at twice net.core.wmem_max (about 416 KiB by default); send_control reports a bigger one.
+        try:
+            s.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 2 * CONTROL_MAX)
+        except OSError:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2 * CONTROL_MAX)
     return a, b
+
+
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)  # Linux's number; Python names it from 3.12 on
 
 
 def send_control(sock: socket.socket, message: tuple[Any, ...], fds: list[int] | None = None) -> None:
     data = pickle.dumps(message)
+    too_big = RpcError(Status.RESOURCE_EXHAUSTED, f"a message of {len(data)} bytes is too large to pass on")
     if len(data) > CONTROL_MAX:
-        raise RpcError(Status.RESOURCE_EXHAUSTED, f"message of {len(data)} bytes: at most {CONTROL_MAX}")
-    if fds:
-        socket.send_fds(sock, [data], fds)
-    else:
-        sock.send(data)
+        raise too_big
+    try:
+        if fds:
+            socket.send_fds(sock, [data], fds)
+        else:
+            sock.send(data)
+    except OSError as err:
+        if err.errno == errno.EMSGSIZE:
+            raise too_big from err
+        raise
+
+
+def send_request(sock: socket.socket, request: bytes) -> None:
+    """A GetFlows request goes on the stream's own socket (any size the server accepts)."""
+    sock.sendall(_REQUEST_LEN.pack(len(request)) + request)
+
+
+def recv_request(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    sock.settimeout(timeout)
+    try:
+        with sock.makefile("rb") as f:
+            head = f.read(_REQUEST_LEN.size)
+            if len(head) < _REQUEST_LEN.size:
+                raise StreamClosed()
+            (length,) = _REQUEST_LEN.unpack(head)
+            request = f.read(length)
+            if len(request) < length:
+                raise StreamClosed()
+    except (OSError, TimeoutError) as err:
+        raise StreamClosed() from err
+    finally:
+        sock.settimeout(None)
+    return request
+
+
+_REQUEST_LEN = struct.Struct("<I")
 
 
 class FrontLink:
@@ -258,11 +300,11 @@ class FrontLink:
             raise OSError("no front process")
         return control
 
-    def _start_stream(self, fd: int, path: str, request: bytes, peer: str, deadline: float | None) -> None:
+    def _start_stream(self, fd: int, path: str, peer: str, deadline: float | None) -> None:
         sock = socket.socket(fileno=fd)
         t = threading.Thread(
             target=self._run_stream,
-            args=(sock, path, request, peer, deadline),
+            args=(sock, path, peer, deadline),
             name="observer-flows",
             daemon=True,
         )
@@ -270,11 +312,10 @@ class FrontLink:
             self._streams.add(t)
         t.start()
 
-    def _run_stream(
-        self, sock: socket.socket, path: str, request: bytes, peer: str, deadline: float | None
-    ) -> None:
+    def _run_stream(self, sock: socket.socket, path: str, peer: str, deadline: float | None) -> None:
         link = _StreamLink(sock, deadline, self._stopping)
         try:
+            request = recv_request(sock)
             method = self._methods.get(path)
             if method is None or method.stream is None:
                 raise RpcError(Status.UNIMPLEMENTED, f"unknown method {path}")

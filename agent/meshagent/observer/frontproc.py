@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from meshagent.observer.frontlink import CONTROL_MAX, STREAM_BUFFER, send_control
+from meshagent.observer.frontlink import CONTROL_MAX, STREAM_BUFFER, send_control, send_request
 from meshagent.observer.grpcwire import RpcError, Status
 from meshagent.observer.h2server import (
     CallInfo,
@@ -110,9 +110,13 @@ def stream_handler(agent: AgentLink, path: str) -> StreamHandler:
         mine.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, STREAM_BUFFER)
         try:
             try:
-                agent.send(("stream", path, request, stream.peer, stream.deadline), [theirs.fileno()])
+                agent.send(("stream", path, stream.peer, stream.deadline), [theirs.fileno()])
             finally:
                 theirs.close()
+            try:
+                send_request(mine, request)
+            except OSError as err:
+                raise RpcError(Status.UNAVAILABLE, f"the agent is not reachable: {err}") from err
             reader = FrameReader(mine)
             unpacker = FlowUnpacker()
             while stream.is_active():
