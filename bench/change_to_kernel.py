@@ -67,7 +67,7 @@ def ports_in_kernel(maps: PinnedMaps) -> set[int]:
 
 def measure(pin_dir: Path, change: Callable[[int], None], changes: int) -> list[float]:
     latencies = []
-    with PinnedMaps(current_maps_dir(pin_dir, Capacities().cflags())) as maps:
+    with PinnedMaps(current_maps_dir(pin_dir, Capacities().layout_flags())) as maps:
         for i in range(changes):
             port = 1000 + i
             started = time.monotonic()

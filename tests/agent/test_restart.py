@@ -112,7 +112,7 @@ def cluster(tmp_path: Path) -> Iterator[tuple[Topology, dict[str, Pod], Path]]:
 
 
 def _state(pin_dir: Path) -> tuple[object, ...]:
-    with PinnedMaps(current_maps_dir(pin_dir, Capacities().cflags())) as maps:
+    with PinnedMaps(current_maps_dir(pin_dir, Capacities().layout_flags())) as maps:
         endpoints, ipcache, trie = maps.state()
     return endpoints, ipcache, trie
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 import subprocess
 import uuid
 from collections.abc import Iterator
+from mmap import PAGESIZE
 from pathlib import Path
 
 import pytest
 from meshagent.datapath import tc
 from meshagent.datapath.datapath import Datapath
+from meshagent.datapath.layout import layout_id
 from meshagent.datapath.loader import Capacities
 from meshagent.datapath.maps.policy import compile_entries
 from meshagent.model.kernel_state import IDENTITY_ANY, Action, Direction, KernelState, PolicyEntry, Protocol
@@ -136,3 +138,19 @@ def test_new_map_layout_migrates_without_a_gap(topo: Topology, own_pin_dir: Path
             long_lived.kill()
         for ifindex in (a.ifindex, b.ifindex):
             tc.detach(ifindex=ifindex, netns=topo.node)
+
+
+def test_event_buffer_size_is_a_setting_that_keeps_the_maps(topo: Topology, own_pin_dir: Path) -> None:
+    """The ring buffer is not pinned: its size is left out of the layout id, so changing it keeps every
+    pinned map (and the default's layout id is the one earlier agents used)."""
+    bigger = Capacities(event_pages=2048)
+    assert bigger.layout_flags() == Capacities().layout_flags() == Capacities().cflags()
+    dp = Datapath(pin_dir=own_pin_dir, netns=topo.node, capacities=bigger)
+    dp.load()
+    try:
+        assert dp.maps_dir == own_pin_dir / layout_id(Capacities().cflags())
+        reader = dp.start_events(on_events=lambda events: None, thread=False)
+        assert reader.buffer_bytes == 2048 * PAGESIZE
+        reader.stop()
+    finally:
+        dp.uninstall()

@@ -97,6 +97,17 @@ def test_a_bad_setting_in_the_configmap_would_be_caught(tmp_path: Path) -> None:
         load_config(config_file=path, environ={"NODE_NAME": NODE})
 
 
+@pytest.mark.parametrize("mib", ["3", "0", "512"])
+def test_event_buffer_must_be_a_power_of_two_mib(tmp_path: Path, mib: str) -> None:
+    from meshagent.agent.config import ConfigError
+
+    path, _ = mounted_config(tmp_path)
+    with pytest.raises(ConfigError, match="event_buffer_mib must be a power of two"):
+        load_config(config_file=path, environ={"NODE_NAME": NODE, "MESHAGENT_EVENT_BUFFER_MIB": mib})
+    ok = load_config(config_file=path, environ={"NODE_NAME": NODE, "MESHAGENT_EVENT_BUFFER_MIB": "16"})
+    assert ok.event_buffer_mib == 16
+
+
 def _host_port(address: str | None) -> tuple[str, int]:
     assert address, "the setting is off"
     host, _, port = address.rpartition(":")

@@ -44,6 +44,7 @@ class AgentConfig:
     metrics_listen: str | None = "127.0.0.1:9965"
     health_listen: str | None = "127.0.0.1:9879"
     flow_ring_size: int = 65536
+    event_buffer_mib: int = 4  # the kernel's event ring buffer (not pinned: a change keeps the maps)
     export_file: Path | None = None
     export_max_bytes: int = 50 * 1024 * 1024
     enable_policy: bool = True
@@ -63,6 +64,9 @@ class AgentConfig:
             raise ConfigError("manifests and kubeconfig/api_server are two sources: choose one")
         if self.flow_ring_size < 1:
             raise ConfigError("flow_ring_size must be at least 1")
+        mib = self.event_buffer_mib
+        if not 1 <= mib <= 256 or mib & (mib - 1):
+            raise ConfigError(f"event_buffer_mib must be a power of two from 1 to 256, not {mib}")
         if bool(self.observer_tls_cert) != bool(self.observer_tls_key):
             raise ConfigError("observer_tls_cert and observer_tls_key go together")
         if self.observer_listen and not self.observer_tls_cert and not self.observer_insecure:

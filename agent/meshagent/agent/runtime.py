@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from mmap import PAGESIZE as PAGE_SIZE
 from typing import Any
 
 from meshagent import __version__
@@ -24,6 +25,7 @@ from meshagent.agent.reconciler import Reconciler
 from meshagent.agent.services import ServicesReconciler, translation_event
 from meshagent.datapath.datapath import Datapath
 from meshagent.datapath.discovery import EndpointInterfaces
+from meshagent.datapath.loader import Capacities
 from meshagent.datapath.socklb import SocketLB
 from meshagent.observer.convert import FlowBuilder
 from meshagent.observer.export import ExportConfig, FlowExporter
@@ -58,7 +60,11 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.started = time.monotonic()
-        self.datapath = Datapath(pin_dir=config.pin_dir, netns=config.node_netns)
+        self.datapath = Datapath(
+            pin_dir=config.pin_dir,
+            netns=config.node_netns,
+            capacities=Capacities(event_pages=config.event_buffer_mib * (1 << 20) // PAGE_SIZE),
+        )
         self.compiler = PolicyCompiler()
         self.enricher = ClusterEnricher(rule_lookup=self.compiler.rules.lookup)
         self.desired: DesiredState | None = None

@@ -35,6 +35,10 @@ _VALUE_FLAGS = {
     "--metrics-listen": ("metrics_listen", "Prometheus metrics address (default 127.0.0.1:9965)"),
     "--health-listen": ("health_listen", "/healthz and /readyz address (default 127.0.0.1:9879)"),
     "--flow-ring-size": ("flow_ring_size", "flows held in memory (default 65536)"),
+    "--event-buffer-mib": (
+        "event_buffer_mib",
+        "the kernel's event ring buffer in MiB, a power of two (default 4)",
+    ),
     "--socket-lb-cgroup": ("socket_lb_cgroup", "cgroup v2 path whose processes get Service translation"),
     "--export-file": ("export_file", "also write flows as JSON lines to this file (rotated by size)"),
     "--log-format": ("log_format", "auto (JSON when not a terminal), json or text"),

@@ -144,7 +144,7 @@ class Datapath:
         """Compiles and loads the programs; adopts the pinned maps of our layout and re-attaches known
         endpoints in place. When only another layout's maps exist, nothing is attached yet: the old programs
         keep enforcing with their maps until the first apply() has filled ours (see apply)."""
-        self.maps_dir = self.pin_dir / layout_id(self.capacities.cflags())
+        self.maps_dir = self.pin_dir / layout_id(self.capacities.layout_flags())
         adopting = self.maps_dir.exists()
         self._migrating_from = [] if adopting else other_layouts(self.pin_dir, self.maps_dir.name)
         self._programs = load(pin_dir=self.maps_dir, capacities=self.capacities)

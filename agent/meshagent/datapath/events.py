@@ -190,6 +190,7 @@ class EventReader:
         self.delivered = 0
         self._mapped: RingBufferReader | None = None
         table = bpf[MAP_NAME.encode()]
+        self.buffer_bytes = int(table.max_entries)  # the ring buffer's data size (Capacities.event_pages)
         try:
             self._mapped = RingBufferReader(table.map_fd, int(table.max_entries), _RECORD)
         except (OSError, ValueError) as err:

@@ -8,7 +8,7 @@ import os
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,9 @@ PROGRAM_FROM_ENDPOINT = "ma_from_endpoint"
 PROGRAM_TO_ENDPOINT = "ma_to_endpoint"
 
 
+DEFAULT_EVENT_PAGES = 1024  # 4 MiB: about 0.35 s of events at 150k/s, 0.5 s at 100k/s
+
+
 @dataclass(frozen=True)
 class Capacities:
     """Map sizes, passed to the compiler as -D defines (bpf/lib/common.h has the defaults)."""
@@ -34,7 +37,7 @@ class Capacities:
     policy: int = 262144
     conntrack: int = 262144
     frags: int = 8192
-    event_pages: int = 1024  # ring buffer pages (4 KiB each, 4 MiB: ~0.5 s of 100k events/s); a power of two
+    event_pages: int = DEFAULT_EVENT_PAGES  # ring buffer pages (4 KiB each); a power of two
 
     def cflags(self) -> list[str]:
         return [
@@ -45,6 +48,12 @@ class Capacities:
             f"-DMA_FRAGS_MAX={self.frags}",
             f"-DMA_EVENTS_PAGES={self.event_pages}",
         ]
+
+    def layout_flags(self) -> list[str]:
+        """The flags that shape the pinned maps (datapath/layout.py): all of them but the event ring
+        buffer's size, which is not pinned, so changing it keeps the maps. Its flag stays in at the default
+        value, so that the ids of layouts made before it was a setting do not change."""
+        return replace(self, event_pages=DEFAULT_EVENT_PAGES).cflags()
 
 
 @dataclass
