@@ -145,5 +145,5 @@ def test_template_shortcut_agrees_with_full_match(name: str, flt: pb.FlowFilter,
         cache: dict = {}  # type: ignore[type-arg]
         for e in pipeline.ring.snapshot():
             assert e.prepared is not None
-            fresh = e.prepared.flow()
-            assert m.match_prepared(e.prepared.template, e.prepared.flow, cache) == m(fresh), name
+            fresh = e.prepared.message()
+            assert m.match_prepared(e.prepared.template, e.prepared.message, cache) == m(fresh), name

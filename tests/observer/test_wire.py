@@ -54,7 +54,7 @@ def rich_enricher() -> StaticEnricher:
 
 def expected(p: PreparedFlow, node_name: str) -> opb.GetFlowsResponse:
     """What GetFlows sends for a flow, built the plain way from the materialized message."""
-    flow = p.flow()
+    flow = p.message()
     resp = opb.GetFlowsResponse(flow=flow, node_name=node_name)
     resp.time.CopyFrom(flow.time)
     return resp

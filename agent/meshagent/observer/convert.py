@@ -97,26 +97,47 @@ class Template:
 
 
 class PreparedFlow:
-    """A flow whose metadata is settled (template, time, uuid) but whose message is built on demand."""
+    """A flow whose metadata is settled (template, time, uuid) but whose message is built on demand.
 
-    __slots__ = ("_flow", "event", "ids", "seq", "shared", "template", "time_ns")
+    It is also its own entry in the flow ring (observer/ring.py, same attributes as RingEntry: seq,
+    time_ns, lost, prepared, flow, metadata): the ring holds about 65k of them, and one object fewer per
+    flow is memory, and time when the ring overwrites and frees the oldest."""
+
+    __slots__ = ("_flow", "event", "ids", "number", "seq", "shared", "template", "time_ns")
+
+    lost: None = None  # a flow, never a lost-event marker
 
     def __init__(
-        self, event: DatapathEvent, shared: Template, time_ns: int, ids: UuidSource, seq: int
+        self, event: DatapathEvent, shared: Template, time_ns: int, ids: UuidSource, number: int
     ) -> None:
         self.event = event
         self.shared = shared
         self.template = shared.flow
         self.time_ns = time_ns
         self.ids = ids
-        self.seq = seq  # the uuid's number, in `ids`
+        self.number = number  # the uuid's number, in `ids`
+        self.seq = -1  # its sequence number in the flow ring, set when pushed there
         self._flow: pb.Flow | None = None
 
     @property
     def uuid(self) -> str:
-        return self.ids.text(self.seq)
+        return self.ids.text(self.number)
 
+    @property
+    def prepared(self) -> PreparedFlow:
+        return self
+
+    @property
+    def metadata(self) -> pb.Flow:
+        """The template (endpoints, verdict, policies; no time or ports): enough for questions about who
+        talked, without building the message."""
+        return self.template
+
+    @property
     def flow(self) -> pb.Flow:
+        return self.message()
+
+    def message(self) -> pb.Flow:
         f = self._flow
         if f is None:
             # Two readers may race here; both build the same message and either result is fine.
@@ -182,7 +203,7 @@ class FlowBuilder:
         return self._node_name
 
     def build(self, ev: DatapathEvent) -> pb.Flow:
-        return self.prepare(ev).flow()
+        return self.prepare(ev).message()
 
     def prepare(self, ev: DatapathEvent) -> PreparedFlow:
         """The ingest half: enrichment (via the cached template), wall time and uuid are fixed now; the

@@ -28,7 +28,6 @@ from typing import Any
 
 from meshagent.observer.convert import PreparedFlow, Template
 from meshagent.observer.grpcwire import Status
-from meshagent.observer.ring import RingEntry
 from meshagent.observer.wire import response_bytes, static_wire
 
 HEADER = struct.Struct("<IB")  # payload length, kind
@@ -69,8 +68,7 @@ class FlowPacker:
         sent = self._sent
         rec = RECORD.pack
         for item in items:
-            prepared: PreparedFlow | None = item.prepared if type(item) is RingEntry else None
-            if prepared is None:
+            if type(item) is not PreparedFlow:
                 if records:
                     out.append(frame(FLOWS, b"".join(records)))
                     records = []
@@ -79,6 +77,7 @@ class FlowPacker:
             if messages:
                 out.append(frame(MESSAGES, b"".join(messages)))
                 messages = []
+            prepared = item
             shared = prepared.shared
             tid = sent.get(shared)
             if tid is None:
@@ -92,7 +91,7 @@ class FlowPacker:
                 out.append(_template_frame(tid, shared, prepared.ids.prefix_bytes))
             ev = prepared.event
             records.append(
-                rec(prepared.time_ns, prepared.seq, tid, ev.sport, ev.dport, ev.tcp_flags, ev.is_reply)
+                rec(prepared.time_ns, prepared.number, tid, ev.sport, ev.dport, ev.tcp_flags, ev.is_reply)
             )
         if records:
             out.append(frame(FLOWS, b"".join(records)))

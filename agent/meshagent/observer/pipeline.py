@@ -106,7 +106,7 @@ class FlowPipeline:
         prepared = self.builder.prepare(ev)
         self.ring.push_prepared(prepared)
         if self._sinks:
-            flow = prepared.flow()
+            flow = prepared.message()
             for sink in self._sinks:
                 sink(flow)
         for esink in self._event_sinks:
@@ -122,7 +122,7 @@ class FlowPipeline:
             bsink(batch)
         for sink in self._sinks:
             for p in batch:
-                sink(p.flow())
+                sink(p.message())
         for esink in self._event_sinks:
             for p in batch:
                 esink(p.event, p.template)

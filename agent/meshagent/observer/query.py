@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from meshagent.observer.filters import FilterError, FlowMatcher, TemplateCache
 from meshagent.observer.proto.flow import flow_pb2 as pb
 from meshagent.observer.proto.observer import observer_pb2 as opb
-from meshagent.observer.ring import FlowRing, RingEntry
+from meshagent.observer.ring import Entry, FlowRing
 
 logger = logging.getLogger(__name__)
 
@@ -71,23 +71,23 @@ class LostNotice:
     count: int
 
 
-QueryItem = RingEntry | LostNotice
+QueryItem = Entry | LostNotice
 
 
-def _in_window(q: FlowQuery, e: RingEntry) -> bool:
+def _in_window(q: FlowQuery, e: Entry) -> bool:
     if q.since_ns is not None and e.time_ns < q.since_ns:
         return False
     return not (q.until_ns is not None and e.time_ns > q.until_ns)
 
 
-def _wanted(q: FlowQuery, e: RingEntry, cache: TemplateCache) -> bool:
+def _wanted(q: FlowQuery, e: Entry, cache: TemplateCache) -> bool:
     if not _in_window(q, e):
         return False
     if e.lost is not None or q.matcher.matches_everything:
         return True
     prepared = e.prepared
     if prepared is not None:
-        return q.matcher.match_prepared(prepared.template, prepared.flow, cache)
+        return q.matcher.match_prepared(prepared.template, prepared.message, cache)
     flow = e.flow
     return flow is not None and q.matcher(flow)
 
@@ -177,7 +177,7 @@ def _first(ring: FlowRing, q: FlowQuery, cache: TemplateCache, seq: int, end: in
             if e.seq >= end or not _wanted(q, e, cache):
                 continue
             yield e
-            if e.flow is not None:
+            if e.lost is None:  # a flow (its message is not built to count it)
                 sent += 1
                 if q.number is not None and sent >= q.number:
                     return
@@ -191,7 +191,7 @@ def _history_last(ring: FlowRing, q: FlowQuery, end: int, cache: TemplateCache) 
         return
     if q.number == 0:
         return
-    picked_rev: list[RingEntry] = []
+    picked_rev: list[Entry] = []
     flows = 0
     seq = end - 1
     oldest = ring.oldest_seq
@@ -202,7 +202,7 @@ def _history_last(ring: FlowRing, q: FlowQuery, end: int, cache: TemplateCache) 
             break  # overwritten while we walked back: what we have is the newest part
         if _wanted(q, e, cache):
             picked_rev.append(e)
-            if e.flow is not None:
+            if e.lost is None:
                 flows += 1
     yield from reversed(picked_rev)
 

@@ -14,39 +14,28 @@ logger = logging.getLogger(__name__)
 
 
 class RingEntry:
-    """One slot: a flow (built now, or prepared and built on first read), or a marker saying events were
-    lost upstream (kernel buffer, queue)."""
+    """A slot that holds a built flow (replayed, or pushed whole) or a marker saying events were lost
+    upstream (kernel buffer, queue). Flows from the datapath are held as PreparedFlow, which has the same
+    attributes and builds its message on first read."""
 
-    __slots__ = ("_flow", "lost", "prepared", "seq", "time_ns")
+    __slots__ = ("flow", "lost", "seq", "time_ns")
+
+    prepared: None = None  # see PreparedFlow.prepared
 
     def __init__(
-        self,
-        seq: int,
-        time_ns: int,
-        flow: pb.Flow | None = None,
-        lost: pb.LostEvent | None = None,
-        prepared: PreparedFlow | None = None,
+        self, seq: int, time_ns: int, flow: pb.Flow | None = None, lost: pb.LostEvent | None = None
     ) -> None:
         self.seq = seq
         self.time_ns = time_ns  # wall clock, for since/until
-        self._flow = flow
+        self.flow = flow
         self.lost = lost
-        # Set for flows from the datapath (their message is built lazily, if ever).
-        self.prepared = prepared
 
     @property
     def metadata(self) -> pb.Flow | None:
-        """The flow, or for a flow not built yet its template (endpoints, verdict, policies; no time or
-        ports): enough for questions about who talked, without building every message."""
-        if self._flow is None and self.prepared is not None:
-            return self.prepared.template
-        return self._flow
+        return self.flow
 
-    @property
-    def flow(self) -> pb.Flow | None:
-        if self._flow is None and self.prepared is not None:
-            return self.prepared.flow()
-        return self._flow
+
+Entry = RingEntry | PreparedFlow  # what a slot holds
 
 
 class FlowRing:
@@ -60,7 +49,7 @@ class FlowRing:
         if capacity < 1:
             raise ValueError(f"ring capacity must be at least 1, got {capacity}")
         self._cap = capacity
-        self._slots: list[RingEntry | None] = [None] * capacity
+        self._slots: list[Entry | None] = [None] * capacity
         self._next = 0
         self._cond = threading.Condition(threading.Lock())
         self._waiters = 0
@@ -111,17 +100,22 @@ class FlowRing:
     def push_prepared(self, prepared: PreparedFlow) -> None:
         with self._cond:
             seq = self._next
-            self._slots[seq % self._cap] = RingEntry(seq, prepared.time_ns, None, None, prepared)
+            prepared.seq = seq
+            self._slots[seq % self._cap] = prepared
             self._next = seq + 1
             if self._waiters:
                 self._cond.notify_all()
 
     def push_many(self, items: Iterable[PreparedFlow]) -> None:
         with self._cond:
+            seq = self._next
+            slots = self._slots
+            cap = self._cap
             for prepared in items:
-                seq = self._next
-                self._slots[seq % self._cap] = RingEntry(seq, prepared.time_ns, None, None, prepared)
-                self._next = seq + 1
+                prepared.seq = seq
+                slots[seq % cap] = prepared
+                seq += 1
+            self._next = seq
             if self._waiters:
                 self._cond.notify_all()
 
@@ -136,20 +130,20 @@ class FlowRing:
             if self._waiters:
                 self._cond.notify_all()
 
-    def get(self, seq: int) -> RingEntry | None:
+    def get(self, seq: int) -> Entry | None:
         """The entry with this sequence number, or None if it was overwritten or not written yet."""
         entry = self._slots[seq % self._cap]
         if entry is None or entry.seq != seq:
             return None
         return entry
 
-    def read_from(self, seq: int, limit: int = 1024) -> tuple[list[RingEntry], int, int]:
+    def read_from(self, seq: int, limit: int = 1024) -> tuple[list[Entry], int, int]:
         """Up to `limit` entries from `seq`: (entries, next seq to read, number of flows lost before them).
         Lost-event markers overwritten since `seq` lead the entries: what the kernel lost is still told."""
         with self._cond:
             oldest = max(0, self._next - self._cap)
             lost = 0
-            out: list[RingEntry | None] = []
+            out: list[Entry | None] = []
             if seq < oldest:
                 out = [m for m in self._markers if seq <= m.seq < oldest]
                 lost = oldest - seq - len(out)
@@ -181,7 +175,7 @@ class FlowRing:
             self._closed = True
             self._cond.notify_all()
 
-    def snapshot(self) -> list[RingEntry]:
+    def snapshot(self) -> list[Entry]:
         """Everything held, oldest first."""
         with self._cond:
             start = max(0, self._next - self._cap)

@@ -16,6 +16,7 @@ from typing import TypeVar
 from google.protobuf.message import DecodeError, Message
 
 from meshagent import __version__
+from meshagent.observer.convert import PreparedFlow
 from meshagent.observer.grpcwire import RpcError, Status, frame
 from meshagent.observer.h2server import CallInfo, Method, ServerStream
 from meshagent.observer.pipeline import FlowPipeline
@@ -23,7 +24,6 @@ from meshagent.observer.proto.flow import flow_pb2 as pb
 from meshagent.observer.proto.observer import observer_pb2 as opb
 from meshagent.observer.proto.relay import relay_pb2 as rpb
 from meshagent.observer.query import InvalidRequest, LostNotice, QueryItem, parse_request, run_query_batches
-from meshagent.observer.ring import RingEntry
 from meshagent.observer.wire import flow_response_bytes, node_name_field
 
 logger = logging.getLogger(__name__)
@@ -141,11 +141,10 @@ class ObserverService:
         add = parts.append
         tail = self._node_tail
         for item in items:
-            prepared = item.prepared if type(item) is RingEntry else None
-            if prepared is not None:
+            if type(item) is PreparedFlow:
                 # Straight from the prepared flow (no Flow message is built). Not kept: another reader
                 # encodes again, cheaper than holding the bytes of every flow in the ring.
-                msg = flow_response_bytes(prepared, tail)
+                msg = flow_response_bytes(item, tail)
                 add(_HEAD(0, len(msg)))
                 add(msg)
             else:

@@ -178,7 +178,7 @@ def static_wire(shared: Template) -> bytes:
 
 def flow_response_bytes(prepared: PreparedFlow, node_tail: bytes) -> bytes:
     """GetFlowsResponse{flow, node_name, time} for one prepared flow, serialized; `node_tail` is
-    `node_name_field(node)`. Parses to the same message as one built from `prepared.flow()`."""
+    `node_name_field(node)`. Parses to the same message as one built from `prepared.message()`."""
     shared = prepared.shared
     static = shared.static_wire
     if static is None:
@@ -189,7 +189,7 @@ def flow_response_bytes(prepared: PreparedFlow, node_tail: bytes) -> bytes:
         shared.protocol,
         prepared.time_ns,
         prepared.ids.prefix_bytes,
-        prepared.seq,
+        prepared.number,
         ev.sport,
         ev.dport,
         ev.tcp_flags,
