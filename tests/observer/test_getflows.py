@@ -277,6 +277,11 @@ def test_a_lagging_reader_gets_the_loss_markers_it_missed_and_a_count_of_flows_o
     assert entries[0].lost is not None and entries[0].lost.num_events_lost == 37
     assert [e.seq for e in entries[1:]] == list(range(14, 22))
     assert ring.num_flows == 8
+    # Many ring lengths behind: the marker is still remembered, and the count is still of flows only.
+    pipeline.on_events([h.event(dport=200 + i) for i in range(100)])  # seq 22..121: the ring holds 114..121
+    entries, next_seq, lost = ring.read_from(0, limit=100)
+    assert (next_seq, lost) == (122, 113)
+    assert entries[0].lost is not None and [e.seq for e in entries[1:]] == list(range(114, 122))
 
 
 def test_a_large_request_is_served(served: h.Served) -> None:

@@ -13,6 +13,9 @@ from meshagent.observer.proto.flow import flow_pb2 as pb
 logger = logging.getLogger(__name__)
 
 
+MAX_MARKERS = 4096  # lost-event markers remembered (over an hour of one a second)
+
+
 class RingEntry:
     """A slot that holds a built flow (replayed, or pushed whole) or a marker saying events were lost
     upstream (kernel buffer, queue). Flows from the datapath are held as PreparedFlow, which has the same
@@ -54,9 +57,10 @@ class FlowRing:
         self._cond = threading.Condition(threading.Lock())
         self._waiters = 0
         self._closed = False
-        # Lost-event markers (rare), kept for one more ring length after they are overwritten: a reader that
-        # fell behind still gets the markers it missed, and is told how many *flows* it missed.
-        self._markers: deque[RingEntry] = deque()
+        # The newest lost-event markers (rare: at most one a second from the loss poller), kept after they
+        # are overwritten: a reader that fell behind, however far (back to the oldest marker remembered),
+        # still gets the markers it missed, and is told how many *flows* it missed.
+        self._markers: deque[RingEntry] = deque(maxlen=MAX_MARKERS)
 
     @property
     def capacity(self) -> int:
@@ -78,13 +82,12 @@ class FlowRing:
         """Flows held (lost-event markers excluded)."""
         with self._cond:
             oldest = max(0, self._next - self._cap)
-            self._prune_markers(oldest)
-            held = sum(1 for m in self._markers if m.seq >= oldest)
+            held = 0
+            for m in reversed(self._markers):
+                if m.seq < oldest:
+                    break
+                held += 1
             return min(self._next, self._cap) - held
-
-    def _prune_markers(self, oldest: int) -> None:
-        while self._markers and self._markers[0].seq < oldest - self._cap:
-            self._markers.popleft()
 
     @property
     def overwritten(self) -> int:
@@ -124,8 +127,7 @@ class FlowRing:
             seq = self._next
             entry = self._slots[seq % self._cap] = RingEntry(seq, time_ns, flow, lost)
             if lost is not None:
-                self._markers.append(entry)
-                self._prune_markers(max(0, seq - self._cap))
+                self._markers.append(entry)  # the oldest falls out past MAX_MARKERS
             self._next = seq + 1
             if self._waiters:
                 self._cond.notify_all()
