@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 _PREFIX = struct.Struct(">BI")  # compressed flag, message length (big-endian)
 PREFIX_SIZE = _PREFIX.size
+pack_prefix = _PREFIX.pack  # (0, length): the prefix of an uncompressed message, for callers that batch
 
 CONTENT_TYPE = b"application/grpc"
 

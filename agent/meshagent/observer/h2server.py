@@ -100,9 +100,6 @@ class ServerStream:
             return False
         return c.deadline is None or time.monotonic() < c.deadline
 
-    def write_message(self, message: bytes) -> None:
-        self.write(frame(message))
-
     def write(self, framed: bytes) -> None:
         """Sends length-prefixed messages; blocks for flow control; raises StreamClosed if the call ended."""
         if not self.is_active():

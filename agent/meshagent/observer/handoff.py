@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from meshagent.observer.convert import PreparedFlow, Template
-from meshagent.observer.grpcwire import Status
+from meshagent.observer.grpcwire import Status, pack_prefix
 from meshagent.observer.wire import response_bytes, static_wire
 
 HEADER = struct.Struct("<IB")  # payload length, kind
@@ -145,7 +145,7 @@ class FlowUnpacker:
             raise ProtocolError(f"flow records of {len(payload)} bytes: not a multiple of {RECORD.size}")
         templates = self._templates
         tail = self._node_tail
-        head = _GRPC_HEAD
+        head = pack_prefix
         parts: list[bytes] = []
         add = parts.append
         for time_ns, number, tid, sport, dport, flags, reply in RECORD.iter_unpack(payload):
@@ -157,9 +157,6 @@ class FlowUnpacker:
             add(head(0, len(msg)))
             add(msg)
         return b"".join(parts)
-
-
-_GRPC_HEAD = struct.Struct(">BI").pack  # a gRPC message's prefix: not compressed, length
 
 
 class FrameReader:

@@ -103,17 +103,7 @@ class FlowPipeline:
         self._lost_listeners.append(listener)
 
     def on_event(self, ev: DatapathEvent) -> None:
-        prepared = self.builder.prepare(ev)
-        self.ring.push_prepared(prepared)
-        if self._sinks:
-            flow = prepared.message()
-            for sink in self._sinks:
-                sink(flow)
-        for esink in self._event_sinks:
-            esink(ev, prepared.template)
-        for bsink in self._batch_sinks:
-            bsink((prepared,))
-        self._count(1)
+        self.on_events((ev,))
 
     def on_events(self, events: Sequence[DatapathEvent]) -> None:
         batch = self.builder.prepare_many(events)

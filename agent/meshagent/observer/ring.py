@@ -100,15 +100,6 @@ class FlowRing:
     def push_lost(self, time_ns: int, lost: pb.LostEvent) -> None:
         self._push(time_ns, None, lost)
 
-    def push_prepared(self, prepared: PreparedFlow) -> None:
-        with self._cond:
-            seq = self._next
-            prepared.seq = seq
-            self._slots[seq % self._cap] = prepared
-            self._next = seq + 1
-            if self._waiters:
-                self._cond.notify_all()
-
     def push_many(self, items: Iterable[PreparedFlow]) -> None:
         with self._cond:
             seq = self._next

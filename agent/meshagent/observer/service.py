@@ -7,7 +7,6 @@ gRPC, this module knows the Observer API.
 from __future__ import annotations
 
 import logging
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -17,47 +16,18 @@ from google.protobuf.message import DecodeError, Message
 
 from meshagent import __version__
 from meshagent.observer.convert import PreparedFlow
-from meshagent.observer.grpcwire import RpcError, Status, frame
+from meshagent.observer.grpcwire import RpcError, Status, frame, pack_prefix
 from meshagent.observer.h2server import CallInfo, Method, ServerStream
 from meshagent.observer.pipeline import FlowPipeline
 from meshagent.observer.proto.flow import flow_pb2 as pb
 from meshagent.observer.proto.observer import observer_pb2 as opb
 from meshagent.observer.proto.relay import relay_pb2 as rpb
 from meshagent.observer.query import InvalidRequest, LostNotice, QueryItem, parse_request, run_query_batches
-from meshagent.observer.wire import flow_response_bytes, node_name_field
+from meshagent.observer.wire import encode_flow_response, flow_response_bytes, node_name_field
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "observer.Observer"
-
-_HEAD = struct.Struct(">BI").pack  # a gRPC message's prefix: not compressed, length
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-# Field tags of GetFlowsResponse (length-delimited): flow=1, lost_events=3, node_name=1000, time=1001.
-_TAG_FLOW = _varint((1 << 3) | 2)
-_TAG_LOST = _varint((3 << 3) | 2)
-_TAG_NODE = _varint((1000 << 3) | 2)
-_TAG_TIME = _varint((1001 << 3) | 2)
-
-
-def encode_flow_response(flow: pb.Flow, node_tail: bytes) -> bytes:
-    """GetFlowsResponse{flow, node_name, time} encoded directly: avoids copying the flow into a wrapper."""
-    body = flow.SerializeToString()
-    ts = flow.time.SerializeToString()
-    return b"".join((_TAG_FLOW, _varint(len(body)), body, node_tail, _TAG_TIME, _varint(len(ts)), ts))
-
 
 _M = TypeVar("_M", bound=Message)
 
@@ -145,7 +115,7 @@ class ObserverService:
                 # Straight from the prepared flow (no Flow message is built). Not kept: another reader
                 # encodes again, cheaper than holding the bytes of every flow in the ring.
                 msg = flow_response_bytes(item, tail)
-                add(_HEAD(0, len(msg)))
+                add(pack_prefix(0, len(msg)))
                 add(msg)
             else:
                 add(self.framed_other(item))

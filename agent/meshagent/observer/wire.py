@@ -10,7 +10,6 @@ read from the generated descriptors, not written down.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable
 
 from google.protobuf import timestamp_pb2, wrappers_pb2
@@ -24,6 +23,7 @@ from meshagent.observer.convert import (
     PreparedFlow,
     Template,
 )
+from meshagent.observer.grpcwire import frame, pack_prefix
 from meshagent.observer.proto.flow import flow_pb2 as pb
 from meshagent.observer.proto.observer import observer_pb2 as opb
 
@@ -253,19 +253,24 @@ def response_bytes(
     return b"".join((_TAG_RESPONSE_FLOW, varint(len(body)), body, node_tail, _TAG_RESPONSE_TIME, ts_len, ts))
 
 
-_FRAME_HEAD = struct.Struct(">BI")
+def encode_flow_response(flow: pb.Flow, node_tail: bytes) -> bytes:
+    """GetFlowsResponse{flow, node_name, time} for a built flow (not from the datapath): the flow's own
+    serialization, without copying it into a wrapper message."""
+    body = flow.SerializeToString()
+    ts = flow.time.SerializeToString()
+    return b"".join(
+        (_TAG_RESPONSE_FLOW, varint(len(body)), body, node_tail, _TAG_RESPONSE_TIME, varint(len(ts)), ts)
+    )
 
 
-def grpc_frame(msg: bytes) -> bytes:
-    """A gRPC length-prefixed message: uncompressed flag, 4-byte big-endian length, the message."""
-    return _FRAME_HEAD.pack(0, len(msg)) + msg
+grpc_frame = frame  # a gRPC length-prefixed message (grpcwire.frame)
 
 
 def frames_for(prepared: Iterable[PreparedFlow], node_tail: bytes) -> bytes:
     """The framed GetFlowsResponse of each flow, concatenated: one write for many messages."""
     parts: list[bytes] = []
     add = parts.append
-    head = _FRAME_HEAD.pack
+    head = pack_prefix
     for p in prepared:
         msg = flow_response_bytes(p, node_tail)
         add(head(0, len(msg)))
