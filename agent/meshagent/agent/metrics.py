@@ -4,7 +4,7 @@ silently dropped), kernel updates, endpoints by state."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -14,8 +14,9 @@ from meshagent.agent.reconciler import Reconciler
 
 
 class ReconcilerCollector(Collector):
-    def __init__(self, reconciler: Reconciler) -> None:
+    def __init__(self, reconciler: Reconciler, *, stale_at_start: Callable[[], int] = lambda: 0) -> None:
         self._reconciler = reconciler
+        self._stale_at_start = stale_at_start
 
     def collect(self) -> Iterable[Any]:
         rec = self._reconciler
@@ -44,6 +45,18 @@ class ReconcilerCollector(Collector):
         yield ready
         endpoints = GaugeMetricFamily("meshagent_endpoints", "Local endpoints by state", labels=["state"])
         states = Counter(state.split(" ")[0].rstrip(":") for state in rec.endpoint_states().values())
-        for state in ("ready", "found", "waiting"):
-            endpoints.add_metric([state], states.get(state, 0))
+        for state in ("ready", "found", "waiting", "attach"):
+            endpoints.add_metric(["attach_failed" if state == "attach" else state], states.get(state, 0))
         yield endpoints
+        attach_failures = CounterMetricFamily(
+            "meshagent_endpoint_attach_failures",
+            "Failed attempts to attach the programs to a local endpoint's interface (each is retried)",
+        )
+        attach_failures.add_metric([], rec.attach_retries.failed_attempts)
+        yield attach_failures
+        stale = GaugeMetricFamily(
+            "meshagent_endpoints_stale_at_start",
+            "Pinned endpoints not adopted at start because their interface was gone or another's",
+        )
+        stale.add_metric([], self._stale_at_start())
+        yield stale

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any, Protocol
 
+from meshagent.agent.attach_retry import AttachRetries
 from meshagent.agent.enricher import ClusterEnricher, workloads_of
 from meshagent.agent.subscription import StoreSubscription
 from meshagent.datapath.discovery import EndpointInterfaces, NotUpYet, PodInterface
@@ -46,6 +47,8 @@ class KernelWriter(Protocol):
 
     def apply_diff(self, diff: KernelDiff) -> Any: ...
 
+    def retry_attach(self, ifindexes: set[int] | None = None) -> dict[int, Any]: ...
+
 
 @dataclass(frozen=True)
 class Rejection:
@@ -66,7 +69,9 @@ class Reconciler:
         interfaces: EndpointInterfaces,
         enricher: ClusterEnricher,
         on_rejected: Callable[[dict[str, Any], str], None] = lambda obj, reason: None,
+        on_attach_failed: Callable[[dict[str, Any], str], None] = lambda obj, reason: None,
         retry_interval: float = 0.5,
+        attach_retries: AttachRetries | None = None,
     ) -> None:
         self.store = store
         self.compiler = compiler
@@ -75,7 +80,10 @@ class Reconciler:
         self.interfaces = interfaces
         self.enricher = enricher
         self._on_rejected = on_rejected
+        self._on_attach_failed = on_attach_failed
         self._retry_interval = retry_interval
+        self.attach_retries = attach_retries or AttachRetries()
+        self._rediscover = False  # look the local pods' interfaces up again on the next pass
         self._events = StoreSubscription(store, "ma-reconciler")
         self._synced_kinds: set[Kind] = set()
         self._local_ips: dict[str, IPv4Address] = {}  # "ns/pod" -> IP, for the pods on this node
@@ -100,7 +108,10 @@ class Reconciler:
         """Each local pod and where it stands: ready (with its interface) or why not yet."""
         out: dict[str, str] = {}
         for key, state in self.interfaces.states.items():
-            if isinstance(state, PodInterface):
+            failure = self.attach_retries.describe(key)
+            if failure is not None:
+                out[key] = failure
+            elif isinstance(state, PodInterface):
                 out[key] = f"ready ({state.ifname})" if key in self._local_endpoints else "found"
             else:
                 out[key] = f"waiting: {state.reason}"
@@ -119,6 +130,7 @@ class Reconciler:
                 for item in batch:
                     self._handle(item)
                 self._refresh_endpoints()
+                self._retry_attachments()
                 if not self.applied.is_set() and self._synced_kinds.issuperset(POLICY_KINDS):
                     self._full_apply()
             except Exception:  # one bad event must not stop enforcement updates
@@ -143,6 +155,7 @@ class Reconciler:
         self.last_apply_seconds = time.monotonic() - started
         self.changes_applied += 1
         self._record_errors(result)
+        self._note_attach_failures(getattr(result, "attach_failures", {}))
         self._refresh_isolation()
 
     def _refresh_isolation(self) -> None:
@@ -164,6 +177,7 @@ class Reconciler:
         result = self.datapath.apply(self.compiler.state())
         self.last_apply_seconds = time.monotonic() - started
         self._record_errors(result)
+        self._note_attach_failures(getattr(result, "attach_failures", {}))
         self._refresh_isolation()
         self.applied.set()
         logger.info(
@@ -177,6 +191,54 @@ class Reconciler:
         if errors:
             self.apply_errors = errors[-20:]
             logger.error("kernel update incomplete: %s", "; ".join(errors[:3]))
+
+    # --- attachment failures -----------------------------------------------------------------------
+
+    def _note_attach_failures(self, failures: dict[int, Any]) -> None:
+        """Each endpoint whose programs could not be attached: scheduled for a retry and reported. Its
+        interface may have vanished since it was found: the next pass looks the interfaces up again."""
+        if not failures:
+            return
+        pod_of = {ifindex: key for key, ifindex in self._local_endpoints.items()}
+        for ifindex, err in failures.items():
+            key = pod_of.get(ifindex)
+            if key is None:
+                continue
+            if getattr(err, "interface_gone", False):
+                self._rediscover = True
+            failure = self.attach_retries.failed(key, ifindex, str(err))
+            logger.error("endpoint %s: %s", key, self.attach_retries.describe(key))
+            if failure.attempts == 1 or failure.attempts % 10 == 0:
+                namespace, name = key.split("/", 1)
+                obj = self.store.get(Kind.POD, namespace, name)
+                if obj is not None:
+                    self._on_attach_failed(obj, f"programs not attached to ifindex {ifindex}: {err}")
+
+    def _retry_attachments(self) -> None:
+        due = self.attach_retries.due()
+        if not due:
+            return
+        self._rediscover = True  # a changed interface is found before the old number is tried again
+        self._refresh_endpoints()
+        retry = {
+            key: f.ifindex
+            for key, f in self.attach_retries.due().items()
+            if self._local_endpoints.get(key) == f.ifindex
+        }
+        if not retry:
+            return
+        remaining = self.datapath.retry_attach(set(retry.values()))
+        for key, ifindex in retry.items():
+            if ifindex in remaining:
+                self._note_attach_failures({ifindex: remaining[ifindex]})
+            else:
+                failure = self.attach_retries.succeeded(key)
+                logger.info(
+                    "endpoint %s: attached to ifindex %d after %d failed attempts",
+                    key,
+                    ifindex,
+                    failure.attempts if failure else 0,
+                )
 
     # --- objects ---------------------------------------------------------------------------------
 
@@ -230,6 +292,7 @@ class Reconciler:
             except ValueError:
                 pass  # PolicyIngest rejects the pod with the reason
         self._local_ips.pop(key, None)
+        self.attach_retries.forget(key)
         if self._local_endpoints.pop(key, None) is not None:
             namespace, name = key.split("/", 1)
             self._apply(self.compiler.remove_local_endpoint(namespace, name))
@@ -254,8 +317,9 @@ class Reconciler:
         next pass (every retry_interval)."""
         # Each lookup enters the node's network namespace: do it only when the set of local pods changed
         # or some pod's network is not up yet.
-        if self._local_ips == self._discovered_for and not self.interfaces.pending():
+        if self._local_ips == self._discovered_for and not self.interfaces.pending() and not self._rediscover:
             return
+        self._rediscover = False
         self._discovered_for = dict(self._local_ips)
         changed = self.interfaces.refresh(dict(self._local_ips))
         self.enricher.set_interfaces(
@@ -265,10 +329,12 @@ class Reconciler:
             namespace, name = key.split("/", 1)
             if isinstance(state, PodInterface):
                 if self._local_endpoints.get(key) != state.ifindex:
+                    self.attach_retries.forget(key)
                     self._local_endpoints[key] = state.ifindex
                     endpoint = LocalEndpoint(endpoint_id=state.ifindex, ifindex=state.ifindex)
                     self._apply(self.compiler.set_local_endpoint(namespace, name, endpoint))
             elif isinstance(state, NotUpYet) and self._local_endpoints.pop(key, None) is not None:
+                self.attach_retries.forget(key)
                 self._apply(self.compiler.remove_local_endpoint(namespace, name))
 
     # --- enrichment ------------------------------------------------------------------------------

@@ -48,6 +48,8 @@ class AgentStatus:
     node: str
     source: dict[str, Any]
     endpoints: dict[str, str]
+    # Pinned endpoints not adopted at start, each with its reason (its interface was gone or another's).
+    stale_endpoints: list[str]
     rejected: list[str]
     kernel_errors: list[str]
     flows_seen: int
@@ -103,10 +105,15 @@ class Agent:
                 interfaces=EndpointInterfaces(netns=cfg.node_netns),
                 enricher=self.enricher,
                 on_rejected=self._report_rejected,
+                on_attach_failed=self._report_attach_failed,
             )
             self.reconciler.start()  # subscribes before the source starts: sees every initial object
             if self.metrics is not None:
-                self.metrics.registry.register(ReconcilerCollector(self.reconciler))
+                self.metrics.registry.register(
+                    ReconcilerCollector(
+                        self.reconciler, stale_at_start=lambda: len(self.datapath.stale_at_start)
+                    )
+                )
         if self.metrics is not None:
             self.metrics.registry.register(SourceStatusCollector(self.desired.source.status))
         if cfg.enable_socket_lb:
@@ -222,6 +229,7 @@ class Agent:
             if source
             else {},
             endpoints=rec.endpoint_states() if rec else {},
+            stale_endpoints=[stale.describe() for stale in self.datapath.stale_at_start],
             rejected=[r.reason for r in rec.rejections.values()]  # each names its kind, namespace and name
             if rec
             else [],
@@ -255,6 +263,10 @@ class Agent:
     def _report_rejected(self, obj: dict[str, Any], reason: str) -> None:
         if self.desired is not None:
             self.desired.source.report_rejected(ObjectRef.from_obj(obj), "InvalidPolicy", reason)
+
+    def _report_attach_failed(self, pod: dict[str, Any], reason: str) -> None:
+        if self.desired is not None:
+            self.desired.source.report_rejected(ObjectRef.from_obj(pod), "EndpointAttachFailed", reason)
 
     # --- stop ------------------------------------------------------------------------------------
 

@@ -143,19 +143,26 @@ def _tune_interpreter() -> None:
 
 def _uninstall(args: argparse.Namespace) -> int:
     from meshagent.agent.config import SOCKET_LB_DIR
-    from meshagent.datapath.datapath import Datapath
     from meshagent.datapath.loader import DEFAULT_PIN_DIR
-    from meshagent.datapath.socklb import default_cgroup, uninstall_from
+    from meshagent.datapath.socklb import default_cgroup
+    from meshagent.datapath.uninstall import uninstall
 
     pin_dir = args.pin_dir or DEFAULT_PIN_DIR
     lb_dir = pin_dir / SOCKET_LB_DIR
-    if lb_dir.exists():
-        cgroup = args.socket_lb_cgroup or default_cgroup()
-        detached = uninstall_from(cgroup, pin_dir=lb_dir)
-        print(f"removed the socket load-balancer from {cgroup} ({detached} hooks)")
-    datapath = Datapath(pin_dir=pin_dir, netns=args.node_netns)
-    datapath.load()  # adopts the pinned maps, which list every endpoint we attached to
-    endpoints = len(datapath.state()[0])
-    datapath.uninstall()
-    print(f"removed meshagent from {endpoints} interfaces and {datapath.pin_dir}")
-    return 0
+    cgroup = args.socket_lb_cgroup
+    if cgroup is None and (lb_dir.exists() or default_cgroup().exists()):
+        cgroup = default_cgroup()
+    report = uninstall(
+        pin_dir=pin_dir, netns=args.node_netns, socket_lb_pin_dir=lb_dir, socket_lb_cgroup=cgroup
+    )
+    for line in report.detached:
+        print(f"removed our tc filters from {line}")
+    for line in report.removed:
+        print(f"removed {line}")
+    for line in report.already_gone:
+        print(f"already gone: {line}")
+    for line in report.errors:
+        print(f"meshagent uninstall: still there: {line}", file=sys.stderr)
+    if report.found_nothing:
+        print(f"nothing of meshagent found (pin directory {pin_dir}, node netns {args.node_netns or 'own'})")
+    return 0 if report.complete else 1

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from meshagent.datapath import tc
-from meshagent.datapath.errors import MapError, MapFullError
+from meshagent.datapath.adoption import StaleEndpoint, check_endpoints
+from meshagent.datapath.errors import AttachError, MapError, MapFullError
 from meshagent.datapath.events import EventReader
 from meshagent.datapath.layout import layout_id, other_layouts
 from meshagent.datapath.loader import DEFAULT_PIN_DIR, Capacities, LoadedPrograms, load
@@ -52,6 +53,9 @@ class ApplyResult:
     detached: int = 0
     errors: list[str] = field(default_factory=list)
     fail_closed_endpoints: list[int] = field(default_factory=list)
+    # Endpoints whose programs could not be attached (ifindex -> reason): their map entries are written,
+    # and the caller retries (retry_attach) or removes them when their interface is gone.
+    attach_failures: dict[int, AttachError] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -137,6 +141,14 @@ class Datapath:
         self._group_rules: dict[Group, dict[RuleKey, PolicyEntry]] = defaultdict(dict)
         self._group_trie: dict[Group, set[policy.TrieKey]] = defaultdict(set)
         self._attached: set[int] = set()
+        # Endpoints found stale when the pinned maps were adopted (removed from every map), for status.
+        self.stale_at_start: list[StaleEndpoint] = []
+        # Endpoints in the maps whose programs are not attached (the last error each): retried by the
+        # caller through retry_attach, and removed with the endpoint.
+        self.attach_failures: dict[int, AttachError] = {}
+        # Connections of removed endpoints, by ifindex, with the time of removal: the conntrack reaper
+        # deletes those created before it (a new endpoint may reuse the number at once).
+        self._forgotten: dict[int, int] = {}
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -177,9 +189,9 @@ class Datapath:
         self._adopt()
 
     def _adopt(self) -> None:
-        self._endpoints = {
-            key.ifindex: endpoints.decode(key, value) for key, value in self.endpoints_map.items()
-        }
+        """Takes over what the pinned maps hold, for the endpoints whose interface is still the one we
+        attached to (datapath/adoption.py); the others are removed from every map before anything runs."""
+        pinned = {key.ifindex: endpoints.decode(key, value) for key, value in self.endpoints_map.items()}
         self._ipcache = {ipcache.decode(key, value) for key, value in self.ipcache_map.items()}
         self._policy = dict(policy.decode(key, value) for key, value in self.policy_map.items())
         for key in self._policy:
@@ -189,8 +201,20 @@ class Datapath:
                 "maps of another layout found (%s): migrating on the first full apply",
                 ", ".join(p.name for p in self._migrating_from),
             )
+        check = check_endpoints(pinned, netns=self.netns) if self._attach_endpoints else None
+        self._endpoints = dict(pinned) if check is None else dict(check.adopt)
+        if check is not None:
+            for note in check.notes:
+                logger.warning("adopted %s", note)
+            self._forget_stale(check.stale)
         for ifindex in list(self._endpoints):
-            self.attach(ifindex)
+            try:
+                self.attach(ifindex)
+            except AttachError as err:
+                # The previous programs stay attached and keep enforcing with the same maps; the caller
+                # retries (retry_attach) and reports.
+                self.attach_failures[ifindex] = err
+                logger.error("adopted endpoint on ifindex %d not re-attached: %s", ifindex, err)
         if self._endpoints:
             logger.info(
                 "adopted %d endpoints, %d ipcache and %d policy entries from %s",
@@ -199,6 +223,24 @@ class Datapath:
                 len(self._policy),
                 self.maps_dir,
             )
+
+    def _forget_stale(self, stale: list[StaleEndpoint]) -> None:
+        """Removes stale endpoints from the endpoint, policy and conntrack maps."""
+        self.stale_at_start = stale
+        if not stale:
+            return
+        for entry in stale:
+            logger.warning("not adopted, removed from the maps: %s", entry.describe())
+            self.endpoints_map.delete(endpoints.EndpointKey(entry.ifindex))
+        stale_ids = {entry.endpoint_id for entry in stale}
+        for key in [k for k in self._policy if k.endpoint_id in stale_ids]:
+            self.policy_map.delete(policy.encode(key, self._policy.pop(key))[0])
+            self._group_trie[_trie_group(key)].discard(key)
+        for group in [g for g, keys in self._group_trie.items() if not keys]:
+            del self._group_trie[group]
+        stale_ifindexes = {entry.ifindex for entry in stale}
+        for key in [k for k, _ in self.ct_map.items() if k.ifindex in stale_ifindexes]:
+            self.ct_map.delete(key)
 
     def _carry_connections(self) -> int:
         """Copies the old layout's conntrack entries when their layout is ours, so that established
@@ -267,7 +309,8 @@ class Datapath:
             self._programs = None
 
     def uninstall(self) -> None:
-        """Removes exactly what we added: our tc filters on every endpoint, and the pinned maps."""
+        """Removes exactly what we added: our tc filters on every endpoint (those whose interface still
+        exists), and the pinned maps."""
         for ifindex in set(self._endpoints) | self._attached:
             tc.detach(ifindex=ifindex, netns=self.netns)
         self._attached.clear()
@@ -286,10 +329,30 @@ class Datapath:
             to_endpoint=tc.Program(programs.to_endpoint.name, programs.to_endpoint.fd),
         )
         self._attached.add(ifindex)
+        self.attach_failures.pop(ifindex, None)
 
     def detach(self, ifindex: int) -> None:
-        tc.detach(ifindex=ifindex, netns=self.netns)
         self._attached.discard(ifindex)
+        self.attach_failures.pop(ifindex, None)
+        try:
+            tc.detach(ifindex=ifindex, netns=self.netns)
+        except AttachError as err:
+            # The endpoint is going away either way; a filter we could not remove finds no endpoint
+            # entry and is replaced if the interface becomes an endpoint again.
+            logger.warning("detach from ifindex %d: %s", ifindex, err)
+
+    def retry_attach(self, ifindexes: set[int] | None = None) -> dict[int, AttachError]:
+        """Attaches the programs to endpoints whose attachment failed (all of them, or those given);
+        returns the failures that remain."""
+        with self._lock:
+            for ifindex in sorted(set(self.attach_failures) if ifindexes is None else ifindexes):
+                if ifindex not in self._endpoints or ifindex in self._attached:
+                    continue
+                try:
+                    self.attach(ifindex)
+                except AttachError as err:
+                    self.attach_failures[ifindex] = err
+            return dict(self.attach_failures)
 
     def _require_programs(self) -> LoadedPrograms:
         if self._programs is None:
@@ -407,15 +470,22 @@ class Datapath:
             ):
                 self._endpoints[entry.ifindex] = entry
             if self._attach_endpoints and entry.ifindex not in self._attached:
-                self.attach(entry.ifindex)
-                result.attached += 1
+                try:
+                    self.attach(entry.ifindex)
+                    result.attached += 1
+                except AttachError as err:
+                    # One endpoint that cannot be attached never holds up the others.
+                    self.attach_failures[entry.ifindex] = err
+                    result.attach_failures[entry.ifindex] = err
+                    result.errors.append(str(err))
 
         for ifindex in endpoints_remove:
-            if ifindex in self._attached:
+            if ifindex in self._attached or ifindex in self.attach_failures:
                 self.detach(ifindex)
                 result.detached += 1
             self.endpoints_map.delete(endpoints.EndpointKey(ifindex))
             del self._endpoints[ifindex]
+            self._forgotten[ifindex] = time.monotonic_ns()
             result.deleted += 1
 
         for key in stale:
@@ -498,8 +568,13 @@ class Datapath:
         The kernel stamps entries with CLOCK_MONOTONIC, which time.monotonic_ns() also reads."""
         timeouts = timeouts or conntrack.Timeouts()
         now = time.monotonic_ns() if now_ns is None else now_ns
+        forgotten, self._forgotten = self._forgotten, {}
         closed: list[DatapathEvent] = []
         for key, value in self.ct_map.items():
+            removed_ns = forgotten.get(key.ifindex)
+            if removed_ns is not None and value.created_ns <= removed_ns:
+                self.ct_map.delete(key)  # its endpoint was removed: the number may be another's now
+                continue
             idle_s = (now - value.last_seen_ns) / 1e9
             if idle_s <= timeouts.for_entry(key.proto, value.flags):
                 continue

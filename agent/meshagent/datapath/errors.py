@@ -24,7 +24,12 @@ class LoadError(DatapathError):
 
 
 class AttachError(DatapathError):
-    """A tc attachment or detachment failed."""
+    """A tc attachment or detachment failed; `interface_gone` when the interface (or its network
+    namespace) no longer exists, which a caller treats as a removed endpoint rather than a fault."""
+
+    def __init__(self, message: str, *, interface_gone: bool = False) -> None:
+        super().__init__(message)
+        self.interface_gone = interface_gone
 
 
 class MapError(DatapathError):

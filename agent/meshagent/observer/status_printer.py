@@ -64,7 +64,11 @@ def print_agent_status(out: TextIO, status: dict[str, object]) -> None:
     out.write(f"Endpoints:        {len(endpoints)}\n")
     for key, where in sorted(endpoints.items()):
         out.write(f"  {key:<40} {where}\n")
-    for title, field in (("Rejected objects", "rejected"), ("Kernel errors", "kernel_errors")):
+    for title, field in (
+        ("Rejected objects", "rejected"),
+        ("Kernel errors", "kernel_errors"),
+        ("Not adopted at start", "stale_endpoints"),
+    ):
         items = status.get(field) or []
         assert isinstance(items, list)
         if items:

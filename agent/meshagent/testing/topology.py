@@ -172,7 +172,9 @@ class Topology:
         # No way off the machine: anything not routed to a pod is unreachable.
         _ip("route", "add", "unreachable", "default", netns=self.node)
 
-    def add_pod(self, name: str, ip: str | IPv4Address) -> Pod:
+    def add_pod(self, name: str, ip: str | IPv4Address, *, ifindex: int | None = None) -> Pod:
+        """A pod with one address; `ifindex` asks for that number for its host-side veth (to make an
+        interface that takes a deleted one's number, as the kernel may do on its own)."""
         index = next(self._index)
         netns = f"{self.prefix}-{name}"
         host_ifname = f"{self.prefix[:9]}h{index}"[:15]
@@ -182,6 +184,7 @@ class Topology:
                 "link",
                 "add",
                 host_ifname,
+                *(["index", str(ifindex)] if ifindex is not None else []),
                 "type",
                 "veth",
                 "peer",
