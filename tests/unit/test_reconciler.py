@@ -8,9 +8,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from meshagent.agent.attach_retry import AttachRetries
 from meshagent.agent.enricher import ClusterEnricher
 from meshagent.agent.reconciler import Reconciler
+from meshagent.datapath.datapath import ApplyResult
 from meshagent.datapath.discovery import NotUpYet, PodInterface
+from meshagent.datapath.errors import AttachError
 from meshagent.model.kernel_state import KernelState
 from meshagent.policy.compiler import PolicyCompiler
 from meshagent.policy.diff import KernelDiff
@@ -33,6 +36,9 @@ class RecordingDatapath:
     def apply_diff(self, diff: KernelDiff) -> Any:
         self.diffs.append(diff)
         return None
+
+    def retry_attach(self, ifindexes: set[int] | None = None) -> dict[int, Any]:
+        return {}
 
 
 class FixedInterfaces:
@@ -175,3 +181,77 @@ def test_only_this_nodes_own_pods_become_endpoints(
     assert set(reconciler.endpoint_states()) == {"shop/db"}
     # Every pod's address is known, local or not, for identities.
     assert {str(e.cidr) for e in datapath.full[0].ipcache} >= {"10.0.0.2/32", "10.0.1.2/32"}
+
+
+class FlakyAttachDatapath(RecordingDatapath):
+    """Attaching to ifindex 100 fails `failures` times (the first at the full apply), then works."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures_left = failures
+        self.retries: list[set[int]] = []
+
+    def _failures(self) -> dict[int, Any]:
+        if self.failures_left <= 0:
+            return {}
+        self.failures_left -= 1
+        return {100: AttachError("attach to ifindex 100 failed: (16, 'Device or resource busy')")}
+
+    def apply(self, state: KernelState) -> Any:
+        super().apply(state)
+        return ApplyResult(attach_failures=self._failures())
+
+    def retry_attach(self, ifindexes: set[int] | None = None) -> dict[int, Any]:
+        self.retries.append(set(ifindexes or ()))
+        return self._failures()
+
+
+def test_an_endpoint_that_cannot_be_attached_is_retried_and_reported() -> None:
+    store = ObjectStore()
+    datapath = FlakyAttachDatapath(failures=3)
+    compiler = PolicyCompiler()
+    reported: list[tuple[str, str]] = []
+    reconciler = Reconciler(
+        store=store,
+        compiler=compiler,
+        datapath=datapath,
+        node=NODE,
+        interfaces=FixedInterfaces(),  # type: ignore[arg-type]
+        enricher=ClusterEnricher(rule_lookup=compiler.rules.lookup),
+        on_attach_failed=lambda obj, reason: reported.append((obj["metadata"]["name"], reason)),
+        retry_interval=0.02,
+        attach_retries=AttachRetries(first_delay=0.05, max_delay=0.2),
+    )
+    reconciler.start()
+    try:
+        store.apply(
+            ObjectEvent(
+                Action.ADDED, Kind.NAMESPACE, "", "shop", {"kind": "Namespace", "metadata": {"name": "shop"}}
+            )
+        )
+        store.apply(event(Action.ADDED, pod("a", "10.0.0.2", {"app": "a"})))
+        sync_all(store)
+        assert eventually(lambda: reconciler.endpoint_states().get("shop/a", "").startswith("attach failed"))
+        assert reported and reported[0][0] == "a" and "Device or resource busy" in reported[0][1]
+        assert eventually(lambda: reconciler.endpoint_states().get("shop/a") == "ready (veth0)")
+        assert datapath.retries[:3] == [{100}, {100}, {100}], "retried until it worked"
+        assert reconciler.attach_retries.failed_attempts == 3
+        assert len(reported) == 1, "one Event for a run of failures, not one per attempt"
+    finally:
+        reconciler.stop()
+
+
+def test_attach_retries_back_off_and_start_over_for_a_new_interface() -> None:
+    now = [0.0]
+    retries = AttachRetries(first_delay=0.5, max_delay=4.0, clock=lambda: now[0])
+    delays = []
+    for _ in range(6):
+        failure = retries.failed("ns/p", 7, "busy")
+        delays.append(failure.next_retry - now[0])
+    assert delays == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    assert retries.due() == {}
+    now[0] = 4.0
+    assert set(retries.due()) == {"ns/p"}
+    assert retries.failed("ns/p", 8, "busy").attempts == 1, "another interface starts over"
+    retries.forget("ns/p")
+    assert retries.current() == {} and retries.describe("ns/p") is None
