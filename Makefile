@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 QUICK ?=
 
-.PHONY: install test lint unit demo bench vm-test clean
+.PHONY: install test lint unit demo bench soak vm-test clean
 
 install:
 	bash scripts/install.sh
@@ -26,6 +26,9 @@ demo: install
 
 bench: install
 	$(PY) bench/run_all.py $(if $(QUICK),--quick,)
+
+soak: install
+	$(PY) -m tests.soak.driver --minutes $(or $(MINUTES),10) $(if $(SEED),--seed $(SEED),)
 
 vm-test: install
 	bash vm-tests/run.sh

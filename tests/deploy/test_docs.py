@@ -8,7 +8,7 @@ import argparse
 import re
 import time
 from dataclasses import MISSING, fields
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from meshagent.agent.config import AgentConfig, load_config
@@ -153,9 +153,29 @@ def test_architecture_has_both_paths() -> None:
         assert stage.lower() in diagram.lower(), f"the diagrams do not show {stage}"
 
 
+def _idle_reconciler() -> Any:
+    """A reconciler that was never started, for the families its collector exposes."""
+    from meshagent.agent.enricher import ClusterEnricher
+    from meshagent.agent.reconciler import Reconciler
+    from meshagent.datapath.discovery import EndpointInterfaces
+    from meshagent.policy.compiler import PolicyCompiler
+    from meshagent.sources.store import ObjectStore
+
+    compiler = PolicyCompiler()
+    return Reconciler(
+        store=ObjectStore(),
+        compiler=compiler,
+        datapath=cast(Any, None),
+        node="node-a",
+        interfaces=EndpointInterfaces(),
+        enricher=ClusterEnricher(rule_lookup=compiler.rules.lookup),
+    )
+
+
 def test_troubleshooting_names_metrics_the_agent_exposes() -> None:
     """The metric names in the table exist in the exposition of the agent's real metrics, read back with
     Prometheus' own text parser."""
+    from meshagent.agent.metrics import ReconcilerCollector
     from meshagent.observer.metrics import FlowMetrics, MapUsage
     from prometheus_client import generate_latest
     from prometheus_client.parser import text_string_to_metric_families
@@ -166,6 +186,7 @@ def test_troubleshooting_names_metrics_the_agent_exposes() -> None:
         map_usage=lambda: [MapUsage("ma_ct", 1, 10)],
         source_sync=lambda: {"kubernetes": True},
     )
+    metrics.registry.register(ReconcilerCollector(_idle_reconciler()))
     exposed = {f.name for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())}
     rows = table_rows((DOCS / "troubleshooting.md").read_text(), "| metric |")
     named = [code_spans(row[0])[0].split("{")[0] for row in rows]
