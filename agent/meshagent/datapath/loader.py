@@ -15,11 +15,11 @@ from typing import Any
 from bcc import BPF
 
 from meshagent.datapath.errors import CompileError, DatapathError, LoadError
-from meshagent.datapath.source import assemble
+from meshagent.datapath.program_text import assemble
+from meshagent.model.kernel_state import DEFAULT_PIN_DIR as DEFAULT_PIN_DIR  # the datapath's default too
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PIN_DIR = Path("/sys/fs/bpf/meshagent")
 ENTRY_SOURCE = "endpoint.c"
 PROGRAM_FROM_ENDPOINT = "ma_from_endpoint"
 PROGRAM_TO_ENDPOINT = "ma_to_endpoint"

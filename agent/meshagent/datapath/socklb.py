@@ -25,7 +25,7 @@ from meshagent.datapath.loader import DEFAULT_PIN_DIR, captured_stderr, ensure_b
 from meshagent.datapath.maps import lb_affinity, lb_events, lb_revnat, lb_services, lb_sockhash
 from meshagent.datapath.maps.base import PerCpuArray, TypedMap
 from meshagent.datapath.pinned import open_pinned
-from meshagent.datapath.source import assemble
+from meshagent.datapath.program_text import assemble
 from meshagent.model.services import Frontend, LBEntry, ServiceTranslation
 from meshagent.services.diff import LBDiff, diff
 
