@@ -246,7 +246,8 @@ def test_a_mounted_configmap_update_is_seen(rig: Rig) -> None:
     assert rig.source.status().errors == ()  # the hidden data folders are not read twice
     volume.publish({"ns.yaml": NS, "pods.yaml": POD.format(name="p1", ip="10.1.0.9")})
     assert wait_until(lambda: rig.pod_ips() == {"p1": "10.1.0.9"}, timeout=10)
-    volume.publish({"ns.yaml": NS, "more.yaml": POD.format(name="p2", ip="10.1.0.2")})  # a key added, one gone
+    # A key added, one gone.
+    volume.publish({"ns.yaml": NS, "more.yaml": POD.format(name="p2", ip="10.1.0.2")})
     assert wait_until(lambda: rig.pod_ips() == {"p2": "10.1.0.2"}, timeout=10)
     modified = [e for e in rig.recorder.objects() if e.kind is Kind.POD and e.action is Action.MODIFIED]
     assert [e.obj["status"]["podIP"] for e in modified] == ["10.1.0.9"]  # each update applied once

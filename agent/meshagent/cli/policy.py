@@ -12,10 +12,11 @@ from typing import Any, TypeVar
 
 import click
 
+from meshagent.cli.manifests import load_manifests
 from meshagent.cli.policy_printer import print_list, print_trace
 from meshagent.model.kernel_state import Protocol
 from meshagent.policy.inventory import summarize
-from meshagent.policy.manifests import compile_manifests, load_manifests
+from meshagent.policy.manifests import compile_manifests
 from meshagent.policy.trace import TraceError, resolve_ip, resolve_pod, trace
 
 _PROTOCOLS = {"tcp": Protocol.TCP, "udp": Protocol.UDP, "sctp": Protocol.SCTP}
@@ -89,7 +90,7 @@ def run_trace(
     except FileNotFoundError as err:
         print(f"meshagent policy trace: {err}", file=sys.stderr)
         return 2
-    compiler = compile_manifests(loaded, node=node)  # rejected objects are logged by the loader
+    compiler = compile_manifests(loaded, node=node)
     try:
         source = resolve_pod(compiler, from_pod) if from_pod else resolve_ip(compiler, str(from_ip))
         destination = resolve_pod(compiler, to_pod) if to_pod else resolve_ip(compiler, str(to_ip))

@@ -11,7 +11,6 @@ from typing import Any, TextIO
 from meshagent.model.kernel_state import Direction
 from meshagent.policy.evaluate import Peer
 from meshagent.policy.inventory import EndpointSummary
-from meshagent.policy.manifests import ManifestError
 from meshagent.policy.trace import DirectionTrace, Trace
 
 logger = logging.getLogger(__name__)
@@ -104,7 +103,7 @@ def _flags(enforce: bool, audit: bool) -> str:
 
 
 def print_list(
-    out: TextIO, rows: Sequence[EndpointSummary], errors: Sequence[ManifestError], *, output: str = "text"
+    out: TextIO, rows: Sequence[EndpointSummary], errors: Sequence[str], *, output: str = "text"
 ) -> None:
     if output == "json":
         json.dump(
