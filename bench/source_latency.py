@@ -35,8 +35,6 @@ from meshagent.sources.store import ObjectStore  # noqa: E402
 
 from tests.sources.k8s_emulator import KubeEmulator  # noqa: E402
 
-logger = logging.getLogger(__name__)
-
 
 class Arrivals:
     """Subscriber: records when the event carrying a given marker label arrives."""

@@ -4,7 +4,6 @@ network namespace, and real pings are counted, then dropped, then allowed again 
 from __future__ import annotations
 
 import ctypes
-import logging
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,8 +12,6 @@ from typing import Any
 import pytest
 from meshagent.datapath import probes
 from vmnet import VethPair
-
-logger = logging.getLogger(__name__)
 
 pytestmark = pytest.mark.kernel
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any, TextIO
@@ -12,8 +11,6 @@ from meshagent.model.kernel_state import Direction
 from meshagent.policy.evaluate import Peer
 from meshagent.policy.inventory import EndpointSummary
 from meshagent.policy.trace import DirectionTrace, Trace
-
-logger = logging.getLogger(__name__)
 
 
 def _peer(peer: Peer) -> str:

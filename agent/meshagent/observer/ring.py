@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections import deque
 from collections.abc import Iterable
 
 from meshagent.observer.convert import PreparedFlow
 from meshagent.observer.proto.flow import flow_pb2 as pb
-
-logger = logging.getLogger(__name__)
-
 
 MAX_MARKERS = 4096  # lost-event markers remembered (over an hour of one a second)
 

@@ -13,7 +13,6 @@ causes and recompiles only the endpoints it can affect. What an endpoint's entri
 from __future__ import annotations
 
 import bisect
-import logging
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -47,8 +46,6 @@ from meshagent.policy.peers import (
     policy_specs,
 )
 from meshagent.policy.rules import RuleKind, RuleRef, RuleTable
-
-logger = logging.getLogger(__name__)
 
 PodKey = tuple[str, str]
 PolicyKey = tuple[RuleKind, str, str]  # (kind, namespace or "", name)
