@@ -156,7 +156,8 @@ def test_closing_either_side_removes_its_socket(
 
 
 def test_sockhash_key_mirror_matches_the_compiled_size(accelerated: SocketLB) -> None:
-    # BCC cannot build a table object for a sockhash (GUIDE §1); the module still knows its key size.
+    # BCC cannot build a table object for a sockhash ("Unknown table type 18"); the module still knows its
+    # key size.
     import ctypes
 
     from bcc import libbcc

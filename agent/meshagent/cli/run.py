@@ -236,7 +236,7 @@ def _tune_interpreter() -> None:
     The collector: what was built while starting (compiled programs, the store, caches) lives as long as
     the agent: freeze it out of the cycle collector's scans. And collect young objects less often: the
     flow path makes a few tracked objects per event, and at the default threshold (700) the collector's
-    passes over them cost about a fifth of the per-event work at high event rates."""
+    passes over them are a large share of the per-event work at high event rates (bench/flow_pipeline.py)."""
     sys.setswitchinterval(0.0005)
     gc.freeze()
     gc.set_threshold(20_000, 10, 10)
