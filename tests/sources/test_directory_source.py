@@ -14,7 +14,8 @@ from meshagent.sources.kinds import KINDS, Kind
 from meshagent.sources.pipeline import Dispatcher
 from meshagent.sources.store import ObjectStore
 
-from tests.sources.conftest import Recorder, wait_until
+from tests.sources.conftest import Recorder
+from tests.waiting import wait_until
 
 POD = """\
 apiVersion: v1

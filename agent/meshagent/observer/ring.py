@@ -141,6 +141,12 @@ class FlowRing:
             out += [self._slots[s % self._cap] for s in range(seq, end)]
         return [e for e in out if e is not None], end, lost
 
+    @property
+    def waiting(self) -> int:
+        """Readers blocked in wait_for() right now: followers that have read everything held."""
+        with self._cond:
+            return self._waiters
+
     def wait_for(self, seq: int, timeout: float) -> bool:
         """Block until an entry with sequence >= seq exists (True) or timeout/close (False)."""
         with self._cond:
