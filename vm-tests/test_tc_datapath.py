@@ -26,7 +26,7 @@ def icmp_gate() -> Iterator[Any]:
     # Compiled once per session: a BCC compile costs ~24 s inside a TCG guest.
     from bcc import BPF
 
-    bpf = BPF(src_file=str(PROG))
+    bpf = BPF(src_file=str(PROG).encode())  # bytes: BCC warns about a str
     try:
         yield bpf
     finally:
