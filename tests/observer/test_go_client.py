@@ -106,12 +106,13 @@ def test_follow_until_stop_port(flowfollow: Path, tmp_path: Path, serving_mode: 
 
 
 def test_follow_stopped_by_signal_reports_counts(flowfollow: Path, served: h.Served) -> None:
-    with gofollow.Follower(flowfollow, served.target, "--follow", "--number", "2", "--timeout", "30") as f:
+    follow = ("--follow", "--number", "2", "--timeout", "30", "--progress")
+    with gofollow.Follower(flowfollow, served.target, *follow) as f:
         f.wait_ready()
         # `ready` means the request was sent; the history/new split happens when the server takes it.
         assert wait_until(lambda: served.pipeline.ring.waiting >= 1, timeout=10)
         served.pipeline.on_event(h.event(dport=4242))
-        time.sleep(0.5)
+        f.wait_flows(3)  # the two of history and the new one: now the signal ends a stream that had it
         r = f.stop()
     assert (r.returncode, r.result["status"], r.result["end"]) == (0, "OK", "signal"), r
     assert (r.result["flows"], r.result["first_dport"], r.result["last_dport"]) == (3, -1, 4242)
