@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,8 +11,6 @@ import grpc
 from meshagent.observer.proto.observer import observer_pb2 as opb
 from meshagent.observer.proto.observer import observer_pb2_grpc as ogrpc
 from meshagent.observer.server import DEFAULT_SOCKET
-
-logger = logging.getLogger(__name__)
 
 
 class ClientError(RuntimeError):

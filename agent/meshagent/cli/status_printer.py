@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 from typing import TextIO
 
 from meshagent.observer.proto.observer import observer_pb2 as opb
-
-logger = logging.getLogger(__name__)
 
 
 def _duration(ns: int) -> str:
