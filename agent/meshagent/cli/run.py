@@ -28,7 +28,15 @@ _VALUE_FLAGS = {
         "observer_socket",
         "Unix socket of the flow API (default /var/run/meshagent/observer.sock)",
     ),
+    "--observer-socket-group": (
+        "observer_socket_group",
+        "group that may read flows from the Unix socket (0660); default: owner only (0600)",
+    ),
     "--observer-listen": ("observer_listen", "also serve the flow API on TCP, e.g. 0.0.0.0:4245"),
+    "--observer-limits": (
+        "observer_limits",
+        "flow API server limits as name=value,... (e.g. max_connections=256,idle_timeout_seconds=60)",
+    ),
     "--observer-tls-cert": ("observer_tls_cert", "TLS certificate for --observer-listen"),
     "--observer-tls-key": ("observer_tls_key", "TLS key for --observer-listen"),
     "--observer-tls-client-ca": ("observer_tls_client_ca", "require client certificates signed by this CA"),
@@ -41,6 +49,7 @@ _VALUE_FLAGS = {
     ),
     "--socket-lb-cgroup": ("socket_lb_cgroup", "cgroup v2 path whose processes get Service translation"),
     "--export-file": ("export_file", "also write flows as JSON lines to this file (rotated by size)"),
+    "--export-file-group": ("export_file_group", "group that may read the export files (0640)"),
     "--log-format": ("log_format", "auto (JSON when not a terminal), json or text"),
     "--log-level": ("log_level", "debug, info, warning or error"),
 }

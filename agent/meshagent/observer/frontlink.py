@@ -53,6 +53,7 @@ from meshagent.observer.ipc import (
     decode,
     encode,
 )
+from meshagent.observer.metrics import FrontState
 from meshagent.observer.service import ObserverService, methods
 
 if TYPE_CHECKING:
@@ -247,6 +248,10 @@ class FrontLink:
                 proc.wait()
         if control is not None:
             control.close()
+
+    def front_state(self) -> FrontState:
+        """For metrics (FlowMetrics.watch_front)."""
+        return FrontState(self.state == "up", self.failed_starts, self.broken_links)
 
     @property
     def pid(self) -> int | None:

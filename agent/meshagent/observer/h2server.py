@@ -35,6 +35,10 @@ from meshagent.observer.limits import DEFAULT_LIMITS, ServerLimits
 
 logger = logging.getLogger(__name__)
 
+# A connection this young is never evicted to make room: its client has had no time yet to send its
+# first request, and a flood of newer connections must not push it out before it can.
+EVICTION_GRACE_S = 1.0
+
 __all__ = ["CallInfo", "H2GrpcServer", "Method", "ServerStream", "StreamClosed", "StreamHandler"]
 
 
@@ -199,12 +203,16 @@ class H2GrpcServer:
     # -- connections (loop thread) ----------------------------------------------------------------------
     def admit(self, conn: Connection) -> bool:
         """Takes `conn` into its listener's set; at the limit the longest-idle connection without calls
-        makes room (its client reconnects when it needs to), else `conn` is refused."""
+        (older than EVICTION_GRACE_S) makes room, its client reconnects when it needs to; else `conn`
+        is refused."""
         if self._stopping.is_set():
             return False
         conns = self.connections.setdefault(conn.listener, set())
         if len(conns) >= self.limits.max_connections:
-            idle = [c for c in conns if not c.calls and not c.closing]
+            now = time.monotonic()
+            idle = [
+                c for c in conns if not c.calls and not c.closing and now - c.opened_at >= EVICTION_GRACE_S
+            ]
             if not idle:
                 self.refused_connections += 1
                 return False
