@@ -197,7 +197,8 @@ def serve(control: socket.socket, settings: dict[str, Any]) -> int:
                 ).context()
             tcp_port = bind_tcp(server, address, ctx)
         # Bound: nothing left that needs a privilege (the agent, not this process, removes the socket).
-        privileges.drop(settings.get("user"), settings.get("group"))
+        who = privileges.drop(settings.get("user"), settings.get("group"))
+        logger.debug("observer front process runs as %s", who)
     except Exception as err:  # reported to the agent, which raises it as ServerConfigError
         server.stop(grace=None)
         send_control(control, StartError(str(err) if isinstance(err, ServerConfigError) else repr(err)))

@@ -57,26 +57,32 @@ def capabilities(pid: int | str = "self") -> dict[str, int]:
     return out
 
 
-def drop(user: int | None, group: int | None) -> None:
-    """Drops every capability, and the user and group to `user`/`group` when running as root."""
+CAP_SETGID, CAP_SETUID, CAP_SETPCAP = 6, 7, 8
+
+
+def drop(user: int | None, group: int | None) -> str:
+    """Drops every capability, and the user and group to `user`/`group` where it may (root with
+    CAP_SETUID/CAP_SETGID). Returns who it now runs as; raises PrivilegeError if a capability is left.
+
+    Without CAP_SETPCAP the bounding set stays as it is, and without CAP_SETUID the user does: harmless
+    once the process holds no capability and no_new_privs keeps execve from granting any."""
     libc = _libc()
     _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
-    if capabilities().get("CapEff", 0):
+    effective = capabilities().get("CapEff", 0)
+    if effective & (1 << CAP_SETPCAP):
         last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
         for cap in range(last + 1):
-            _check(
-                libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"dropping capability {cap} from the bounding set"
-            )
-        _check(libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clearing ambient capabilities")
-    if os.getuid() == 0 or os.geteuid() == 0:
-        if group is not None:
-            os.setgroups([])
-            os.setresgid(group, group, group)
-        if user is not None:
-            os.setresuid(user, user, user)  # leaving uid 0 clears the permitted and effective sets
+            _check(libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"dropping capability {cap} (bounding set)")
+    _check(libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clearing ambient capabilities")
+    if group is not None and effective & (1 << CAP_SETGID):
+        os.setgroups([])
+        os.setresgid(group, group, group)
+    if user is not None and effective & (1 << CAP_SETUID):
+        os.setresuid(user, user, user)  # leaving uid 0 clears the permitted and effective sets
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)()  # all zero: no capability in any set
     _check(libc.capset(ctypes.byref(header), data), "capset")
     left = {k: v for k, v in capabilities().items() if k != "CapBnd" and v}
     if left:
         raise PrivilegeError(f"capabilities left after dropping them: {left}")
+    return f"uid {os.getuid()} gid {os.getgid()}, no capabilities"
