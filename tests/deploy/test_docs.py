@@ -18,6 +18,7 @@ from meshagent.cli.main import build_parser
 from meshagent.model.events import DropReason
 from meshagent.observer.aggregate import parse_keys
 from meshagent.observer.convert import DROP_REASON_TO_HUBBLE
+from meshagent.observer.limits import ServerLimits
 from meshagent.observer.proto.flow import flow_pb2
 from meshagent.observer.query import parse_request
 
@@ -47,6 +48,8 @@ def shown_default(value: Any) -> str:
         return "unset"
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
+    if isinstance(value, ServerLimits):
+        return "defaults in [flows](flows.md#server-limits)"  # one table there lists every limit
     return f"`{value}`"
 
 

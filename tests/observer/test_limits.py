@@ -413,3 +413,17 @@ def test_the_unary_queue_is_bounded(tmp_path: Path) -> None:
     finally:
         release.set()
         server.stop(grace=None)
+
+
+def test_docs_list_every_limit_and_its_default() -> None:
+    from tests.deploy.docs_check import code_spans, table_rows
+    from tests.deploy.manifests import REPO
+
+    rows = table_rows((REPO / "docs" / "flows.md").read_text(), "| limit | default |")
+    documented: dict[str, str] = {}
+    for row in rows:
+        names, defaults = code_spans(row[0]), code_spans(row[1])
+        assert len(names) == len(defaults), row[0]
+        documented.update(zip(names, defaults, strict=True))
+    expected = {name: f"{value:.12g}" for name, value in ServerLimits().as_dict().items()}
+    assert documented == expected
