@@ -310,3 +310,23 @@ def test_the_export_file_is_owner_only_or_its_group_s(tmp_path: Path) -> None:
         st = f.stat()
         assert stat.S_IMODE(st.st_mode) == 0o640 and st.st_gid == group.gr_gid
     assert json.loads(rotated.read_text().splitlines()[0])
+
+
+def test_status_says_when_the_flow_api_is_down_and_why() -> None:
+    import io
+
+    from meshagent.observer.status_printer import print_agent_status
+
+    out = io.StringIO()
+    api = {
+        "mode": "front-process",
+        "pid": 123,
+        "state": "restarting",
+        "restarts": 2,
+        "failed_starts": 5,
+        "last_error": "cannot listen on 0.0.0.0:4245: address in use",
+    }
+    print_agent_status(out, {"ready": True, "node": "n", "flow_api": api})
+    line = next(x for x in out.getvalue().splitlines() if x.startswith("Flow API:"))
+    assert "DOWN" in line and "5 failed starts" in line and "address in use" in line
+    assert "started again 2 times" in line

@@ -197,8 +197,10 @@ class Connection(asyncio.Protocol):
                 self._release(call)
                 self._close_call(call)
                 self._note_idle()
-                if event.remote_reset:
-                    self._spend_reset()
+            if event.remote_reset:
+                # Every reset counts, also of a stream already answered (an HTTP error, say): each one
+                # cost us a request's work.
+                self._spend_reset()
         elif isinstance(event, h2.events.WindowUpdated):
             if event.stream_id == 0:
                 for call in self.calls.values():
