@@ -7,13 +7,18 @@ choice, where ingest and serving would otherwise share one interpreter lock.
 
 from __future__ import annotations
 
+import contextlib
+import grp
 import logging
+import os
 import ssl
-from dataclasses import dataclass
+import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshagent.observer.frontlink import FrontLink
 from meshagent.observer.h2server import H2GrpcServer
+from meshagent.observer.limits import DEFAULT_LIMITS, ServerLimits
 from meshagent.observer.service import ObserverService, methods
 
 logger = logging.getLogger(__name__)
@@ -53,9 +58,28 @@ class ServerConfig:
     tcp_address: str | None = None  # e.g. "0.0.0.0:4245"
     tls: TlsConfig | None = None
     allow_insecure_tcp: bool = False  # plaintext TCP only when asked for explicitly
-    max_workers: int = 16  # GetFlows calls at once (each holds a thread); more get RESOURCE_EXHAUSTED
+    limits: ServerLimits = field(default=DEFAULT_LIMITS)  # observer/limits.py
+    socket_group: str | None = None  # set: the socket is 0660 and this group's (name or number)
     front_process: bool = False  # serve from a separate process (observer/frontlink.py)
     front_log_format: str = "auto"  # the front process's logs: as the agent's log_format
+    # The front process's user and group after binding (root starts it; None: keep the agent's).
+    front_user: int | None = 65534  # nobody
+    front_group: int | None = 65534  # nogroup
+
+    def __post_init__(self) -> None:
+        if self.socket_group is not None:
+            group_id(self.socket_group)  # an unknown group fails here, before anything starts
+
+
+def group_id(group: str | int) -> int:
+    """A group's number from its name or number; ServerConfigError if there is no such group."""
+    text = str(group)
+    if text.isdigit():
+        return int(text)
+    try:
+        return grp.getgrnam(text).gr_gid
+    except KeyError:
+        raise ServerConfigError(f"no such group: {text!r}") from None
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -65,12 +89,25 @@ def split_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def bind_unix(server: H2GrpcServer, path: Path) -> None:
+def bind_unix(server: H2GrpcServer, path: Path, group: str | None = None) -> None:
+    """Binds `path`, owner-only (0600), or 0660 for `group`. A socket left by a previous run is replaced;
+    anything else at the path (a file, a directory, a symbolic link) is an error and stays untouched."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if path.exists() or path.is_symlink():
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            pass
+        else:
+            if not stat.S_ISSOCK(st.st_mode):
+                raise ServerConfigError(
+                    f"cannot listen on unix:{path}: it exists and is not a socket (left untouched)"
+                )
             path.unlink()  # stale socket from a previous run
         server.listen_unix(path)
+        if group is not None:
+            os.chown(path, -1, group_id(group))
+            os.chmod(path, 0o660)
     except OSError as err:
         raise ServerConfigError(f"cannot listen on unix:{path}: {err}") from err
 
@@ -99,7 +136,7 @@ class ObserverServer:
         if config.front_process:
             self._front = FrontLink(service, config)
         else:
-            self._server = H2GrpcServer(methods(service), max_streams=config.max_workers)
+            self._server = H2GrpcServer(methods(service), limits=config.limits)
         self.tcp_port: int | None = None
 
     @property
@@ -116,7 +153,7 @@ class ObserverServer:
             self._server.start()
             try:
                 if cfg.unix_socket is not None:
-                    bind_unix(self._server, cfg.unix_socket)
+                    bind_unix(self._server, cfg.unix_socket, cfg.socket_group)
                 if cfg.tcp_address is not None:
                     self.tcp_port = bind_tcp(self._server, cfg.tcp_address, self._ssl)
             except Exception:
@@ -135,5 +172,6 @@ class ObserverServer:
             assert self._server is not None
             self._server.stop(grace)
         sock = self._config.unix_socket
-        if sock is not None and sock.exists():
-            sock.unlink()
+        with contextlib.suppress(OSError):
+            if sock is not None and stat.S_ISSOCK(sock.lstat().st_mode):
+                sock.unlink()
