@@ -1,0 +1,130 @@
+"""One agent per node, all reading one manifest directory: policy between pods on different nodes, the
+node's own address as the host, and one node's agent restarted while the other keeps serving and
+enforcing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from meshagent.observer.client import ObserverClient
+from meshagent.observer.proto.flow import flow_pb2
+from meshagent.observer.proto.observer import observer_pb2 as opb
+from meshagent.testing.agents import NodeAgent, start_agents
+from meshagent.testing.cluster import ClusterTopology
+from meshagent.testing.topology import Pod
+
+from tests.agent.test_agent_e2e import pod_manifest
+from tests.waiting import seconds_until
+
+pytestmark = pytest.mark.kernel
+
+POLICY = textwrap.dedent("""\
+    apiVersion: networking.k8s.io/v1
+    kind: NetworkPolicy
+    metadata: {name: db-from-web, namespace: shop}
+    spec:
+      podSelector: {matchLabels: {app: db}}
+      policyTypes: [Ingress, Egress]
+      ingress: [{from: [{podSelector: {matchLabels: {app: web}}}], ports: [{port: 80}]}]
+    """)
+
+
+@dataclass
+class Running:
+    cluster: ClusterTopology
+    agents: list[NodeAgent]
+    pods: dict[str, Pod]
+
+
+@pytest.fixture
+def two_nodes(tmp_path: Path) -> Iterator[Running]:
+    """web and other on node-1, db on node-2; db accepts only web, on port 80."""
+    with ClusterTopology(2) as cluster:
+        first, second = cluster.nodes
+        pods = {"web": first.add_pod("web"), "other": first.add_pod("other"), "db": second.add_pod("db")}
+        pods["db"].serve(tcp=(80, 81))
+        manifests = tmp_path / "manifests"
+        manifests.mkdir()
+        placed = {"web": first.name, "other": first.name, "db": second.name}
+        (manifests / "cluster.yaml").write_text(
+            "---\n".join(
+                [
+                    "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n",
+                    cluster.manifests(),
+                    *(
+                        pod_manifest(name, "shop", pod.ip, {"app": name}, node=placed[name])
+                        for name, pod in pods.items()
+                    ),
+                ]
+            )
+        )
+        (manifests / "policy.yaml").write_text(POLICY)
+        agents = [NodeAgent(node, tmp_path, manifests=manifests) for node in cluster.nodes]
+        try:
+            start_agents(agents)
+            yield Running(cluster, agents, pods)
+        finally:
+            for agent in agents:
+                agent.close()
+
+
+def allowed(client: Pod, server: Pod, port: int) -> bool:
+    return bool(client.probe("tcp", server.ip, port, timeout=1.0)["ok"])
+
+
+def from_node(running: Running, node: int, server: Pod, port: int) -> bool:
+    """A TCP exchange sent by the node itself (from its InternalIP)."""
+    netns = running.cluster.nodes[node].netns
+    command = [sys.executable, "-m", "meshagent.testing.netprobe", "tcp", str(server.ip), str(port)]
+    result = subprocess.run(["ip", "netns", "exec", netns, *command], capture_output=True, timeout=30)
+    return result.returncode == 0
+
+
+def dropped_seen(agent: NodeAgent, source: str, destination: str) -> bool:
+    with ObserverClient(agent.server) as client:
+        return any(
+            r.flow.source.pod_name == source
+            and r.flow.destination.pod_name == destination
+            and r.flow.verdict == flow_pb2.DROPPED
+            for r in client.get_flows(opb.GetFlowsRequest(number=500))
+            if r.HasField("flow")
+        )
+
+
+def test_policy_across_nodes_and_the_node_as_host(two_nodes: Running) -> None:
+    web, other, db = (two_nodes.pods[n] for n in ("web", "other", "db"))
+    assert allowed(web, db, 80)
+    assert not allowed(web, db, 81), "db's ingress (enforced on node-2) admits port 80 only"
+    assert not allowed(other, db, 80), "other is not web, though it shares web's node"
+    # The Node objects tell each agent its own InternalIP: db's node is its host, the other node is not.
+    assert from_node(two_nodes, 1, db, 81)
+    assert not from_node(two_nodes, 0, db, 80)
+
+
+def test_one_agent_restarts_while_the_other_serves_and_enforces(two_nodes: Running) -> None:
+    web, other, db = (two_nodes.pods[n] for n in ("web", "other", "db"))
+    first, second = two_nodes.agents
+    second.kill()
+    # The kernel of node-2 keeps enforcing without its agent; node-1's agent keeps serving flows.
+    assert allowed(web, db, 80)
+    assert not allowed(other, db, 80)
+    with ObserverClient(first.server) as client:
+        flows = list(client.get_flows(opb.GetFlowsRequest(number=50)))
+        assert any(r.HasField("flow") and r.flow.destination.pod_name == "db" for r in flows)
+        assert client.server_status().seen_flows > 0
+    took = second.start()
+    assert seconds_until(second.ready, 1.0) is not None, f"ready after {took:.1f} s"
+    assert allowed(web, db, 80)
+    assert not allowed(other, db, 80)
+    assert not allowed(web, db, 81)
+    # The restarted agent reports what its node's kernel drops again.
+    assert (
+        seconds_until(lambda: not allowed(other, db, 80) and dropped_seen(second, "other", "db"), 15)
+        is not None
+    )
