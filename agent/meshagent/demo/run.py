@@ -86,7 +86,7 @@ class Demo:
         for index, spec in enumerate(PODS):
             node = self.node_of(index)
             print(
-                f"  {spec.namespace}/{spec.name:<9} {str(self.addresses[spec.name]):<12} on {node.name}"
+                f"  {spec.namespace}/{spec.name:<9} {self.addresses[spec.name]!s:<12} on {node.name}"
                 f" (netns {node.netns})" + (f"  serving TCP {spec.port}" if spec.port else "")
             )
 
