@@ -86,7 +86,7 @@ def _limits(ctx: click.Context, param: click.Parameter, value: str | None) -> An
     help="seconds a flow waits at most in the sort buffer",
 )
 def relay_command(**params: Any) -> int:
-    from meshagent.relay.peers import ChannelSettings
+    from meshagent.relay.peers import ChannelSettings, PeerSpecError
     from meshagent.relay.server import RelayConfig, RelayServer
     from meshagent.relay.service import RelaySettings
 
@@ -124,7 +124,7 @@ def relay_command(**params: Any) -> int:
         )
         server = RelayServer(config)
         server.start()
-    except ServerConfigError as err:
+    except (ServerConfigError, PeerSpecError) as err:
         raise click.UsageError(str(err)) from err
     stopping = threading.Event()
 
