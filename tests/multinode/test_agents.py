@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,8 @@ import pytest
 from meshagent.observer.client import ObserverClient
 from meshagent.observer.proto.flow import flow_pb2
 from meshagent.observer.proto.observer import observer_pb2 as opb
-from meshagent.testing.agents import NodeAgent, start_agents
+from meshagent.observer.proto.relay import relay_pb2 as rpb
+from meshagent.testing.agents import NodeAgent, meshagent_command, start_agents
 from meshagent.testing.cluster import ClusterTopology
 from meshagent.testing.topology import Pod
 
@@ -128,3 +130,83 @@ def test_one_agent_restarts_while_the_other_serves_and_enforces(two_nodes: Runni
         seconds_until(lambda: not allowed(other, db, 80) and dropped_seen(second, "other", "db"), 15)
         is not None
     )
+
+
+def test_the_relay_merges_both_ends_and_reports_a_node_gone(two_nodes: Running, tmp_path: Path) -> None:
+    """`meshagent relay` before both agents: a connection from node-1 to node-2 is seen from both ends
+    (egress at node-1, ingress at node-2) in one time-ordered stream; a killed agent is reported in the
+    stream and the status, and followed again once restarted."""
+    first, second = two_nodes.agents
+    web, db = two_nodes.pods["web"], two_nodes.pods["db"]
+    sock = tmp_path / "relay.sock"
+    with open(tmp_path / "relay.log", "wb") as log:
+        relay = subprocess.Popen(
+            meshagent_command(
+                "relay",
+                "--peer",
+                f"node-1={first.server}",
+                "--peer",
+                f"node-2={second.server}",
+                "--listen-socket",
+                str(sock),
+                "--sort-drain",
+                "0.2",
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    try:
+        assert seconds_until(sock.exists, 30) is not None, (tmp_path / "relay.log").read_text()
+        probe = web.probe("tcp", db.ip, 80, timeout=2.0)
+        assert probe["ok"], probe
+        flows_of_connection = opb.GetFlowsRequest(
+            whitelist=[flow_pb2.FlowFilter(source_port=[str(probe["sport"])], destination_port=["80"])]
+        )
+        with ObserverClient(f"unix://{sock}") as client:
+            seen: list[flow_pb2.Flow] = []
+
+            def both_ends() -> bool:
+                seen[:] = [r.flow for r in client.get_flows(flows_of_connection) if r.HasField("flow")]
+                return {(f.node_name, f.traffic_direction) for f in seen} >= {
+                    ("node-1", flow_pb2.EGRESS),
+                    ("node-2", flow_pb2.INGRESS),
+                }
+
+            assert seconds_until(both_ends, 10, interval=0.2) is not None, seen
+            times = [f.time.ToNanoseconds() for f in seen]
+            assert times == sorted(times)
+            status = client.server_status()
+            assert (status.num_connected_nodes.value, status.num_unavailable_nodes.value) == (2, 0)
+
+            follower = client.get_flows(opb.GetFlowsRequest(follow=True), follow_timeout_s=120)
+            states: list[tuple[int, list[str]]] = []
+
+            def follow() -> None:
+                for r in follower:
+                    if r.HasField("node_status"):
+                        states.append((r.node_status.state_change, list(r.node_status.node_names)))
+                        if states[-1] == (rpb.NODE_CONNECTED, ["node-2"]) and len(states) > 3:
+                            return
+
+            reader = threading.Thread(target=follow, daemon=True)
+            reader.start()
+            assert seconds_until(lambda: len(states) >= 2, 10) is not None, states
+            second.kill()
+            assert seconds_until(lambda: (rpb.NODE_UNAVAILABLE, ["node-2"]) in states, 15) is not None
+            status = client.server_status()
+            assert list(status.unavailable_nodes) == ["node-2"]
+            fixed = list(client.get_flows(opb.GetFlowsRequest(number=5)))
+            assert any(
+                r.node_status.state_change == rpb.NODE_UNAVAILABLE
+                and list(r.node_status.node_names) == ["node-2"]
+                for r in fixed
+                if r.HasField("node_status")
+            )
+            assert any(r.HasField("flow") and r.flow.node_name == "node-1" for r in fixed)
+            second.start()
+            reader.join(timeout=30)
+            assert not reader.is_alive(), states
+            follower.close()
+    finally:
+        relay.terminate()
+        relay.wait(timeout=30)
