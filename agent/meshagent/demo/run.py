@@ -59,6 +59,8 @@ class Demo:
         self.pods: dict[str, Pod] = {}
         self.addresses: dict[str, IPv4Address] = {}
         self.agents: list[NodeAgent] = []
+        self.relay: subprocess.Popen[bytes] | None = None
+        self.relay_socket = self.workdir / "relay.sock"
         self.outcomes: Counter[str] = Counter()
         self._stop = threading.Event()
 
@@ -114,43 +116,61 @@ class Demo:
                 if self._stop.wait(0.3):
                     return
 
-    def flow_servers(self) -> list[str]:
-        return [agent.server for agent in self.agents]
+    def start_relay(self) -> None:
+        """With several nodes, `meshagent relay` serves all their flows as one API, as in a cluster."""
+        if len(self.agents) < 2:
+            return
+        command = _meshagent(
+            "relay",
+            *(arg for agent in self.agents for arg in ("--peer", f"{agent.node.name}={agent.server}")),
+            "--listen-socket",
+            str(self.relay_socket),
+        )
+        with open(self.workdir / "relay.log", "wb") as log:
+            self.relay = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+        deadline = time.monotonic() + 30
+        while not self.relay_socket.exists():
+            if self.relay.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the relay did not start: {(self.workdir / 'relay.log').read_text()[-2000:]}"
+                )
+            time.sleep(0.1)
+        print(f"relay ready: every node's flows at unix://{self.relay_socket}")
 
-    def show_flows(self) -> list[subprocess.Popen[str]]:
+    def flow_server(self) -> str:
+        """Where the flows of the whole cluster are read: the relay, or the only agent."""
+        return f"unix://{self.relay_socket}" if self.relay is not None else self.agents[0].server
+
+    def show_flows(self) -> subprocess.Popen[str]:
         many = ["--print-node-name"] if len(self.agents) > 1 else []
-        return [
-            subprocess.Popen(
-                _meshagent(
-                    "flows",
-                    "--server",
-                    server,
-                    "--follow",
-                    "--print-policy-names",
-                    *many,
-                    "--type",
-                    "policy-verdict",
-                ),
-                text=True,
-            )
-            for server in self.flow_servers()
-        ]
+        return subprocess.Popen(
+            _meshagent(
+                "flows",
+                "--server",
+                self.flow_server(),
+                "--follow",
+                "--print-policy-names",
+                *many,
+                "--type",
+                "policy-verdict",
+            ),
+            text=True,
+        )
 
     def summary(self) -> dict[str, int]:
+        result = subprocess.run(
+            _meshagent("flows", "--server", self.flow_server(), "--all", "-o", "json"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         verdicts: Counter[str] = Counter()
-        for server in self.flow_servers():
-            result = subprocess.run(
-                _meshagent("flows", "--server", server, "--all", "-o", "json"),
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            for line in result.stdout.splitlines():
-                try:
-                    flow = json.loads(line).get("flow", json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-                verdicts[str(flow.get("verdict", "?"))] += 1
+        for line in result.stdout.splitlines():
+            try:
+                flow = json.loads(line).get("flow", json.loads(line))
+            except json.JSONDecodeError:
+                continue
+            verdicts[str(flow.get("verdict", "?"))] += 1
         return dict(verdicts)
 
     # --- run -------------------------------------------------------------------------------------
@@ -165,7 +185,8 @@ class Demo:
             )
             driver = threading.Thread(target=self.drive_traffic, daemon=True)
             driver.start()
-            followers = self.show_flows()
+            self.start_relay()
+            follower = self.show_flows()
             try:
                 if self.duration is not None and not self.keep:
                     time.sleep(self.duration)
@@ -176,9 +197,8 @@ class Demo:
                 pass
             self._stop.set()
             driver.join(timeout=5)
-            for follower in followers:
-                follower.terminate()
-                follower.wait(timeout=5)
+            follower.terminate()
+            follower.wait(timeout=5)
             verdicts = self.summary()
             return self._report(verdicts)
         finally:
@@ -223,6 +243,9 @@ class Demo:
         return 0
 
     def teardown(self) -> None:
+        if self.relay is not None and self.relay.poll() is None:
+            self.relay.terminate()
+            self.relay.wait(timeout=10)
         for agent in self.agents:
             agent.close()  # SIGTERM with --cleanup: removes its filters and pinned maps
         self.cluster.close()
