@@ -1,7 +1,8 @@
-"""The nodes behind the relay: where each agent's Observer API is, one gRPC channel to each, and calls to
-all of them at once.
+"""The nodes behind the relay: where each agent's Observer API is, how to call it, and calls to all of
+them at once.
 
-Flows pass through as bytes (the channel neither decodes nor re-encodes them); the unary calls are
+Flows pass through as bytes, never decoded and re-encoded, over a GetFlows call of our own (h2client.py:
+grpcio's client was the relay's bottleneck); the unary calls go through a grpcio channel per node and are
 decoded, since the relay aggregates their fields. A channel reconnects by itself (with gRPC's own
 backoff, bounded here); a broken follow stream is reopened by the relay (service.py).
 """
@@ -19,6 +20,7 @@ import grpc
 from meshagent.observer.client import ClientTls, target_for
 from meshagent.observer.proto.observer import observer_pb2 as opb
 from meshagent.observer.proto.observer import observer_pb2_grpc as ogrpc
+from meshagent.relay.h2client import FlowCallError, H2FlowCall
 
 _T = TypeVar("_T")
 GET_FLOWS = "/observer.Observer/GetFlows"
@@ -89,8 +91,6 @@ class Peer:
         else:
             self._channel = grpc.insecure_channel(spec.target, options=options)
         self._stub = ogrpc.ObserverStub(self._channel)
-        # Responses stay bytes: no deserializer.
-        self._get_flows = self._channel.unary_stream(GET_FLOWS)
 
     @property
     def name(self) -> str:
@@ -105,8 +105,16 @@ class Peer:
         self._channel.close()
 
     def flows(self, request: bytes, *, follow: bool) -> FlowCall:
-        call: FlowCall = self._get_flows(request, timeout=None if follow else self.settings.timeout_s)
-        return call
+        """A GetFlows call: following, it may stay quiet as long as it likes (keepalive PINGs check the
+        node is there); not following, a node silent for `timeout_s` fails the call."""
+        return H2FlowCall(
+            self.spec.target,
+            GET_FLOWS,
+            request,
+            tls=self.settings.tls,
+            connect_timeout_s=self.settings.timeout_s,
+            read_timeout_s=None if follow else self.settings.timeout_s,
+        )
 
     def server_status(self, timeout_s: float | None = None) -> opb.ServerStatusResponse:
         resp: opb.ServerStatusResponse = self._stub.ServerStatus(
@@ -130,6 +138,8 @@ class Peer:
 
 def describe(err: BaseException) -> str:
     """A short reason for a failed call (gRPC errors carry their code and details)."""
+    if isinstance(err, FlowCallError):
+        return f"{err.code}: {err.details}"
     if isinstance(err, grpc.RpcError) and hasattr(err, "code"):
         code = err.code()
         details = err.details() if hasattr(err, "details") else ""

@@ -33,9 +33,10 @@ from meshagent.observer.h2server import CallInfo, Method, ServerStream
 from meshagent.observer.proto.observer import observer_pb2 as opb
 from meshagent.observer.proto.relay import relay_pb2 as rpb
 from meshagent.observer.query import InvalidRequest, parse_request
+from meshagent.relay.h2client import FlowCallError
 from meshagent.relay.merge import DEFAULT_CAPACITY, DEFAULT_DRAIN_S, SortBuffer
 from meshagent.relay.peers import FlowCall, Peer, PeerPool, describe
-from meshagent.relay.wire import WireError, is_flow, node_status, response_time_ns
+from meshagent.relay.wire import WireError, node_status, response_key, response_time_ns
 
 logger = logging.getLogger(__name__)
 
@@ -137,22 +138,26 @@ class RelayService:
         connected: list[Peer] = []
         unavailable: dict[Peer, str] = {}
         last_time: dict[Peer, int] = {}
+        flow_ids: set[int] = set()  # of the responses that are flows (they stay alive in `items`)
         for peer, result in self.pool.fan_out(collect):
             if isinstance(result, BaseException):
                 unavailable[peer] = describe(result)
                 continue
             try:
-                timed = [(response_time_ns(raw), next(order), raw) for raw in result]
+                keys = [response_key(raw) for raw in result]
             except WireError as err:
                 unavailable[peer] = f"malformed response: {err}"
                 continue
             connected.append(peer)
-            if timed:
-                last_time[peer] = max(t for t, _, _ in timed)
-            items.extend(timed)
+            if keys:
+                last_time[peer] = max(t for t, _ in keys)
+            for (at, flow), raw in zip(keys, result, strict=True):
+                items.append((at, next(order), raw))
+                if flow:
+                    flow_ids.add(id(raw))
         items.sort()
         if number is not None:
-            flows = [i for i, (_, _, raw) in enumerate(items) if is_flow(raw)]
+            flows = [i for i, (_, _, raw) in enumerate(items) if id(raw) in flow_ids]
             keep = (flows[:number] if first else flows[-number:]) if number > 0 else []
             kept, all_flows = set(keep), set(flows)
             # Other responses (lost events) stay when they fall inside the kept flows' time span.
@@ -316,7 +321,7 @@ class RelayService:
                     if not put((at, raw)):
                         return
                 ended = True
-            except grpc.RpcError as err:
+            except (grpc.RpcError, FlowCallError) as err:
                 if not active():
                     return
                 why = describe(err)
