@@ -52,6 +52,34 @@ def _limits(ctx: click.Context, param: click.Parameter, value: str | None) -> An
     show_envvar=True,
     help="an agent's flow API as [NODE=]ADDRESS (socket path, unix:///path or host:port); repeat per node",
 )
+@click.option(
+    "--discover-namespace",
+    help="find the agents as the running pods of this namespace (Kubernetes API) instead of --peer",
+)
+@click.option(
+    "--discover-selector",
+    default="app.kubernetes.io/name=meshagent,app.kubernetes.io/component=agent",
+    show_default=True,
+    help="label selector of the agents' pods",
+)
+@click.option(
+    "--peer-port",
+    type=click.IntRange(1, 65535),
+    default=4244,
+    show_default=True,
+    help="port of the agents' flow API (--observer-listen) for discovered agents",
+)
+@click.option(
+    "--discover-interval",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="seconds between two lists of the agents' pods",
+)
+@click.option(
+    "--kubeconfig", help="kubeconfig file (default: in-cluster service account, then ~/.kube/config)"
+)
+@click.option("--api-server", help="Kubernetes API URL (tests and local emulators)")
 @click.option("--listen-socket", type=click.Path(path_type=Path), help="serve on this Unix socket (0600)")
 @click.option("--listen", "listen", help="serve on TCP host:port (Hubble's relay uses 4245)")
 @click.option("--tls-cert", type=_FILE, help="server certificate for --listen")
@@ -90,8 +118,10 @@ def relay_command(**params: Any) -> int:
     from meshagent.relay.server import RelayConfig, RelayServer
     from meshagent.relay.service import RelaySettings
 
-    if not params["peers"]:
-        raise click.UsageError("give at least one --peer (or MESHAGENT_RELAY_PEERS)")
+    if not params["peers"] and not params["discover_namespace"]:
+        raise click.UsageError("give at least one --peer (or MESHAGENT_RELAY_PEERS), or --discover-namespace")
+    if params["peers"] and params["discover_namespace"]:
+        raise click.UsageError("--peer and --discover-namespace exclude each other")
     if bool(params["tls_cert"]) != bool(params["tls_key"]):
         raise click.UsageError("--tls-cert and --tls-key go together")
     if params["peer_tls_cert"] and not params["peer_tls_ca"]:
@@ -123,9 +153,15 @@ def relay_command(**params: Any) -> int:
             **extra,
         )
         server = RelayServer(config)
-        server.start()
     except (ServerConfigError, PeerSpecError) as err:
         raise click.UsageError(str(err)) from err
+    discovery = _discovery(server, params) if params["discover_namespace"] else None
+    try:
+        server.start()
+    except ServerConfigError as err:
+        raise click.UsageError(str(err)) from err
+    if discovery is not None:
+        discovery.start()
     stopping = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -138,5 +174,22 @@ def relay_command(**params: Any) -> int:
         while not stopping.wait(1.0):
             pass
     finally:
+        if discovery is not None:
+            discovery.stop()
         server.stop()
     return 0
+
+
+def _discovery(server: Any, params: dict[str, Any]) -> Any:
+    """Agents from the Kubernetes API: their running pods, by node."""
+    from meshagent.relay.discovery import Discovery
+    from meshagent.sources.agent_pods import list_agent_pods
+    from meshagent.sources.kube_client import load_api_client
+
+    api = load_api_client(kubeconfig=params["kubeconfig"], host=params["api_server"])
+    namespace, selector = params["discover_namespace"], params["discover_selector"]
+
+    def lister() -> list[tuple[str, str]]:
+        return [(pod.node, pod.address) for pod in list_agent_pods(api, namespace, selector)]
+
+    return Discovery(server.pool, lister, port=params["peer_port"], interval_s=params["discover_interval"])

@@ -148,21 +148,42 @@ def describe(err: BaseException) -> str:
 
 
 class PeerPool:
-    """Every peer, and calls to all of them at once."""
+    """Every peer, and calls to all of them at once. The set may change (discovery: update()); callers
+    take a snapshot (`peers`) per call and compare `version` to notice a change."""
 
-    def __init__(self, specs: list[PeerSpec], settings: ChannelSettings) -> None:
-        if not specs:
+    def __init__(
+        self, specs: list[PeerSpec], settings: ChannelSettings, *, allow_empty: bool = False
+    ) -> None:
+        if not specs and not allow_empty:
             raise PeerSpecError("the relay needs at least one peer")
-        targets = [s.target for s in specs]
-        duplicates = sorted({t for t in targets if targets.count(t) > 1})
-        if duplicates:
-            raise PeerSpecError(f"peer given twice: {', '.join(duplicates)}")
+        _check_unique(specs)
         self.settings = settings
-        self.peers = [Peer(spec, settings) for spec in specs]
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=min(32, 2 * len(self.peers)), thread_name_prefix="relay-peer"
-        )
         self._lock = threading.Lock()
+        self._peers = [Peer(spec, settings) for spec in specs]
+        self.version = 0
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=32, thread_name_prefix="relay-peer"
+        )
+
+    @property
+    def peers(self) -> list[Peer]:
+        with self._lock:
+            return list(self._peers)
+
+    def update(self, specs: list[PeerSpec]) -> bool:
+        """Makes the peers these; unchanged ones keep their channel. Returns whether anything changed."""
+        _check_unique(specs)
+        with self._lock:
+            kept = {peer.spec: peer for peer in self._peers}
+            new = [kept.get(spec) or Peer(spec, self.settings) for spec in specs]
+            removed = [peer for peer in self._peers if peer.spec not in set(specs)]
+            if not removed and len(new) == len(self._peers):
+                return False
+            self._peers = new
+            self.version += 1
+        for peer in removed:
+            peer.close()
+        return True
 
     def fan_out(self, call: Callable[[Peer], _T]) -> list[tuple[Peer, _T | BaseException]]:
         """call(peer) on every peer at once; each result or the exception it raised, in peer order."""
@@ -179,3 +200,10 @@ class PeerPool:
         self._executor.shutdown(wait=False, cancel_futures=True)
         for peer in self.peers:
             peer.close()
+
+
+def _check_unique(specs: list[PeerSpec]) -> None:
+    targets = [s.target for s in specs]
+    duplicates = sorted({t for t in targets if targets.count(t) > 1})
+    if duplicates:
+        raise PeerSpecError(f"peer given twice: {', '.join(duplicates)}")

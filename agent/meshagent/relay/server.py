@@ -45,7 +45,8 @@ class RelayServer:
     def __init__(self, config: RelayConfig) -> None:
         self.config = config
         self._ssl = config.tls.context() if config.tls is not None else None  # bad material fails here
-        self.pool = PeerPool(list(config.peers), config.channel)
+        # With no peers given, discovery (discovery.py) fills the pool.
+        self.pool = PeerPool(list(config.peers), config.channel, allow_empty=not config.peers)
         self.service = RelayService(self.pool, config.relay)
         self._server = H2GrpcServer(methods(self.service), limits=config.limits)
         self.tcp_port: int | None = None

@@ -188,41 +188,67 @@ class RelayService:
         known: dict[Peer, bool | None],
         stream: ServerStream,
     ) -> None:
+        """Follows every node, and the nodes that appear while it runs (discovery): a new node is followed
+        from its new flows on; a node that leaves is reported NODE_GONE."""
         done = threading.Event()
         out: queue.Queue[tuple[int, bytes] | _StatusChange] = queue.Queue(maxsize=QUEUE_DEPTH)
         calls: dict[Peer, FlowCall] = {}
         calls_lock = threading.Lock()
+        pumps: dict[Peer, tuple[threading.Thread, threading.Event]] = {}
 
-        def active() -> bool:
-            return not done.is_set() and stream.is_active()
+        def start_pump(peer: Peer, since_ns: int | None, connected: bool | None) -> None:
+            gone = threading.Event()
 
-        pumps = [
-            threading.Thread(
+            def active() -> bool:
+                return not done.is_set() and not gone.is_set() and stream.is_active()
+
+            thread = threading.Thread(
                 target=self._pump,
-                args=(peer, req, since[peer], known[peer], out, active, calls, calls_lock),
+                args=(peer, req, since_ns, connected, out, active, calls, calls_lock),
                 name=f"relay-follow-{peer.name}",
                 daemon=True,
             )
-            for peer in self.pool.peers
-        ]
-        for pump in pumps:
-            pump.start()
+            pumps[peer] = (thread, gone)
+            thread.start()
+
+        for peer in self.pool.peers:
+            start_pump(peer, since.get(peer), known.get(peer))
+        following_version = self.pool.version
         buffer = SortBuffer(capacity=self.settings.sort_capacity, drain_s=self.settings.drain_s)
+
+        def finished() -> bool:
+            return not any(t.is_alive() for t, _ in pumps.values()) and out.empty()
+
         try:
             while stream.is_active():
-                if not any(pump.is_alive() for pump in pumps) and out.empty():
+                frames: list[bytes] = []
+                if self.pool.version != following_version:
+                    following_version = self.pool.version
+                    current = set(self.pool.peers)
+                    for peer in current - set(pumps):
+                        start_pump(peer, None, None)
+                    for peer in set(pumps) - current:
+                        thread, gone = pumps.pop(peer)
+                        gone.set()
+                        with calls_lock:
+                            call = calls.get(peer)
+                        if call is not None:
+                            call.cancel()
+                        frames.append(frame(node_status(rpb.NODE_GONE, [peer.name], "no longer discovered")))
+                if finished() and req.HasField("until"):
                     break  # every node's stream is complete (follow with `until`)
                 wait = buffer.wait_s()
                 try:
-                    first = out.get(timeout=0.2 if wait is None else min(0.2, max(wait, 0.001)))
+                    item: tuple[int, bytes] | _StatusChange | None = out.get(
+                        timeout=0.2 if wait is None else min(0.2, max(wait, 0.001))
+                    )
                 except queue.Empty:
-                    first = None
-                frames: list[bytes] = []
-                item = first
+                    item = None
                 taken = 0
                 while item is not None:
                     if isinstance(item, _StatusChange):
-                        frames.append(frame(node_status(item.state, [item.peer.name], item.message)))
+                        if item.peer in pumps:  # not from a node that has since gone
+                            frames.append(frame(node_status(item.state, [item.peer.name], item.message)))
                     else:
                         buffer.push(*item)
                     taken += 1
@@ -233,7 +259,7 @@ class RelayService:
                     except queue.Empty:
                         item = None
                 frames.extend(frame(raw) for raw in buffer.pop_ready())
-                if not any(pump.is_alive() for pump in pumps) and out.empty():
+                if finished() and req.HasField("until"):
                     frames.extend(frame(raw) for raw in buffer.drain())
                 if frames:
                     stream.write(b"".join(frames))
@@ -242,8 +268,8 @@ class RelayService:
             with calls_lock:
                 for call in calls.values():
                     call.cancel()
-            for pump in pumps:
-                pump.join(timeout=5)
+            for thread, _ in pumps.values():
+                thread.join(timeout=5)
 
     def _pump(
         self,
