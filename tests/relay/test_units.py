@@ -3,7 +3,10 @@ addresses, and the command's refusals."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 from click.testing import CliRunner
 from meshagent.cli.main import cli
 from meshagent.observer.proto.flow import flow_pb2 as pb
@@ -11,6 +14,10 @@ from meshagent.observer.proto.observer import observer_pb2 as opb
 from meshagent.relay.merge import SortBuffer
 from meshagent.relay.peers import PeerSpec, PeerSpecError, parse_peer
 from meshagent.relay.wire import WireError, is_flow, response_time_ns
+
+from tests.cliparse import parse
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "relay"
 
 
 class FakeClock:
@@ -80,3 +87,35 @@ def test_relay_command_refuses_bad_settings(args: list[str], message: str) -> No
     result = CliRunner().invoke(cli, ["relay", *args], env={"MESHAGENT_RELAY_PEERS": ""})
     assert result.exit_code != 0
     assert message in result.output, result.output
+
+
+def test_the_relay_deployment_runs_a_command_that_parses(tmp_path: Path) -> None:
+    """deploy/relay: its command line parses with the real CLI (its certificate paths made to exist), it
+    serves where the Service points, and its Role grants only the list of pods that discovery makes."""
+    docs = {
+        doc["kind"]: doc
+        for name in ("deployment.yaml", "service.yaml", "role.yaml")
+        for doc in yaml.safe_load_all((DEPLOY / name).read_text())
+    }
+    (container,) = docs["Deployment"]["spec"]["template"]["spec"]["containers"]
+    mounted = {m["mountPath"] for m in container["volumeMounts"]}
+    words = [*container["command"], *container["args"]]
+    assert words[:2] == ["meshagent", "relay"]
+    argv = []
+    for word in words[1:]:
+        word = word.replace("$(POD_NAMESPACE)", "meshagent")
+        if "=/etc/meshagent/" in word:
+            flag, path = word.split("=", 1)
+            assert any(path.startswith(m + "/") for m in mounted), f"{path} is not mounted"
+            local = tmp_path / path.lstrip("/")
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_text("")
+            word = f"{flag}={local}"
+        argv.append(word)
+    ctx = parse(argv)
+    assert ctx.params["discover_namespace"] == "meshagent"
+    assert ctx.params["listen"].endswith(":4245")
+    port = container["ports"][0]
+    assert docs["Service"]["spec"]["ports"][0]["targetPort"] == port["name"]
+    assert int(ctx.params["listen"].rsplit(":", 1)[1]) == port["containerPort"]
+    assert docs["Role"]["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]
