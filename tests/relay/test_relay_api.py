@@ -248,3 +248,22 @@ def test_meshagent_flows_works_against_the_relay_unchanged(both: Relayed) -> Non
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     assert len(lines) == 4
     assert [line.split("[")[1].split("]")[0] for line in lines] == ["node-a", "node-b", "node-a", "node-b"]
+
+
+def test_follow_with_until_ends_even_with_a_node_out_of_reach(tmp_path: Path) -> None:
+    with (
+        serve_node(tmp_path, "node-a") as served,
+        relay_for(
+            tmp_path,
+            [PeerSpec(served.target, "node-a"), PeerSpec(f"unix://{tmp_path}/none.sock", "node-gone")],
+        ) as (_, sock),
+    ):
+        req = opb.GetFlowsRequest(follow=True)
+        req.since.FromNanoseconds(time.time_ns() - 3600 * 1_000_000_000)
+        req.until.FromNanoseconds(time.time_ns() + 300_000_000)
+        started = time.monotonic()
+        with ObserverClient(f"unix://{sock}") as c:
+            responses = list(c.get_flows(req, follow_timeout_s=15))
+        assert time.monotonic() - started < 5
+        assert len(flows_of(responses)) == 10
+        assert (rpb.NODE_UNAVAILABLE, ["node-gone"]) in statuses(responses)

@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import grpc
 from google.protobuf.message import DecodeError, Message
 
 from meshagent import __version__
@@ -33,7 +32,6 @@ from meshagent.observer.h2server import CallInfo, Method, ServerStream
 from meshagent.observer.proto.observer import observer_pb2 as opb
 from meshagent.observer.proto.relay import relay_pb2 as rpb
 from meshagent.observer.query import InvalidRequest, parse_request
-from meshagent.relay.h2client import FlowCallError
 from meshagent.relay.merge import DEFAULT_CAPACITY, DEFAULT_DRAIN_S, SortBuffer
 from meshagent.relay.peers import FlowCall, Peer, PeerPool, describe
 from meshagent.relay.wire import WireError, node_status, response_key, response_time_ns
@@ -302,11 +300,14 @@ class RelayService:
                 put(_StatusChange(state, peer, message))
 
         delays = self.settings.backoff.delays()
+        until_ns = req.until.ToNanoseconds() if req.HasField("until") else None
         # A node that was out of reach gets asked, once back, for what it saw from when we began.
         followed_since = time.time_ns()
         if connected is False and since_ns is None:
             since_ns = followed_since
         while active():
+            if until_ns is not None and (time.time_ns() > until_ns or (since_ns or 0) > until_ns):
+                return  # nothing more can come before `until`
             try:
                 peer.server_status(timeout_s=min(2.0, peer.settings.timeout_s))
             except Exception as err:  # the node's state is reported, never raised
@@ -325,35 +326,32 @@ class RelayService:
                 request.since.FromNanoseconds(since_ns)
             else:
                 request.ClearField("since")
-            call = peer.flows(request.SerializeToString(), follow=True)
-            with calls_lock:
-                calls[peer] = call
-            if not active():  # the call may have been made after the others were cancelled
-                call.cancel()
-                return
             why = "stream ended"
             ended = False
             try:
+                call = peer.flows(request.SerializeToString(), follow=True)
+                with calls_lock:
+                    calls[peer] = call
+                if not active():  # the call may have been made after the others were cancelled
+                    call.cancel()
+                    return
                 for raw in call:
                     delays = self.settings.backoff.delays()
-                    try:
-                        at = response_time_ns(raw)
-                    except WireError as err:
-                        why = f"malformed response: {err}"
-                        call.cancel()
-                        break
+                    at = response_time_ns(raw)
                     if at:
                         since_ns = at + 1
                     if not put((at, raw)):
                         return
                 ended = True
-            except (grpc.RpcError, FlowCallError) as err:
+            except Exception as err:  # whatever broke the stream is reported, and the node retried
                 if not active():
                     return
-                why = describe(err)
+                why = f"malformed response: {err}" if isinstance(err, WireError) else describe(err)
             finally:
                 with calls_lock:
-                    calls.pop(peer, None)
+                    call_left = calls.pop(peer, None)
+                if call_left is not None and not ended:
+                    call_left.cancel()
             if not active() or (ended and req.HasField("until")):
                 return  # a stream that ends at `until` is complete, not broken
             if since_ns is None:
