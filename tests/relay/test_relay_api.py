@@ -267,3 +267,33 @@ def test_follow_with_until_ends_even_with_a_node_out_of_reach(tmp_path: Path) ->
         assert time.monotonic() - started < 5
         assert len(flows_of(responses)) == 10
         assert (rpb.NODE_UNAVAILABLE, ["node-gone"]) in statuses(responses)
+
+
+def test_a_large_request_goes_to_every_node_whole(both: Relayed) -> None:
+    """Hundreds of filters (a request far beyond one HTTP/2 window) reach every node and run there."""
+    pods = [f"ns-{i}/pod-{i}-with-a-long-name-for-bulk" for i in range(20_000)]
+    request = opb.GetFlowsRequest(
+        number=100, whitelist=[pb.FlowFilter(source_pod=[*pods, "shop/client-7d9f"])]
+    )
+    assert request.ByteSize() > 500_000
+    with ObserverClient(both.target) as c:
+        got = list(c.get_flows(request))
+    assert statuses(got) == [(rpb.NODE_CONNECTED, ["node-a", "node-b"])]
+    flows = flows_of(got)
+    assert flows and {f.node_name for f in flows} == {"node-a", "node-b"}
+    assert all(f.source.pod_name == "client-7d9f" for f in flows)
+
+
+def test_a_follower_gets_the_node_status_first_then_only_new_flows(both: Relayed) -> None:
+    with ObserverClient(both.target) as c:
+        stream = c.get_flows(opb.GetFlowsRequest(follow=True), follow_timeout_s=10)
+        first = next(stream)
+        assert first.HasField("node_status")
+
+        def push_once_followed() -> None:
+            if wait_until(lambda: both.pipeline("node-b").ring.waiting >= 1, timeout=10):
+                both.pipeline("node-b").on_event(h.event(dport=4242))
+
+        threading.Thread(target=push_once_followed).start()
+        following = next(r for r in stream if r.HasField("flow"))
+    assert (following.node_name, following.flow.l4.TCP.destination_port) == ("node-b", 4242)

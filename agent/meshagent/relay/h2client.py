@@ -118,9 +118,40 @@ class H2FlowCall:
                 (b"user-agent", b"meshagent-relay"),
             ],
         )
-        conn.send_data(self._stream_id, frame(request), end_stream=True)
-        self._flush()
+        self._sock.settimeout(connect_timeout_s)
+        self._send_request(frame(request))
         self._sock.settimeout(read_timeout_s if read_timeout_s is not None else keepalive_s)
+
+    def _send_request(self, body: bytes) -> None:
+        """The request under HTTP/2 flow control: a large one (hundreds of filters) waits for the server's
+        WINDOW_UPDATEs between chunks."""
+        conn, sent = self._conn, 0
+        while True:
+            window = min(conn.local_flow_control_window(self._stream_id), conn.max_outbound_frame_size)
+            chunk = body[sent : sent + window]
+            last = sent + len(chunk) == len(body)
+            if chunk or last:
+                conn.send_data(self._stream_id, chunk, end_stream=last)
+                sent += len(chunk)
+            self._flush()
+            if last:
+                return
+            if window == 0:
+                try:
+                    data = self._sock.recv(65536)
+                except OSError as err:
+                    self.close()
+                    raise FlowCallError("UNAVAILABLE", f"connection lost while sending: {err}") from err
+                if not data:
+                    self.close()
+                    raise FlowCallError("UNAVAILABLE", "connection closed while sending the request")
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.StreamReset | h2.events.ConnectionTerminated):
+                        self.close()
+                        raise FlowCallError("UNAVAILABLE", "the node refused the request")
+                    if isinstance(event, h2.events.DataReceived):
+                        self._buffer += event.data
+                        conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
 
     def _flush(self) -> None:
         out = self._conn.data_to_send()
