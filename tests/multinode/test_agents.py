@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 from meshagent.observer.client import ObserverClient
 from meshagent.observer.proto.flow import flow_pb2
 from meshagent.observer.proto.observer import observer_pb2 as opb
@@ -22,6 +23,7 @@ from meshagent.testing.cluster import ClusterTopology
 from meshagent.testing.topology import Pod
 
 from tests.agent.test_agent_e2e import pod_manifest
+from tests.sources.k8s_emulator import KubeEmulator
 from tests.waiting import seconds_until
 
 pytestmark = pytest.mark.kernel
@@ -210,3 +212,38 @@ def test_the_relay_merges_both_ends_and_reports_a_node_gone(two_nodes: Running, 
     finally:
         relay.terminate()
         relay.wait(timeout=30)
+
+
+def test_one_api_server_feeds_the_agents_of_both_nodes(tmp_path: Path) -> None:
+    """Both agents read one (emulated) Kubernetes API: a pod relabelled there is let in across nodes."""
+    emulator = KubeEmulator()
+    emulator.start()
+    try:
+        with ClusterTopology(2) as cluster:
+            first, second = cluster.nodes
+            web, other, db = first.add_pod("web"), first.add_pod("other"), second.add_pod("db")
+            db.serve(tcp=(80,))
+            emulator.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}})
+            for node in yaml.safe_load_all(cluster.manifests()):
+                emulator.apply(node)
+            for pod, labels, node_name in (
+                (web, {"app": "web"}, first.name),
+                (other, {"app": "other"}, first.name),
+                (db, {"app": "db"}, second.name),
+            ):
+                emulator.apply(yaml.safe_load(pod_manifest(pod.name, "shop", pod.ip, labels, node=node_name)))
+            emulator.apply(yaml.safe_load(POLICY))
+            agents = [NodeAgent(node, tmp_path, api_server=emulator.url) for node in cluster.nodes]
+            try:
+                start_agents(agents)
+                assert allowed(web, db, 80)
+                assert not allowed(other, db, 80)
+                emulator.apply(
+                    yaml.safe_load(pod_manifest("other", "shop", other.ip, {"app": "web"}, node=first.name))
+                )
+                assert seconds_until(lambda: allowed(other, db, 80), 10, interval=0.2) is not None
+            finally:
+                for agent in agents:
+                    agent.close()
+    finally:
+        emulator.stop()
