@@ -46,9 +46,11 @@ class Running:
     pods: dict[str, Pod]
 
 
-@pytest.fixture
-def two_nodes(tmp_path: Path) -> Iterator[Running]:
-    """web and other on node-1, db on node-2; db accepts only web, on port 80."""
+@pytest.fixture(scope="module")
+def cluster_of_two(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """web and other on node-1, db on node-2; db accepts only web, on port 80. One set of agents for the
+    module (starting them is most of each test's time); a test that stops one starts it again."""
+    tmp_path = tmp_path_factory.mktemp("two-nodes")
     with ClusterTopology(2) as cluster:
         first, second = cluster.nodes
         pods = {"web": first.add_pod("web"), "other": first.add_pod("other"), "db": second.add_pod("db")}
@@ -76,6 +78,15 @@ def two_nodes(tmp_path: Path) -> Iterator[Running]:
         finally:
             for agent in agents:
                 agent.close()
+
+
+@pytest.fixture
+def two_nodes(cluster_of_two: Running) -> Running:
+    """The module's two nodes, with both agents running (one a previous test killed is started again)."""
+    for agent in cluster_of_two.agents:
+        if not agent.running():
+            agent.start()
+    return cluster_of_two
 
 
 def allowed(client: Pod, server: Pod, port: int) -> bool:
