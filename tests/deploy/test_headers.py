@@ -103,7 +103,7 @@ def test_a_compile_failing_with_every_set_names_each(
     with pytest.raises(CompileError) as raised:
         compile_bpf(PROGRAM, [], entry="probe.c")
     message = str(raised.value).splitlines()[0]
-    assert message.startswith("compiling probe.c failed with every kernel header set tried: ")
+    assert message.startswith("compiling probe.c failed; kernel header sets tried: ")
     assert f"bundled headers {broken}: " in message and "file not found" in message
     assert f"host headers {tmp_path / 'no-host-headers'}: not found" in message
     assert f"--- bundled headers {broken}" in raised.value.log  # the compiler's whole output is kept

@@ -201,10 +201,13 @@ def daemonset_pod(topo: Topology, tmp_path: Path, api_server: str) -> Iterator[R
         (config_dir / key).write_text(text)
     if not os.path.ismount("/sys/fs/bpf"):
         subprocess.run(["mount", "-t", "bpf", "bpf", "/sys/fs/bpf"], check=True)
-    inits, (agent,) = containers(daemonset["spec"]["template"]["spec"], node, image=IMAGE, prefix=f"ma-{tag}")
-    names = [c.options[c.options.index("--name") + 1] for c in [*inits, agent]]
+    names: list[str] = []
     limits = runtime_limits()
     try:
+        # Inside the try: translating the spec already creates the DirectoryOrCreate host paths.
+        spec = daemonset["spec"]["template"]["spec"]
+        inits, (agent,) = containers(spec, node, image=IMAGE, prefix=f"ma-{tag}")
+        names = [c.options[c.options.index("--name") + 1] for c in [*inits, agent]]
         for init in inits:
             result = podman("run", "--rm", *init.argv(*limits), check=False, timeout=120)
             assert result.returncode == 0, f"init container {init.name}: {result.stderr[-2000:]}"

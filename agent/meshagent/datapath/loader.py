@@ -140,6 +140,7 @@ def compile_bpf(text: str, cflags: list[str], *, entry: str) -> Any:
     BCC_KERNEL_SOURCE, so the process's later compiles (socket load balancing) use the same headers."""
     tried: list[str] = []
     logs: list[str] = []
+    last_error: Exception | None = None
     for headers in header_sets():
         if not headers.present():
             tried.append(f"{headers}: not found")
@@ -153,6 +154,7 @@ def compile_bpf(text: str, cflags: list[str], *, entry: str) -> Any:
             with captured_stderr() as log:
                 bpf = BPF(text=text, cflags=cflags)
         except Exception as err:
+            last_error = err
             output = "".join(log).strip()
             first = next((line for line in output.splitlines() if "error" in line), str(err))
             tried.append(f"{headers}: {first.strip()}")
@@ -162,10 +164,11 @@ def compile_bpf(text: str, cflags: list[str], *, entry: str) -> Any:
         if log and log[0].strip():
             logger.debug("compiler output: %s", log[0].strip())
         return bpf
+    # Not always the headers' fault (a pinned map that cannot be opened fails the same way): the message
+    # names each set with its first error and leaves the judgement to the reader.
     raise CompileError(
-        f"compiling {entry} failed with every kernel header set tried: {'; '.join(tried)}",
-        log="\n".join(logs),
-    )
+        f"compiling {entry} failed; kernel header sets tried: {'; '.join(tried)}", log="\n".join(logs)
+    ) from last_error
 
 
 def load(*, pin_dir: Path, capacities: Capacities, extra_cflags: tuple[str, ...] = ()) -> LoadedPrograms:
