@@ -35,7 +35,7 @@ vm-test: install
 
 # The OCI image from deploy/Dockerfile (podman/buildah from Debian; the base is made locally and cached).
 image:
-	bash scripts/image.sh build
+	KERNEL_HEADERS_PACKAGE=$(KERNEL_HEADERS_PACKAGE) bash scripts/image.sh build
 
 # The image run under podman/runc with deploy/daemonset.yaml's own spec, in a test node namespace.
 image-test: install image

@@ -16,6 +16,9 @@ BASE=${BASE:-localhost/debian:bookworm-slim}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 SECURITY_MIRROR=${SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 HOST_CA_BUNDLE=${HOST_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
+# Another header series to bundle, as a Debian meta package (for example linux-headers-6.12-amd64);
+# empty: the Dockerfile's default, bookworm's own kernel series.
+KERNEL_HEADERS_PACKAGE=${KERNEL_HEADERS_PACKAGE:-}
 
 log() { printf '[image] %s\n' "$*"; }
 
@@ -79,6 +82,7 @@ build_image() {
     trust=(--volume "$HOST_CA_BUNDLE:/run/build-ca.crt:ro" --build-arg PIP_CERT=/run/build-ca.crt)
   fi
   buildah bud --quiet --isolation chroot --network host --pull=never --layers "${trust[@]}" \
+    --build-arg "KERNEL_HEADERS_PACKAGE=$KERNEL_HEADERS_PACKAGE" \
     --file deploy/Dockerfile --tag "$IMAGE" . >/dev/null
   size=$(podman image inspect --format '{{.Size}}' "$IMAGE")
   log "built $IMAGE in $(($(date +%s) - started)) s; size $((size / 1000000)) MB ($size bytes)"
