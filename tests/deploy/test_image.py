@@ -311,6 +311,7 @@ def test_image_runs_as_the_daemonset_enforces_serves_flows_and_restarts_without_
                 try:
                     assert steady.stdout is not None and steady.stdout.readline().strip() == "connected"
                     podman("kill", "--signal", "KILL", pod.container)
+                    podman("wait", pod.container)  # down for sure before the checks below
                     assert not allowed(other, db, 80), "denied traffic got through while the agent was down"
                     assert allowed(web, db, 80), "allowed traffic stopped while the agent was down"
                     pod.start_again()
