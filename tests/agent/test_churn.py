@@ -20,8 +20,9 @@ from meshagent.datapath import tc
 from meshagent.testing.topology import Pod, Topology
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.agent.test_agent_e2e import allowed, db_policy, eventually, pod_manifest
+from tests.agent.test_agent_e2e import allowed, db_policy, eventually, pod_manifest, start_agent
 from tests.agent.test_restart import AgentProcess
+from tests.sources.k8s_emulator import KubeEmulator
 
 pytestmark = pytest.mark.kernel
 
@@ -198,3 +199,42 @@ def test_an_endpoint_that_cannot_be_attached_never_stops_the_others(
             if agent.process is not None and agent.process.poll() is None:
                 agent.kill(signal.SIGTERM)
             assert _uninstall(pin_dir, topo.node).returncode == 0
+
+
+def test_attach_failure_is_a_kubernetes_event_on_the_pod(tmp_path: Path) -> None:
+    import yaml
+
+    with Topology() as topo, KubeEmulator() as emulator:
+        pods = _add_pods(topo, ("web", "db", "other"))
+        subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                topo.node,
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                pods["other"].host_ifname,
+                "ingress",
+            ],
+            check=True,
+        )
+        emulator.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}})
+        for name in ("web", "db", "other"):
+            emulator.apply(yaml.safe_load(pod_manifest(name, "shop", ADDRESSES[name], {"app": name})))
+        emulator.apply(yaml.safe_load(db_policy("[{port: 80}]")))
+        agent = start_agent(topo, tmp_path, api_server=emulator.url)
+        try:
+            assert allowed(pods["web"], pods["db"], 80) and not allowed(pods["other"], pods["db"], 80)
+
+            def attach_event() -> list[dict[str, Any]]:
+                return [e for e in list(emulator.events) if e.get("reason") == "EndpointAttachFailed"]
+
+            assert eventually(lambda: bool(attach_event())) is not None, emulator.events
+            event = attach_event()[0]
+            assert event["involvedObject"]["kind"] == "Pod" and event["involvedObject"]["name"] == "other"
+            assert "ingress" in event["message"]
+        finally:
+            agent.stop()

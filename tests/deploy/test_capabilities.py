@@ -168,6 +168,15 @@ def test_agent_enforces_with_only_the_daemonsets_capabilities(tmp_path: Path) ->
                 time.sleep(0.2)
             assert capabilities_of(proc.pid) == expected, "the agent ran with other capabilities than granted"
             assert root_is_read_only(proc.pid), "the agent's root file system is writable"
+            # Its observer front process keeps none of them once it listens.
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            fronts = [
+                int(c)
+                for c in children
+                if b"meshagent.observer.frontproc" in Path(f"/proc/{c}/cmdline").read_bytes()
+            ]
+            assert len(fronts) == 1, "no observer front process"
+            assert capabilities_of(fronts[0]) == 0, "the front process kept capabilities"
             pinned = {p.name for p in pin_dir.rglob("ma_*")}  # (under a layout-version directory)
             assert {"ma_endpoints", "ma_ipcache", "ma_policy"} <= pinned, f"pinned: {sorted(pinned)}"
             ingress = sh("ip", "netns", "exec", node, "tc", "filter", "show", "dev", veth, "ingress").stdout

@@ -12,14 +12,15 @@ import urllib.error
 import urllib.request
 from pathlib import Path, PurePosixPath
 
+import click
 import pytest
-from meshagent.agent.config import AgentConfig, load_config
+from meshagent.agent.config import AgentConfig
 from meshagent.agent.health import HealthServer
 from meshagent.cli import run as run_command
-from meshagent.cli.main import build_parser
 from meshagent.datapath.loader import BUNDLED_HEADERS_ENV, header_sets
-from meshagent.datapath.source import BPF_DIR
+from meshagent.datapath.program_text import BPF_DIR
 
+from tests.cliparse import parse, run_config
 from tests.deploy.manifests import DEPLOY, REPO, Obj, agent_container, agent_manifests, containers, one
 
 NODE = "node-a"
@@ -53,8 +54,8 @@ def mounted_config(tmp_path: Path) -> tuple[Path, AgentConfig]:
     manifests = agent_manifests()
     daemonset, configmap = one("DaemonSet", manifests), one("ConfigMap", manifests)
     agent = agent_container(daemonset)
-    args = build_parser().parse_args(command_line(agent)[1:])
-    config_path = PurePosixPath(str(args.config))
+    argv = command_line(agent)[1:]
+    config_path = PurePosixPath(str(parse(argv).params["config_file"]))
     (volume,) = [v for v in pod_spec(daemonset)["volumes"] if "configMap" in v]
     assert volume["configMap"]["name"] == configmap["metadata"]["name"]
     (mount,) = [m for m in agent["volumeMounts"] if m["name"] == volume["name"]]
@@ -62,7 +63,13 @@ def mounted_config(tmp_path: Path) -> tuple[Path, AgentConfig]:
     assert str(relative) in configmap["data"], f"{relative} is not a key of the ConfigMap"
     local = tmp_path / relative
     local.write_text(configmap["data"][str(relative)])
-    return local, load_config(config_file=local, environ=pod_environment(agent))
+    # The container's own command line, with the file where this test wrote it.
+    local_argv = [str(local) if word == str(config_path) else word for word in argv]
+    return local, run_config(local_argv, pod_environment(agent))
+
+
+def load_config(path: Path, environ: dict[str, str]) -> AgentConfig:
+    return run_config(["run", "--config", str(path)], environ)
 
 
 def test_container_command_parses_with_the_real_cli() -> None:
@@ -71,15 +78,14 @@ def test_container_command_parses_with_the_real_cli() -> None:
     argv = command_line(agent)
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts.get(argv[0]) == "meshagent.cli.main:main", f"{argv[0]} is not the package's CLI"
-    args = build_parser().parse_args(argv[1:])
-    assert args.command == "run"
-    assert args.handler.__module__ == run_command.__name__ and args.handler.__name__ == "_run"
+    ctx = parse(argv[1:])
+    assert ctx.command is run_command.run_command
 
 
 def test_an_unknown_flag_would_be_caught() -> None:
-    """The parse in the test above can fail: argparse exits on a flag the CLI does not have."""
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["run", "--config", "/etc/meshagent/config.yaml", "--health-port", "1"])
+    """The parse in the test above can fail: click refuses a flag the CLI does not have."""
+    with pytest.raises(click.UsageError):
+        parse(["run", "--config", "/etc/meshagent/config.yaml", "--health-port", "1"])
 
 
 def test_configmap_loads_with_the_real_loader(tmp_path: Path) -> None:
@@ -96,7 +102,7 @@ def test_a_bad_setting_in_the_configmap_would_be_caught(tmp_path: Path) -> None:
     path, _ = mounted_config(tmp_path)
     path.write_text(path.read_text() + "flow_ring_sise: 10\n")
     with pytest.raises(ConfigError, match="flow_ring_sise"):
-        load_config(config_file=path, environ={"NODE_NAME": NODE})
+        load_config(path, {"NODE_NAME": NODE})
 
 
 @pytest.mark.parametrize("mib", ["3", "0", "512"])
@@ -105,8 +111,8 @@ def test_event_buffer_must_be_a_power_of_two_mib(tmp_path: Path, mib: str) -> No
 
     path, _ = mounted_config(tmp_path)
     with pytest.raises(ConfigError, match="event_buffer_mib must be a power of two"):
-        load_config(config_file=path, environ={"NODE_NAME": NODE, "MESHAGENT_EVENT_BUFFER_MIB": mib})
-    ok = load_config(config_file=path, environ={"NODE_NAME": NODE, "MESHAGENT_EVENT_BUFFER_MIB": "16"})
+        load_config(path, {"NODE_NAME": NODE, "MESHAGENT_EVENT_BUFFER_MIB": mib})
+    ok = load_config(path, {"NODE_NAME": NODE, "MESHAGENT_EVENT_BUFFER_MIB": "16"})
     assert ok.event_buffer_mib == 16
 
 

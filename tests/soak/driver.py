@@ -45,6 +45,8 @@ PORT = 80
 PROBER = Path(__file__).resolve().parents[1] / "policy" / "prober.py"
 CONVERGENCE_DEADLINE_S = 30.0
 WARMUP_S = 15.0  # of each agent run, before its footprint counts towards growth
+MIN_RUN_SPAN_S = 20.0
+FLOW_RING_SIZE = 4096  # sampled time after warm-up for a run's growth to count
 
 
 def namespace_obj(name: str, team: str) -> dict[str, Any]:
@@ -133,6 +135,10 @@ class Agent:
             f"127.0.0.1:{health_port}",
             "--log-format",
             "text",
+            # A small flow ring fills within the first minute: the footprint after warm-up then shows
+            # growth that is not the ring filling up.
+            "--flow-ring-size",
+            str(FLOW_RING_SIZE),
         ]
         self.health_port = health_port
         self.log = workdir / "agent.log"
@@ -208,9 +214,14 @@ class Soak:
         workdir: Path,
         health_port: int = 19890,
         first_actions: tuple[str, ...] = ("policy", "restart_mid_change", "api_outage"),
+        disruption_every_s: float = 45.0,
     ) -> None:
         self.deadline = time.monotonic() + seconds
         self.first_actions = first_actions  # before the random ones: a short run still has each kind
+        # At most one restart or API outage per this many seconds, so that agent runs last long enough
+        # for their footprint to be measured.
+        self.disruption_every_s = disruption_every_s
+        self._last_disruption = time.monotonic()
         self.rng = random.Random(seed)
         self.seed = seed
         self.workdir = workdir
@@ -344,6 +355,8 @@ class Soak:
             if agent is None:
                 continue
             run, started = agent.run_index, agent.started
+            if not agent.ready():
+                continue  # starting or stopping: not its steady footprint
             sample = agent.sample()
             if sample is not None:
                 self.figures.samples.append((run, time.monotonic() - started, *sample))
@@ -398,12 +411,14 @@ class Soak:
             "policy",
             "delete_policy",
         ]
-        if allow_restart:
+        if allow_restart and time.monotonic() - self._last_disruption >= self.disruption_every_s:
             choices += ["restart", "restart_mid_change", "api_outage"]
         return self.do(self.rng.choice(choices))
 
     def do(self, action: str) -> str:
         self.figures.actions[action] = self.figures.actions.get(action, 0) + 1
+        if action in ("restart", "restart_mid_change", "api_outage"):
+            self._last_disruption = time.monotonic()
         if action == "add_pod" and len(self.pods) < 16:
             self.add_pod(self.rng.choice(NAMESPACES))
         elif action == "delete_pod" and len(self.pods) > 12:
@@ -493,22 +508,26 @@ class Soak:
             )
 
 
-def growth_per_hour(samples: list[tuple[int, float, float, int, int]], column: int, warmup_s: float) -> float:
+def growth_per_hour(
+    samples: list[tuple[int, float, float, int, int]], column: int, warmup_s: float
+) -> tuple[float, int]:
     """Least-squares slope of one sampled column over time within each agent run (runs pooled, each
-    around its own mean), after a warm-up, per hour."""
+    around its own mean), after a warm-up, per hour; and how many runs were long enough to count."""
     by_run: dict[int, list[tuple[float, float]]] = {}
     for sample in samples:
         if sample[1] >= warmup_s:
             by_run.setdefault(sample[0], []).append((sample[1], float(sample[column])))
     num = den = 0.0
+    counted = 0
     for points in by_run.values():
-        if len(points) < 3:
+        if points[-1][0] - points[0][0] < MIN_RUN_SPAN_S:
             continue
+        counted += 1
         mean_t = sum(t for t, _ in points) / len(points)
         mean_v = sum(v for _, v in points) / len(points)
         num += sum((t - mean_t) * (v - mean_v) for t, v in points)
         den += sum((t - mean_t) ** 2 for t, _ in points)
-    return num / den * 3600 if den else 0.0
+    return (num / den * 3600 if den else 0.0), counted
 
 
 def report(figures: Figures, *, seconds: float, seed: int) -> list[str]:
@@ -527,11 +546,17 @@ def report(figures: Figures, *, seconds: float, seed: int) -> list[str]:
         rss = [s[2] for s in figures.samples]
         fds = [s[3] for s in figures.samples]
         threads = [s[4] for s in figures.samples]
+        rss_growth, runs = growth_per_hour(figures.samples, 2, WARMUP_S)
+        fds_growth, _ = growth_per_hour(figures.samples, 3, WARMUP_S)
+        threads_growth, _ = growth_per_hour(figures.samples, 4, WARMUP_S)
         lines.append(
             f"BENCH soak agent_rss_mb_min={min(rss):.0f} agent_rss_mb_max={max(rss):.0f} "
             f"fds_min={min(fds)} fds_max={max(fds)} threads_min={min(threads)} threads_max={max(threads)} "
-            f"rss_mb_per_hour={growth_per_hour(figures.samples, 2, WARMUP_S):.1f} "
-            f"fds_per_hour={growth_per_hour(figures.samples, 3, WARMUP_S):.1f} samples={len(figures.samples)}"
+            f"samples={len(figures.samples)}"
+        )
+        lines.append(
+            f"BENCH soak growth_after_warmup rss_mb_per_hour={rss_growth:.1f} fds_per_hour={fds_growth:.1f} "
+            f"threads_per_hour={threads_growth:.1f} runs_measured={runs} flow_ring={FLOW_RING_SIZE}"
         )
     return lines
 
@@ -543,13 +568,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument(
+        "--disruption-every",
+        type=float,
+        default=45.0,
+        help="at most one agent restart or API outage per this many seconds (longer: longer agent runs to "
+        "measure the footprint's growth on)",
+    )
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     workdir = args.workdir or Path(f"/tmp/meshagent-soak-{uuid.uuid4().hex[:8]}")
     workdir.mkdir(parents=True, exist_ok=True)
     seconds = args.minutes * 60
     print(f"soak: {args.minutes} minutes, seed {seed}, agent log {workdir / 'agent.log'}", flush=True)
-    figures = Soak(seconds=seconds, seed=seed, workdir=workdir).run()
+    figures = Soak(
+        seconds=seconds, seed=seed, workdir=workdir, disruption_every_s=args.disruption_every
+    ).run()
     for line in report(figures, seconds=seconds, seed=seed):
         print(line, flush=True)
     bad = figures.wrong_after_convergence or figures.broken_by_restart or figures.unexpected_exits

@@ -16,7 +16,6 @@ never a reason to drop enforcement from an interface that still has our programs
 from __future__ import annotations
 
 import errno
-import logging
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,8 +28,6 @@ from pyroute2.netlink.exceptions import NetlinkError
 from meshagent.datapath import tc
 from meshagent.datapath.netns import iproute
 from meshagent.model.kernel_state import EndpointEntry
-
-logger = logging.getLogger(__name__)
 
 NETNS_DIR = Path("/run/netns")
 RT_TABLE_MAIN = 254

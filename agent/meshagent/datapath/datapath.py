@@ -8,9 +8,7 @@ once everything it needs is in the maps.
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import os
 import shutil
 import threading
 import time
@@ -20,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from meshagent.datapath import tc
+from meshagent.datapath import ct_expiry, tc
 from meshagent.datapath.adoption import StaleEndpoint, check_endpoints
 from meshagent.datapath.errors import AttachError, MapError, MapFullError
 from meshagent.datapath.events import EventReader
@@ -28,8 +26,9 @@ from meshagent.datapath.layout import layout_id, other_layouts
 from meshagent.datapath.loader import DEFAULT_PIN_DIR, Capacities, LoadedPrograms, load
 from meshagent.datapath.maps import conntrack, endpoints, events_lost, frags, ipcache, metrics, policy
 from meshagent.datapath.maps.base import PerCpuArray, TypedMap
-from meshagent.datapath.pinned import PinnedMaps, PolicyTrie, map_sizes, open_pinned, read_state
-from meshagent.model.events import DatapathEvent, DropReason, EventType
+from meshagent.datapath.migration import LayoutMigration
+from meshagent.datapath.pinned import PolicyTrie, read_state
+from meshagent.model.events import DatapathEvent, DropReason
 from meshagent.model.kernel_state import (
     Action,
     Direction,
@@ -37,7 +36,6 @@ from meshagent.model.kernel_state import (
     IPCacheEntry,
     KernelState,
     PolicyEntry,
-    Verdict,
 )
 
 logger = logging.getLogger(__name__)
@@ -242,57 +240,6 @@ class Datapath:
         for key in [k for k, _ in self.ct_map.items() if k.ifindex in stale_ifindexes]:
             self.ct_map.delete(key)
 
-    def _carry_connections(self) -> int:
-        """Copies the old layout's conntrack entries when their layout is ours, so that established
-        connections are not judged again by the new programs."""
-        copied = 0
-        for old_dir in self._migrating_from:
-            try:
-                copied += self._copy_conntrack(old_dir)
-            except MapError as err:
-                logger.warning("connections in %s not carried over: %s", old_dir, err)
-        return copied
-
-    def _retire_old_layouts(self, carried: int) -> None:
-        """Detaches the old programs from interfaces that are no longer endpoints, removes the old maps."""
-        for old_dir in self._migrating_from:
-            try:
-                with PinnedMaps(old_dir) as old:
-                    old_endpoints = set(old.state()[0])
-            except MapError as err:
-                logger.warning("old maps in %s unreadable (%s): removing them", old_dir, err)
-                old_endpoints = set()
-            for ifindex in old_endpoints - self._attached:
-                tc.detach(ifindex=ifindex, netns=self.netns)
-            shutil.rmtree(old_dir, ignore_errors=True)
-            logger.info("migrated from %s", old_dir.name)
-        logger.info("map layout migration done: %d connections carried over", carried)
-        self._migrating_from = []
-
-    def _copy_conntrack(self, old_dir: Path) -> int:
-        old_fd = open_pinned(old_dir / conntrack.MAP_NAME)
-        try:
-            old_key, old_value = map_sizes(old_fd)
-            if (old_key, old_value) != (ctypes.sizeof(conntrack.CTKey), ctypes.sizeof(conntrack.CTValue)):
-                return 0  # another entry layout: those connections will be judged again
-            old_ct = TypedMap(
-                name="old " + conntrack.MAP_NAME,
-                fd=old_fd,
-                key_type=conntrack.CTKey,
-                value_type=conntrack.CTValue,
-                capacity=0,
-            )
-            copied = 0
-            for key, value in old_ct.items():
-                try:
-                    self.ct_map.update(key, value)
-                    copied += 1
-                except MapError:
-                    break
-            return copied
-        finally:
-            os.close(old_fd)
-
     @property
     def bpf(self) -> Any:
         if self._programs is None:
@@ -368,9 +315,11 @@ class Datapath:
                 return self._apply_full(state)
             # Connections first, so that the new programs know them from their first packet; then the
             # state, which attaches the new programs in place; then the old maps go.
-            carried = self._carry_connections()
+            migration = LayoutMigration(self._migrating_from, netns=self.netns)
+            migration.carry_connections(self.ct_map)
             result = self._apply_full(state)
-            self._retire_old_layouts(carried)
+            migration.retire(self._attached)
+            self._migrating_from = []
             return result
 
     def _apply_full(self, state: KernelState) -> ApplyResult:
@@ -566,48 +515,14 @@ class Datapath:
         """Removes idle entries and returns a close event for each connection whose end the kernel did
         not report itself (UDP, ICMP, and TCP that went quiet); TCP closed by FIN was reported already.
         The kernel stamps entries with CLOCK_MONOTONIC, which time.monotonic_ns() also reads."""
-        timeouts = timeouts or conntrack.Timeouts()
-        now = time.monotonic_ns() if now_ns is None else now_ns
         forgotten, self._forgotten = self._forgotten, {}
-        closed: list[DatapathEvent] = []
-        for key, value in self.ct_map.items():
-            removed_ns = forgotten.get(key.ifindex)
-            if removed_ns is not None and value.created_ns <= removed_ns:
-                self.ct_map.delete(key)  # its endpoint was removed: the number may be another's now
-                continue
-            idle_s = (now - value.last_seen_ns) / 1e9
-            if idle_s <= timeouts.for_entry(key.proto, value.flags):
-                continue
-            if not self.ct_map.delete(key) or value.flags & conntrack.FLAG_CLOSED:
-                continue
-            endpoint = self._endpoints.get(key.ifindex)
-            connection = conntrack.decode(key, value)
-            closed.append(
-                DatapathEvent(
-                    timestamp_ns=now,
-                    type=EventType.CONN_CLOSE,
-                    verdict=Verdict(value.verdict) if value.verdict in (1, 2, 3) else None,
-                    drop_reason=DropReason.NONE,
-                    direction=Direction(value.direction & 1),
-                    endpoint_id=endpoint.endpoint_id if endpoint else 0,
-                    ifindex=key.ifindex,
-                    saddr=connection.saddr,
-                    daddr=connection.daddr,
-                    sport=key.sport,
-                    dport=key.dport,
-                    protocol=key.proto,
-                    tcp_flags=value.tcp_flags,
-                    is_reply=False,
-                    rule_id=value.rule_id,
-                    src_identity=value.src_identity,
-                    dst_identity=value.dst_identity,
-                    packets_fwd=value.packets_fwd,
-                    bytes_fwd=value.bytes_fwd,
-                    packets_rev=value.packets_rev,
-                    bytes_rev=value.bytes_rev,
-                )
-            )
-        return closed
+        return ct_expiry.expire(
+            self.ct_map,
+            endpoints=self._endpoints,
+            forgotten=forgotten,
+            timeouts=timeouts or conntrack.Timeouts(),
+            now_ns=time.monotonic_ns() if now_ns is None else now_ns,
+        )
 
     def flush_conntrack(self) -> None:
         self.ct_map.clear()

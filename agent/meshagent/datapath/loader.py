@@ -15,11 +15,11 @@ from typing import Any
 from bcc import BPF
 
 from meshagent.datapath.errors import CompileError, DatapathError, LoadError
-from meshagent.datapath.source import assemble
+from meshagent.datapath.program_text import assemble
+from meshagent.model.kernel_state import DEFAULT_PIN_DIR as DEFAULT_PIN_DIR  # the datapath's default too
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PIN_DIR = Path("/sys/fs/bpf/meshagent")
 ENTRY_SOURCE = "endpoint.c"
 PROGRAM_FROM_ENDPOINT = "ma_from_endpoint"
 PROGRAM_TO_ENDPOINT = "ma_to_endpoint"
@@ -152,7 +152,7 @@ def compile_bpf(text: str, cflags: list[str], *, entry: str) -> Any:
         log: list[str] = []
         try:
             with captured_stderr() as log:
-                bpf = BPF(text=text, cflags=cflags)
+                bpf = BPF(text=text.encode(), cflags=cflags)  # bytes: BCC warns about str with the text
         except Exception as err:
             last_error = err
             output = "".join(log).strip()
@@ -180,7 +180,7 @@ def load(*, pin_dir: Path, capacities: Capacities, extra_cflags: tuple[str, ...]
     for name in (PROGRAM_FROM_ENDPOINT, PROGRAM_TO_ENDPOINT):
         try:
             with captured_stderr() as log:
-                programs.append(bpf.load_func(name, BPF.SCHED_CLS))
+                programs.append(bpf.load_func(name.encode(), BPF.SCHED_CLS))
         except Exception as err:
             bpf.cleanup()
             raise LoadError(f"the verifier refused {name}", log="".join(log).strip()) from err

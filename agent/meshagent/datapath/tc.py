@@ -9,7 +9,6 @@ other filter remains on it.
 from __future__ import annotations
 
 import errno
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +17,6 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from meshagent.datapath.errors import AttachError
 from meshagent.datapath.netns import iproute
-
-logger = logging.getLogger(__name__)
 
 PARENT_INGRESS = 0xFFFFFFF2  # clsact ingress: packets the pod sends (host-side veth receives them)
 PARENT_EGRESS = 0xFFFFFFF3  # clsact egress: packets going to the pod
