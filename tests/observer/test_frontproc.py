@@ -112,9 +112,9 @@ def test_the_front_process_exits_when_the_agent_dies(tmp_path: Path) -> None:
 
 
 def test_a_control_message_too_large_is_resource_exhausted_not_lost() -> None:
-    from meshagent.observer.frontlink import CONTROL_MAX, control_pair, send_control
     from meshagent.observer.grpcwire import RpcError, Status
     from meshagent.observer.ipc import Result
+    from meshagent.observer.link import CONTROL_MAX, control_pair, send_control
 
     a, b = control_pair()
     with a, b:

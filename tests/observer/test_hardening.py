@@ -315,7 +315,7 @@ def test_the_export_file_is_owner_only_or_its_group_s(tmp_path: Path) -> None:
 def test_status_says_when_the_flow_api_is_down_and_why() -> None:
     import io
 
-    from meshagent.observer.status_printer import print_agent_status
+    from meshagent.cli.status_printer import print_agent_status
 
     out = io.StringIO()
     api = {

@@ -430,16 +430,20 @@ def test_docs_list_every_limit_and_its_default() -> None:
 
 
 def test_limits_are_settings_with_clear_errors(tmp_path: Path) -> None:
-    from meshagent.agent.config import ConfigError, load_config
+    import click
+    from meshagent.observer.limits import DEFAULT_LIMITS
+
+    from tests.cliparse import run_config
 
     config = tmp_path / "config.yaml"
     config.write_text("node: n\nobserver_limits: {max_connections: 64, idle_timeout_seconds: 30}\n")
-    limits = load_config(config_file=config, environ={}).observer_limits
+    limits = run_config(["run", "--config", str(config)], {}).observer_limits
     assert (limits.max_connections, limits.idle_timeout_seconds) == (64, 30.0)
     assert limits.max_receive_message_bytes == 4 << 20  # the others keep their defaults
     env = {"MESHAGENT_OBSERVER_LIMITS": "max_flow_streams=8, max_flow_streams_per_connection=2"}
-    limits = load_config(flags={"node": "n"}, environ=env).observer_limits
+    limits = run_config(["run", "--node", "n"], env).observer_limits
     assert (limits.max_flow_streams, limits.max_flow_streams_per_connection) == (8, 2)
+    assert run_config(["run", "--node", "n", "--observer-limits", ""], {}).observer_limits == DEFAULT_LIMITS
     for bad, why in [
         ("max_conections=5", "unknown limit 'max_conections'"),
         ("max_connections=0", "must be positive"),
@@ -447,5 +451,5 @@ def test_limits_are_settings_with_clear_errors(tmp_path: Path) -> None:
         ("max_flow_streams=4,max_flow_streams_per_connection=8", "must not exceed"),
         ("max_connections", "expected name=value"),
     ]:
-        with pytest.raises(ConfigError, match=why):
-            load_config(flags={"node": "n", "observer_limits": bad}, environ={})
+        with pytest.raises(click.BadParameter, match=why):
+            run_config(["run", "--node", "n", "--observer-limits", bad], {})

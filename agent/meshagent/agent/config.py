@@ -16,7 +16,7 @@ import yaml
 
 from meshagent.model.kernel_state import DEFAULT_PIN_DIR
 from meshagent.observer.limits import DEFAULT_LIMITS, LimitsError, ServerLimits
-from meshagent.observer.server import group_id
+from meshagent.observer.listen import group_id
 
 DEFAULT_OBSERVER_SOCKET = Path("/var/run/meshagent/observer.sock")
 SOCKET_LB_DIR = "socket-lb"  # under pin_dir: the socket load-balancer's maps

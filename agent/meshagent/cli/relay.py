@@ -13,7 +13,7 @@ import click
 
 from meshagent.agent.config import parse_limits
 from meshagent.observer.client import ClientTls
-from meshagent.observer.server import ServerConfigError, TlsConfig
+from meshagent.observer.listen import ServerConfigError, TlsConfig
 
 logger = logging.getLogger(__name__)
 

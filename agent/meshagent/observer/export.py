@@ -18,10 +18,10 @@ from typing import TextIO
 from google.protobuf import json_format
 
 from meshagent.observer.filters import FlowMatcher
+from meshagent.observer.listen import group_id
 from meshagent.observer.proto.flow import flow_pb2 as pb
 from meshagent.observer.proto.observer import observer_pb2 as opb
 from meshagent.observer.ring import FlowRing
-from meshagent.observer.server import group_id
 
 logger = logging.getLogger(__name__)
 

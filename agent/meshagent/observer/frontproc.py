@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from meshagent.observer import privileges
-from meshagent.observer.frontlink import CONTROL_MAX, STREAM_BUFFER, send_control, send_request
 from meshagent.observer.grpcwire import RpcError, Status
 from meshagent.observer.h2server import (
     CallInfo,
@@ -45,7 +44,8 @@ from meshagent.observer.ipc import (
     decode,
 )
 from meshagent.observer.limits import ServerLimits
-from meshagent.observer.server import ServerConfigError, TlsConfig, bind_tcp, bind_unix, split_address
+from meshagent.observer.link import CONTROL_MAX, STREAM_BUFFER, send_control, send_request
+from meshagent.observer.listen import ServerConfigError, TlsConfig, bind_tcp, bind_unix, split_address
 
 logger = logging.getLogger("meshagent.observer.frontproc")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from meshagent.observer.h2server import H2GrpcServer
 from meshagent.observer.limits import DEFAULT_LIMITS, ServerLimits
-from meshagent.observer.server import ServerConfigError, TlsConfig, bind_tcp, bind_unix, split_address
+from meshagent.observer.listen import ServerConfigError, TlsConfig, bind_tcp, bind_unix, split_address
 from meshagent.relay.peers import ChannelSettings, PeerPool, PeerSpec
 from meshagent.relay.service import RelayService, RelaySettings, methods
 
