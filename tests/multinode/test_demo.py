@@ -14,7 +14,7 @@ pytestmark = pytest.mark.kernel
 
 def test_demo_on_two_nodes_runs_as_expected_and_cleans_up() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "meshagent.cli.main", "demo", "--nodes", "2", "--duration", "5"],
+        [sys.executable, "-m", "meshagent.cli.main", "demo", "--nodes", "2", "--duration", "10"],
         capture_output=True,
         text=True,
         timeout=240,
