@@ -22,7 +22,7 @@ unit: install
 	$(PY) -m pytest -m "not kernel" $(PYTEST_ARGS)
 
 demo: install
-	$(VENV)/bin/meshagent demo $(if $(KEEP),--keep,--duration $(or $(DURATION),25))
+	$(VENV)/bin/meshagent demo $(if $(NODES),--nodes $(NODES)) $(if $(KEEP),--keep,--duration $(or $(DURATION),25))
 
 bench: install
 	$(PY) bench/run_all.py $(if $(QUICK),--quick,)

@@ -26,6 +26,7 @@ from meshagent.cli.context import VERBOSE
 from meshagent.cli.demo import demo_command
 from meshagent.cli.flows import flows_command
 from meshagent.cli.policy import policy_group
+from meshagent.cli.relay import relay_command
 from meshagent.cli.run import run_command, uninstall_command
 from meshagent.cli.status import status_command
 
@@ -46,7 +47,15 @@ def cli(ctx: click.Context, verbose: bool) -> None:
         setup_logging(level="debug" if verbose else "info", fmt="text")
 
 
-for _command in (run_command, uninstall_command, demo_command, flows_command, status_command, policy_group):
+for _command in (
+    run_command,
+    uninstall_command,
+    demo_command,
+    flows_command,
+    status_command,
+    policy_group,
+    relay_command,
+):
     cli.add_command(_command)
 
 

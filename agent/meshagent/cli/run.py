@@ -85,6 +85,8 @@ SETTING_FLAGS: dict[str, tuple[str, str]] = {
     "log_format": ("--log-format", "JSON when not a terminal (auto), json or text"),
     "log_level": ("--log-level", "the lowest level logged"),
 }
+
+
 class _LimitsParam(click.ParamType):
     """The flow API server's limits: name=value,... on the command line and in the environment, a
     mapping in the config file; the limits not named keep their defaults."""
