@@ -4,9 +4,10 @@ Incremental: every change (`upsert_*`, `delete_*`, `set_local_endpoint`, ...) re
 causes and recompiles only the endpoints it can affect. What an endpoint's entries depend on is tracked:
   - the pod itself (labels, ports, identity) and its namespace (labels, audit);
   - the policies that select it (recorded at its last compile);
-  - for each of those, how its peers resolve to identities: selector peers are kept up to date per
-    identity added or removed; ipBlock peers are recomputed when a pod IP or prefix inside them changes;
-    egress named ports when a pod with named ports changes.
+  - for each of those, how its peers resolve to identities (`peer_resolver`), and egress named ports
+    when a pod with named ports changes.
+The cluster itself (pods, namespaces, identities, addresses) is kept by `cluster_store`; this module
+tracks what is dirty, compiles endpoints and turns the result into a KernelDiff.
 `tests/policy` checks that any sequence of changes ends in the state a full recompute gives.
 """
 
@@ -31,15 +32,15 @@ from meshagent.model.kernel_state import (
     Protocol,
 )
 from meshagent.model.netpol import NetworkPolicy, PolicyType
-from meshagent.policy.addresses import AddressIndex, PodKey
+from meshagent.policy.addresses import PodKey
+from meshagent.policy.cluster_store import ClusterStore, MembershipChange, namespace_labels
 from meshagent.policy.decide import DirectionRules, PortRange, compile_direction
 from meshagent.policy.diff import KernelDiff, diff_sets, endpoint_key, ipcache_key, policy_key
 from meshagent.policy.endpoint_rules import direction_rules
 from meshagent.policy.identity import IdentityAllocator, IdentityLabels, LabelFilter
+from meshagent.policy.peer_resolver import Moved, PeerResolver, PolicyKey
 from meshagent.policy.peers import (
-    BlockPeer,
     PeerSpec,
-    SelectorPeer,
     admin_rule_specs,
     has_egress_named_ports,
     policy_prefixes,
@@ -47,7 +48,6 @@ from meshagent.policy.peers import (
 )
 from meshagent.policy.rules import RuleKind, RuleRef, RuleTable
 
-PolicyKey = tuple[RuleKind, str, str]  # (kind, namespace or "", name)
 AnyPolicy = NetworkPolicy | AdminNetworkPolicy
 
 _DIRECTION_TYPE = {Direction.INGRESS: PolicyType.INGRESS, Direction.EGRESS: PolicyType.EGRESS}
@@ -57,10 +57,6 @@ def policy_key_of(policy: AnyPolicy) -> PolicyKey:
     if isinstance(policy, NetworkPolicy):
         return (RuleKind.NETWORK_POLICY, policy.namespace, policy.name)
     return (RuleKind.ADMIN_NETWORK_POLICY, "", policy.name)
-
-
-def namespace_labels(namespace: str, known: Namespace | None) -> dict[str, str]:
-    return known.label_dict() if known is not None else Namespace(namespace).label_dict()
 
 
 def admin_subject_matches(policy: AdminNetworkPolicy, pod: Pod, ns_labels: dict[str, str]) -> bool:
@@ -89,23 +85,12 @@ class PolicyCompiler:
         self.label_filter = label_filter or LabelFilter()
         self.identities = identities or IdentityAllocator()
         self.rules = RuleTable()
-        self._namespaces: dict[str, Namespace] = {}
-        self._pods: dict[PodKey, Pod] = {}
-        self._pods_by_ns: dict[str, set[PodKey]] = defaultdict(set)
-        self._pod_identity: dict[PodKey, int] = {}
-        self._id_labels: dict[int, IdentityLabels] = {}
-        self._id_dicts: dict[int, tuple[dict[str, str], dict[str, str]]] = {}
-        self._id_members: dict[int, set[PodKey]] = {}
-        self._addresses = AddressIndex()  # pod IPs and policy prefixes, for ipBlock peers and the ipcache
+        self._store = ClusterStore(self.label_filter, self.identities)
+        self._resolver = PeerResolver(self._store)
         self._netpols: dict[PolicyKey, NetworkPolicy] = {}
         self._np_by_ns: dict[str, dict[PolicyKey, NetworkPolicy]] = defaultdict(dict)
         self._admins: dict[PolicyKey, AdminNetworkPolicy] = {}
         self._local: dict[PodKey, LocalEndpoint] = {}
-        self._hosts: frozenset[IPv4Address] = frozenset()
-        self._spec_users: dict[PeerSpec, set[PolicyKey]] = defaultdict(set)
-        self._sel_cache: dict[SelectorPeer, set[int]] = {}
-        self._sel_frozen: dict[SelectorPeer, frozenset[int]] = {}  # read copies, dropped on change
-        self._block_cache: dict[BlockPeer, frozenset[int]] = {}
         self._egress_named: set[PolicyKey] = set()
         self._compiled: dict[PodKey, _Compiled] = {}
         self._by_endpoint_id: dict[int, PodKey] = {}
@@ -127,14 +112,14 @@ class PolicyCompiler:
         )
 
     def identity_of(self, key: PodKey) -> int | None:
-        return self._pod_identity.get(key)
+        return self._store.pod_identity.get(key)
 
     def identity_labels(self, identity: int) -> IdentityLabels | None:
-        return self._id_labels.get(identity)
+        return self._store.id_labels.get(identity)
 
     def cidr_of_identity(self, identity: int) -> IPv4Network | None:
         for cidr, ident in self._ipcache.items():
-            if ident == identity and self._addresses.has_prefix(cidr):
+            if ident == identity and self._store.addresses.has_prefix(cidr):
                 return cidr
         return None
 
@@ -151,11 +136,11 @@ class PolicyCompiler:
 
     @property
     def namespaces(self) -> dict[str, Namespace]:
-        return dict(self._namespaces)
+        return dict(self._store.namespaces)
 
     @property
     def pods(self) -> dict[PodKey, Pod]:
-        return dict(self._pods)
+        return dict(self._store.pods)
 
     @property
     def network_policies(self) -> list[NetworkPolicy]:
@@ -179,18 +164,15 @@ class PolicyCompiler:
         return self._set_namespace(name, None)
 
     def _set_namespace(self, name: str, namespace: Namespace | None) -> KernelDiff:
-        old = self._namespaces.get(name)
+        old = self._store.namespaces.get(name)
         if old == namespace:
             return KernelDiff()
-        pods = [self._pods[k] for k in sorted(self._pods_by_ns.get(name, ()))]
+        pods = self._store.pods_in(name)
         relabel = namespace_labels(name, old) != namespace_labels(name, namespace)
         if relabel:
             for pod in pods:
                 self._remove_pod(pod)
-        if namespace is None:
-            del self._namespaces[name]
-        else:
-            self._namespaces[name] = namespace
+        self._store.set_namespace(name, namespace)
         if relabel:
             for pod in pods:
                 self._add_pod(pod)
@@ -198,7 +180,7 @@ class PolicyCompiler:
         return self._flush()
 
     def upsert_pod(self, pod: Pod) -> KernelDiff:
-        old = self._pods.get(pod.key)
+        old = self._store.pods.get(pod.key)
         if old == pod:
             return KernelDiff()
         if old is not None:
@@ -207,7 +189,7 @@ class PolicyCompiler:
         return self._flush()
 
     def delete_pod(self, namespace: str, name: str) -> KernelDiff:
-        old = self._pods.get((namespace, name))
+        old = self._store.pods.get((namespace, name))
         if old is None:
             return KernelDiff()
         self._remove_pod(old)
@@ -246,7 +228,7 @@ class PolicyCompiler:
     def _admin_peers(self, policy: AdminNetworkPolicy) -> set[int]:
         peers: set[int] = set()
         for admin_rule in (*policy.ingress, *policy.egress):
-            peers |= self._peers(admin_rule_specs(admin_rule)) or frozenset()
+            peers |= self._resolver.peers(admin_rule_specs(admin_rule)) or frozenset()
         return peers
 
     def _replace_admin_policy(
@@ -264,24 +246,21 @@ class PolicyCompiler:
             self._add_policy(key, new, affect=False)
             peers |= self._admin_peers(new)
             for k in self._local:
-                pod = self._pods.get(k)
-                if pod is not None:
-                    ns_labels = namespace_labels(pod.namespace, self._namespaces.get(pod.namespace))
-                    if admin_subject_matches(new, pod, ns_labels):
-                        endpoints.add(k)
+                pod = self._store.pods.get(k)
+                if pod is not None and self._admin_selects(new, pod):
+                    endpoints.add(k)
         for endpoint in endpoints:
             self._dirty_peers[endpoint].update(peers)
 
     @property
     def host_addresses(self) -> frozenset[IPv4Address]:
-        return self._hosts
+        return self._store.hosts
 
     def set_host_addresses(self, addresses: Iterable[IPv4Address]) -> KernelDiff:
         """The node's own addresses: IDENTITY_HOST in the ipcache. Kubernetes always allows traffic between
         a pod and its node (kubelet probes), so every isolated direction allows IDENTITY_HOST."""
-        new = frozenset(addresses)
-        self._dirty_prefixes.update(IPv4Network(a) for a in new ^ self._hosts)
-        self._hosts = new
+        moved = self._store.set_hosts(addresses)
+        self._dirty_prefixes.update(IPv4Network(a) for a in moved)
         return self._flush()
 
     def set_local_endpoint(self, namespace: str, name: str, endpoint: LocalEndpoint) -> KernelDiff:
@@ -309,12 +288,12 @@ class PolicyCompiler:
     ) -> KernelDiff:
         """Many changes at once, compiled once (the full compile)."""
         for ns in namespaces:
-            self._namespaces[ns.name] = ns
+            self._store.set_namespace(ns.name, ns)
         for key, endpoint in local:
             self._local[key] = endpoint
             self._dirty_eps.add(key)
         for pod in pods:
-            old = self._pods.get(pod.key)
+            old = self._store.pods.get(pod.key)
             if old is not None:
                 self._remove_pod(old)
             self._add_pod(pod)
@@ -328,94 +307,40 @@ class PolicyCompiler:
 
     # ----------------------------------------------------------------- pods and identities
 
-    def _identity_labels_of(self, pod: Pod) -> IdentityLabels:
-        ns_labels = namespace_labels(pod.namespace, self._namespaces.get(pod.namespace))
-        return IdentityLabels(
-            namespace=pod.namespace,
-            namespace_labels=self.label_filter.apply(ns_labels.items()),
-            pod_labels=self.label_filter.apply(pod.labels),
-        )
-
     def _add_pod(self, pod: Pod) -> None:
-        key = pod.key
-        self._pods[key] = pod
-        self._pods_by_ns[pod.namespace].add(key)
-        if key in self._local:
-            self._dirty_eps.add(key)
-        if pod.ip is None or pod.host_network:
+        if pod.key in self._local:
+            self._dirty_eps.add(pod.key)
+        change = self._store.add_pod(pod)
+        if change is None:
             return
-        labels = self._identity_labels_of(pod)
-        ident = self.identities.labels_identity(labels)
-        self._pod_identity[key] = ident
-        self._addresses.add_pod(pod.ip, key)
-        self._dirty_prefixes.add(IPv4Network(pod.ip))
-        members = self._id_members.get(ident)
-        if members is None:
-            self._id_members[ident] = {key}
-            self._id_labels[ident] = labels
-            self._id_dicts[ident] = (labels.namespace_dict(), labels.pod_dict())
-            self._identity_added(ident)
-        else:
-            members.add(key)
-        self._membership_changed(ident, pod)
+        self._dirty_prefixes.add(IPv4Network(change.pod.ip))
+        if change.identity_appeared:
+            self._affect(self._resolver.identity_appeared(change.identity))
+        self._membership_changed(change)
 
     def _remove_pod(self, pod: Pod) -> None:
-        key = pod.key
-        del self._pods[key]
-        self._pods_by_ns[pod.namespace].discard(key)
-        if key in self._local:
-            self._dirty_eps.add(key)
-        ident = self._pod_identity.pop(key, None)
-        if ident is None or pod.ip is None:
+        if pod.key in self._local:
+            self._dirty_eps.add(pod.key)
+        change = self._store.remove_pod(pod)
+        if change is None:
             return
-        self._addresses.remove_pod(pod.ip, key)
-        self._dirty_prefixes.add(IPv4Network(pod.ip))
-        members = self._id_members[ident]
-        members.discard(key)
-        self._membership_changed(ident, pod)
-        if not members:
-            del self._id_members[ident]
-            self.identities.release_labels(self._id_labels.pop(ident))
-            del self._id_dicts[ident]
-            self._identity_removed(ident)
+        self._dirty_prefixes.add(IPv4Network(change.pod.ip))
+        self._membership_changed(change)
+        if change.identity_vanished:
+            self._affect(self._resolver.identity_vanished(change.identity))
 
-    def _identity_added(self, ident: int) -> None:
-        ns_labels, pod_labels = self._id_dicts[ident]
-        namespace = self._id_labels[ident].namespace
-        for spec, ids in self._sel_cache.items():
-            if spec.matches(namespace, ns_labels, pod_labels):
-                ids.add(ident)
-                self._sel_frozen.pop(spec, None)
-                self._affect_spec(spec, {ident})
-
-    def _identity_removed(self, ident: int) -> None:
-        for spec, ids in self._sel_cache.items():
-            if ident in ids:
-                ids.discard(ident)
-                self._sel_frozen.pop(spec, None)
-                self._affect_spec(spec, {ident})
-
-    def _membership_changed(self, ident: int, pod: Pod) -> None:
-        """A pod joined or left `ident`: ipBlock peers around its members' IPs, egress named ports."""
-        ips = {self._pods[k].ip for k in self._id_members.get(ident, ())} | {pod.ip}
-        for spec in list(self._block_cache):
-            if any(ip is not None and ip in spec.block.cidr for ip in ips):
-                self._refresh_block(spec)
-        if pod.ports:
+    def _membership_changed(self, change: MembershipChange) -> None:
+        """A pod joined or left an identity: ipBlock peers around its members' IPs, egress named ports."""
+        ips = [*self._store.member_ips(change.identity), change.pod.ip]
+        self._affect(self._resolver.addresses_changed(ips))
+        if change.pod.ports:
             for key in self._egress_named:
-                self._affect_policy(key, {ident})
+                self._affect_policy(key, {change.identity})
 
-    def _refresh_block(self, spec: BlockPeer) -> None:
-        """Re-resolve an ipBlock peer now; only the identities that moved in or out need new entries."""
-        old = self._block_cache[spec]
-        new = self._resolve_block(spec)
-        self._block_cache[spec] = new
-        if old != new:
-            self._affect_spec(spec, old ^ new)
-
-    def _affect_spec(self, spec: PeerSpec, identities: set[int] | frozenset[int]) -> None:
-        for key in self._spec_users.get(spec, ()):
-            self._affect_policy(key, identities)
+    def _affect(self, moved: Moved) -> None:
+        for spec, identities in moved:
+            for key in self._resolver.users(spec):
+                self._affect_policy(key, identities)
 
     def _affect_policy(self, key: PolicyKey, identities: set[int] | frozenset[int] | None = None) -> None:
         """Endpoints selected by the policy: recompiled whole (None) or for these peer identities only."""
@@ -432,34 +357,25 @@ class PolicyCompiler:
         if isinstance(policy, NetworkPolicy):
             self._netpols[key] = policy
             self._np_by_ns[policy.namespace][key] = policy
+            pods = self._store.pods
             self._dirty_eps.update(
                 k
                 for k in self._local
                 if k[0] == policy.namespace
-                and k in self._pods
-                and policy.pod_selector.matches(self._pods[k].label_dict())
+                and k in pods
+                and policy.pod_selector.matches(pods[k].label_dict())
             )
         else:
             self._admins[key] = policy
             for k in self._local if affect else ():
-                pod = self._pods.get(k)
-                if pod is not None:
-                    ns_labels = namespace_labels(pod.namespace, self._namespaces.get(pod.namespace))
-                    if admin_subject_matches(policy, pod, ns_labels):
-                        self._dirty_eps.add(k)
+                pod = self._store.pods.get(k)
+                if pod is not None and self._admin_selects(policy, pod):
+                    self._dirty_eps.add(k)
         for prefix in policy_prefixes(policy):
-            if self._addresses.add_prefix(prefix):
+            if self._store.addresses.add_prefix(prefix):
                 self.identities.cidr_identity(prefix)
                 self._prefix_changed(prefix)
-        for spec in policy_specs(policy):
-            users = self._spec_users[spec]
-            if not users and isinstance(spec, SelectorPeer):
-                self._sel_cache[spec] = {
-                    ident
-                    for ident, (ns_labels, pod_labels) in self._id_dicts.items()
-                    if spec.matches(self._id_labels[ident].namespace, ns_labels, pod_labels)
-                }
-            users.add(key)
+        self._resolver.add_user(key, policy_specs(policy))
         if has_egress_named_ports(policy):
             self._egress_named.add(key)
 
@@ -471,18 +387,9 @@ class PolicyCompiler:
             del self._np_by_ns[policy.namespace][key]
         else:
             del self._admins[key]
-        for spec in policy_specs(policy):
-            users = self._spec_users[spec]
-            users.discard(key)
-            if not users:
-                del self._spec_users[spec]
-                if isinstance(spec, SelectorPeer):
-                    self._sel_cache.pop(spec, None)
-                    self._sel_frozen.pop(spec, None)
-                else:
-                    self._block_cache.pop(spec, None)
+        self._resolver.remove_user(key, policy_specs(policy))
         for prefix in policy_prefixes(policy):
-            if self._addresses.remove_prefix(prefix):
+            if self._store.addresses.remove_prefix(prefix):
                 self.identities.release_cidr(prefix)
                 self._prefix_changed(prefix)
         self._egress_named.discard(key)
@@ -490,73 +397,23 @@ class PolicyCompiler:
 
     def _prefix_changed(self, prefix: IPv4Network) -> None:
         self._dirty_prefixes.add(prefix)
-        for spec in list(self._block_cache):
-            if spec.block.cidr.overlaps(prefix):
-                self._refresh_block(spec)
+        self._affect(self._resolver.prefix_changed(prefix))
 
-    # ----------------------------------------------------------------- resolution
+    def _admin_selects(self, policy: AdminNetworkPolicy, pod: Pod) -> bool:
+        return admin_subject_matches(policy, pod, self._store.labels_of_namespace(pod.namespace))
 
-    def _resolve(self, spec: PeerSpec) -> frozenset[int]:
-        if isinstance(spec, SelectorPeer):
-            frozen = self._sel_frozen.get(spec)
-            if frozen is None:
-                frozen = self._sel_frozen[spec] = frozenset(self._sel_cache[spec])
-            return frozen
-        cached = self._block_cache.get(spec)
-        if cached is None:
-            cached = self._resolve_block(spec)
-            self._block_cache[spec] = cached
-        return cached
-
-    def _resolve_block(self, spec: BlockPeer) -> frozenset[int]:
-        block = spec.block
-        ids: set[int] = set()
-        for prefix in self._addresses.prefixes_within(block.cidr):
-            shadowed = prefix.prefixlen == 32 and (
-                self._addresses.holds_pod(prefix.network_address) or prefix.network_address in self._hosts
-            )
-            if not shadowed and block.contains(prefix):
-                ids.add(self.identities.cidr_identity(prefix))
-        # Pod IPs are /32s in the ipcache, so a packet from a pod carries the pod's identity: allow that
-        # identity when every pod holding it is inside the block (never more than the block allows).
-        candidates = {
-            self._pod_identity[k]
-            for ip in self._addresses.pod_ips_within(block.cidr)
-            for k in self._addresses.pods_at(ip)
-        }
-        for ident in candidates:
-            ips = [self._pods[k].ip for k in self._id_members.get(ident, ())]
-            if ips and all(ip is not None and block.contains_address(ip) for ip in ips):
-                ids.add(ident)
-        return frozenset(ids)
-
-    def _peers(self, specs: tuple[PeerSpec, ...] | None) -> frozenset[int] | None:
-        if specs is None:
-            return None
-        result: set[int] = set()
-        for spec in specs:
-            result |= self._resolve(spec)
-        return frozenset(result)
-
-    def _identity_ports(self, ident: int, name: str, protocol: Protocol) -> set[PortRange]:
-        """Ports named `name` on the pods of `ident` (protocol ANY: whatever protocol the port has)."""
-        ranges = set()
-        for key in self._id_members.get(ident, ()):
-            for port in self._pods[key].ports:
-                if port.name == name and protocol in (Protocol.ANY, port.protocol):
-                    ranges.add(PortRange(port.protocol, port.port, port.port))
-        return ranges
+    # ----------------------------------------------------------------- compiling endpoints
 
     # PeerSource (endpoint_rules): what the rules of an endpoint need from the cluster state.
 
     def peers(self, specs: tuple[PeerSpec, ...] | None) -> frozenset[int] | None:
-        return self._peers(specs)
+        return self._resolver.peers(specs)
 
     def identity_ports(self, ident: int, name: str, protocol: Protocol) -> set[PortRange]:
-        return self._identity_ports(ident, name, protocol)
+        return self._store.identity_ports(ident, name, protocol)
 
     def label_identities(self) -> frozenset[int]:
-        return frozenset(self._id_members)
+        return frozenset(self._store.id_members)
 
     def rule_id(self, ref: RuleRef) -> int:
         return self.rules.id_for(ref)
@@ -564,7 +421,7 @@ class PolicyCompiler:
     def _direction_rules(
         self, pod: Pod, nps: list[NetworkPolicy], admins: list[AdminNetworkPolicy], direction: Direction
     ) -> DirectionRules:
-        ns = self._namespaces.get(pod.namespace)
+        ns = self._store.namespaces.get(pod.namespace)
         return direction_rules(
             self,
             pod=pod,
@@ -581,7 +438,7 @@ class PolicyCompiler:
             (np for np in self._np_by_ns.get(pod.namespace, {}).values() if np.pod_selector.matches(labels)),
             key=lambda np: np.name,
         )
-        ns_labels = namespace_labels(pod.namespace, self._namespaces.get(pod.namespace))
+        ns_labels = self._store.labels_of_namespace(pod.namespace)
         admins = sorted(
             (a for a in self._admins.values() if admin_subject_matches(a, pod, ns_labels)),
             key=lambda a: (a.priority, a.name),
@@ -589,9 +446,9 @@ class PolicyCompiler:
         return nps, admins
 
     def _compile_endpoint(self, key: PodKey) -> tuple[_Compiled | None, set[PolicyKey]]:
-        pod = self._pods.get(key)
+        pod = self._store.pods.get(key)
         local = self._local.get(key)
-        ident = self._pod_identity.get(key)
+        ident = self._store.pod_identity.get(key)
         if pod is None or local is None or ident is None or pod.ip is None:
             return None, set()
         nps, admins = self.selecting_policies(pod)
@@ -633,7 +490,7 @@ class PolicyCompiler:
     ) -> bool:
         """Recompile only `peers`' entries of a compiled endpoint; False when it needs a whole recompile."""
         compiled = self._compiled.get(key)
-        pod = self._pods.get(key)
+        pod = self._store.pods.get(key)
         local = self._local.get(key)
         if compiled is None or pod is None or local is None:
             return False
@@ -662,16 +519,7 @@ class PolicyCompiler:
                     new_entries.extend(fresh)
         return True
 
-    def _ipcache_value(self, prefix: IPv4Network) -> int | None:
-        if prefix.prefixlen == 32 and prefix.network_address in self._hosts:
-            return IDENTITY_HOST
-        if prefix.prefixlen == 32:
-            holders = self._addresses.pods_at(prefix.network_address)
-            if holders:
-                return self._pod_identity[min(holders)]
-        if self._addresses.has_prefix(prefix):
-            return self.identities.cidr_identity(prefix)
-        return None
+    # ----------------------------------------------------------------- the diff
 
     def _flush(self) -> KernelDiff:
         old_eps: list[EndpointEntry] = []
@@ -707,7 +555,7 @@ class PolicyCompiler:
             before_ident = self._ipcache.pop(prefix, None)
             if before_ident is not None:
                 old_ipc.append(IPCacheEntry(prefix, before_ident))
-            value = self._ipcache_value(prefix)
+            value = self._store.ipcache_value(prefix)
             if value is not None:
                 self._ipcache[prefix] = value
                 new_ipc.append(IPCacheEntry(prefix, value))

@@ -1,0 +1,147 @@
+"""What the compiler knows of the cluster: namespaces, pods, the label identities they hold, addresses.
+
+A store with no policy in it. Adding or removing a pod says what happened to its identity, so the peer
+resolver and the compiler can react to exactly that; everything else here is a read.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+
+from meshagent.model.cluster import Namespace, Pod
+from meshagent.model.kernel_state import IDENTITY_HOST, Protocol
+from meshagent.policy.addresses import AddressIndex, PodKey
+from meshagent.policy.decide import PortRange
+from meshagent.policy.identity import IdentityAllocator, IdentityLabels, LabelFilter
+
+LabelDicts = tuple[dict[str, str], dict[str, str]]  # (namespace labels, pod labels) of an identity
+
+
+def namespace_labels(namespace: str, known: Namespace | None) -> dict[str, str]:
+    return known.label_dict() if known is not None else Namespace(namespace).label_dict()
+
+
+@dataclass(frozen=True)
+class MembershipChange:
+    """A pod with an address joined (or left) `identity`, which may have come (or gone) with it."""
+
+    identity: int
+    pod: Pod
+    identity_appeared: bool = False
+    identity_vanished: bool = False
+
+
+class ClusterStore:
+    def __init__(self, label_filter: LabelFilter, identities: IdentityAllocator) -> None:
+        self.label_filter = label_filter
+        self.identities = identities
+        self.namespaces: dict[str, Namespace] = {}
+        self.pods: dict[PodKey, Pod] = {}
+        self.pods_by_ns: dict[str, set[PodKey]] = defaultdict(set)
+        self.pod_identity: dict[PodKey, int] = {}
+        self.id_labels: dict[int, IdentityLabels] = {}
+        self.id_dicts: dict[int, LabelDicts] = {}
+        self.id_members: dict[int, set[PodKey]] = {}
+        self.addresses = AddressIndex()  # pod IPs and policy prefixes, for ipBlock peers and the ipcache
+        self.hosts: frozenset[IPv4Address] = frozenset()
+
+    # ----------------------------------------------------------------- namespaces and pods
+
+    def labels_of_namespace(self, name: str) -> dict[str, str]:
+        return namespace_labels(name, self.namespaces.get(name))
+
+    def set_namespace(self, name: str, namespace: Namespace | None) -> None:
+        if namespace is None:
+            self.namespaces.pop(name, None)
+        else:
+            self.namespaces[name] = namespace
+
+    def pods_in(self, namespace: str) -> list[Pod]:
+        return [self.pods[k] for k in sorted(self.pods_by_ns.get(namespace, ()))]
+
+    def add_pod(self, pod: Pod) -> MembershipChange | None:
+        """Store `pod`; None when it holds no identity (no address yet, or the host's network)."""
+        key = pod.key
+        self.pods[key] = pod
+        self.pods_by_ns[pod.namespace].add(key)
+        if pod.ip is None or pod.host_network:
+            return None
+        labels = self._identity_labels_of(pod)
+        ident = self.identities.labels_identity(labels)
+        self.pod_identity[key] = ident
+        self.addresses.add_pod(pod.ip, key)
+        members = self.id_members.get(ident)
+        if members is not None:
+            members.add(key)
+            return MembershipChange(ident, pod)
+        self.id_members[ident] = {key}
+        self.id_labels[ident] = labels
+        self.id_dicts[ident] = (labels.namespace_dict(), labels.pod_dict())
+        return MembershipChange(ident, pod, identity_appeared=True)
+
+    def remove_pod(self, pod: Pod) -> MembershipChange | None:
+        key = pod.key
+        del self.pods[key]
+        self.pods_by_ns[pod.namespace].discard(key)
+        ident = self.pod_identity.pop(key, None)
+        if ident is None or pod.ip is None:
+            return None
+        self.addresses.remove_pod(pod.ip, key)
+        members = self.id_members[ident]
+        members.discard(key)
+        if members:
+            return MembershipChange(ident, pod)
+        del self.id_members[ident]
+        self.identities.release_labels(self.id_labels.pop(ident))
+        del self.id_dicts[ident]
+        return MembershipChange(ident, pod, identity_vanished=True)
+
+    def _identity_labels_of(self, pod: Pod) -> IdentityLabels:
+        return IdentityLabels(
+            namespace=pod.namespace,
+            namespace_labels=self.label_filter.apply(self.labels_of_namespace(pod.namespace).items()),
+            pod_labels=self.label_filter.apply(pod.labels),
+        )
+
+    # ----------------------------------------------------------------- identities
+
+    def member_ips(self, ident: int) -> list[IPv4Address | None]:
+        return [self.pods[k].ip for k in self.id_members.get(ident, ())]
+
+    def identity_ports(self, ident: int, name: str, protocol: Protocol) -> set[PortRange]:
+        """Ports named `name` on the pods of `ident` (protocol ANY: whatever protocol the port has)."""
+        ranges = set()
+        for key in self.id_members.get(ident, ()):
+            for port in self.pods[key].ports:
+                if port.name == name and protocol in (Protocol.ANY, port.protocol):
+                    ranges.add(PortRange(port.protocol, port.port, port.port))
+        return ranges
+
+    # ----------------------------------------------------------------- addresses
+
+    def set_hosts(self, addresses: Iterable[IPv4Address]) -> frozenset[IPv4Address]:
+        """The node's own addresses; returns those that came or went."""
+        new = frozenset(addresses)
+        moved = new ^ self.hosts
+        self.hosts = new
+        return moved
+
+    def shadowed(self, prefix: IPv4Network) -> bool:
+        """A /32 that a pod or the node holds: its packets carry that identity, not the prefix's."""
+        return prefix.prefixlen == 32 and (
+            self.addresses.holds_pod(prefix.network_address) or prefix.network_address in self.hosts
+        )
+
+    def ipcache_value(self, prefix: IPv4Network) -> int | None:
+        if prefix.prefixlen == 32 and prefix.network_address in self.hosts:
+            return IDENTITY_HOST
+        if prefix.prefixlen == 32:
+            holders = self.addresses.pods_at(prefix.network_address)
+            if holders:
+                return self.pod_identity[min(holders)]
+        if self.addresses.has_prefix(prefix):
+            return self.identities.cidr_identity(prefix)
+        return None
