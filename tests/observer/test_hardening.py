@@ -26,17 +26,9 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.observer import helpers as h
+from tests.waiting import wait_until
 
 SYS_PIDFD_GETFD = 438  # x86_64 and most others
-
-
-def _wait(cond: object, timeout: float = 20.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
 
 
 # -- the control link's format --------------------------------------------------------------------------
@@ -119,7 +111,7 @@ def test_a_malformed_message_from_the_front_process_drops_the_link_not_the_agent
             stolen.send(b"\x80\x04\x95garbage: a pickle the agent must never load")
         finally:
             stolen.close()
-        assert _wait(lambda: link.restarts == 1 and link.pid != first and link.state == "up")
+        assert wait_until(lambda: link.restarts == 1 and link.pid != first and link.state == "up", timeout=20)
         assert link.broken_links == 1
         assert "unknown message kind" in link.last_error
         samples = {
@@ -167,12 +159,12 @@ def test_the_supervisor_retries_with_backoff_until_it_can_start_again(tmp_path: 
                 time.sleep(0.01)
         blocker.listen()
         try:
-            assert _wait(lambda: link.failed_starts >= 4), "the supervisor gave up"
+            assert wait_until(lambda: link.failed_starts >= 4, timeout=20), "the supervisor gave up"
             assert link.state == "restarting"
             assert "cannot listen" in link.last_error
         finally:
             blocker.close()
-        assert _wait(lambda: link.state == "up"), "not started again once the port was free"
+        assert wait_until(lambda: link.state == "up", timeout=20), "not started again once the port was free"
         assert link.restarts == 1
         with ObserverClient(f"127.0.0.1:{server.tcp_port}", timeout_s=10) as c:
             assert c.server_status().max_flows == 4096

@@ -30,20 +30,14 @@ from meshagent.observer.service import ObserverService
 from tests.observer import attack as a
 from tests.observer import helpers as h
 from tests.observer.pki import SERVER_NAME
+from tests.waiting import wait_until
+
+WAIT = 15.0  # seconds for a condition on a loaded machine
 
 GET_FLOWS = b"/observer.Observer/GetFlows"
 SERVER_STATUS = b"/observer.Observer/ServerStatus"
 FOLLOW = opb.GetFlowsRequest(follow=True).SerializeToString()
 MiB = 1 << 20
-
-
-def wait_for(predicate: object, timeout: float = 15.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.02)
-    return bool(predicate())  # type: ignore[operator]
 
 
 @contextmanager
@@ -99,7 +93,7 @@ def test_rapid_reset_flood_gets_goaway_enhance_your_calm_and_others_are_served(
         assert done, "another client was not served during the flood"
         print(f"victim's ServerStatus during the flood: {done[0] * 1000:.0f} ms")
         assert status_ok(s)
-        assert wait_for(lambda: s.service.active_streams == 0)
+        assert wait_until(lambda: s.service.active_streams == 0, timeout=WAIT)
         if serving_mode:
             assert a.rss_bytes(server_pid(s)) - rss_before < 64 * MiB
 
@@ -118,7 +112,7 @@ def test_a_stream_over_the_concurrency_limit_is_refused_and_the_connection_lives
             held = [c.open_stream(GET_FLOWS, a.grpc_body(FOLLOW)) for _ in range(3)]
             extra = c.open_stream(GET_FLOWS, a.grpc_body(FOLLOW))
             c.send()
-            assert wait_for(lambda: s.service.active_streams == 3)
+            assert wait_until(lambda: s.service.active_streams == 3, timeout=WAIT)
             refused = [f for f in c.read_for(1.0) if f.type == a.RST_STREAM and f.stream_id == extra]
             assert refused and refused[0].error_code == h2.errors.ErrorCodes.REFUSED_STREAM
             assert not any(f.type == a.GOAWAY for f in a.frames(c.received))
@@ -126,10 +120,11 @@ def test_a_stream_over_the_concurrency_limit_is_refused_and_the_connection_lives
             c.h2.reset_stream(held[0], h2.errors.ErrorCodes.CANCEL)
             sid = c.open_stream(SERVER_STATUS, a.grpc_body(b""))
             c.send()
-            assert wait_for(
+            assert wait_until(
                 lambda: any(
                     f.type == a.HEADERS and f.stream_id == sid and f.flags & 0x1 for f in c.read_for(0.2)
-                )
+                ),
+                timeout=WAIT,
             ), "no answer on the connection after a refused stream"
         finally:
             c.close()
@@ -254,7 +249,9 @@ def test_a_thousand_idle_connections_do_not_lock_others_out_and_are_closed(
             if serving_mode:
                 assert a.rss_bytes(server_pid(s)) - rss_before < 64 * MiB
             else:
-                assert wait_for(lambda: sum(len(c) for c in _server(s).connections.values()) <= 100)
+                assert wait_until(
+                    lambda: sum(len(c) for c in _server(s).connections.values()) <= 100, timeout=WAIT
+                )
             # Every idle one is told to go away (refused, evicted, or after idle_timeout_seconds) and
             # closed.
             told = 0
@@ -318,7 +315,7 @@ def test_clients_that_never_read_cannot_lock_out_one_that_does(tmp_path: Path, s
             for c in stuck:
                 c.open_stream(GET_FLOWS, a.grpc_body(FOLLOW))
                 c.send()
-            assert wait_for(lambda: s.service.active_streams == 16)
+            assert wait_until(lambda: s.service.active_streams == 16, timeout=WAIT)
             stop = threading.Event()
 
             def produce() -> None:
@@ -330,7 +327,7 @@ def test_clients_that_never_read_cannot_lock_out_one_that_does(tmp_path: Path, s
             producer.start()
             try:
                 # The stuck streams are reset; then the reader gets its stream and flows.
-                assert wait_for(lambda: s.service.active_streams == 0, timeout=20)
+                assert wait_until(lambda: s.service.active_streams == 0, timeout=20)
                 with grpc.insecure_channel(s.target) as ch:
                     stream = ogrpc.ObserverStub(ch).GetFlows(opb.GetFlowsRequest(follow=True), timeout=20)
                     got = 0
@@ -360,7 +357,7 @@ def test_getflows_streams_are_limited_per_connection(tmp_path: Path, serving_mod
             third = greedy.open_stream(GET_FLOWS, a.grpc_body(FOLLOW))
             greedy.send()
             ended: list[h2.events.Event] = []
-            assert wait_for(
+            assert wait_until(
                 lambda: (
                     ended.extend(
                         e
@@ -369,7 +366,8 @@ def test_getflows_streams_are_limited_per_connection(tmp_path: Path, serving_mod
                         and e.stream_id == third
                     )
                     or ended
-                )
+                ),
+                timeout=WAIT,
             )
             headers = dict(ended[0].headers or [])
             assert headers[b"grpc-status"] == b"8"  # RESOURCE_EXHAUSTED
@@ -379,7 +377,7 @@ def test_getflows_streams_are_limited_per_connection(tmp_path: Path, serving_mod
             with ObserverClient(s.target, timeout_s=10) as c:
                 got = c.get_flows(opb.GetFlowsRequest(number=3, follow=True), follow_timeout_s=5)
                 assert next(got).HasField("flow")
-                assert wait_for(lambda: s.service.active_streams == 3)
+                assert wait_until(lambda: s.service.active_streams == 3, timeout=WAIT)
         finally:
             greedy.close()
 
