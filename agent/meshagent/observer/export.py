@@ -46,7 +46,11 @@ class RotatingWriter:
     """Appends lines to a file; before a line would push it past max_bytes, shifts path -> path.1 -> ...
 
     Flows name pods, their addresses and labels: the files are the owner's only (0600), or also readable
-    by `gid` (0640), from the moment they exist, and an existing file is brought to that mode too."""
+    by `gid` (0640), from the moment they exist, and an existing file is brought to that mode too.
+
+    Not `logging.handlers.RotatingFileHandler`: it creates each new file with the process's umask and
+    group (so flows could be readable by others until someone fixes the mode, at every rotation), and with
+    no backups it never rotates at all, where here no backups means the file starts over."""
 
     def __init__(self, path: Path, *, max_bytes: int, max_backups: int, gid: int | None = None) -> None:
         self._path = path
