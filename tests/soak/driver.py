@@ -373,6 +373,7 @@ class Soak:
         if not self.agent.wait_ready():
             self.figures.unexpected_exits += 1
             print("soak: the restarted agent did not become ready", flush=True)
+            self.agent.kill()  # never two agents on the same pins: the second start must be the only one
             self.agent.start()
             self.agent.wait_ready()
         self.finish_talks(talks)
@@ -576,6 +577,9 @@ def main(argv: list[str] | None = None) -> int:
         "measure the footprint's growth on)",
     )
     args = parser.parse_args(argv)
+    # A soak stopped by `timeout` or a CI runner gets SIGTERM: exit through the cleanup, as on Ctrl-C,
+    # so no namespace, pin directory or agent is left behind.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     workdir = args.workdir or Path(f"/tmp/meshagent-soak-{uuid.uuid4().hex[:8]}")
     workdir.mkdir(parents=True, exist_ok=True)
