@@ -6,7 +6,7 @@ from ipaddress import IPv4Address
 
 import yaml
 from meshagent.model.cluster import LocalEndpoint, Namespace, Pod
-from meshagent.model.kernel_state import IDENTITY_ANY, Direction, Protocol, Verdict
+from meshagent.model.kernel_state import IDENTITY_ANY, IDENTITY_WORLD, Direction, Protocol, Verdict
 from meshagent.policy.compiler import PolicyCompiler
 from meshagent.policy.parse import parse_object
 from meshagent.policy.rules import RuleKind
@@ -224,3 +224,32 @@ def test_attribution_names_the_rule_or_the_isolating_policies() -> None:
         "default allow"
     )
     assert attribute(c, endpoint_id=1, direction=Direction.INGRESS, rule_id=12345).rule is None
+
+
+def test_a_pod_known_only_by_ipv6_is_isolated_when_a_policy_selects_it() -> None:
+    v6_pod = """
+kind: Pod
+metadata: {name: six, namespace: x, labels: {app: six}}
+status: {podIP: 'fd00::6', podIPs: [{ip: 'fd00::6'}]}
+"""
+    deny_six = """
+kind: NetworkPolicy
+metadata: {name: deny-six, namespace: x}
+spec: {podSelector: {matchLabels: {app: six}}, policyTypes: [Ingress]}
+"""
+    compiler = compiler_with(v6_pod)
+    diff = compiler.set_local_endpoint("x", "six", LocalEndpoint(4, 14))
+    # Not selected: nothing to enforce, nothing in the kernel (as for any pod outside every policy).
+    assert compiler.endpoint(("x", "six")) is None and not diff.upsert_endpoints
+    compiler.upsert_policy(parse_object(yaml.safe_load(deny_six)))  # type: ignore[arg-type]
+    endpoint = compiler.endpoint(("x", "six"))
+    assert endpoint is not None
+    assert (endpoint.ipv4, endpoint.identity) == (IPv4Address(0), IDENTITY_WORLD)
+    assert endpoint.enforce_ingress and not endpoint.enforce_egress
+    assert not [e for e in compiler.state().policy if e.endpoint_id == 4]
+    # The incremental result is the full compile's.
+    full = compiler_with(v6_pod, deny_six)
+    full.set_local_endpoint("x", "six", LocalEndpoint(4, 14))
+    assert full.state() == compiler.state()
+    compiler.delete_network_policy("x", "deny-six")
+    assert compiler.endpoint(("x", "six")) is None

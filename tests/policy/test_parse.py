@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from typing import Any
 
 import pytest
@@ -236,3 +236,19 @@ def test_other_kinds_are_ignored_and_garbage_rejected() -> None:
         parse_object({"kind": "Pod", "metadata": {}})
     with pytest.raises(PolicyInputError, match="expected an object"):
         parse_object(["not", "a", "dict"])  # type: ignore[arg-type]
+
+
+def test_pod_addresses_of_both_families() -> None:
+    def pod_with(status: str) -> Pod:
+        parsed = parse_object(load(f"{{kind: Pod, metadata: {{name: a, namespace: x}}, status: {status}}}"))
+        assert isinstance(parsed, Pod)
+        return parsed
+
+    dual = pod_with("{podIP: 10.1.0.5, podIPs: [{ip: 10.1.0.5}, {ip: 'fd00::5'}]}")
+    assert (dual.ip, dual.ipv6) == (IPv4Address("10.1.0.5"), IPv6Address("fd00::5"))
+    v6_first = pod_with("{podIP: 'fd00::6', podIPs: [{ip: 'fd00::6'}, {ip: 10.1.0.6}]}")
+    assert (v6_first.ip, v6_first.ipv6) == (IPv4Address("10.1.0.6"), IPv6Address("fd00::6"))
+    v6_only = pod_with("{podIP: 'fd00::7', podIPs: [{ip: 'fd00::7'}]}")
+    assert (v6_only.ip, v6_only.ipv6) == (None, IPv6Address("fd00::7"))
+    with pytest.raises(PolicyInputError, match=r"'not-an-ip' is not an IP address"):
+        pod_with("{podIP: not-an-ip}")

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from meshagent.agent.attach_retry import AttachRetries
 from meshagent.agent.enricher import ClusterEnricher, workloads_of
 from meshagent.agent.subscription import StoreSubscription
-from meshagent.datapath.discovery import EndpointInterfaces, NotUpYet, PodInterface
+from meshagent.datapath.discovery import EndpointInterfaces, NotUpYet, PodAddress, PodInterface
 from meshagent.model.cluster import LocalEndpoint
 from meshagent.model.errors import PolicyInputError
 from meshagent.model.kernel_state import RULE_ID_NONE, Direction, KernelState
@@ -86,9 +86,9 @@ class Reconciler:
         self._rediscover = False  # look the local pods' interfaces up again on the next pass
         self._events = StoreSubscription(store, "ma-reconciler")
         self._synced_kinds: set[Kind] = set()
-        self._local_ips: dict[str, IPv4Address] = {}  # "ns/pod" -> IP, for the pods on this node
+        self._local_ips: dict[str, PodAddress] = {}  # "ns/pod" -> IP, for the pods on this node
         self._local_endpoints: dict[str, int] = {}  # "ns/pod" -> ifindex (= endpoint id)
-        self._discovered_for: dict[str, IPv4Address] = {}  # what the last interface lookup covered
+        self._discovered_for: dict[str, PodAddress] = {}  # what the last interface lookup covered
         self.ingest = PolicyIngest(compiler, on_rejection=self._on_rejection)
         self._current: ObjectEvent | None = None
         self.applied = threading.Event()  # the first full sync is in the kernel
@@ -259,14 +259,13 @@ class Reconciler:
     def _objects(self, event: ObjectEvent) -> KernelDiff | None:
         """Namespaces, pods and policies go through PolicyIngest (parse, reject keeping the last good
         version, compile); pods on this node also become endpoints once their interface is found."""
-        if event.kind == Kind.POD:
-            self._local_pod(event)
         self._current = event
         try:
             diff = self.ingest.handle(event.action.value, event.obj)
         finally:
             self._current = None
         if event.kind == Kind.POD:
+            self._local_pod(event)  # after the ingest: it reads the pod's addresses as parsed
             self.enricher.remove_endpoint_of(event.namespace or "", event.name)
             if event.action != Action.DELETED:
                 self._update_enricher(event.namespace or "", event.name, event.obj)
@@ -277,20 +276,20 @@ class Reconciler:
     def _local_pod(self, event: ObjectEvent) -> None:
         key = f"{event.namespace or 'default'}/{event.name}"
         spec = event.obj.get("spec") or {}
-        ip = (event.obj.get("status") or {}).get("podIP")
+        pod = self.compiler.pods.get((event.namespace or "default", event.name))
+        # The host route to the pod's IPv4 address leads to its interface; an IPv6-only pod is found
+        # by its IPv6 address, so that it is isolated when a policy selects it.
+        address = None if pod is None else (pod.ip or pod.ipv6)
         # A host-network pod shares the node's address and has no interface of its own to attach to.
         local = (
             event.action != Action.DELETED
             and spec.get("nodeName") == self.node
             and not spec.get("hostNetwork")
-            and bool(ip)
+            and address is not None
         )
-        if local:
-            try:
-                self._local_ips[key] = IPv4Address(str(ip))
-                return
-            except ValueError:
-                pass  # PolicyIngest rejects the pod with the reason
+        if local and address is not None:
+            self._local_ips[key] = address
+            return
         self._local_ips.pop(key, None)
         self.attach_retries.forget(key)
         if self._local_endpoints.pop(key, None) is not None:

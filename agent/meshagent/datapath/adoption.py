@@ -82,7 +82,8 @@ def check_endpoints(endpoints: Mapping[int, EndpointEntry], *, netns: str | None
                 )
                 continue
             route_oif = routes.get(entry.ipv4)
-            if route_oif != ifindex:
+            # (0.0.0.0: a pod with no IPv4 address, isolated under policy; there is no route to check)
+            if route_oif != ifindex and not entry.ipv4.is_unspecified:
                 where = links.get(route_oif, f"ifindex {route_oif}") if route_oif else "nowhere"
                 notes.append(
                     f"endpoint {entry.endpoint_id} on {ifname}: the route to {entry.ipv4} leads to {where}"

@@ -1,9 +1,10 @@
 """Local endpoint discovery: which host-side interface leads to a pod's IP.
 
 With routed veths (as Calico and Cilium set them up) the node has a /32 route per pod,
-`<podIP> dev <host-veth> scope link`, in its main table. That interface is where the
-agent attaches the pod's programs. Until the CNI has created the route and both ends
-of the veth are up, the pod's network is "not up yet" and the caller retries.
+`<podIP> dev <host-veth> scope link`, in its main table (a /128 for a pod known by an
+IPv6 address). That interface is where the agent attaches the pod's programs. Until the
+CNI has created the route and both ends of the veth are up, the pod's network is "not up
+yet" and the caller retries.
 """
 
 from __future__ import annotations
@@ -26,6 +27,17 @@ IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000  # carrier: for a veth, the peer end is up too
 
 
+PodAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def pod_address(value: str | PodAddress) -> PodAddress:
+    return (
+        value
+        if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address)
+        else ipaddress.ip_address(value)
+    )
+
+
 @dataclass(frozen=True)
 class PodInterface:
     ifname: str
@@ -41,37 +53,39 @@ class DiscoveryError(Exception):
     """The node's network namespace could not be read (not a 'not up yet' condition)."""
 
 
-def find_pod_interface(
-    pod_ip: str | ipaddress.IPv4Address, *, netns: str | None = None
-) -> PodInterface | NotUpYet:
-    """The host-side interface of the /32 route to `pod_ip` in the network namespace `netns`
-    (a name under /run/netns; None = the agent's own), or why it is not usable yet."""
-    ip = ipaddress.IPv4Address(str(pod_ip))
+def find_pod_interface(pod_ip: str | PodAddress, *, netns: str | None = None) -> PodInterface | NotUpYet:
+    """The host-side interface of the host route (/32 or /128) to `pod_ip` in the network namespace
+    `netns` (a name under /run/netns; None = the agent's own), or why it is not usable yet."""
+    ip = pod_address(pod_ip)
     return find_pod_interfaces([ip], netns=netns)[ip]
 
 
 def find_pod_interfaces(
-    pod_ips: Iterable[str | ipaddress.IPv4Address], *, netns: str | None = None
-) -> dict[ipaddress.IPv4Address, PodInterface | NotUpYet]:
+    pod_ips: Iterable[str | PodAddress], *, netns: str | None = None
+) -> dict[PodAddress, PodInterface | NotUpYet]:
     """find_pod_interface for many pods from one dump of routes and links (one netlink round
-    trip per node refresh, not per pod)."""
-    wanted = {ipaddress.IPv4Address(str(ip)) for ip in pod_ips}
+    trip per node refresh and address family, not per pod)."""
+    wanted = {pod_address(ip) for ip in pod_ips}
+    families = [(socket.AF_INET, 32)] + (
+        [(socket.AF_INET6, 128)] if any(ip.version == 6 for ip in wanted) else []
+    )
     try:
         with iproute(netns) as ipr:
-            routes: dict[ipaddress.IPv4Address, Any] = {}
-            for r in ipr.get_routes(family=socket.AF_INET, table=RT_TABLE_MAIN):
-                dst = r.get_attr("RTA_DST")
-                if r["dst_len"] == 32 and r["type"] == RTN_UNICAST and dst:
-                    routes.setdefault(ipaddress.IPv4Address(dst), r)
+            routes: dict[PodAddress, Any] = {}
+            for family, host_len in families:
+                for r in ipr.get_routes(family=family, table=RT_TABLE_MAIN):
+                    dst = r.get_attr("RTA_DST")
+                    if r["dst_len"] == host_len and r["type"] == RTN_UNICAST and dst:
+                        routes.setdefault(ipaddress.ip_address(dst), r)
             links = {int(link["index"]): link for link in ipr.get_links()} if routes.keys() & wanted else {}
     except OSError as err:
         raise DiscoveryError(f"reading routes in netns {netns or '(own)'}: {err}") from err
     return {ip: _resolve(ip, routes.get(ip), links) for ip in wanted}
 
 
-def _resolve(ip: ipaddress.IPv4Address, route: Any, links: dict[int, Any]) -> PodInterface | NotUpYet:
+def _resolve(ip: PodAddress, route: Any, links: dict[int, Any]) -> PodInterface | NotUpYet:
     if route is None:
-        return NotUpYet(f"no /32 route to {ip}")
+        return NotUpYet(f"no /{ip.max_prefixlen} route to {ip}")
     gateway = route.get_attr("RTA_GATEWAY")
     if gateway:
         return NotUpYet(f"route to {ip} goes via gateway {gateway}, not to a local veth")
@@ -108,11 +122,11 @@ class EndpointInterfaces:
         """Endpoints whose network is not up yet (worth a retry)."""
         return sorted(k for k, v in self._states.items() if isinstance(v, NotUpYet))
 
-    def refresh(self, pods: Mapping[str, str | ipaddress.IPv4Address]) -> dict[str, PodInterface | NotUpYet]:
-        """Resolve every pod (key -> IPv4); returns the endpoints whose state changed (removed
+    def refresh(self, pods: Mapping[str, str | PodAddress]) -> dict[str, PodInterface | NotUpYet]:
+        """Resolve every pod (key -> address); returns the endpoints whose state changed (removed
         pods are dropped without being reported)."""
         found = find_pod_interfaces(pods.values(), netns=self.netns)
-        states = {key: found[ipaddress.IPv4Address(str(ip))] for key, ip in pods.items()}
+        states = {key: found[pod_address(ip)] for key, ip in pods.items()}
         changed = {k: v for k, v in states.items() if self._states.get(k) != v}
         for key, state in changed.items():
             logger.info("endpoint %s: %s", key, state)
@@ -121,7 +135,7 @@ class EndpointInterfaces:
 
 
 def wait_for_pod_interface(
-    pod_ip: str | ipaddress.IPv4Address, *, netns: str | None = None, timeout: float, interval: float = 0.2
+    pod_ip: str | PodAddress, *, netns: str | None = None, timeout: float, interval: float = 0.2
 ) -> PodInterface | NotUpYet:
     """find_pod_interface, retried until it answers an interface or `timeout` passes."""
     deadline = time.monotonic() + timeout

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from meshagent.model.kernel_state import Protocol
 
@@ -47,6 +47,9 @@ class Pod:
     node: str = ""
     ports: tuple[ContainerPort, ...] = ()
     host_network: bool = False
+    # The pod's IPv6 address (status.podIPs). Policy is judged on IPv4 only for now, so a pod that
+    # has no IPv4 address but is selected by a policy is isolated: it must never be a way around it.
+    ipv6: IPv6Address | None = None
 
     @property
     def key(self) -> tuple[str, str]:

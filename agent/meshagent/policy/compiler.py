@@ -22,6 +22,7 @@ from meshagent.model.admin_policy import AdminNetworkPolicy
 from meshagent.model.cluster import LocalEndpoint, Namespace, Pod
 from meshagent.model.kernel_state import (
     IDENTITY_HOST,
+    IDENTITY_WORLD,
     RULE_ID_NONE,
     Action,
     Direction,
@@ -448,11 +449,13 @@ class PolicyCompiler:
     def _compile_endpoint(self, key: PodKey) -> tuple[_Compiled | None, set[PolicyKey]]:
         pod = self._store.pods.get(key)
         local = self._local.get(key)
-        ident = self._store.pod_identity.get(key)
-        if pod is None or local is None or ident is None or pod.ip is None:
+        if pod is None or local is None:
             return None, set()
         nps, admins = self.selecting_policies(pod)
         used = {policy_key_of(np) for np in nps} | {policy_key_of(anp) for anp in admins}
+        ident = self._store.pod_identity.get(key)
+        if ident is None or pod.ip is None:
+            return self._compile_without_ipv4(pod, local, nps, admins), used
         entries: dict[tuple[Direction, int], list[PolicyEntry]] = {}
         flags: dict[Direction, DirectionRules] = {}
         for direction in (Direction.INGRESS, Direction.EGRESS):
@@ -485,6 +488,31 @@ class PolicyCompiler:
         )
         return _Compiled(endpoint, entries), used
 
+    def _compile_without_ipv4(
+        self, pod: Pod, local: LocalEndpoint, nps: list[NetworkPolicy], admins: list[AdminNetworkPolicy]
+    ) -> _Compiled | None:
+        """A local pod known only by its IPv6 address. Policy is judged on IPv4, so when a policy
+        selects the pod it is isolated in the directions the policy isolates: with no IPv4 address
+        (0.0.0.0) every IPv4 packet it sends is a spoofed source, and the datapath lets nothing but
+        neighbour discovery of IPv6 through for a pod under policy. Not selected: nothing to enforce."""
+        if pod.ipv6 is None or pod.host_network:
+            return None
+        ingress = self._direction_rules(pod, nps, admins, Direction.INGRESS)
+        egress = self._direction_rules(pod, nps, admins, Direction.EGRESS)
+        if not (ingress.enforce or egress.enforce):
+            return None
+        endpoint = EndpointEntry(
+            ifindex=local.ifindex,
+            endpoint_id=local.endpoint_id,
+            identity=IDENTITY_WORLD,
+            ipv4=IPv4Address(0),
+            enforce_ingress=ingress.enforce,
+            enforce_egress=egress.enforce,
+            audit_ingress=ingress.audit,
+            audit_egress=egress.audit,
+        )
+        return _Compiled(endpoint, {})
+
     def _recompile_peers(
         self, key: PodKey, peers: set[int], old_entries: list[PolicyEntry], new_entries: list[PolicyEntry]
     ) -> bool:
@@ -492,8 +520,8 @@ class PolicyCompiler:
         compiled = self._compiled.get(key)
         pod = self._store.pods.get(key)
         local = self._local.get(key)
-        if compiled is None or pod is None or local is None:
-            return False
+        if compiled is None or pod is None or local is None or pod.ip is None:
+            return False  # (a pod without IPv4 has no per-peer entries to recompile)
         nps, admins = self.selecting_policies(pod)
         np_keys = {policy_key_of(np) for np in nps}
         recorded = self._ep_policies.get(key, set())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from meshagent.model.kernel_state import Direction
 from meshagent.policy.compiler import PolicyCompiler
@@ -14,7 +14,7 @@ from meshagent.policy.compiler import PolicyCompiler
 class EndpointSummary:
     namespace: str
     name: str
-    ip: IPv4Address
+    ip: IPv4Address | IPv6Address  # IPv6 for a pod that has no IPv4 address
     endpoint_id: int
     identity: int
     enforce_ingress: bool
@@ -41,7 +41,7 @@ def summarize(compiler: PolicyCompiler) -> list[EndpointSummary]:
             EndpointSummary(
                 namespace=key[0],
                 name=key[1],
-                ip=endpoint.ipv4,
+                ip=pod.ip or pod.ipv6 or endpoint.ipv4,
                 endpoint_id=endpoint.endpoint_id,
                 identity=endpoint.identity,
                 enforce_ingress=endpoint.enforce_ingress,

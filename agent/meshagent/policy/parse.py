@@ -9,7 +9,14 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Mapping
-from ipaddress import AddressValueError, IPv4Address, IPv4Network, NetmaskValueError, ip_network
+from ipaddress import (
+    IPv4Address,
+    IPv4Network,
+    IPv6Address,
+    NetmaskValueError,
+    ip_address,
+    ip_network,
+)
 from typing import Any
 
 from meshagent.model.admin_policy import (
@@ -161,18 +168,33 @@ def parse_pod(obj: Mapping[str, Any]) -> Pod:
         raise _located("Pod", obj, err) from None
 
 
+def _pod_addresses(status: Mapping[str, Any]) -> tuple[IPv4Address | None, IPv6Address | None]:
+    """The first IPv4 and the first IPv6 address of status.podIP and status.podIPs (dual-stack pods
+    list both families; an IPv6-only pod has no IPv4 address)."""
+    texts = [status.get("podIP")]
+    for at, entry in enumerate(_list(status.get("podIPs"), "status.podIPs")):
+        texts.append(_mapping(entry, f"status.podIPs[{at}]").get("ip"))
+    ipv4: IPv4Address | None = None
+    ipv6: IPv6Address | None = None
+    for text in texts:
+        if not text:
+            continue
+        try:
+            address = ip_address(str(text))
+        except ValueError:
+            raise _fail(f"status.podIP(s): {text!r} is not an IP address") from None
+        if isinstance(address, IPv4Address):
+            ipv4 = ipv4 or address
+        else:
+            ipv6 = ipv6 or address
+    return ipv4, ipv6
+
+
 def _parse_pod(obj: Mapping[str, Any]) -> Pod:
     namespace, name, labels, _ = _metadata(obj, namespaced=True)
     spec = _mapping(obj.get("spec"), "spec")
     status = _mapping(obj.get("status"), "status")
-    ip: IPv4Address | None = None
-    pod_ip = status.get("podIP")
-    if pod_ip:
-        try:
-            ip = IPv4Address(pod_ip)
-        except AddressValueError:
-            # An IPv6-only pod has no IPv4 identity entry; the datapath only handles IPv4.
-            logger.warning("pod %s/%s: podIP %r is not IPv4, ignored", namespace, name, pod_ip)
+    ip, ipv6 = _pod_addresses(status)
     ports: list[ContainerPort] = []
     for ci, container in enumerate(_list(spec.get("containers"), "spec.containers")):
         container = _mapping(container, f"spec.containers[{ci}]")
@@ -198,6 +220,7 @@ def _parse_pod(obj: Mapping[str, Any]) -> Pod:
         node=str(spec.get("nodeName") or ""),
         ports=tuple(ports),
         host_network=bool(spec.get("hostNetwork", False)),
+        ipv6=ipv6,
     )
 
 

@@ -46,23 +46,35 @@ def _serve_tcp_conn(conn: socket.socket, log: str | None, peer: tuple[str, int],
             conn.sendall(data)
 
 
-def serve(tcp_ports: list[int], udp_ports: list[int], log: str | None) -> None:
-    selector = selectors.DefaultSelector()
-    for port in tcp_ports:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("0.0.0.0", port))
+def _listening(family: int, kind: int, port: int) -> socket.socket:
+    sock = socket.socket(family, kind)
+    if family == socket.AF_INET6:
+        # IPv4 stays on its own socket, so IPv4 peers are logged as plain IPv4 addresses.
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
+    if kind == socket.SOCK_STREAM:
         sock.listen(128)
-        selector.register(sock, selectors.EVENT_READ, ("tcp", port))
-    for port in udp_ports:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind(("0.0.0.0", port))
-        selector.register(sock, selectors.EVENT_READ, ("udp", port))
+    return sock
+
+
+def serve(tcp_ports: list[int], udp_ports: list[int], log: str | None, *, ipv6: bool = False) -> None:
+    selector = selectors.DefaultSelector()
+    families = (socket.AF_INET, socket.AF_INET6) if ipv6 else (socket.AF_INET,)
+    for family in families:
+        for port in tcp_ports:
+            selector.register(
+                _listening(family, socket.SOCK_STREAM, port), selectors.EVENT_READ, ("tcp", port)
+            )
+        for port in udp_ports:
+            selector.register(
+                _listening(family, socket.SOCK_DGRAM, port), selectors.EVENT_READ, ("udp", port)
+            )
     print("ready", flush=True)
     while True:
         for key, _ in selector.select():
             kind, port = key.data
-            sock = key.fileobj  # type: ignore[assignment]
+            sock = key.fileobj
             assert isinstance(sock, socket.socket)
             if kind == "tcp":
                 conn, peer = sock.accept()
@@ -73,6 +85,10 @@ def serve(tcp_ports: list[int], udp_ports: list[int], log: str | None) -> None:
                 sock.sendto(data, peer)
 
 
+def _family(ip: str) -> int:
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
+
+
 def _payload(size: int) -> bytes:
     return bytes((i * 7 + 3) % 251 for i in range(size))
 
@@ -80,7 +96,7 @@ def _payload(size: int) -> bytes:
 def tcp_exchange(ip: str, port: int, *, timeout: float, size: int, bind: str | None) -> dict[str, object]:
     payload = _payload(size)
     start = time.monotonic()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(_family(ip), socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
         if bind:
@@ -105,10 +121,11 @@ def tcp_exchange(ip: str, port: int, *, timeout: float, size: int, bind: str | N
 def udp_exchange(ip: str, port: int, *, timeout: float, size: int, bind: str | None) -> dict[str, object]:
     payload = _payload(size)
     start = time.monotonic()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    family = _family(ip)
+    sock = socket.socket(family, socket.SOCK_DGRAM)
     sock.settimeout(timeout)
     try:
-        sock.bind((bind or "0.0.0.0", 0))
+        sock.bind((bind or ("::" if family == socket.AF_INET6 else "0.0.0.0"), 0))
         sock.connect((ip, port))
         local_port = sock.getsockname()[1]
         sock.send(payload)
@@ -145,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     serve_p.add_argument("--tcp", default="")
     serve_p.add_argument("--udp", default="")
     serve_p.add_argument("--log")
+    serve_p.add_argument("--ipv6", action="store_true", help="also listen on IPv6")
     for name in ("tcp", "udp"):
         client = sub.add_parser(name)
         client.add_argument("ip")
@@ -164,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "serve":
         ports = [int(p) for p in args.tcp.split(",") if p], [int(p) for p in args.udp.split(",") if p]
-        serve(ports[0], ports[1], args.log)
+        serve(ports[0], ports[1], args.log, ipv6=args.ipv6)
         return 0
     exchange = tcp_exchange if args.command == "tcp" else udp_exchange
     result = exchange(args.ip, args.port, timeout=args.timeout, size=args.size, bind=args.bind)

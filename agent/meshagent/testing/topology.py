@@ -19,11 +19,12 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any
 
 GATEWAY = "169.254.1.1"
+GATEWAY6 = "fe80::1"  # the pods' IPv6 gateway: a link-local address on every host-side veth
 _counter = itertools.count()
 
 
@@ -47,6 +48,7 @@ class Pod:
     host_ifname: str
     ifindex: int  # of the host-side veth, in the node namespace
     servers: list[subprocess.Popen[str]] = field(default_factory=list)
+    ipv6: IPv6Address | None = None
 
     def argv(self, *command: str) -> list[str]:
         return ["ip", "netns", "exec", self.netns, *command]
@@ -126,6 +128,8 @@ class Pod:
         ]
         if log is not None:
             command += ["--log", str(log)]
+        if self.ipv6 is not None:
+            command.append("--ipv6")
         process = self.popen(*command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert process.stdout is not None
         line = process.stdout.readline()
@@ -171,10 +175,15 @@ class Topology:
         _ip("addr", "add", f"{GATEWAY}/32", "dev", "lo", netns=self.node)
         # No way off the machine: anything not routed to a pod is unreachable.
         _ip("route", "add", "unreachable", "default", netns=self.node)
+        _ip("-6", "route", "add", "unreachable", "default", netns=self.node)
+        _sysctl(self.node, "net.ipv6.conf.all.forwarding", "1")
 
-    def add_pod(self, name: str, ip: str | IPv4Address, *, ifindex: int | None = None) -> Pod:
-        """A pod with one address; `ifindex` asks for that number for its host-side veth (to make an
-        interface that takes a deleted one's number, as the kernel may do on its own)."""
+    def add_pod(
+        self, name: str, ip: str | IPv4Address, *, ifindex: int | None = None, ipv6: str | None = None
+    ) -> Pod:
+        """A pod with one address (and an IPv6 one if `ipv6` is given); `ifindex` asks for that number for
+        its host-side veth (to make an interface that takes a deleted one's number, as the kernel may do
+        on its own)."""
         index = next(self._index)
         netns = f"{self.prefix}-{name}"
         host_ifname = f"{self.prefix[:9]}h{index}"[:15]
@@ -203,6 +212,13 @@ class Topology:
             _sysctl(self.node, f"net.ipv4.conf.{host_ifname}.rp_filter", "0")
             _ip("link", "set", host_ifname, "up", netns=self.node)
             _ip("route", "add", f"{ip}/32", "dev", host_ifname, netns=self.node)
+            if ipv6 is not None:
+                # Routed like IPv4: a /128 per pod on the node, the pod's default via a link-local
+                # gateway that the host-side veth holds. No duplicate detection: the addresses are ours.
+                _ip("-6", "addr", "add", f"{GATEWAY6}/64", "dev", host_ifname, "nodad", netns=self.node)
+                _ip("-6", "addr", "add", f"{ipv6}/128", "dev", "eth0", "nodad", netns=netns)
+                _ip("-6", "route", "add", "default", "via", GATEWAY6, "dev", "eth0", netns=netns)
+                _ip("-6", "route", "add", f"{ipv6}/128", "dev", host_ifname, netns=self.node)
             info = json.loads(_ip("-j", "link", "show", host_ifname, netns=self.node))
         except Exception:
             subprocess.run(["ip", "netns", "del", netns], capture_output=True)
@@ -213,6 +229,7 @@ class Topology:
             ip=IPv4Address(str(ip)),
             host_ifname=host_ifname,
             ifindex=int(info[0]["ifindex"]),
+            ipv6=IPv6Address(ipv6) if ipv6 is not None else None,
         )
         self.pods[name] = pod
         return pod
