@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from meshagent.observer.api import observer_methods
 from meshagent.observer.grpcwire import RpcError, Status
 from meshagent.observer.h2server import CallInfo, StreamClosed
 from meshagent.observer.handoff import FlowPacker, end_frame
@@ -58,7 +59,7 @@ from meshagent.observer.link import (
 )
 from meshagent.observer.listen import ServerConfig, ServerConfigError
 from meshagent.observer.metrics import FrontState
-from meshagent.observer.service import ObserverService, methods
+from meshagent.observer.service import ObserverService
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class FrontLink:
     def __init__(self, service: ObserverService, config: ServerConfig) -> None:
         self._service = service
         self._config = config
-        self._methods = methods(service)
+        self._methods = observer_methods(service)
         self._stopping = threading.Event()
         self._send_lock = threading.Lock()
         self._unary_pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="observer-unary")

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import stat
 
+from meshagent.observer.api import observer_methods
 from meshagent.observer.frontlink import FrontLink
 from meshagent.observer.h2server import H2GrpcServer
 from meshagent.observer.listen import (
@@ -24,7 +25,7 @@ from meshagent.observer.listen import (
     group_id,
     split_address,
 )
-from meshagent.observer.service import ObserverService, methods
+from meshagent.observer.service import ObserverService
 
 # Where listening is configured (observer/listen.py), for the callers that start a server from here.
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+
 class ObserverServer:
     def __init__(self, service: ObserverService, config: ServerConfig) -> None:
         if config.unix_socket is None and config.tcp_address is None:
@@ -58,7 +60,7 @@ class ObserverServer:
         if config.front_process:
             self._front = FrontLink(service, config)
         else:
-            self._server = H2GrpcServer(methods(service), limits=config.limits)
+            self._server = H2GrpcServer(observer_methods(service), limits=config.limits)
         self.tcp_port: int | None = None
 
     @property

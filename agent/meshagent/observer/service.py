@@ -12,12 +12,13 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 
 from meshagent import __version__
+from meshagent.observer.api import parse_message
 from meshagent.observer.convert import PreparedFlow
 from meshagent.observer.grpcwire import RpcError, Status, frame, pack_prefix
-from meshagent.observer.h2server import CallInfo, Method, ServerStream
+from meshagent.observer.h2server import ServerStream
 from meshagent.observer.pipeline import FlowPipeline
 from meshagent.observer.proto.flow import flow_pb2 as pb
 from meshagent.observer.proto.observer import observer_pb2 as opb
@@ -27,16 +28,8 @@ from meshagent.observer.wire import encode_flow_response, flow_response_bytes, n
 
 logger = logging.getLogger(__name__)
 
-SERVICE_NAME = "observer.Observer"
 
 _M = TypeVar("_M", bound=Message)
-
-
-def _parse(message_type: type[_M], request: bytes) -> _M:
-    try:
-        return message_type.FromString(request)
-    except DecodeError as err:
-        raise RpcError(Status.INVALID_ARGUMENT, f"cannot parse {message_type.__name__}: {err}") from err
 
 
 class ObserverService:
@@ -91,7 +84,7 @@ class ObserverService:
         """GetFlows for any transport: `send` takes each batch of query items (until `active()` turns
         False or the query is done). Raises RpcError for an invalid request."""
         try:
-            query = parse_request(_parse(opb.GetFlowsRequest, request))
+            query = parse_request(parse_message(opb.GetFlowsRequest, request))
         except InvalidRequest as err:
             raise RpcError(Status.INVALID_ARGUMENT, str(err)) from err
         logger.debug("GetFlows from %s: %s", peer, query)
@@ -187,22 +180,3 @@ class ObserverService:
                 if meta.destination.namespace:
                     names.add(meta.destination.namespace)
         return opb.GetNamespacesResponse(namespaces=[opb.Namespace(namespace=n) for n in sorted(names)])
-
-
-def methods(service: ObserverService) -> dict[str, Method]:
-    """observer.Observer's methods by their gRPC path. Unary requests carry nothing we use (Hubble's
-    ServerStatus/GetNodes/GetNamespaces requests are empty), but each must still parse."""
-
-    def unary(request_type: type[Message], respond: Callable[[], Message]) -> Method:
-        def handler(request: bytes, info: CallInfo) -> bytes:
-            _parse(request_type, request)
-            return respond().SerializeToString()
-
-        return Method(unary=handler)
-
-    return {
-        f"/{SERVICE_NAME}/GetFlows": Method(stream=service.get_flows),
-        f"/{SERVICE_NAME}/ServerStatus": unary(opb.ServerStatusRequest, service.server_status),
-        f"/{SERVICE_NAME}/GetNodes": unary(opb.GetNodesRequest, service.get_nodes),
-        f"/{SERVICE_NAME}/GetNamespaces": unary(opb.GetNamespacesRequest, service.get_namespaces),
-    }

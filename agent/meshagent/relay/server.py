@@ -9,11 +9,12 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from meshagent.observer.api import observer_methods
 from meshagent.observer.h2server import H2GrpcServer
 from meshagent.observer.limits import DEFAULT_LIMITS, ServerLimits
 from meshagent.observer.listen import ServerConfigError, TlsConfig, bind_tcp, bind_unix, split_address
 from meshagent.relay.peers import ChannelSettings, PeerPool, PeerSpec
-from meshagent.relay.service import RelayService, RelaySettings, methods
+from meshagent.relay.service import RelayService, RelaySettings
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class RelayServer:
         # With no peers given, discovery (discovery.py) fills the pool.
         self.pool = PeerPool(list(config.peers), config.channel, allow_empty=not config.peers)
         self.service = RelayService(self.pool, config.relay)
-        self._server = H2GrpcServer(methods(self.service), limits=config.limits)
+        self._server = H2GrpcServer(observer_methods(self.service), limits=config.limits)
         self.tcp_port: int | None = None
 
     def start(self) -> None:

@@ -24,11 +24,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from google.protobuf.message import DecodeError, Message
-
 from meshagent import __version__
+from meshagent.observer.api import parse_message
 from meshagent.observer.grpcwire import RpcError, Status, frame
-from meshagent.observer.h2server import CallInfo, Method, ServerStream
+from meshagent.observer.h2server import ServerStream
 from meshagent.observer.proto.observer import observer_pb2 as opb
 from meshagent.observer.proto.relay import relay_pb2 as rpb
 from meshagent.observer.query import InvalidRequest, parse_request
@@ -38,7 +37,6 @@ from meshagent.relay.wire import WireError, node_status, response_key, response_
 
 logger = logging.getLogger(__name__)
 
-SERVICE_NAME = "observer.Observer"
 WRITE_BATCH = 512  # responses per write to the client at most
 QUEUE_DEPTH = 8192  # responses waiting between the node streams and the merge; beyond, nodes wait
 
@@ -81,13 +79,6 @@ class _Fixed:
     last_time: dict[Peer, int]  # per answering peer, the time of its last response
 
 
-def _parse(message_type: type[Message], request: bytes) -> Message:
-    try:
-        return message_type.FromString(request)
-    except DecodeError as err:
-        raise RpcError(Status.INVALID_ARGUMENT, f"cannot parse {message_type.__name__}: {err}") from err
-
-
 class RelayService:
     def __init__(self, pool: PeerPool, settings: RelaySettings | None = None) -> None:
         self.pool = pool
@@ -96,7 +87,7 @@ class RelayService:
 
     # -- GetFlows ---------------------------------------------------------------------------------------
     def get_flows(self, request: bytes, stream: ServerStream) -> None:
-        req = _parse(opb.GetFlowsRequest, request)
+        req = parse_message(opb.GetFlowsRequest, request)
         assert isinstance(req, opb.GetFlowsRequest)
         try:
             query = parse_request(req)  # the same validation and errors as one node's
@@ -414,21 +405,3 @@ class RelayService:
         return opb.GetNamespacesResponse(
             namespaces=[opb.Namespace(cluster=c, namespace=n) for c, n in sorted(names)]
         )
-
-
-def methods(service: RelayService) -> dict[str, Method]:
-    """observer.Observer's methods by their gRPC path, answered for every node."""
-
-    def unary(request_type: type[Message], respond: Callable[[], Message]) -> Method:
-        def handler(request: bytes, info: CallInfo) -> bytes:
-            _parse(request_type, request)
-            return respond().SerializeToString()
-
-        return Method(unary=handler)
-
-    return {
-        f"/{SERVICE_NAME}/GetFlows": Method(stream=service.get_flows),
-        f"/{SERVICE_NAME}/ServerStatus": unary(opb.ServerStatusRequest, service.server_status),
-        f"/{SERVICE_NAME}/GetNodes": unary(opb.GetNodesRequest, service.get_nodes),
-        f"/{SERVICE_NAME}/GetNamespaces": unary(opb.GetNamespacesRequest, service.get_namespaces),
-    }
