@@ -110,3 +110,31 @@ def bind_tcp(server: H2GrpcServer, address: str, ssl_context: ssl.SSLContext | N
         return server.listen_tcp(host, port, ssl_context)
     except OSError as err:
         raise ServerConfigError(f"cannot listen on {address}: {err}") from err
+
+
+def start_listening(
+    server: H2GrpcServer,
+    *,
+    unix_socket: Path | None,
+    socket_group: str | None,
+    tcp_address: str | None,
+    ssl_context: ssl.SSLContext | None,
+) -> int | None:
+    """Starts `server` on its Unix socket and TCP address (the TCP port is returned); if a listener
+    cannot be bound the server is stopped again and the error raised."""
+    server.start()
+    try:
+        if unix_socket is not None:
+            bind_unix(server, unix_socket, socket_group)
+        return bind_tcp(server, tcp_address, ssl_context) if tcp_address is not None else None
+    except Exception:
+        server.stop(grace=None)
+        raise
+
+
+def describe_listeners(unix_socket: Path | None, tcp_port: int | None, tls: bool) -> str:
+    """Where a server listens, for its log line."""
+    where = [str(unix_socket)] if unix_socket else []
+    if tcp_port:
+        where.append(f"tcp:{tcp_port}" + (" (TLS)" if tls else " (plaintext)"))
+    return ", ".join(where)

@@ -22,8 +22,10 @@ from meshagent.observer.listen import (
     TlsConfig,
     bind_tcp,
     bind_unix,
+    describe_listeners,
     group_id,
     split_address,
+    start_listening,
 )
 from meshagent.observer.service import ObserverService
 
@@ -74,20 +76,16 @@ class ObserverServer:
             self.tcp_port = self._front.start()
         else:
             assert self._server is not None
-            self._server.start()
-            try:
-                if cfg.unix_socket is not None:
-                    bind_unix(self._server, cfg.unix_socket, cfg.socket_group)
-                if cfg.tcp_address is not None:
-                    self.tcp_port = bind_tcp(self._server, cfg.tcp_address, self._ssl)
-            except Exception:
-                self._server.stop(grace=None)
-                raise
-        where = [str(cfg.unix_socket)] if cfg.unix_socket else []
-        if self.tcp_port:
-            where.append(f"tcp:{self.tcp_port}" + (" (TLS)" if cfg.tls else " (plaintext)"))
+            self.tcp_port = start_listening(
+                self._server,
+                unix_socket=cfg.unix_socket,
+                socket_group=cfg.socket_group,
+                tcp_address=cfg.tcp_address,
+                ssl_context=self._ssl,
+            )
+        where = describe_listeners(cfg.unix_socket, self.tcp_port, cfg.tls is not None)
         how = " (front process)" if self._front is not None else ""
-        logger.info("observer listening on %s%s", ", ".join(where), how)
+        logger.info("observer listening on %s%s", where, how)
 
     def stop(self, grace: float | None = 1.0) -> None:
         if self._front is not None:

@@ -12,7 +12,13 @@ from pathlib import Path
 from meshagent.observer.api import observer_methods
 from meshagent.observer.h2server import H2GrpcServer
 from meshagent.observer.limits import DEFAULT_LIMITS, ServerLimits
-from meshagent.observer.listen import ServerConfigError, TlsConfig, bind_tcp, bind_unix, split_address
+from meshagent.observer.listen import (
+    ServerConfigError,
+    TlsConfig,
+    describe_listeners,
+    split_address,
+    start_listening,
+)
 from meshagent.relay.peers import ChannelSettings, PeerPool, PeerSpec
 from meshagent.relay.service import RelayService, RelaySettings
 
@@ -54,22 +60,20 @@ class RelayServer:
 
     def start(self) -> None:
         cfg = self.config
-        self._server.start()
         try:
-            if cfg.unix_socket is not None:
-                bind_unix(self._server, cfg.unix_socket, cfg.socket_group)
-            if cfg.tcp_address is not None:
-                self.tcp_port = bind_tcp(self._server, cfg.tcp_address, self._ssl)
+            self.tcp_port = start_listening(
+                self._server,
+                unix_socket=cfg.unix_socket,
+                socket_group=cfg.socket_group,
+                tcp_address=cfg.tcp_address,
+                ssl_context=self._ssl,
+            )
         except Exception:
-            self._server.stop(grace=None)
             self.pool.close()
             raise
-        where = [str(cfg.unix_socket)] if cfg.unix_socket else []
-        if self.tcp_port:
-            where.append(f"tcp:{self.tcp_port}" + (" (TLS)" if cfg.tls else " (plaintext)"))
         logger.info(
             "relay listening on %s for %d node(s): %s",
-            ", ".join(where),
+            describe_listeners(cfg.unix_socket, self.tcp_port, cfg.tls is not None),
             len(self.pool.peers),
             ", ".join(p.spec.target for p in self.pool.peers),
         )
