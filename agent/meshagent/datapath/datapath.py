@@ -24,7 +24,16 @@ from meshagent.datapath.errors import AttachError, MapError, MapFullError
 from meshagent.datapath.events import EventReader
 from meshagent.datapath.layout import layout_id, other_layouts
 from meshagent.datapath.loader import DEFAULT_PIN_DIR, Capacities, LoadedPrograms, load
-from meshagent.datapath.maps import conntrack, endpoints, events_lost, frags, ipcache, metrics, policy
+from meshagent.datapath.maps import (
+    conntrack,
+    endpoints,
+    event_budget,
+    events_lost,
+    frags,
+    ipcache,
+    metrics,
+    policy,
+)
 from meshagent.datapath.maps.base import PerCpuArray, TypedMap
 from meshagent.datapath.migration import LayoutMigration
 from meshagent.datapath.pinned import PolicyTrie, read_state
@@ -39,6 +48,23 @@ from meshagent.model.kernel_state import (
 )
 
 logger = logging.getLogger(__name__)
+
+# Conntrack fill ratio at which the agent warns (the LRU table then starts evicting, the TCP table sends
+# new connections to the LRU table).
+CT_PRESSURE_WARN = 0.8
+
+
+@dataclass(frozen=True)
+class ConntrackScan:
+    """What the last expiry pass cost: entries read and the time it took."""
+
+    entries: int = 0
+    seconds: float = 0.0
+    expired: int = 0
+
+
+def _isolated(entry: EndpointEntry) -> EndpointEntry:
+    return replace(entry, enforce_ingress=True, enforce_egress=True, audit_ingress=False, audit_egress=False)
 
 
 @dataclass
@@ -147,6 +173,14 @@ class Datapath:
         # Connections of removed endpoints, by ifindex, with the time of removal: the conntrack reaper
         # deletes those created before it (a new endpoint may reuse the number at once).
         self._forgotten: dict[int, int] = {}
+        # Fail closed. The endpoint entries asked for (self._endpoints is what the kernel holds), the deny
+        # trie entries each endpoint id could not get written, and the endpoints (by ifindex) held
+        # isolated or entry-less because of a failed write, with the reason: retried on every apply.
+        self._wanted: dict[int, EndpointEntry] = {}
+        self._unwritten_denies: dict[int, set[policy.TrieKey]] = defaultdict(set)
+        self.fail_closed: dict[int, str] = {}
+        self.last_ct_scan = ConntrackScan()
+        self._ct_warned: set[str] = set()
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -171,6 +205,18 @@ class Datapath:
         )
         self.policy_map = typed(policy.MAP_NAME, policy.PolicyKey, policy.PolicyValue, caps.policy)
         self.ct_map = typed(conntrack.MAP_NAME, conntrack.CTKey, conntrack.CTValue, caps.conntrack)
+        self.ct_tcp_map = typed(
+            conntrack.TCP_MAP_NAME, conntrack.CTKey, conntrack.CTValue, caps.conntrack_tcp
+        )
+        self.ct_overflow_map = PerCpuArray(
+            name=conntrack.TCP_OVERFLOW_MAP_NAME,
+            fd=bpf[conntrack.TCP_OVERFLOW_MAP_NAME.encode()].map_fd,
+            value_type=events_lost.LostValue,
+            capacity=1,
+        )
+        self.budget_map = typed(
+            event_budget.MAP_NAME, event_budget.BudgetKey, event_budget.BudgetValue, caps.endpoints * 2
+        )
         self.frags_map = typed(frags.MAP_NAME, frags.FragKey, frags.FragValue, caps.frags)
         self.metrics_map = PerCpuArray(
             name=metrics.MAP_NAME,
@@ -201,6 +247,7 @@ class Datapath:
             )
         check = check_endpoints(pinned, netns=self.netns) if self._attach_endpoints else None
         self._endpoints = dict(pinned) if check is None else dict(check.adopt)
+        self._wanted = dict(self._endpoints)
         if check is not None:
             for note in check.notes:
                 logger.warning("adopted %s", note)
@@ -237,8 +284,9 @@ class Datapath:
         for group in [g for g, keys in self._group_trie.items() if not keys]:
             del self._group_trie[group]
         stale_ifindexes = {entry.ifindex for entry in stale}
-        for key in [k for k, _ in self.ct_map.items() if k.ifindex in stale_ifindexes]:
-            self.ct_map.delete(key)
+        for table in self.ct_tables():
+            for key in [k for k, _ in table.items() if k.ifindex in stale_ifindexes]:
+                table.delete(key)
 
     @property
     def bpf(self) -> Any:
@@ -316,7 +364,7 @@ class Datapath:
             # Connections first, so that the new programs know them from their first packet; then the
             # state, which attaches the new programs in place; then the old maps go.
             migration = LayoutMigration(self._migrating_from, netns=self.netns)
-            migration.carry_connections(self.ct_map)
+            migration.carry_connections(tcp=self.ct_tcp_map, other=self.ct_map)
             result = self._apply_full(state)
             migration.retire(self._attached)
             self._migrating_from = []
@@ -335,7 +383,9 @@ class Datapath:
             ipcache_remove=self._ipcache - set(state.ipcache),
             trie_groups=groups,
             endpoints_upsert=list(want_endpoints.values()),
-            endpoints_remove=[i for i in self._endpoints if i not in want_endpoints],
+            endpoints_remove=[
+                i for i in self._endpoints.keys() | self._wanted.keys() if i not in want_endpoints
+            ],
         )
 
     def apply_diff(self, diff: StateDiff) -> ApplyResult:
@@ -367,7 +417,7 @@ class Datapath:
                 & self._ipcache - set(diff.upsert_ipcache),
                 trie_groups=groups,
                 endpoints_upsert=list(diff.upsert_endpoints),
-                endpoints_remove=[i for i in removed_ifindexes if i in self._endpoints],
+                endpoints_remove=[i for i in removed_ifindexes if i in self._endpoints or i in self._wanted],
             )
 
     def _commit(
@@ -393,31 +443,37 @@ class Datapath:
                 del self._group_rules[group]
         stale = [k for group in trie_groups for k in self._group_trie.get(group, ()) if k not in want_trie]
 
-        failed_denies: set[int] = set()
-        # Denies first: if the map fills up, what is missing is an allow (a drop), not a deny.
+        # Denies first: if the map fills up, what is missing is an allow (a drop), not a deny. A deny that
+        # could not be written isolates its endpoint until a later apply writes it (or it is no longer
+        # wanted): see _write_endpoint.
+        touched_ids = {endpoint_id for endpoint_id, _, _ in trie_groups}
+        for endpoint_id in touched_ids & self._unwritten_denies.keys():
+            unwritten = self._unwritten_denies[endpoint_id]
+            unwritten.difference_update(
+                {k for k in unwritten if _trie_group(k) in trie_groups and k not in want_trie}
+            )
         changed = [(k, v) for k, v in want_trie.items() if self._policy.get(k) != v]
         changed.sort(key=lambda kv: kv[1].action != Action.DENY)
         for key, value in changed:
             if self._write(self.policy_map, *policy.encode(key, value), result):
                 self._policy[key] = value
                 self._group_trie[_trie_group(key)].add(key)
+                self._unwritten_denies[key.endpoint_id].discard(key)
             elif value.action == Action.DENY:
-                failed_denies.add(key.endpoint_id)
+                self._unwritten_denies[key.endpoint_id].add(key)
+        for endpoint_id in [i for i, keys in self._unwritten_denies.items() if not keys]:
+            del self._unwritten_denies[endpoint_id]
 
         for entry in endpoints_upsert:
-            if entry.endpoint_id in failed_denies:
-                # A deny we could not write must not become an allow: isolate the endpoint instead.
-                entry = replace(entry, enforce_ingress=True, enforce_egress=True)
-                result.fail_closed_endpoints.append(entry.endpoint_id)
-                logger.error(
-                    "endpoint %d isolated: its deny rules do not fit in %s",
-                    entry.endpoint_id,
-                    policy.MAP_NAME,
-                )
-            if self._endpoints.get(entry.ifindex) != entry and self._write(
-                self.endpoints_map, *endpoints.encode(entry), result
-            ):
-                self._endpoints[entry.ifindex] = entry
+            self._wanted[entry.ifindex] = entry
+        # Written again: the endpoints asked for now, those held closed by an earlier failure, and those
+        # whose deny rules changed (their isolation may start or end).
+        recheck = {entry.ifindex for entry in endpoints_upsert} | set(self.fail_closed)
+        recheck |= {i for i, e in self._wanted.items() if e.endpoint_id in touched_ids}
+        for ifindex in sorted(recheck):
+            if ifindex in self._wanted:
+                self._write_endpoint(self._wanted[ifindex], result)
+        for entry in endpoints_upsert:
             if self._attach_endpoints and entry.ifindex not in self._attached:
                 try:
                     self.attach(entry.ifindex)
@@ -433,7 +489,9 @@ class Datapath:
                 self.detach(ifindex)
                 result.detached += 1
             self.endpoints_map.delete(endpoints.EndpointKey(ifindex))
-            del self._endpoints[ifindex]
+            self._endpoints.pop(ifindex, None)
+            self._wanted.pop(ifindex, None)
+            self.fail_closed.pop(ifindex, None)
             self._forgotten[ifindex] = time.monotonic_ns()
             result.deleted += 1
 
@@ -457,6 +515,33 @@ class Datapath:
         if result.errors:
             logger.error("apply left %d errors: %s", len(result.errors), "; ".join(result.errors[:5]))
         return result
+
+    def _write_endpoint(self, wanted: EndpointEntry, result: ApplyResult) -> None:
+        """Writes an endpoint's entry: as asked, or isolated (deny all by default) while any of its deny
+        rules is not in the policy map. When the entry itself cannot be written, the old one is removed:
+        our programs pass nothing but ARP on an interface without an entry. Either way the endpoint is
+        fail-closed until a later apply succeeds, and reported."""
+        ifindex = wanted.ifindex
+        reason = None
+        entry = wanted
+        if self._unwritten_denies.get(wanted.endpoint_id):
+            entry = _isolated(wanted)
+            reason = f"its deny rules do not fit in {policy.MAP_NAME}: isolated"
+        if self._endpoints.get(ifindex) != entry:
+            if self._write(self.endpoints_map, *endpoints.encode(entry), result):
+                self._endpoints[ifindex] = entry
+            else:
+                self.endpoints_map.delete(endpoints.EndpointKey(ifindex))
+                self._endpoints.pop(ifindex, None)
+                reason = f"its entry could not be written to {endpoints.MAP_NAME}: nothing passes but ARP"
+        if reason is None:
+            if self.fail_closed.pop(ifindex, None) is not None:
+                logger.warning("endpoint %d (ifindex %d) no longer fail-closed", wanted.endpoint_id, ifindex)
+            return
+        result.fail_closed_endpoints.append(wanted.endpoint_id)
+        if self.fail_closed.get(ifindex) != reason:
+            logger.error("endpoint %d (ifindex %d) fail-closed: %s", wanted.endpoint_id, ifindex, reason)
+        self.fail_closed[ifindex] = reason
 
     def _write(self, table: TypedMap[Any, Any], key: Any, value: Any, result: ApplyResult) -> bool:
         try:
@@ -495,8 +580,22 @@ class Datapath:
             self._reader.stop()
 
     def lost_events(self) -> int:
-        """Events the kernel could not put in the ring buffer since the maps were created."""
-        return sum(value.count for value in self.lost_map.read(0))
+        """Events the kernel did not deliver since the maps were created: those that did not fit in the
+        ring buffer, and those suppressed by an endpoint's event budget (so the flow API reports both as
+        lost events)."""
+        ring = sum(value.count for value in self.lost_map.read(0))
+        return ring + sum(self.suppressed_events().values())
+
+    def suppressed_events(self) -> dict[int, int]:
+        """Events suppressed by the event budget, by endpoint interface (ifindex)."""
+        return {key.ifindex: value.suppressed for key, value in self.budget_map.items() if value.suppressed}
+
+    def ct_tables(self) -> tuple[TypedMap[Any, Any], TypedMap[Any, Any]]:
+        return (self.ct_tcp_map, self.ct_map)
+
+    def ct_tcp_overflow(self) -> int:
+        """New TCP connections that went to the LRU table because ma_ct_tcp was full."""
+        return sum(value.count for value in self.ct_overflow_map.read(0))
 
     def counters(self) -> dict[tuple[DropReason, Direction], Counter]:
         """Packets and bytes by (reason, direction), summed over CPUs; reason NONE means forwarded."""
@@ -507,7 +606,7 @@ class Datapath:
         return out
 
     def connections(self) -> list[conntrack.Connection]:
-        return [conntrack.decode(k, v) for k, v in self.ct_map.items()]
+        return [conntrack.decode(k, v) for table in self.ct_tables() for k, v in table.items()]
 
     def expire_conntrack(
         self, *, timeouts: conntrack.Timeouts | None = None, now_ns: int | None = None
@@ -516,23 +615,56 @@ class Datapath:
         not report itself (UDP, ICMP, and TCP that went quiet); TCP closed by FIN was reported already.
         The kernel stamps entries with CLOCK_MONOTONIC, which time.monotonic_ns() also reads."""
         forgotten, self._forgotten = self._forgotten, {}
-        return ct_expiry.expire(
-            self.ct_map,
-            endpoints=self._endpoints,
-            forgotten=forgotten,
-            timeouts=timeouts or conntrack.Timeouts(),
-            now_ns=time.monotonic_ns() if now_ns is None else now_ns,
+        started = time.perf_counter()
+        closed: list[DatapathEvent] = []
+        scanned = 0
+        for table in self.ct_tables():
+            table_closed, table_scanned = ct_expiry.expire(
+                table,
+                endpoints=self._endpoints,
+                forgotten=forgotten,
+                timeouts=timeouts or conntrack.Timeouts(),
+                now_ns=time.monotonic_ns() if now_ns is None else now_ns,
+            )
+            closed.extend(table_closed)
+            scanned += table_scanned
+        self.last_ct_scan = ConntrackScan(
+            entries=scanned, seconds=time.perf_counter() - started, expired=len(closed)
         )
+        self.map_pressure()  # warns when a table nears its capacity
+        return closed
 
     def flush_conntrack(self) -> None:
-        self.ct_map.clear()
+        for table in self.ct_tables():
+            table.clear()
         self.frags_map.clear()
 
     def map_pressure(self) -> dict[str, tuple[int, int]]:
-        """Entries and capacity per map (LRU maps evict instead of filling up)."""
-        return {
+        """Entries and capacity per map (the LRU conntrack map evicts instead of filling up; a full TCP
+        table sends new connections to it). Logs once when a conntrack table passes CT_PRESSURE_WARN,
+        before it bites."""
+        pressure = {
             ipcache.MAP_NAME: (len(self._ipcache), self.capacities.ipcache),
             endpoints.MAP_NAME: (len(self._endpoints), self.capacities.endpoints),
             policy.MAP_NAME: (len(self._policy), self.capacities.policy),
             conntrack.MAP_NAME: (len(self.ct_map), self.capacities.conntrack),
+            conntrack.TCP_MAP_NAME: (len(self.ct_tcp_map), self.capacities.conntrack_tcp),
         }
+        for name in (conntrack.MAP_NAME, conntrack.TCP_MAP_NAME):
+            entries, capacity = pressure[name]
+            if entries >= CT_PRESSURE_WARN * capacity:
+                if name not in self._ct_warned:
+                    self._ct_warned.add(name)
+                    logger.warning(
+                        "%s is %d%% full (%d of %d): %s",
+                        name,
+                        100 * entries // capacity,
+                        entries,
+                        capacity,
+                        "new TCP connections go to the LRU table"
+                        if name == conntrack.TCP_MAP_NAME
+                        else "the least recently used connections are being evicted",
+                    )
+            elif entries < CT_PRESSURE_WARN * capacity * 0.9:
+                self._ct_warned.discard(name)
+        return pressure

@@ -28,6 +28,8 @@ class DropReason(enum.IntEnum):
     FRAG_NO_FIRST = 6  # a non-first fragment whose first fragment was not seen
     IPV6_UNSUPPORTED = 7  # IPv6 (other than neighbour discovery) to or from a pod under policy
     UNKNOWN_L4 = 8  # reserved: not emitted (policies match any IP protocol by number)
+    ETHERTYPE = 9  # neither IPv4, ARP nor IPv6 (802.1Q, QinQ, ...) to or from a pod under policy
+    NO_ENDPOINT = 10  # our programs on an interface whose endpoint entry could not be written: fail closed
 
 
 class DatapathEvent(NamedTuple):
