@@ -137,8 +137,11 @@ static __always_inline int ma_handle(struct __sk_buff *skb, __u8 direction)
 			return __ma_pass(direction, bytes);
 		return __ma_drop(MA_DROP_MALFORMED, &ctx, &t, bytes);
 	}
-	if (eth->h_proto != bpf_htons(ETH_P_IP))
-		return __ma_non_ipv4(skb, eth->h_proto, under_policy, audit, &ctx, &t, bytes);
+	/* A VLAN tag the receive path already took off the frame (into skb metadata, before tc ingress)
+	 * is still a tagged frame. */
+	__u16 h_proto = skb->vlan_present ? bpf_htons(ETH_P_8021Q) : eth->h_proto;
+	if (h_proto != bpf_htons(ETH_P_IP))
+		return __ma_non_ipv4(skb, h_proto, under_policy, audit, &ctx, &t, bytes);
 
 	int rc = ma_parse_ipv4(skb, sizeof(*eth), &t);
 	if (rc == MA_PARSE_MALFORMED) {

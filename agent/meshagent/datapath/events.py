@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 MAP_NAME = "ma_events"
 FLAG_REPLY = 0x01  # MA_EVENT_F_REPLY
+FLAG_MIDSTREAM = 0x02  # MA_EVENT_F_MIDSTREAM
 
 
 class EventRecord(ctypes.Structure):
@@ -139,7 +140,7 @@ def decode_framed(fields: tuple[Any, ...]) -> DatapathEvent:
         etype = _TYPES[type_]
     except KeyError:
         raise ValueError(f"unknown event type {type_}") from None
-    # One C call (tuple.__new__) for the 21 fields: see DatapathEvent.
+    # One C call (tuple.__new__) for the 22 fields: see DatapathEvent.
     return _new_tuple(
         DatapathEvent,
         (
@@ -164,6 +165,7 @@ def decode_framed(fields: tuple[Any, ...]) -> DatapathEvent:
             bf,
             pr,
             br,
+            (flags & FLAG_MIDSTREAM) != 0,
         ),
     )
 

@@ -61,3 +61,6 @@ class DatapathEvent(NamedTuple):
     bytes_fwd: int = 0
     packets_rev: int = 0
     bytes_rev: int = 0
+    # TCP without SYN of a connection conntrack did not know (its entry lost, or crafted): judged by policy
+    # like a new connection, and flagged so.
+    midstream: bool = False

@@ -87,6 +87,8 @@ class Connection:
     verdict: int
     flags: int
     tcp_flags: int
+    next_seq_fwd: int = 0
+    next_seq_rev: int = 0
 
     @property
     def closed(self) -> bool:
@@ -119,6 +121,8 @@ def decode(key: CTKey, value: CTValue) -> Connection:
         verdict=value.verdict,
         flags=value.flags,
         tcp_flags=value.tcp_flags,
+        next_seq_fwd=value.next_seq_fwd,
+        next_seq_rev=value.next_seq_rev,
     )
 
 
