@@ -18,20 +18,25 @@ struct ma_event_ctx {
 	__u8 flags; /* MA_EVENT_F_* besides REPLY */
 };
 
-/* Takes one event from the interface's token bucket (MA_EVENT_RATE a second, up to MA_EVENT_BURST at
- * once); when it is empty the event is counted as suppressed for that interface instead, so that one pod's
- * flood leaves room in the ring buffer for the others and its losses are still reported. Updates from two
- * CPUs may race on the bucket: the budget is approximate, the suppressed count is exact. */
-static __always_inline int __ma_event_budget_take(__u32 ifindex, __u64 now)
+/* Takes one event from its token bucket (MA_EVENT_RATE a second, up to MA_EVENT_BURST at once): the
+ * endpoint's own for what it sends, its sender's (by identity) for what it receives. When the bucket is
+ * empty the event is counted as suppressed instead, so that one pod's flood leaves room in the ring buffer
+ * for the others and its losses are still reported. Updates from two CPUs may race on the bucket: the
+ * budget is approximate, the suppressed count is exact. */
+static __always_inline int __ma_event_budget_take(const struct ma_event_ctx *ctx, __u64 now)
 {
 	if (MA_EVENT_RATE == 0)
 		return 1;
 	const __u64 cost = 1000000000ULL;
 	const __u64 cap = (__u64)MA_EVENT_BURST * cost;
-	struct ma_event_budget *budget = ma_event_budget.lookup(&ifindex);
+	struct ma_event_budget_key key = {
+		.ifindex = ctx->ifindex,
+		.peer_identity = ctx->direction == MA_DIR_INGRESS ? ctx->src_identity : 0,
+	};
+	struct ma_event_budget *budget = ma_event_budget.lookup(&key);
 	if (!budget) {
 		struct ma_event_budget fresh = { .tokens = cap - cost, .last_ns = now };
-		ma_event_budget.update(&ifindex, &fresh);
+		ma_event_budget.update(&key, &fresh);
 		return 1;
 	}
 	__u64 elapsed = now - budget->last_ns;
@@ -56,7 +61,7 @@ static __always_inline void ma_emit(__u8 type, __u8 verdict, __u8 reason, const 
 	struct ma_event ev = {};
 	__u64 now = bpf_ktime_get_ns();
 
-	if (!__ma_event_budget_take(ctx->ifindex, now))
+	if (!__ma_event_budget_take(ctx, now))
 		return;
 	ev.ts_ns = now;
 	ev.type = type;

@@ -24,9 +24,9 @@ BPF_TABLE_PINNED("percpu_array", __u32, struct ma_metrics_value, ma_metrics,
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, ma_events_lost, 1, MA_PIN("ma_events_lost"));
 /* New TCP connections that did not fit in ma_ct_tcp and went to the LRU ma_ct, per CPU. */
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, ma_ct_tcp_overflow, 1, MA_PIN("ma_ct_tcp_overflow"));
-/* Event budget per endpoint interface: one noisy pod cannot fill the ring buffer for all. */
-BPF_TABLE_PINNED("lru_hash", __u32, struct ma_event_budget, ma_event_budget, MA_ENDPOINTS_MAX * 2,
-		 MA_PIN("ma_event_budget"));
+/* Event budgets: one noisy pod cannot fill the ring buffer for all. */
+BPF_TABLE_PINNED("lru_hash", struct ma_event_budget_key, struct ma_event_budget, ma_event_budget,
+		 MA_ENDPOINTS_MAX * 16, MA_PIN("ma_event_budget"));
 BPF_RINGBUF_OUTPUT(ma_events, MA_EVENTS_PAGES);
 
 #endif /* MA_MAPS_H */

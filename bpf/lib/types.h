@@ -156,7 +156,14 @@ struct ma_metrics_value {
 #define MA_EVENT_F_REPLY 0x01
 #define MA_EVENT_F_MIDSTREAM 0x02 /* TCP without SYN of a connection conntrack did not know */
 
-/* ma_event_budget: per-interface token bucket for events (events.h). */
+/* ma_event_budget: token buckets for events (events.h), one per endpoint interface for what the endpoint
+ * sends, and one per (interface, source identity) for what it receives: a flood towards a pod is charged
+ * to its senders, not to the pod's other peers. */
+struct ma_event_budget_key {
+	__u32 ifindex;
+	__u32 peer_identity; /* ingress: the source's identity; egress: 0 */
+};
+
 struct ma_event_budget {
 	__u64 tokens;     /* in event-nanoseconds: one event costs 1e9 */
 	__u64 last_ns;

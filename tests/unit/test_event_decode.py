@@ -102,6 +102,7 @@ def test_decode_equals_the_constructed_event(
         bytes_fwd=counters[1],
         packets_rev=counters[2],
         bytes_rev=counters[3],
+        midstream=bool(flags & 0x02),
     )
     got = dp.decode(raw)
     assert got == want

@@ -215,7 +215,7 @@ class Datapath:
             capacity=1,
         )
         self.budget_map = typed(
-            event_budget.MAP_NAME, event_budget.BudgetKey, event_budget.BudgetValue, caps.endpoints * 2
+            event_budget.MAP_NAME, event_budget.BudgetKey, event_budget.BudgetValue, caps.endpoints * 16
         )
         self.frags_map = typed(frags.MAP_NAME, frags.FragKey, frags.FragValue, caps.frags)
         self.metrics_map = PerCpuArray(
@@ -430,6 +430,8 @@ class Datapath:
         endpoints_remove: list[int],
     ) -> ApplyResult:
         result = ApplyResult()
+        # Deny entries an earlier apply could not write are tried again, their lookups recompiled.
+        trie_groups = trie_groups | {_trie_group(k) for keys in self._unwritten_denies.values() for k in keys}
         for cache_entry in sorted(ipcache_add):
             if self._write(self.ipcache_map, *ipcache.encode(cache_entry), result):
                 self._ipcache.add(cache_entry)
@@ -454,15 +456,13 @@ class Datapath:
             )
         changed = [(k, v) for k, v in want_trie.items() if self._policy.get(k) != v]
         changed.sort(key=lambda kv: kv[1].action != Action.DENY)
+        # Failed writes are retried once after the removals below (which may make room); only what still
+        # fails is reported.
+        failed_policy: dict[policy.TrieKey, tuple[policy.TrieValue, str]] = {}
         for key, value in changed:
-            if self._write(self.policy_map, *policy.encode(key, value), result):
-                self._policy[key] = value
-                self._group_trie[_trie_group(key)].add(key)
-                self._unwritten_denies[key.endpoint_id].discard(key)
-            elif value.action == Action.DENY:
-                self._unwritten_denies[key.endpoint_id].add(key)
-        for endpoint_id in [i for i, keys in self._unwritten_denies.items() if not keys]:
-            del self._unwritten_denies[endpoint_id]
+            error = self._write_policy(key, value, result)
+            if error is not None:
+                failed_policy[key] = (value, error)
 
         for entry in endpoints_upsert:
             self._wanted[entry.ifindex] = entry
@@ -470,11 +470,14 @@ class Datapath:
         # whose deny rules changed (their isolation may start or end).
         recheck = {entry.ifindex for entry in endpoints_upsert} | set(self.fail_closed)
         recheck |= {i for i, e in self._wanted.items() if e.endpoint_id in touched_ids}
+        endpoint_errors: dict[int, str] = {}
         for ifindex in sorted(recheck):
             if ifindex in self._wanted:
-                self._write_endpoint(self._wanted[ifindex], result)
+                self._write_endpoint(self._wanted[ifindex], result, endpoint_errors)
         for entry in endpoints_upsert:
             if self._attach_endpoints and entry.ifindex not in self._attached:
+                # Attached even when its entry could not be written: without an entry our programs pass
+                # nothing but ARP, where no programs would pass everything.
                 try:
                     self.attach(entry.ifindex)
                     result.attached += 1
@@ -504,6 +507,21 @@ class Datapath:
             if not self._group_trie.get(group):
                 self._group_trie.pop(group, None)
 
+        if stale or endpoints_remove:
+            # Removals made room: what failed gets its second try, denies first again.
+            for key, (value, _error) in list(failed_policy.items()):
+                if self._write_policy(key, value, result) is None:
+                    del failed_policy[key]
+            for ifindex in sorted(set(self.fail_closed) & self._wanted.keys()):
+                self._write_endpoint(self._wanted[ifindex], result, endpoint_errors)
+        for endpoint_id in [i for i, keys in self._unwritten_denies.items() if not keys]:
+            del self._unwritten_denies[endpoint_id]
+        result.errors.extend(error for _value, error in failed_policy.values())
+        result.errors.extend(endpoint_errors.values())
+        result.fail_closed_endpoints = sorted(
+            {self._wanted[i].endpoint_id for i in self.fail_closed if i in self._wanted}
+        )
+
         for cache_entry in ipcache_remove:
             if cache_entry.cidr in {e.cidr for e in ipcache_add}:
                 self._ipcache.discard(cache_entry)  # overwritten in place by its new identity
@@ -516,21 +534,38 @@ class Datapath:
             logger.error("apply left %d errors: %s", len(result.errors), "; ".join(result.errors[:5]))
         return result
 
-    def _write_endpoint(self, wanted: EndpointEntry, result: ApplyResult) -> None:
+    def _write_policy(self, key: policy.TrieKey, value: policy.TrieValue, result: ApplyResult) -> str | None:
+        """Writes one trie entry; a deny that cannot be written is remembered (its endpoint is isolated
+        until it is). Returns the error, if any."""
+        error = self._try_write(self.policy_map, *policy.encode(key, value))
+        if error is None:
+            result.written += 1
+            self._policy[key] = value
+            self._group_trie[_trie_group(key)].add(key)
+            self._unwritten_denies[key.endpoint_id].discard(key)
+        elif value.action == Action.DENY:
+            self._unwritten_denies[key.endpoint_id].add(key)
+        return error
+
+    def _write_endpoint(self, wanted: EndpointEntry, result: ApplyResult, errors: dict[int, str]) -> None:
         """Writes an endpoint's entry: as asked, or isolated (deny all by default) while any of its deny
         rules is not in the policy map. When the entry itself cannot be written, the old one is removed:
         our programs pass nothing but ARP on an interface without an entry. Either way the endpoint is
-        fail-closed until a later apply succeeds, and reported."""
+        fail-closed until a later apply succeeds, and reported (errors: ifindex -> the write's error)."""
         ifindex = wanted.ifindex
         reason = None
         entry = wanted
+        errors.pop(ifindex, None)
         if self._unwritten_denies.get(wanted.endpoint_id):
             entry = _isolated(wanted)
             reason = f"its deny rules do not fit in {policy.MAP_NAME}: isolated"
         if self._endpoints.get(ifindex) != entry:
-            if self._write(self.endpoints_map, *endpoints.encode(entry), result):
+            error = self._try_write(self.endpoints_map, *endpoints.encode(entry))
+            if error is None:
+                result.written += 1
                 self._endpoints[ifindex] = entry
             else:
+                errors[ifindex] = error
                 self.endpoints_map.delete(endpoints.EndpointKey(ifindex))
                 self._endpoints.pop(ifindex, None)
                 reason = f"its entry could not be written to {endpoints.MAP_NAME}: nothing passes but ARP"
@@ -538,10 +573,17 @@ class Datapath:
             if self.fail_closed.pop(ifindex, None) is not None:
                 logger.warning("endpoint %d (ifindex %d) no longer fail-closed", wanted.endpoint_id, ifindex)
             return
-        result.fail_closed_endpoints.append(wanted.endpoint_id)
         if self.fail_closed.get(ifindex) != reason:
             logger.error("endpoint %d (ifindex %d) fail-closed: %s", wanted.endpoint_id, ifindex, reason)
         self.fail_closed[ifindex] = reason
+
+    @staticmethod
+    def _try_write(table: TypedMap[Any, Any], key: Any, value: Any) -> str | None:
+        try:
+            table.update(key, value)
+        except MapError as err:  # MapFullError included
+            return str(err)
+        return None
 
     def _write(self, table: TypedMap[Any, Any], key: Any, value: Any, result: ApplyResult) -> bool:
         try:
@@ -587,8 +629,12 @@ class Datapath:
         return ring + sum(self.suppressed_events().values())
 
     def suppressed_events(self) -> dict[int, int]:
-        """Events suppressed by the event budget, by endpoint interface (ifindex)."""
-        return {key.ifindex: value.suppressed for key, value in self.budget_map.items() if value.suppressed}
+        """Events suppressed by the event budgets, by endpoint interface (ifindex)."""
+        out: dict[int, int] = defaultdict(int)
+        for key, value in self.budget_map.items():
+            if value.suppressed:
+                out[key.ifindex] += value.suppressed
+        return dict(out)
 
     def ct_tables(self) -> tuple[TypedMap[Any, Any], TypedMap[Any, Any]]:
         return (self.ct_tcp_map, self.ct_map)

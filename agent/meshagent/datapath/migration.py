@@ -64,27 +64,29 @@ class LayoutMigration:
         logger.info("map layout migration done: %d connections carried over", self.carried)
 
 
-def _old_value_type(size: int) -> type[ctypes.Structure] | None:
-    """A ctypes type for an old entry of `size` bytes: ours, or a prefix of ours (fields are only ever
-    appended to struct ma_ct_value), cut at a field boundary. None for any other layout."""
+def prefix_value_type(size: int) -> type[ctypes.Structure] | None:
+    """A ctypes type for an old entry of `size` bytes: ours, or the longest prefix of ours (fields are
+    only ever appended to struct ma_ct_value) that is that size with its padding. None for any other
+    layout."""
     if size == ctypes.sizeof(conntrack.CTValue):
         return conntrack.CTValue
+    found = None
     fields = []
     for field in conntrack.CTValue._fields_:
         fields.append((field[0], field[1]))
         prefix = type("OldCTValue", (ctypes.Structure,), {"_fields_": list(fields)})
         if ctypes.sizeof(prefix) == size:
-            return prefix
-        if ctypes.sizeof(prefix) > size:
-            return None
-    return None
+            found = prefix
+        elif ctypes.sizeof(prefix) > size:
+            break
+    return found
 
 
 def _copy_conntrack(path: Path, *, tcp: TypedMap[Any, Any], other: TypedMap[Any, Any]) -> int:
     old_fd = open_pinned(path)
     try:
         old_key, old_value = map_sizes(old_fd)
-        value_type = _old_value_type(old_value)
+        value_type = prefix_value_type(old_value)
         if old_key != ctypes.sizeof(conntrack.CTKey) or value_type is None:
             return 0  # another entry layout: those connections will be judged again
         old_ct = TypedMap(

@@ -1,4 +1,5 @@
-"""ma_event_budget: per endpoint interface, the token bucket of events and how many it suppressed."""
+"""ma_event_budget: token buckets of events (an endpoint's own, and one per sender identity for what it
+receives) and how many each suppressed."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ MAP_NAME = "ma_event_budget"
 
 
 class BudgetKey(ctypes.Structure):
-    """Must match the __u32 key (ifindex) of ma_event_budget in bpf/lib/maps.h."""
+    """Must match struct ma_event_budget_key in bpf/lib/types.h."""
 
-    _fields_ = [("ifindex", ctypes.c_uint32)]
+    _fields_ = [("ifindex", ctypes.c_uint32), ("peer_identity", ctypes.c_uint32)]
 
 
 class BudgetValue(ctypes.Structure):
