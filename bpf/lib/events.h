@@ -78,7 +78,9 @@ static __always_inline void ma_emit(__u8 type, __u8 verdict, __u8 reason, const 
 	ev.sport = t->sport;
 	ev.dport = t->dport;
 	ev.proto = t->proto;
-	ev.tcp_flags = t->tcp_flags;
+	/* ICMP has no flags: the byte carries its type (the record keeps its size). */
+	ev.tcp_flags = t->proto == IPPROTO_ICMP ? t->icmp_type : t->tcp_flags;
+	ev.icmp_code = t->icmp_code;
 	ev.flags = (ctx->is_reply ? MA_EVENT_F_REPLY : 0) | ctx->flags;
 	if (counters) {
 		ev.packets_fwd = counters->packets_fwd;

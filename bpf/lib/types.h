@@ -190,9 +190,9 @@ struct ma_event {
 	__u8 reason;    /* MA_DROP_* */
 	__u8 direction; /* MA_DIR_* */
 	__u8 proto;
-	__u8 tcp_flags;
+	__u8 tcp_flags; /* TCP: the flags; ICMP: the ICMP type */
 	__u8 flags; /* MA_EVENT_F_* */
-	__u8 pad;
+	__u8 icmp_code;
 };
 
 #endif /* MA_TYPES_H */

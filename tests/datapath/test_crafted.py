@@ -210,7 +210,7 @@ def test_icmp_port_unreachable_reaches_an_isolated_pod(datapath: Datapath, topo:
 
 
 def test_fragmentation_needed_reaches_an_isolated_pod_which_learns_the_path_mtu(
-    datapath: Datapath, topo: Topology
+    datapath: Datapath, topo: Topology, events: EventLog
 ) -> None:
     a = topo.add_pod("a", "10.244.7.13")
     b = topo.add_pod("b", "10.244.7.23")
@@ -229,6 +229,8 @@ def test_fragmentation_needed_reaches_an_isolated_pod_which_learns_the_path_mtu(
         # Quoting no connection of a's: judged as ICMP by a's policy, which allows nothing.
         wire_a.to_pod(frag_needed(held.port + 1, 1300))
         assert counters.wait_for(DropReason.POLICY_DEFAULT_DENY, Direction.INGRESS) == 1
+        drops = events.wait_for(lambda e: e.type == EventType.DROP and e.protocol == 1 and e.endpoint_id == 1)
+        assert drops and (drops[0].icmp_type, drops[0].icmp_code) == (3, 4), "the flow names the ICMP message"
         # Quoting a's connection: related, passed; a's kernel learns the path MTU.
         wire_a.to_pod(frag_needed(held.port, 1280))
         deadline = time.monotonic() + 3

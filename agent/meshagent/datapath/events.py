@@ -50,8 +50,8 @@ class EventRecord(ctypes.Structure):
         ("direction", ctypes.c_uint8),
         ("proto", ctypes.c_uint8),
         ("tcp_flags", ctypes.c_uint8),
-        ("flags", ctypes.c_uint8),
-        ("pad", ctypes.c_uint8),
+        ("flags", ctypes.c_uint8),  # tcp_flags holds the ICMP type for ICMP
+        ("icmp_code", ctypes.c_uint8),
     ]
 
 
@@ -134,13 +134,13 @@ def decode_framed(fields: tuple[Any, ...]) -> DatapathEvent:
         proto,
         tcp_flags,
         flags,
-        _pad,
+        icmp_code,
     ) = fields
     try:
         etype = _TYPES[type_]
     except KeyError:
         raise ValueError(f"unknown event type {type_}") from None
-    # One C call (tuple.__new__) for the 22 fields: see DatapathEvent.
+    # One C call (tuple.__new__) for the 24 fields: see DatapathEvent.
     return _new_tuple(
         DatapathEvent,
         (
@@ -156,7 +156,7 @@ def decode_framed(fields: tuple[Any, ...]) -> DatapathEvent:
             sport,
             dport,
             proto,
-            tcp_flags,
+            0 if proto == 1 else tcp_flags,
             (flags & FLAG_REPLY) != 0,
             rule_id,
             src_id,
@@ -166,6 +166,8 @@ def decode_framed(fields: tuple[Any, ...]) -> DatapathEvent:
             pr,
             br,
             (flags & FLAG_MIDSTREAM) != 0,
+            tcp_flags if proto == 1 else 0,
+            icmp_code if proto == 1 else 0,
         ),
     )
 

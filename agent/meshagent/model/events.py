@@ -64,3 +64,5 @@ class DatapathEvent(NamedTuple):
     # TCP without SYN of a connection conntrack did not know (its entry lost, or crafted): judged by policy
     # like a new connection, and flagged so.
     midstream: bool = False
+    icmp_type: int = 0  # ICMP only
+    icmp_code: int = 0

@@ -247,6 +247,8 @@ class FlowBuilder:
                 ev.dst_identity,
                 dst_svc,
                 src_svc,
+                ev.icmp_type,  # ICMP type and code are in the template (0 for other protocols)
+                ev.icmp_code,
             )
             shared = templates.get(key)
             if shared is None:
@@ -272,8 +274,9 @@ class FlowBuilder:
             f.l4.SCTP.SetInParent()
             f.Summary = "SCTP"
         elif ev.protocol == PROTO_ICMP:
-            # The event carries no ICMP type/code fields; the message marks the flow as ICMPv4.
             f.l4.ICMPv4.SetInParent()
+            f.l4.ICMPv4.type = ev.icmp_type
+            f.l4.ICMPv4.code = ev.icmp_code
             f.Summary = "ICMPv4"
         else:
             f.Summary = f"IPv4 protocol {ev.protocol}"
