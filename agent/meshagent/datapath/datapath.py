@@ -341,7 +341,8 @@ class Datapath:
         returns the failures that remain."""
         with self._lock:
             for ifindex in sorted(set(self.attach_failures) if ifindexes is None else ifindexes):
-                if ifindex not in self._endpoints or ifindex in self._attached:
+                # _wanted, not _endpoints: an endpoint whose entry could not be written is attached too.
+                if ifindex not in self._wanted or ifindex in self._attached:
                     continue
                 try:
                     self.attach(ifindex)
