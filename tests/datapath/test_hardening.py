@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from bcc import BPF
+from meshagent.agent.datapath_metrics import DatapathCollector
 from meshagent.datapath import tc
 from meshagent.datapath.datapath import Datapath
 from meshagent.datapath.loader import Capacities
@@ -22,6 +23,8 @@ from meshagent.datapath.migration import LayoutMigration, prefix_value_type
 from meshagent.model.events import DatapathEvent, DropReason, EventType
 from meshagent.model.kernel_state import Action, Direction, KernelState, PolicyEntry, Protocol
 from meshagent.testing.topology import Pod, Topology
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.datapath.crafted import Counters
 from tests.datapath.helpers import endpoint, identity_of, state
@@ -167,6 +170,13 @@ def test_event_flood_from_one_pod_leaves_room_for_another_pods_flow(
     ring_lost = sum(value.count for value in dp.lost_map.read(0))
     assert ring_lost == 0, "the budget kept the ring buffer from overflowing"
     assert dp.lost_events() == sum(suppressed.values()), "suppressed events are reported as lost"
+    # And exported per interface, as Prometheus reads them.
+    registry = CollectorRegistry()
+    registry.register(DatapathCollector(dp))
+    families = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+    exported = {s.labels["ifindex"]: s.value for s in families["meshagent_events_suppressed"].samples}
+    assert exported[str(f.ifindex)] == suppressed[f.ifindex]
+    assert families["meshagent_endpoints_fail_closed"].samples[0].value == 0
 
 
 def test_a_deny_that_does_not_fit_isolates_its_endpoint_until_written(
