@@ -20,6 +20,10 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 
 _RAWFRAMES = [sys.executable, "-m", "meshagent.testing.rawframes"]
+# How long after the last frame is sent a capture keeps listening, and how long a counter may take to
+# move: generous, as the kernel matrix runs under emulation.
+SETTLE_S = 0.5
+COUNTER_WAIT_S = 15.0
 
 
 def link_mac(netns: str, ifname: str) -> str:
@@ -57,25 +61,19 @@ class Wire:
         self._send(self.topo.node, self.pod.host_ifname, frames)
 
     @contextmanager
-    def capture_in_pod(self, marker: bytes, *, seconds: float = 1.5) -> Iterator[Capture]:
-        """Frames holding `marker` that reach the pod's eth0 while the block runs (and until `seconds`)."""
+    def capture_in_pod(self, marker: bytes) -> Iterator[Capture]:
+        """Frames holding `marker` that reach the pod's eth0 while the block runs, and for a moment after
+        (a frame sent is on its way by the time the sender returns; SETTLE_S lets it arrive)."""
         captured = Capture()
-        command = [
-            "ip",
-            "netns",
-            "exec",
-            self.pod.netns,
-            *_RAWFRAMES,
-            "capture",
-            "eth0",
-            str(seconds),
-            marker.hex(),
-        ]
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        command = ["ip", "netns", "exec", self.pod.netns, *_RAWFRAMES, "capture", "eth0", marker.hex()]
+        proc = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         try:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
             yield captured
-            out, err = proc.communicate(timeout=seconds + 10)
+            time.sleep(SETTLE_S)
+            out, err = proc.communicate(input="", timeout=60)
             assert proc.returncode == 0, err
             captured.frames.extend(bytes.fromhex(line) for line in out.split())
         finally:
@@ -112,7 +110,7 @@ class Counters:
         return now - self._start[(reason, direction)]
 
     def wait_for(self, reason: DropReason, direction: Direction, *, at_least: int = 1) -> int:
-        deadline = time.monotonic() + 3.0
+        deadline = time.monotonic() + COUNTER_WAIT_S
         while time.monotonic() < deadline:
             if (n := self.delta(reason, direction)) >= at_least:
                 return n

@@ -2,8 +2,8 @@
 craft packets (run inside a network namespace with `ip netns exec NS python -m ...`).
 
     send IFNAME HEX [HEX ...]        send each frame (hex) as is; print how many were dropped on the way out
-    capture IFNAME SECONDS [MARKER]  print "ready", then each received frame as hex (only those holding the
-                                      hex MARKER, when given) until SECONDS have passed
+    capture IFNAME [MARKER]          print "ready", then each received frame as hex (only those holding the
+                                      hex MARKER, when given) until stdin is closed
 
 Frames sent from a namespace leave through the interface's tc egress hook, so a frame sent on a pod's
 host-side veth in the node namespace meets the program that guards traffic entering the pod.
@@ -36,28 +36,28 @@ def send(ifname: str, frames: list[bytes]) -> int:
     return dropped
 
 
-def capture(ifname: str, seconds: float, marker: bytes | None) -> None:
+def capture(ifname: str, marker: bytes | None, *, limit_s: float = 120.0) -> None:
+    """Prints "ready", then each received frame (holding `marker`) as hex, until stdin is closed."""
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL)) as sock:
         sock.bind((ifname, 0))
         print("ready", flush=True)
-        deadline = time.monotonic() + seconds
+        deadline = time.monotonic() + limit_s
         while (left := deadline - time.monotonic()) > 0:
-            readable, _, _ = select.select([sock], [], [], left)
-            if not readable:
-                continue
-            frame, address = sock.recvfrom(65535)
-            if address[2] == socket.PACKET_OUTGOING:
-                continue
-            if marker is None or marker in frame:
-                print(frame.hex(), flush=True)
+            readable, _, _ = select.select([sock, sys.stdin], [], [], left)
+            if sock in readable:
+                frame, address = sock.recvfrom(65535)
+                if address[2] != socket.PACKET_OUTGOING and (marker is None or marker in frame):
+                    print(frame.hex(), flush=True)
+            elif sys.stdin in readable and not sys.stdin.readline():
+                return
 
 
 def main(argv: list[str]) -> int:
     if len(argv) >= 3 and argv[0] == "send":
         print(send(argv[1], [bytes.fromhex(h) for h in argv[2:]]))
         return 0
-    if len(argv) in (3, 4) and argv[0] == "capture":
-        capture(argv[1], float(argv[2]), bytes.fromhex(argv[3]) if len(argv) == 4 else None)
+    if len(argv) in (2, 3) and argv[0] == "capture":
+        capture(argv[1], bytes.fromhex(argv[2]) if len(argv) == 3 else None)
         return 0
     print(__doc__, file=sys.stderr)
     return 2
