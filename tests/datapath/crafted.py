@@ -1,12 +1,11 @@
 """Crafted frames for datapath tests: built with scapy, sent through a packet socket on a real veth, and
-captured where they should (or should not) arrive (meshagent.testing.rawframes does the socket work
-inside each namespace)."""
+captured where they should (or should not) arrive (packet sockets opened inside each namespace, used
+from this process)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,11 +14,12 @@ from dataclasses import dataclass, field
 from meshagent.datapath.datapath import Datapath
 from meshagent.model.events import DropReason
 from meshagent.model.kernel_state import Direction
+from meshagent.testing import rawframes
+from meshagent.testing.netns_sockets import open_in
 from meshagent.testing.topology import Pod, Topology
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 
-_RAWFRAMES = [sys.executable, "-m", "meshagent.testing.rawframes"]
 # How long after the last frame is sent a capture keeps listening, and how long a counter may take to
 # move: generous, as the kernel matrix runs under emulation.
 SETTLE_S = 0.5
@@ -63,23 +63,15 @@ class Wire:
     @contextmanager
     def capture_in_pod(self, marker: bytes) -> Iterator[Capture]:
         """Frames holding `marker` that reach the pod's eth0 while the block runs, and for a moment after
-        (a frame sent is on its way by the time the sender returns; SETTLE_S lets it arrive)."""
+        (a frame sent is on its way by the time send returns; SETTLE_S lets it arrive)."""
         captured = Capture()
-        command = ["ip", "netns", "exec", self.pod.netns, *_RAWFRAMES, "capture", "eth0", marker.hex()]
-        proc = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
+        sock = open_in(self.pod.netns, lambda: rawframes.open_capture("eth0"))
         try:
-            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
             yield captured
             time.sleep(SETTLE_S)
-            out, err = proc.communicate(input="", timeout=60)
-            assert proc.returncode == 0, err
-            captured.frames.extend(bytes.fromhex(line) for line in out.split())
+            captured.frames.extend(rawframes.received(sock, marker))
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            sock.close()
 
     @staticmethod
     def _frame(packet: Packet, src: str, dst: str, ether_type: int | None) -> bytes:
@@ -90,12 +82,11 @@ class Wire:
 
     @staticmethod
     def _send(netns: str, ifname: str, frames: list[bytes]) -> None:
-        result = subprocess.run(
-            ["ip", "netns", "exec", netns, *_RAWFRAMES, "send", ifname, *(f.hex() for f in frames)],
-            capture_output=True,
-            text=True,
-        )
-        assert result.returncode == 0, result.stderr
+        sock = open_in(netns, lambda: rawframes.open_sender(ifname))
+        try:
+            rawframes.send(sock, frames)
+        finally:
+            sock.close()
 
 
 class Counters:
