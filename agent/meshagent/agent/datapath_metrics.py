@@ -6,18 +6,28 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from meshagent.datapath.datapath import Datapath
+from meshagent.datapath.datapath import ConntrackScan
 
 logger = logging.getLogger(__name__)
 
 
+class DatapathReadings(Protocol):
+    """What the collector reads (meshagent.datapath.datapath.Datapath has it)."""
+
+    fail_closed: dict[int, str]
+    last_ct_scan: ConntrackScan
+
+    def suppressed_events(self) -> dict[int, int]: ...
+    def ct_tcp_overflow(self) -> int: ...
+
+
 class DatapathCollector(Collector):
-    def __init__(self, datapath: Datapath) -> None:
+    def __init__(self, datapath: DatapathReadings) -> None:
         self._datapath = datapath
 
     def collect(self) -> Iterable[Any]:
