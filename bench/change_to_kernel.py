@@ -150,14 +150,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--changes", type=int, default=200)
     parser.add_argument(
-        "--poll-interval", type=float, default=0.5, help="directory source poll (the default)"
+        "--poll-interval", type=float, default=0.5, help="directory source's safety scan (the default)"
     )
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     changes = 30 if args.quick else args.changes
     report("kubernetes", run("kubernetes", changes, args.poll_interval))
     report(
-        f"directory_poll_{args.poll_interval:g}s", run("directory", max(10, changes // 5), args.poll_interval)
+        f"directory_inotify_scan_{args.poll_interval:g}s",
+        run("directory", max(10, changes // 5), args.poll_interval),
     )
     return 0
 

@@ -113,7 +113,7 @@ for meta in $KERNEL_META; do
     rm -rf "$root"
     mv "$root.tmp" "$root"
     # The headers package links build -> /usr/src/..., an absolute path of the host that does not exist
-    # for this release: point build/source into the unpacked tree instead (BCC needs both, see GUIDE.md).
+    # for this release: point build/source into the unpacked tree instead (BCC needs both build and source).
     mods=$root/lib/modules/$release
     [ -d "$mods" ] || die "no modules directory $mods in $image"
     ln -sfn "$root/usr/src/linux-headers-$release" "$mods/build"

@@ -6,15 +6,12 @@ guest runs `pytest tests/datapath vm-tests` from the repository root, which puts
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 
 import pytest
 from vmnet import VethPair, veth_pair_in_netns
 
 from tests.conftest import pytest_collection_modifyitems  # noqa: F401  (re-exported hook: skip without root)
-
-logger = logging.getLogger(__name__)
 
 
 @pytest.fixture

@@ -14,13 +14,10 @@ A guest without results counts as one failed test, so the closing line never rea
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-
-logger = logging.getLogger(__name__)
 
 # `timeout` exits 124 when its limit is hit, 137 when it had to SIGKILL after --kill-after.
 TIMEOUT_CODES = frozenset({124, 137})

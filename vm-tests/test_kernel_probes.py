@@ -6,13 +6,10 @@ available; a probe that wrongly reports a gap would make the agent degrade for n
 
 from __future__ import annotations
 
-import logging
 import os
 
 import pytest
 from meshagent.datapath import probes
-
-logger = logging.getLogger(__name__)
 
 pytestmark = pytest.mark.kernel
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
 
 import pytest
 import summarize
-
-logger = logging.getLogger(__name__)
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 <testsuites><testsuite name="k" tests="5" failures="1" errors="1" skipped="1" time="12.5">

@@ -4,7 +4,6 @@ network namespace, and real pings are counted, then dropped, then allowed again 
 from __future__ import annotations
 
 import ctypes
-import logging
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,8 +12,6 @@ from typing import Any
 import pytest
 from meshagent.datapath import probes
 from vmnet import VethPair
-
-logger = logging.getLogger(__name__)
 
 pytestmark = pytest.mark.kernel
 
@@ -29,7 +26,7 @@ def icmp_gate() -> Iterator[Any]:
     # Compiled once per session: a BCC compile costs ~24 s inside a TCG guest.
     from bcc import BPF
 
-    bpf = BPF(src_file=str(PROG))
+    bpf = BPF(src_file=str(PROG).encode())  # bytes: BCC warns about a str
     try:
         yield bpf
     finally:

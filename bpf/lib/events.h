@@ -1,5 +1,5 @@
 /* Events to the agent through the ring buffer. No wake-up per event: the agent drains the buffer in
- * batches on a short timer (GUIDE §1: per-event wake-ups slow the packet path). A record that does not
+ * batches on a short timer (per-event wake-ups slow the packet path). A record that does not
  * fit is counted in ma_events_lost so the loss is reported, never silent. */
 #ifndef MA_EVENTS_H
 #define MA_EVENTS_H

@@ -1,5 +1,5 @@
 /* Translation events to the agent: which Service a socket asked for and which backend it got (or that it
- * was refused), so flows can show both. Written without a wake-up (the agent drains in batches, GUIDE §1);
+ * was refused), so flows can show both. Written without a wake-up (the agent drains in batches);
  * a record that does not fit is counted in ma_lb_events_lost. */
 #ifndef MA_LB_EVENTS_H
 #define MA_LB_EVENTS_H

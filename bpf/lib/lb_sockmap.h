@@ -31,7 +31,7 @@ static __always_inline int ma_lb_sockops(struct bpf_sock_ops *skops)
 	key.remote_addr = skops->remote_ip4;
 	key.local_port = skops->local_port;
 	key.remote_port = skops->remote_port;
-	/* BCC cannot parse the helper's result in a condition: keep it in a variable (GUIDE §1). */
+	/* BCC cannot parse the helper's result in a condition: keep it in a variable (BCC 0.26). */
 	int rc = ma_lb_sockhash.sock_hash_update(skops, &key, BPF_NOEXIST);
 	(void)rc; /* a full map only means this connection is not accelerated */
 	return 1;

@@ -7,7 +7,6 @@ import re
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from meshagent.testing.topology import Pod, Topology
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.sources.k8s_emulator import KubeEmulator
+from tests.waiting import seconds_until
 
 pytestmark = pytest.mark.kernel
 
@@ -30,12 +30,7 @@ EFFECT_TIMEOUT = 5.0  # a change must reach the kernel within this (directory po
 
 def eventually(check: Callable[[], bool], timeout: float = EFFECT_TIMEOUT) -> float | None:
     """Seconds until check() held, or None if it never did."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if check():
-            return time.monotonic() - start
-        time.sleep(0.05)
-    return None
+    return seconds_until(check, timeout, interval=0.05)
 
 
 def pod_manifest(name: str, namespace: str, ip: object, labels: dict[str, str], node: str = NODE) -> str:
@@ -211,6 +206,8 @@ def test_directory_drives_enforcement_flows_and_metrics(
             s.value for s in families["meshagent_endpoints"].samples if s.labels["state"] == "ready"
         ]
         assert ready_endpoints == [3.0]
+        # The front process serving the flow API is up.
+        assert [s.value for s in families["meshagent_observer_front_up"].samples] == [1.0]
 
         # Deleting the policy file lifts the isolation.
         (manifests / "policy.yaml").unlink()

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import http.server
 import json
-import logging
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, order=True)

@@ -5,19 +5,22 @@ mounts agree with the settings that load."""
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import tomllib
 import urllib.error
 import urllib.request
 from pathlib import Path, PurePosixPath
 
+import click
 import pytest
-from meshagent.agent.config import AgentConfig, load_config
+from meshagent.agent.config import AgentConfig
 from meshagent.agent.health import HealthServer
 from meshagent.cli import run as run_command
-from meshagent.cli.main import build_parser
-from meshagent.datapath.source import BPF_DIR
+from meshagent.datapath.loader import BUNDLED_HEADERS_ENV, header_sets
+from meshagent.datapath.program_text import BPF_DIR
 
+from tests.cliparse import parse, run_config
 from tests.deploy.manifests import DEPLOY, REPO, Obj, agent_container, agent_manifests, containers, one
 
 NODE = "node-a"
@@ -51,8 +54,8 @@ def mounted_config(tmp_path: Path) -> tuple[Path, AgentConfig]:
     manifests = agent_manifests()
     daemonset, configmap = one("DaemonSet", manifests), one("ConfigMap", manifests)
     agent = agent_container(daemonset)
-    args = build_parser().parse_args(command_line(agent)[1:])
-    config_path = PurePosixPath(str(args.config))
+    argv = command_line(agent)[1:]
+    config_path = PurePosixPath(str(parse(argv).params["config_file"]))
     (volume,) = [v for v in pod_spec(daemonset)["volumes"] if "configMap" in v]
     assert volume["configMap"]["name"] == configmap["metadata"]["name"]
     (mount,) = [m for m in agent["volumeMounts"] if m["name"] == volume["name"]]
@@ -60,7 +63,13 @@ def mounted_config(tmp_path: Path) -> tuple[Path, AgentConfig]:
     assert str(relative) in configmap["data"], f"{relative} is not a key of the ConfigMap"
     local = tmp_path / relative
     local.write_text(configmap["data"][str(relative)])
-    return local, load_config(config_file=local, environ=pod_environment(agent))
+    # The container's own command line, with the file where this test wrote it.
+    local_argv = [str(local) if word == str(config_path) else word for word in argv]
+    return local, run_config(local_argv, pod_environment(agent))
+
+
+def load_config(path: Path, environ: dict[str, str]) -> AgentConfig:
+    return run_config(["run", "--config", str(path)], environ)
 
 
 def test_container_command_parses_with_the_real_cli() -> None:
@@ -69,15 +78,14 @@ def test_container_command_parses_with_the_real_cli() -> None:
     argv = command_line(agent)
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts.get(argv[0]) == "meshagent.cli.main:main", f"{argv[0]} is not the package's CLI"
-    args = build_parser().parse_args(argv[1:])
-    assert args.command == "run"
-    assert args.handler.__module__ == run_command.__name__ and args.handler.__name__ == "_run"
+    ctx = parse(argv[1:])
+    assert ctx.command is run_command.run_command
 
 
 def test_an_unknown_flag_would_be_caught() -> None:
-    """The parse in the test above can fail: argparse exits on a flag the CLI does not have."""
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["run", "--config", "/etc/meshagent/config.yaml", "--health-port", "1"])
+    """The parse in the test above can fail: click refuses a flag the CLI does not have."""
+    with pytest.raises(click.UsageError):
+        parse(["run", "--config", "/etc/meshagent/config.yaml", "--health-port", "1"])
 
 
 def test_configmap_loads_with_the_real_loader(tmp_path: Path) -> None:
@@ -94,7 +102,7 @@ def test_a_bad_setting_in_the_configmap_would_be_caught(tmp_path: Path) -> None:
     path, _ = mounted_config(tmp_path)
     path.write_text(path.read_text() + "flow_ring_sise: 10\n")
     with pytest.raises(ConfigError, match="flow_ring_sise"):
-        load_config(config_file=path, environ={"NODE_NAME": NODE})
+        load_config(path, {"NODE_NAME": NODE})
 
 
 @pytest.mark.parametrize("mib", ["3", "0", "512"])
@@ -103,8 +111,8 @@ def test_event_buffer_must_be_a_power_of_two_mib(tmp_path: Path, mib: str) -> No
 
     path, _ = mounted_config(tmp_path)
     with pytest.raises(ConfigError, match="event_buffer_mib must be a power of two"):
-        load_config(config_file=path, environ={"NODE_NAME": NODE, "MESHAGENT_EVENT_BUFFER_MIB": mib})
-    ok = load_config(config_file=path, environ={"NODE_NAME": NODE, "MESHAGENT_EVENT_BUFFER_MIB": "16"})
+        load_config(path, {"NODE_NAME": NODE, "MESHAGENT_EVENT_BUFFER_MIB": mib})
+    ok = load_config(path, {"NODE_NAME": NODE, "MESHAGENT_EVENT_BUFFER_MIB": "16"})
     assert ok.event_buffer_mib == 16
 
 
@@ -198,10 +206,24 @@ def test_state_lives_on_host_paths_the_daemonset_mounts(tmp_path: Path) -> None:
     assert config.observer_socket is not None
     _, host = host_path_of(PurePosixPath(str(config.observer_socket)).parent)
     assert host == "/var/run/meshagent"
-    # BCC's headers: /lib/modules/<release>/{build,source} and the trees under /usr/src they point to.
-    for path in ("/lib/modules", "/usr/src"):
-        mount, host = host_path_of(PurePosixPath(path))
-        assert host == path and mount.get("readOnly") is True
+    # No kernel headers from the host: the image carries its own (test_image.py runs it without them).
+    for path in (PurePosixPath("/lib/modules"), PurePosixPath("/usr/src")):
+        for mount in agent["volumeMounts"]:
+            target = PurePosixPath(mount["mountPath"])
+            assert target != path and path not in target.parents, f"the agent mounts the host's {path}"
+
+
+def test_image_points_bcc_at_the_headers_it_carries() -> None:
+    """The Dockerfile bundles a header set where the loader is told to look first."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    env = re.search(rf"{BUNDLED_HEADERS_ENV}=(\S+)", text)
+    assert env is not None, f"the Dockerfile does not set {BUNDLED_HEADERS_ENV}"
+    assert re.search(rf"kernel-headers\.sh {re.escape(env.group(1))}\b", text), (
+        f"nothing bundles headers into {env.group(1)}"
+    )
+    sets = header_sets({BUNDLED_HEADERS_ENV: env.group(1)}, release="6.1.0-test")
+    assert (sets[0].origin, str(sets[0].path)) == ("bundled", env.group(1))
+    assert sets[-1].origin == "host"
 
 
 def test_pod_spec_is_consistent() -> None:
@@ -228,8 +250,11 @@ def test_agent_runs_with_capabilities_not_privileged() -> None:
     assert context.get("privileged") is not True
     assert context["capabilities"]["drop"] == ["ALL"]
     added = set(context["capabilities"]["add"])
-    assert "SYS_ADMIN" not in added  # test_capabilities.py shows the agent works without it
-    assert context["allowPrivilegeEscalation"] is False
+    if "SYS_ADMIN" in added:
+        # The API server refuses the two together (validation, not schema: test_schemas cannot see it).
+        assert context.get("allowPrivilegeEscalation") is not False
+    else:
+        assert context["allowPrivilegeEscalation"] is False
     # Each is explained in docs/deploy.md.
     text = (REPO / "docs" / "deploy.md").read_text()
     for capability in added:

@@ -4,24 +4,26 @@ reasons in troubleshooting cover every reason the datapath defines, and relative
 
 from __future__ import annotations
 
-import argparse
 import re
 import time
 from dataclasses import MISSING, fields
 from typing import Any, cast
 
+import click
 import pytest
-from meshagent.agent.config import AgentConfig, load_config
+from meshagent.agent.config import AgentConfig
 from meshagent.cli import run as run_command
+from meshagent.cli.aggregate import parse_keys
+from meshagent.cli.filterflags import filter_items
 from meshagent.cli.flows import build_request
-from meshagent.cli.main import build_parser
 from meshagent.datapath.datapath import ConntrackScan
 from meshagent.model.events import DropReason
-from meshagent.observer.aggregate import parse_keys
 from meshagent.observer.convert import DROP_REASON_TO_HUBBLE
+from meshagent.observer.limits import ServerLimits
 from meshagent.observer.proto.flow import flow_pb2
 from meshagent.observer.query import parse_request
 
+from tests.cliparse import parse, run_config
 from tests.deploy.docs_check import code_spans, command_lines, relative_links, resolve, table_rows
 from tests.deploy.manifests import REPO
 
@@ -30,14 +32,11 @@ OWNED = ("architecture.md", "configuration.md", "troubleshooting.md", "deploy.md
 
 
 def run_flags() -> dict[str, str]:
-    """setting name -> the flag of `meshagent run` that sets it, from the real parser."""
-    parser = build_parser()
-    (subparsers,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    run = subparsers.choices["run"]
+    """setting name -> the flag of `meshagent run` that sets it (the longest name), from the real CLI."""
     return {
-        action.dest: max(action.option_strings, key=len)
-        for action in run._actions
-        if action.option_strings and action.dest not in ("help", "config")
+        str(param.name): max([*param.opts, *param.secondary_opts], key=len)
+        for param in run_command.run_command.params
+        if isinstance(param, click.Option) and param.name != "config_file"
     }
 
 
@@ -48,6 +47,8 @@ def shown_default(value: Any) -> str:
         return "unset"
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
+    if isinstance(value, ServerLimits):
+        return "defaults in [flows](flows.md#server-limits)"  # one table there lists every limit
     return f"`{value}`"
 
 
@@ -81,21 +82,20 @@ def test_docs_show_commands() -> None:
 )
 def test_documented_command_parses(doc: str, words: list[str]) -> None:
     try:
-        args = build_parser().parse_args(words[1:])
-    except SystemExit as err:
-        pytest.fail(f"{doc}: `{' '.join(words)}` does not parse (exit {err.code})")
-    if args.command == "flows":
+        ctx = parse(words[1:])
+    except click.UsageError as err:
+        pytest.fail(f"{doc}: `{' '.join(words)}` does not parse: {err.format_message()}")
+    if ctx.command.name == "flows":
         # The filters, times and keys are valid too: built as the CLI builds them and checked with the
         # server's own request rules (both raise on a bad value).
-        request = build_request(args, now_ns=time.time_ns())
+        request = build_request(ctx.params, filter_items(ctx, ctx.params), now_ns=time.time_ns())
         parse_request(request)
-        if args.aggregate_by:
-            parse_keys(args.aggregate_by)
-    if args.command == "run" and args.config is None:
+        if ctx.params["aggregate_by"]:
+            parse_keys(ctx.params["aggregate_by"])
+    if ctx.command.name == "run" and ctx.params["config_file"] is None:
         # A `run` line must also make a valid configuration (no contradictions), as `meshagent run` checks.
         # (The one with --config is the DaemonSet's; test_container.py loads its ConfigMap.)
-        dests = [dest for dest, _ in [*run_command._VALUE_FLAGS.values(), *run_command._SWITCHES.values()]]
-        load_config(flags={dest: getattr(args, dest) for dest in dests}, environ={"NODE_NAME": "node-a"})
+        run_config(words[1:], {"NODE_NAME": "node-a"})
 
 
 def test_troubleshooting_explains_every_drop_reason() -> None:

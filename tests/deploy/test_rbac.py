@@ -4,7 +4,6 @@ real source (the one `meshagent run` builds) against a recording API server, not
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import pytest
 from meshagent.sources.kinds import KINDS
@@ -13,15 +12,7 @@ from meshagent.sources.source import open_desired_state
 
 from tests.deploy.api_recorder import ApiRecorder, Permission, permission_of
 from tests.deploy.manifests import Obj, agent_manifests, one
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
+from tests.waiting import wait_until
 
 
 def granted(role: Obj) -> set[Permission]:

@@ -80,6 +80,8 @@ def test_dict_and_table(served: h.Served, capsys: pytest.CaptureFixture[str]) ->
         (["--node-name", "node-a"], 10),
         (["--not", "--verdict", "FORWARDED"], 3),
         (["--from-pod", "shop/client", "--not", "--protocol", "tcp"], 3),
+        # --not negates the flag after it, wherever it stands: here TCP flows not from the client
+        (["--not", "--from-pod", "shop/client", "--protocol", "tcp"], 2),
         (["--traffic-direction", "ingress"], 2),
     ],
 )
@@ -89,6 +91,21 @@ def test_filter_flags(
     rc, out, err = run(capsys, *flows_cmd(served, "-o", "json", *flags))
     assert rc == 0, err
     assert len(out.splitlines()) == count, out
+
+
+def test_options_from_the_environment(
+    served: h.Served, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MESHAGENT_SERVER", str(served.socket))  # a connection flag, shared with status
+    monkeypatch.setenv("MESHAGENT_FLOWS_OUTPUT", "json")  # any other option: by command and name
+    rc, out, err = run(capsys, "flows", "--last", "2")
+    assert rc == 0, err
+    assert [json.loads(line)["verdict"] for line in out.splitlines()] == ["FORWARDED", "FORWARDED"]
+    rc, out, _ = run(capsys, "flows", "--last", "1", "-o", "compact")  # a flag wins over the environment
+    assert rc == 0 and not out.startswith("{")
+    monkeypatch.setenv("MESHAGENT_FLOWS_OUTPUT", "yaml")
+    rc, _, err = run(capsys, "flows")
+    assert rc == 2 and "'yaml' is not one of" in err
 
 
 def test_first_since_until(served: h.Served, capsys: pytest.CaptureFixture[str]) -> None:
@@ -107,7 +124,7 @@ def test_first_since_until(served: h.Served, capsys: pytest.CaptureFixture[str])
         (["--first", "3", "--last", "3"], "exclude each other"),
         (["--first", "3", "-f"], "first"),
         (["--from-ip", "10.0.0.999"], "source_ip"),
-        (["--verdict", "MAYBE"], "unknown verdict"),
+        (["--verdict", "MAYBE"], "'MAYBE' is not one of"),
         (["--aggregate-by", "colour"], "aggregate keys"),
     ],
 )

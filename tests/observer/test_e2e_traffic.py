@@ -41,6 +41,8 @@ from meshagent.testing.topology import Pod, Topology
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.waiting import wait_until
+
 pytestmark = pytest.mark.kernel
 
 FOLLOW_LATENCY_S = 1.0  # from the packet to the following client, including the 10 ms reader period
@@ -155,13 +157,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Agent, Pod
 
 
 def wait_flows(agent: Agent, flt: pb.FlowFilter, count: int = 1, timeout: float = 5.0) -> list[pb.Flow]:
-    deadline = time.monotonic() + timeout
-    while True:
+    flows: list[pb.Flow] = []
+
+    def enough() -> bool:
         with ObserverClient(f"unix://{agent.sock}") as c:
-            flows = [r.flow for r in c.get_flows(opb.GetFlowsRequest(whitelist=[flt])) if r.HasField("flow")]
-        if len(flows) >= count or time.monotonic() > deadline:
-            return flows
-        time.sleep(0.05)
+            flows[:] = [
+                r.flow for r in c.get_flows(opb.GetFlowsRequest(whitelist=[flt])) if r.HasField("flow")
+            ]
+        return len(flows) >= count
+
+    wait_until(enough, timeout, interval=0.05)
+    return flows
 
 
 def test_allowed_connection_becomes_a_forwarded_flow_with_policy(world: tuple[Agent, Pod, Pod]) -> None:
@@ -194,10 +200,7 @@ def test_events_are_read_through_the_ring_buffer_mapping(world: tuple[Agent, Pod
     assert agent.reader.mapped  # not BCC's per-record callback
     before = agent.reader.delivered
     assert not a.probe("tcp", b.ip, 81, timeout=0.5)["ok"]  # denied at b: at least a verdict and a drop
-    deadline = time.monotonic() + 5
-    while agent.reader.delivered < before + 2 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert agent.reader.delivered >= before + 2
+    assert wait_until(lambda: agent.reader.delivered >= before + 2)
     assert (agent.reader.decode_errors, agent.reader.malformed) == (0, 0)
 
 
@@ -232,7 +235,8 @@ def test_follower_sees_real_traffic_quickly(world: tuple[Agent, Pod, Pod]) -> No
 
         t = threading.Thread(target=read)
         t.start()
-        time.sleep(0.5)
+        # The server has read everything held and waits for new flows: the probe's flow arrives live.
+        assert wait_until(lambda: agent.pipeline.ring.waiting >= 1, timeout=10)
         sent = time.monotonic()
         assert a.probe("udp", b.ip, 53)["ok"] is False  # UDP 53 is not allowed: dropped, still a flow
         t.join(timeout=10)

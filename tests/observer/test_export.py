@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from meshagent.cli.replay import load_ring
 from meshagent.observer.export import ExportConfig, FlowExporter
 from meshagent.observer.filters import FilterError
 from meshagent.observer.proto.flow import flow_pb2 as pb
-from meshagent.observer.replay import load_ring
 
 from tests.observer import helpers as h
 

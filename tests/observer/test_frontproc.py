@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import grpc
@@ -23,6 +22,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.observer import helpers as h
+from tests.waiting import wait_until
 
 
 def _alive(pid: int) -> bool:
@@ -32,15 +32,6 @@ def _alive(pid: int) -> bool:
         return False
     # A zombie (exited, not yet reaped by its parent) is gone for our purpose.
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _wait(cond: object, timeout: float = 15.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_a_socket_it_cannot_bind_fails_the_start_with_the_reason(tmp_path: Path) -> None:
@@ -64,7 +55,9 @@ def test_a_killed_front_process_is_started_again(tmp_path: Path) -> None:
         link.on_restart = metrics.front_restarted
         first = link.pid
         os.kill(first, signal.SIGKILL)
-        assert _wait(lambda: link.restarts == 1 and link.pid != first), "not restarted"
+        assert wait_until(lambda: link.restarts == 1 and link.pid != first, timeout=15, interval=0.05), (
+            "not restarted"
+        )
         exposition = generate_latest(metrics.registry).decode()
         samples = {
             sample.name: sample.value
@@ -77,7 +70,9 @@ def test_a_killed_front_process_is_started_again(tmp_path: Path) -> None:
         assert len(got) == 3
         second = link.pid
         assert second is not None
-    assert _wait(lambda: not _alive(second)), "the front process outlived its server"
+    assert wait_until(lambda: not _alive(second), timeout=15, interval=0.05), (
+        "the front process outlived its server"
+    )
 
 
 def test_the_front_process_exits_when_the_agent_dies(tmp_path: Path) -> None:
@@ -106,7 +101,9 @@ def test_the_front_process_exits_when_the_agent_dies(tmp_path: Path) -> None:
             assert c.server_status().max_flows == 4096
         agent.kill()  # no clean-up: as in an OOM kill
         agent.wait()
-        assert _wait(lambda: not _alive(front)), "the front process outlived the agent"
+        assert wait_until(lambda: not _alive(front), timeout=15, interval=0.05), (
+            "the front process outlived the agent"
+        )
         with pytest.raises(grpc.RpcError), ObserverClient(f"unix://{sock}", timeout_s=2) as c:
             c.server_status()
     finally:
@@ -115,20 +112,21 @@ def test_the_front_process_exits_when_the_agent_dies(tmp_path: Path) -> None:
 
 
 def test_a_control_message_too_large_is_resource_exhausted_not_lost() -> None:
-    from meshagent.observer.frontlink import CONTROL_MAX, control_pair, send_control
     from meshagent.observer.grpcwire import RpcError, Status
+    from meshagent.observer.ipc import Result
+    from meshagent.observer.link import CONTROL_MAX, control_pair, send_control
 
     a, b = control_pair()
     with a, b:
         with pytest.raises(RpcError) as err:
-            send_control(a, ("result", 1, 0, "", b"x" * (CONTROL_MAX + 1)))
+            send_control(a, Result(1, Status.OK, "", b"x" * (CONTROL_MAX + 1)))
         assert err.value.status == Status.RESOURCE_EXHAUSTED
     # Where the kernel's buffer is the smaller limit (no CAP_NET_ADMIN), the same error, not a hang.
     small_a, small_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with small_a, small_b:
         small_a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 10)
         with pytest.raises(RpcError) as err:
-            send_control(small_a, ("result", 1, 0, "", b"x" * (400 << 10)))
+            send_control(small_a, Result(1, Status.OK, "", b"x" * (400 << 10)))
         assert err.value.status == Status.RESOURCE_EXHAUSTED
-        send_control(small_a, ("result", 2, 0, "", b"fits"))
+        send_control(small_a, Result(2, Status.OK, "", b"fits"))
         assert small_b.recv(1 << 16)

@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 from meshagent.observer.client import ObserverClient
+from meshagent.observer.limits import ServerLimits
 from meshagent.observer.pipeline import FlowPipeline
 from meshagent.observer.proto.flow import flow_pb2 as pb
 from meshagent.observer.proto.observer import observer_pb2 as opb
@@ -18,6 +19,7 @@ from meshagent.observer.proto.observer import observer_pb2_grpc as ogrpc
 from meshagent.observer.ring import FlowRing
 
 from tests.observer import helpers as h
+from tests.waiting import wait_until
 
 FOLLOW_LATENCY_S = 0.5  # a follower must see a new flow within this time
 
@@ -125,7 +127,13 @@ def test_since_after_until_is_invalid(served: h.Served) -> None:
 def test_follow_without_number_streams_only_new_flows(served: h.Served) -> None:
     with ObserverClient(served.target) as c:
         stream = c.get_flows(opb.GetFlowsRequest(follow=True), follow_timeout_s=10)
-        threading.Timer(0.3, lambda: served.pipeline.on_event(h.event(dport=4242))).start()
+
+        def push_once_followed() -> None:
+            # Only once the server waits for new flows is this one new to the follower.
+            if wait_until(lambda: served.pipeline.ring.waiting >= 1, timeout=10):
+                served.pipeline.on_event(h.event(dport=4242))
+
+        threading.Thread(target=push_once_followed).start()
         first = next(stream)
     assert first.flow.l4.TCP.destination_port == 4242
 
@@ -147,7 +155,8 @@ def test_follower_sees_new_flow_quickly(served: h.Served) -> None:
         t = threading.Thread(target=reader)
         t.start()
         ready.wait()
-        time.sleep(0.3)  # the stream is open and waiting
+        # The server has read everything held and waits for new flows: what is measured is a live flow.
+        assert wait_until(lambda: served.pipeline.ring.waiting >= 1, timeout=10)
         sent = time.monotonic()
         served.pipeline.on_event(h.event(dport=9999))
         t.join(timeout=5)
@@ -241,9 +250,7 @@ def test_loss_poller_reports_kernel_losses_within_a_second() -> None:
     poller.start()
     try:
         counter["lost"] = 3
-        deadline = time.monotonic() + 1.0
-        while time.monotonic() < deadline and pipeline.stats().lost_datapath == 0:
-            time.sleep(0.02)
+        wait_until(lambda: pipeline.stats().lost_datapath != 0, timeout=1.0)
     finally:
         poller.stop()
     assert pipeline.stats().lost_datapath == 3
@@ -254,7 +261,12 @@ def test_loss_poller_reports_kernel_losses_within_a_second() -> None:
 def test_too_many_followers_are_refused_not_queued(tmp_path: Path, serving_mode: bool) -> None:
     pipeline = h.make_pipeline()
     with (
-        h.serve(pipeline, tmp_path / "o.sock", max_workers=1, front_process=serving_mode) as served,
+        h.serve(
+            pipeline,
+            tmp_path / "o.sock",
+            limits=ServerLimits(max_flow_streams=1, max_flow_streams_per_connection=1),
+            front_process=serving_mode,
+        ) as served,
         ObserverClient(served.target) as c,
     ):
         first = c.get_flows(opb.GetFlowsRequest(number=1, follow=True), follow_timeout_s=10)

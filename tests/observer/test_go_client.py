@@ -18,7 +18,7 @@ from meshagent.testing import gofollow
 from tests.observer import helpers as h
 from tests.observer.test_tls import SERVER_NAME
 from tests.observer.test_tls import mtls_port as mtls_port  # the mutual-TLS server fixture, shared
-from tests.observer.test_tls import pki as pki  # the certificate fixture, shared
+from tests.waiting import wait_until
 
 STOP_DPORT = 9999
 
@@ -86,7 +86,8 @@ def test_follow_until_stop_port(flowfollow: Path, tmp_path: Path, serving_mode: 
         pushed_at = time.monotonic()
         for i in range(0, early, 500):
             pipeline.on_events(events[i : i + 500])
-        time.sleep(0.3)  # the second batch certainly arrives live
+        # The server has sent the first batch and waits for more: the second batch certainly arrives live.
+        assert wait_until(lambda: pipeline.ring.waiting >= 1, timeout=30)
         for i in range(early, len(events), 500):
             pipeline.on_events(events[i : i + 500])
         r = follower.result(timeout_s=60)
@@ -104,14 +105,13 @@ def test_follow_until_stop_port(flowfollow: Path, tmp_path: Path, serving_mode: 
 
 
 def test_follow_stopped_by_signal_reports_counts(flowfollow: Path, served: h.Served) -> None:
-    with gofollow.Follower(flowfollow, served.target, "--follow", "--number", "2", "--timeout", "30") as f:
+    follow = ("--follow", "--number", "2", "--timeout", "30", "--progress")
+    with gofollow.Follower(flowfollow, served.target, *follow) as f:
         f.wait_ready()
         # `ready` means the request was sent; the history/new split happens when the server takes it.
-        deadline = time.monotonic() + 10
-        while served.service.active_streams != 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        assert wait_until(lambda: served.pipeline.ring.waiting >= 1, timeout=10)
         served.pipeline.on_event(h.event(dport=4242))
-        time.sleep(0.5)
+        f.wait_flows(3)  # the two of history and the new one: now the signal ends a stream that had it
         r = f.stop()
     assert (r.returncode, r.result["status"], r.result["end"]) == (0, "OK", "signal"), r
     assert (r.result["flows"], r.result["first_dport"], r.result["last_dport"]) == (3, -1, 4242)

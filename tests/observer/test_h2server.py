@@ -11,7 +11,6 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -23,15 +22,7 @@ from meshagent.observer.proto.observer import observer_pb2 as opb
 from meshagent.observer.proto.observer import observer_pb2_grpc as ogrpc
 
 from tests.observer import helpers as h
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
+from tests.waiting import wait_until
 
 
 def raw_call(ch: grpc.Channel, path: str, body: bytes, timeout: float = 5) -> bytes:
@@ -64,15 +55,15 @@ def test_follow_ends_with_deadline_exceeded_and_frees_its_worker(served: h.Serve
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert got == 2  # the history arrived before the deadline
         assert time.monotonic() - started < 5
-    assert wait_for(lambda: served.service.active_streams == 0)
+    assert wait_until(lambda: served.service.active_streams == 0, timeout=10)
 
 
 def test_cancelled_follower_frees_its_worker(served: h.Served) -> None:
     with grpc.insecure_channel(served.target) as ch:
         stream = ogrpc.ObserverStub(ch).GetFlows(opb.GetFlowsRequest(follow=True), timeout=30)
-        assert wait_for(lambda: served.service.active_streams == 1)
+        assert wait_until(lambda: served.service.active_streams == 1, timeout=10)
         stream.cancel()
-        assert wait_for(lambda: served.service.active_streams == 0)
+        assert wait_until(lambda: served.service.active_streams == 0, timeout=10)
 
 
 def test_stop_ends_attached_followers_promptly(tmp_path: Path, serving_mode: bool) -> None:
@@ -94,7 +85,7 @@ def test_stop_ends_attached_followers_promptly(tmp_path: Path, serving_mode: boo
 
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
-        assert wait_for(lambda: len(seen) == 3)  # the history arrived: the stream is following
+        assert wait_until(lambda: len(seen) == 3, timeout=10)  # the history arrived: the stream is following
         started = time.monotonic()
         s.server.stop(grace=1.0)
         stop_s = time.monotonic() - started
@@ -182,36 +173,69 @@ def test_a_client_that_stops_reading_holds_its_stream_not_the_server(
     tmp_path: Path, serving_mode: bool
 ) -> None:
     """Flow control: a client with a small window that never returns it gets only that much; the server
-    keeps serving others, and the stuck stream's flows are reported lost to it when it reads again."""
+    keeps serving others, and the stuck stream's flows are reported lost to it when it reads again.
+
+    Every step waits for a condition, not for time, so a loaded machine only makes it slower: the window is
+    seen full before the cap is checked, and the reopened stream is read until every flow is accounted."""
+    window = 4096
+    pushed = 2000  # 20 x 100 flows: far more than the window's worth, and more than the ring holds
     pipeline = h.make_pipeline(capacity=1024)
     with h.serve(pipeline, tmp_path / "o.sock", front_process=serving_mode) as s:
-        c = RawClient(s.socket, window=4096)
+        c = RawClient(s.socket, window=window)
         try:
             request = opb.GetFlowsRequest(follow=True).SerializeToString()
-            c.request(b"/observer.Observer/GetFlows", grpc_body(request))
-            assert wait_for(lambda: s.service.active_streams == 1)
-            for _ in range(20):  # 20 x 100 flows: far more than 4 KB of responses, and more than the ring
+            sid = c.request(b"/observer.Observer/GetFlows", grpc_body(request))
+            assert wait_until(lambda: s.service.active_streams == 1, timeout=10)
+            for _ in range(pushed // 100):
                 pipeline.on_events([h.event(dport=1000 + i) for i in range(100)])
-            received = 0
-            c.sock.settimeout(0.5)
-            try:
-                while True:  # read without acknowledging: the window stays shut after 4 KB
+            body = bytearray()
+            acknowledge = False
+
+            def read_some() -> None:
+                c.sock.settimeout(0.2)
+                try:
                     data = c.sock.recv(1 << 20)
-                    if not data:
-                        break
-                    for ev in c.conn.receive_data(data):
-                        if isinstance(ev, h2.events.DataReceived):
-                            received += len(ev.data)
-            except TimeoutError:
-                pass
-            assert 0 < received <= 4096
+                except TimeoutError:
+                    return
+                assert data, "the server closed the connection"
+                for ev in c.conn.receive_data(data):
+                    if isinstance(ev, h2.events.DataReceived) and ev.stream_id == sid:
+                        body.extend(ev.data)
+                        if acknowledge:
+                            c.conn.acknowledge_received_data(ev.flow_controlled_length, sid)
+                c.flush()
+
+            # Read without acknowledging until the server has used the window (a flow is ~150 bytes).
+            assert wait_until(lambda: read_some() or len(body) > window - 512, timeout=30, interval=0)
+            assert len(body) <= window
             # Meanwhile another client is served normally.
             with grpc.insecure_channel(s.target) as ch:
                 status = ogrpc.ObserverStub(ch).ServerStatus(opb.ServerStatusRequest(), timeout=5)
-            assert status.seen_flows == 2000
+            assert status.seen_flows == pushed
+            # Reopen the window: the stream resumes, and what the ring overwrote meanwhile is reported lost.
+            acknowledge = True
+            c.conn.acknowledge_received_data(len(body), sid)
+            c.flush()
+            flows, lost = 0, 0
+
+            def accounted() -> bool:
+                nonlocal flows, lost
+                read_some()
+                while len(body) >= 5 and len(body) >= 5 + int.from_bytes(body[1:5], "big"):
+                    size = int.from_bytes(body[1:5], "big")
+                    response = opb.GetFlowsResponse.FromString(bytes(body[5 : 5 + size]))
+                    del body[: 5 + size]
+                    if response.HasField("flow"):
+                        flows += 1
+                    elif response.HasField("lost_events"):
+                        lost += response.lost_events.num_events_lost
+                return flows + lost >= pushed
+
+            assert wait_until(accounted, timeout=30, interval=0), (flows, lost)
+            assert flows + lost == pushed and lost > 0, (flows, lost)
         finally:
             c.close()
-        assert wait_for(lambda: s.service.active_streams == 0)
+        assert wait_until(lambda: s.service.active_streams == 0, timeout=10)
 
 
 def test_large_unary_response_is_sent_in_frames_under_flow_control(tmp_path: Path) -> None:

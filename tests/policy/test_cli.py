@@ -138,3 +138,20 @@ def test_trace_bad_requests_say_why(
 def test_missing_directory(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = run(capsys, "policy", "list", "--manifests", str(tmp_path / "absent"))
     assert code == 2 and "is not a directory" in err
+
+
+def test_reads_the_directory_as_the_agent_does(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """The same reader as `meshagent run --manifests`: hidden files skipped, the first definition of an
+    object wins (the other is reported), namespaces that pods use exist implicitly."""
+    pod = (
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: p, namespace: z}}\n"
+        "spec: {{nodeName: node-1}}\nstatus: {{podIP: {ip}}}\n"
+    )
+    (tmp_path / "a.yaml").write_text(pod.format(ip="10.0.0.1"))
+    (tmp_path / "b.yaml").write_text(pod.format(ip="10.0.0.2"))
+    (tmp_path / ".hidden.yaml").write_text(pod.format(ip="10.0.0.3").replace("name: p", "name: q"))
+    code, out, _ = run(capsys, "policy", "list", "--manifests", str(tmp_path), "-o", "json")
+    assert code == 0
+    data = json.loads(out)
+    assert [(e["namespace"], e["name"], e["ip"]) for e in data["endpoints"]] == [("z", "p", "10.0.0.1")]
+    assert any("b.yaml:1" in e and "already defined in a.yaml:1" in e for e in data["rejected"])

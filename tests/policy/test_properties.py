@@ -82,7 +82,7 @@ def check_against_semantics(compiler: PolicyCompiler) -> int:
             continue
         for peer in peers:
             if peer.pod is not None and peer.pod.key == key:
-                continue  # a pod's traffic to itself never reaches the host side (GUIDE §4)
+                continue  # a pod's traffic to itself never leaves it for the veth, where tc enforces
             for direction in Direction:
                 for protocol, port in PROBE_PORTS:
                     expected = evaluate_direction(

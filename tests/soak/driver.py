@@ -568,13 +568,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument(
+        "--disruption-every",
+        type=float,
+        default=45.0,
+        help="at most one agent restart or API outage per this many seconds (longer: longer agent runs to "
+        "measure the footprint's growth on)",
+    )
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     workdir = args.workdir or Path(f"/tmp/meshagent-soak-{uuid.uuid4().hex[:8]}")
     workdir.mkdir(parents=True, exist_ok=True)
     seconds = args.minutes * 60
     print(f"soak: {args.minutes} minutes, seed {seed}, agent log {workdir / 'agent.log'}", flush=True)
-    figures = Soak(seconds=seconds, seed=seed, workdir=workdir).run()
+    figures = Soak(
+        seconds=seconds, seed=seed, workdir=workdir, disruption_every_s=args.disruption_every
+    ).run()
     for line in report(figures, seconds=seconds, seed=seed):
         print(line, flush=True)
     bad = figures.wrong_after_convergence or figures.broken_by_restart or figures.unexpected_exits

@@ -5,7 +5,6 @@ the cgroup are spliced socket to socket. Echoes are byte-identical with it on an
 from __future__ import annotations
 
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from meshagent.testing.topology import Pod, Topology
 
 from tests.socklb.conftest import _remove_cgroup
 from tests.socklb.helpers import run_client, start_client
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.kernel
 
@@ -62,16 +62,6 @@ def _sockets_of(lb: SocketLB, *pods: Pod) -> list[str]:
         for k in lb.accelerated_sockets()
         if addr_from_net(k.local_addr_net) in addresses
     ]
-
-
-def _wait_until(predicate: object, timeout: float = 3.0) -> bool:
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
 
 
 def test_echoes_are_byte_identical_with_acceleration_on_and_off(
@@ -123,7 +113,7 @@ def test_echoes_are_byte_identical_with_acceleration_on_and_off(
     # On: the messages really were spliced (both directions, every size); off: the splice saw nothing.
     assert during["redirected"] - before["redirected"] >= 2 * len(expected)
     assert after == during
-    assert _wait_until(lambda: _sockets_of(accelerated, client, server_pod) == [])
+    assert wait_until(lambda: _sockets_of(accelerated, client, server_pod) == [], timeout=3.0)
 
 
 def test_closing_either_side_removes_its_socket(
@@ -143,12 +133,12 @@ def test_closing_either_side_removes_its_socket(
 
         server.kill()  # the server side closes first
         server.wait()
-        assert _wait_until(lambda: _sockets_of(accelerated, server_pod) == [])
+        assert wait_until(lambda: _sockets_of(accelerated, server_pod) == [], timeout=3.0)
 
         held.stdin.write("go\n")
         held.stdin.flush()
         held.wait(timeout=10)  # its exchange fails (the peer is gone); then it exits and closes
-        assert _wait_until(lambda: _sockets_of(accelerated, client, server_pod) == [])
+        assert wait_until(lambda: _sockets_of(accelerated, client, server_pod) == [], timeout=3.0)
     finally:
         for process in (held, server):
             process.kill()
@@ -156,7 +146,8 @@ def test_closing_either_side_removes_its_socket(
 
 
 def test_sockhash_key_mirror_matches_the_compiled_size(accelerated: SocketLB) -> None:
-    # BCC cannot build a table object for a sockhash (GUIDE §1); the module still knows its key size.
+    # BCC cannot build a table object for a sockhash ("Unknown table type 18"); the module still knows its
+    # key size.
     import ctypes
 
     from bcc import libbcc

@@ -1,10 +1,11 @@
 """A small Kubernetes API server emulator for the source tests (standard library only).
 
 Why our own: the tests need what an informer relies on and kmock 0.8 does not give
-(see GUIDE §5): a global resourceVersion stamped on every write, lists carrying it,
-watches that replay history after a version, 410 Gone below a compaction point,
-BOOKMARK events, label and field selectors, Namespace objects, and fault switches
-(dropped streams, 500s, a server that stops and comes back with its state).
+(it emulates requests, not the list-then-watch protocol): a global resourceVersion
+stamped on every write, lists carrying it, watches that replay history after a version,
+410 Gone below a compaction point, BOOKMARK events, label and field selectors, Namespace
+objects, and fault switches (dropped streams, 500s, a server that stops and comes back
+with its state).
 
 It speaks plain HTTP/1.1 with chunked watch streams, so the official client talks to
 it unchanged. Writes normally go through the Python methods (`apply`, `delete`) so a

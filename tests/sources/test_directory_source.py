@@ -14,7 +14,8 @@ from meshagent.sources.kinds import KINDS, Kind
 from meshagent.sources.pipeline import Dispatcher
 from meshagent.sources.store import ObjectStore
 
-from tests.sources.conftest import Recorder, wait_until
+from tests.sources.conftest import Recorder
+from tests.waiting import wait_until
 
 POD = """\
 apiVersion: v1
@@ -185,9 +186,87 @@ def test_missing_directory_keeps_state(rig: Rig) -> None:
     assert rig.pod_ips() == {"p1": "10.1.0.1"}
 
 
-def test_poller_picks_up_changes_by_itself(rig: Rig) -> None:
+def test_watcher_picks_up_changes_by_itself(rig: Rig) -> None:
     rig.source.start()
     rig.write("a.yaml", POD.format(name="p1", ip="10.1.0.1"))
     assert wait_until(lambda: rig.pod_ips() == {"p1": "10.1.0.1"}, timeout=3)
     events = [e for e in rig.recorder.objects() if e.kind is Kind.POD]
     assert [e.action for e in events] == [Action.ADDED]
+
+
+# Longer than any wait below: a change seen within the wait was seen by the watcher, not by a poll.
+NEVER_POLL = 3600.0
+
+
+def test_changes_are_seen_by_the_watcher_not_by_polling(rig: Rig) -> None:
+    rig.source = DirectorySource(rig.dir, rig.dispatcher.put, poll_interval=NEVER_POLL)
+    rig.source.start()
+    rig.write("a.yaml", POD.format(name="p1", ip="10.1.0.1"))
+    assert wait_until(lambda: rig.pod_ips() == {"p1": "10.1.0.1"}, timeout=10)
+    rig.write("deep/er/b.yaml", POD.format(name="p2", ip="10.1.0.2"))  # new sub-folders are watched too
+    assert wait_until(lambda: rig.pod_ips() == {"p1": "10.1.0.1", "p2": "10.1.0.2"}, timeout=10)
+    (rig.dir / "a.yaml").unlink()
+    assert wait_until(lambda: rig.pod_ips() == {"p2": "10.1.0.2"}, timeout=10)
+
+
+class ConfigMapVolume:
+    """A folder laid out as the kubelet lays out a mounted ConfigMap: the data in a timestamped hidden
+    folder, `..data` a symlink to it, and each key a symlink through `..data`. An update writes a new
+    timestamped folder and swaps `..data` atomically (a rename of a new symlink over it)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.generation = 0
+
+    def publish(self, files: dict[str, str]) -> None:
+        self.generation += 1
+        data = self.root / f"..2026_12_07_00_00_{self.generation:02d}.000000001"
+        data.mkdir()
+        for name, text in files.items():
+            (data / name).write_text(text)
+        old = os.readlink(self.root / "..data") if (self.root / "..data").is_symlink() else None
+        os.symlink(data.name, self.root / "..data_tmp")
+        os.rename(self.root / "..data_tmp", self.root / "..data")
+        for name in files:
+            if not (self.root / name).is_symlink():
+                os.symlink(f"..data/{name}", self.root / name)
+        for link in self.root.iterdir():
+            if not link.name.startswith(".") and link.name not in files:
+                link.unlink()  # a key removed from the ConfigMap
+        if old is not None:
+            shutil.rmtree(self.root / old)
+
+
+def test_a_mounted_configmap_update_is_seen(rig: Rig) -> None:
+    volume = ConfigMapVolume(rig.dir)
+    volume.publish({"ns.yaml": NS, "pods.yaml": POD.format(name="p1", ip="10.1.0.1")})
+    rig.source = DirectorySource(rig.dir, rig.dispatcher.put, poll_interval=NEVER_POLL)
+    rig.source.start()
+    rig.settle()
+    assert rig.pod_ips() == {"p1": "10.1.0.1"}
+    assert rig.source.status().errors == ()  # the hidden data folders are not read twice
+    volume.publish({"ns.yaml": NS, "pods.yaml": POD.format(name="p1", ip="10.1.0.9")})
+    assert wait_until(lambda: rig.pod_ips() == {"p1": "10.1.0.9"}, timeout=10)
+    # A key added, one gone.
+    volume.publish({"ns.yaml": NS, "more.yaml": POD.format(name="p2", ip="10.1.0.2")})
+    assert wait_until(lambda: rig.pod_ips() == {"p2": "10.1.0.2"}, timeout=10)
+    modified = [e for e in rig.recorder.objects() if e.kind is Kind.POD and e.action is Action.MODIFIED]
+    assert [e.obj["status"]["podIP"] for e in modified] == ["10.1.0.9"]  # each update applied once
+
+
+def test_a_folder_that_appears_later_or_is_replaced_is_watched(rig: Rig) -> None:
+    folder = rig.dir / "later"
+    rig.source = DirectorySource(folder, rig.dispatcher.put, poll_interval=0.05)
+    rig.source.start()
+    assert not rig.source.status().connected
+    folder.mkdir()
+    (folder / "a.yaml").write_text(POD.format(name="p1", ip="10.1.0.1"))
+    assert wait_until(lambda: rig.pod_ips() == {"p1": "10.1.0.1"}, timeout=10)
+    replacement = rig.dir / "replacement"
+    replacement.mkdir()
+    (replacement / "a.yaml").write_text(POD.format(name="p1", ip="10.1.0.5"))
+    os.rename(folder, rig.dir / "old")
+    os.rename(replacement, folder)
+    assert wait_until(lambda: rig.pod_ips() == {"p1": "10.1.0.5"}, timeout=10)
+    rig.write("later/b.yaml", POD.format(name="p2", ip="10.1.0.2"))  # and the new folder is watched
+    assert wait_until(lambda: set(rig.pod_ips()) == {"p1", "p2"}, timeout=10)

@@ -12,8 +12,9 @@ from meshagent.sources.kinds import KINDS, Kind
 from meshagent.sources.kube_events import ObjectRef
 
 from tests.sources import objects
-from tests.sources.conftest import FAST, KubeRig, make_rig, wait_until
+from tests.sources.conftest import FAST, KubeRig, make_rig
 from tests.sources.k8s_emulator import KubeEmulator
+from tests.waiting import wait_until
 
 ALL_KINDS = [str(info.kind) for info in KINDS]
 

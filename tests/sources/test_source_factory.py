@@ -9,8 +9,8 @@ from meshagent.sources.kinds import Kind
 from meshagent.sources.source import open_desired_state
 
 from tests.sources import objects
-from tests.sources.conftest import wait_until
 from tests.sources.k8s_emulator import KubeEmulator
+from tests.waiting import wait_until
 
 
 def test_manifests_directory(tmp_path: Path) -> None:

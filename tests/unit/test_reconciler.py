@@ -4,7 +4,7 @@ itself is tested with real packets in tests/datapath and tests/agent; here the d
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,6 +20,8 @@ from meshagent.policy.diff import KernelDiff
 from meshagent.sources.events import Action, ObjectEvent, SyncEvent
 from meshagent.sources.kinds import Kind
 from meshagent.sources.store import ObjectStore
+
+from tests.waiting import wait_until
 
 NODE = "node-1"
 
@@ -93,15 +95,6 @@ def event(action: Action, obj: dict[str, Any]) -> ObjectEvent:
     return ObjectEvent(action, kind, obj["metadata"].get("namespace", ""), obj["metadata"]["name"], obj)
 
 
-def eventually(check: Callable[[], bool]) -> bool:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.01)
-    return False
-
-
 @pytest.fixture
 def rig() -> Iterator[tuple[ObjectStore, Reconciler, RecordingDatapath]]:
     store = ObjectStore()
@@ -141,7 +134,7 @@ def test_nothing_reaches_the_kernel_before_every_policy_kind_is_listed(
     time.sleep(0.2)
     assert datapath.full == [] and datapath.diffs == [] and not reconciler.applied.is_set()
     sync_all(store)
-    assert eventually(reconciler.applied.is_set)
+    assert wait_until(reconciler.applied.is_set)
     assert len(datapath.full) == 1
     assert [e.ipv4 for e in datapath.full[0].endpoints] == [__import__("ipaddress").IPv4Address("10.0.0.2")]
 
@@ -153,16 +146,16 @@ def test_an_invalid_update_is_rejected_and_the_valid_version_stays(
     store.apply(event(Action.ADDED, pod("db", "10.0.0.2", {"app": "db"})))
     store.apply(event(Action.ADDED, policy({"port": 80})))
     sync_all(store)
-    assert eventually(reconciler.applied.is_set)
+    assert wait_until(reconciler.applied.is_set)
     ports = {(e.port_lo, e.port_hi) for e in datapath.full[0].policy}
     assert (80, 80) in ports
     store.apply(event(Action.MODIFIED, policy({"endPort": 90})))  # endPort without port: invalid
-    assert eventually(lambda: bool(reconciler.rejections))
+    assert wait_until(lambda: bool(reconciler.rejections))
     rejection = next(iter(reconciler.rejections.values()))
     assert rejection.name == "db" and "endPort" in rejection.reason
     assert datapath.diffs == [], "the kernel keeps the last valid version"
     store.apply(event(Action.MODIFIED, policy({"port": 81})))
-    assert eventually(lambda: not reconciler.rejections and bool(datapath.diffs))
+    assert wait_until(lambda: not reconciler.rejections and bool(datapath.diffs))
     added = {(e.port_lo, e.port_hi) for d in datapath.diffs for e in d.upsert_policy}
     removed = {(e.port_lo, e.port_hi) for d in datapath.diffs for e in d.delete_policy}
     assert (81, 81) in added and (80, 80) in removed
@@ -176,7 +169,7 @@ def test_only_this_nodes_own_pods_become_endpoints(
     store.apply(event(Action.ADDED, pod("elsewhere", "10.0.1.2", {"app": "db"}, node="node-2")))
     store.apply(event(Action.ADDED, pod("agent", "192.0.2.1", {"app": "agent"}, host_network=True)))
     sync_all(store)
-    assert eventually(reconciler.applied.is_set)
+    assert wait_until(reconciler.applied.is_set)
     assert {str(e.ipv4) for e in datapath.full[0].endpoints} == {"10.0.0.2"}
     assert set(reconciler.endpoint_states()) == {"shop/db"}
     # Every pod's address is known, local or not, for identities.
@@ -231,9 +224,9 @@ def test_an_endpoint_that_cannot_be_attached_is_retried_and_reported() -> None:
         )
         store.apply(event(Action.ADDED, pod("a", "10.0.0.2", {"app": "a"})))
         sync_all(store)
-        assert eventually(lambda: reconciler.endpoint_states().get("shop/a", "").startswith("attach failed"))
+        assert wait_until(lambda: reconciler.endpoint_states().get("shop/a", "").startswith("attach failed"))
         assert reported and reported[0][0] == "a" and "Device or resource busy" in reported[0][1]
-        assert eventually(lambda: reconciler.endpoint_states().get("shop/a") == "ready (veth0)")
+        assert wait_until(lambda: reconciler.endpoint_states().get("shop/a") == "ready (veth0)")
         assert datapath.retries[:3] == [{100}, {100}, {100}], "retried until it worked"
         assert reconciler.attach_retries.failed_attempts == 3
         assert len(reported) == 1, "one Event for a run of failures, not one per attempt"

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-import argparse
-from typing import Any
+import click
 
 
-def register(subparsers: Any) -> None:
-    demo = subparsers.add_parser("demo", help="run the cluster-in-a-box demo (network namespaces only)")
-    demo.add_argument(
-        "--duration",
-        type=float,
-        default=None,
-        help="run unattended for this many seconds, then print a summary and exit",
-    )
-    demo.add_argument("--keep", action="store_true", help="keep everything running until Ctrl-C")
-    demo.set_defaults(handler=_demo)
-
-
-def _demo(args: argparse.Namespace) -> int:
+@click.command("demo", help="Run the cluster-in-a-box demo (network namespaces only).")
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="run unattended for this many seconds, then print a summary and exit",
+)
+@click.option("--keep", is_flag=True, help="keep everything running until Ctrl-C")
+@click.option(
+    "--nodes",
+    type=click.IntRange(min=1, max=8),
+    default=1,
+    show_default=True,
+    help="spread the pods over this many nodes, one agent each",
+)
+def demo_command(duration: float | None, keep: bool, nodes: int) -> int:
     from meshagent.demo.run import Demo
 
-    return Demo(duration=args.duration, keep=args.keep).run()
+    return Demo(duration=duration, keep=keep, nodes=nodes).run()

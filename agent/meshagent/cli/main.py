@@ -1,18 +1,19 @@
-"""Entry point of the `meshagent` command.
+"""Entry point of the `meshagent` command: the click group that gathers the sub-commands.
 
-Each sub-command lives in its own module under `meshagent.cli` and exposes
-`register(subparsers)`; this module only assembles them, so adding a command
-never touches another command's code.
+Each sub-command lives in its own module under `meshagent.cli`; this module only assembles them, so adding
+a command never touches another command's code. Options also come from the environment: a command's own
+as MESHAGENT_<OPTION> where the option says so (`meshagent run`'s settings, the connection flags),
+otherwise MESHAGENT_<COMMAND>_<OPTION> (for example MESHAGENT_FLOWS_OUTPUT=json). Shell completion comes
+from click: `eval "$(_MESHAGENT_COMPLETE=bash_source meshagent)"` (zsh_source, fish_source likewise).
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import logging
 import os
 import sys
 from collections.abc import Sequence
+
+import click
 
 from meshagent import __version__
 
@@ -20,42 +21,58 @@ from meshagent import __version__
 # anything imports grpc.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
-# Modules under meshagent.cli that contribute sub-commands, in help order.
-COMMAND_MODULES: tuple[str, ...] = (
-    "meshagent.cli.run",
-    "meshagent.cli.demo",
-    "meshagent.cli.flows",
-    "meshagent.cli.status",
-    "meshagent.cli.policy",
+from meshagent.agent.logs import setup_logging
+from meshagent.cli.context import VERBOSE
+from meshagent.cli.demo import demo_command
+from meshagent.cli.flows import flows_command
+from meshagent.cli.policy import policy_group
+from meshagent.cli.relay import relay_command
+from meshagent.cli.run import run_command, uninstall_command
+from meshagent.cli.status import status_command
+
+ENV_PREFIX = "MESHAGENT"
+
+
+@click.group(
+    "meshagent",
+    help="Sidecarless eBPF L4 networking agent: policy, socket load-balancing, flows.",
+    context_settings={"auto_envvar_prefix": ENV_PREFIX, "help_option_names": ["-h", "--help"]},
 )
+@click.version_option(__version__, prog_name="meshagent", message="%(prog)s %(version)s")
+@click.option("-v", "--verbose", is_flag=True, help="debug logging")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
+    ctx.meta[VERBOSE] = verbose
+    if ctx.invoked_subcommand != run_command.name:  # run sets up logging from its own settings
+        setup_logging(level="debug" if verbose else "info", fmt="text")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="meshagent",
-        description="Sidecarless eBPF L4 networking agent: policy, socket load-balancing, flows.",
-    )
-    parser.add_argument("--version", action="version", version=f"meshagent {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module_name in COMMAND_MODULES:
-        importlib.import_module(module_name).register(subparsers)
-    return parser
+for _command in (
+    run_command,
+    uninstall_command,
+    demo_command,
+    flows_command,
+    status_command,
+    policy_group,
+    relay_command,
+):
+    cli.add_command(_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    handler = getattr(args, "handler", None)
-    if handler is None:
-        parser.print_help()
-        return 2
-    result: int = handler(args)
-    return result
+    """Runs the command line; returns the exit status."""
+    try:
+        result = cli.main(
+            args=list(argv) if argv is not None else None, prog_name="meshagent", standalone_mode=False
+        )
+    except click.exceptions.Exit as done:
+        return done.exit_code
+    except click.ClickException as err:
+        err.show()
+        return err.exit_code
+    except click.Abort:
+        return 1
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any, TextIO
@@ -11,10 +10,7 @@ from typing import Any, TextIO
 from meshagent.model.kernel_state import Direction
 from meshagent.policy.evaluate import Peer
 from meshagent.policy.inventory import EndpointSummary
-from meshagent.policy.manifests import ManifestError
 from meshagent.policy.trace import DirectionTrace, Trace
-
-logger = logging.getLogger(__name__)
 
 
 def _peer(peer: Peer) -> str:
@@ -104,7 +100,7 @@ def _flags(enforce: bool, audit: bool) -> str:
 
 
 def print_list(
-    out: TextIO, rows: Sequence[EndpointSummary], errors: Sequence[ManifestError], *, output: str = "text"
+    out: TextIO, rows: Sequence[EndpointSummary], errors: Sequence[str], *, output: str = "text"
 ) -> None:
     if output == "json":
         json.dump(

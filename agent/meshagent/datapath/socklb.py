@@ -25,7 +25,7 @@ from meshagent.datapath.loader import DEFAULT_PIN_DIR, captured_stderr, ensure_b
 from meshagent.datapath.maps import lb_affinity, lb_events, lb_revnat, lb_services, lb_sockhash
 from meshagent.datapath.maps.base import PerCpuArray, TypedMap
 from meshagent.datapath.pinned import open_pinned
-from meshagent.datapath.source import assemble
+from meshagent.datapath.program_text import assemble
 from meshagent.model.services import Frontend, LBEntry, ServiceTranslation
 from meshagent.services.diff import LBDiff, diff
 
@@ -88,7 +88,7 @@ class SocketLB:
     """Load, attach to `cgroup`, apply frontends; detach() removes exactly our attachments.
 
     accelerate=True also builds and attaches the sockmap splice (sockops on the cgroup, sk_msg on
-    ma_lb_sockhash): off by default, because it makes small writes slower (GUIDE §1, bench/socklb.py).
+    ma_lb_sockhash): off by default, because it makes small writes slower (bench/socklb.py).
     """
 
     def __init__(
@@ -150,7 +150,7 @@ class SocketLB:
             capacity=self.capacities.services,
         )
         if self.accelerate:
-            # BCC cannot wrap a sockhash in a table object (GUIDE §1): take its fd from the module.
+            # BCC 0.26 cannot wrap a sockhash in a table object ("Unknown table type 18"): take its fd.
             self._sockhash_fd = int(libbcc.lib.bpf_table_fd(self.bpf.module, lb_sockhash.MAP_NAME.encode()))
 
     def attach(self, *, replace_stale: bool = True) -> None:
@@ -229,7 +229,7 @@ class SocketLB:
                 on_event(lb_events.decode(ctypes.string_at(data, size)))
             except Exception:  # a bad consumer must not stop the reader
                 logger.exception("translation event consumer failed")
-        return 0  # BCC wants an int (GUIDE §1)
+        return 0  # BCC wants an int: None costs an exception per event
 
     def _drain(self) -> None:
         while not self._events_stop.wait(0.01):

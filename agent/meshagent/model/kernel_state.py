@@ -9,6 +9,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+# Where the kernel state lives between runs: the maps pinned on bpffs (a restarted agent adopts them).
+DEFAULT_PIN_DIR = Path("/sys/fs/bpf/meshagent")
 
 # Reserved numeric identities (the datapath knows these numbers too: bpf/lib/identity.h).
 IDENTITY_ANY = 0  # wildcard in a policy entry: any peer

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
+from meshagent.observer.listen import DEFAULT_SOCKET
 from meshagent.observer.proto.observer import observer_pb2 as opb
 from meshagent.observer.proto.observer import observer_pb2_grpc as ogrpc
-from meshagent.observer.server import DEFAULT_SOCKET
-
-logger = logging.getLogger(__name__)
 
 
 class ClientError(RuntimeError):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import logging
 import os
 import socket
 import time
@@ -21,8 +20,6 @@ from meshagent.model.kernel_state import (
 from meshagent.observer.clock import WallClock
 from meshagent.observer.enrich import Enricher, PolicyRef, ServiceRef
 from meshagent.observer.proto.flow import flow_pb2 as pb
-
-logger = logging.getLogger(__name__)
 
 # Monitor message types as Hubble clients know them (`hubble observe --type drop|trace|policy-verdict`).
 MESSAGE_TYPE_DROP = 1

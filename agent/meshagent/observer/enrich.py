@@ -7,13 +7,10 @@ replay and benchmarks.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Protocol
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

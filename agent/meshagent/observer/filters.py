@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
-import logging
 import re
 from collections.abc import Callable, Sequence
 
@@ -13,8 +12,6 @@ from google.protobuf import unknown_fields
 
 from meshagent.observer.labels import SelectorError, compile_selector
 from meshagent.observer.proto.flow import flow_pb2 as pb
-
-logger = logging.getLogger(__name__)
 
 FlowPredicate = Callable[[pb.Flow], bool]
 

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-
-logger = logging.getLogger(__name__)
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.:/\-]+$")
 _VALUE_RE = re.compile(r"^[A-Za-z0-9_.\-]*$")

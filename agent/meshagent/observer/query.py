@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -10,8 +9,6 @@ from meshagent.observer.filters import FilterError, FlowMatcher, TemplateCache
 from meshagent.observer.proto.flow import flow_pb2 as pb
 from meshagent.observer.proto.observer import observer_pb2 as opb
 from meshagent.observer.ring import Entry, FlowRing
-
-logger = logging.getLogger(__name__)
 
 _UINT64_MAX = (1 << 64) - 1
 

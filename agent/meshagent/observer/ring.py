@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections import deque
 from collections.abc import Iterable
 
 from meshagent.observer.convert import PreparedFlow
 from meshagent.observer.proto.flow import flow_pb2 as pb
-
-logger = logging.getLogger(__name__)
-
 
 MAX_MARKERS = 4096  # lost-event markers remembered (over an hour of one a second)
 
@@ -144,6 +140,12 @@ class FlowRing:
             end = min(self._next, seq + limit)
             out += [self._slots[s % self._cap] for s in range(seq, end)]
         return [e for e in out if e is not None], end, lost
+
+    @property
+    def waiting(self) -> int:
+        """Readers blocked in wait_for() right now: followers that have read everything held."""
+        with self._cond:
+            return self._waiters
 
     def wait_for(self, seq: int, timeout: float) -> bool:
         """Block until an entry with sequence >= seq exists (True) or timeout/close (False)."""

@@ -6,15 +6,12 @@ of the entry that decided; RULE_ID_NONE means no entry matched (a default verdic
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from meshagent.model.kernel_state import RULE_ID_NONE, Direction
 from meshagent.model.netpol import PolicyType
 from meshagent.policy.compiler import PolicyCompiler
 from meshagent.policy.rules import RuleKind, RuleRef
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,6 @@ causes and recompiles only the endpoints it can affect. What an endpoint's entri
 
 from __future__ import annotations
 
-import bisect
-import logging
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ from meshagent.model.kernel_state import (
     Protocol,
 )
 from meshagent.model.netpol import NetworkPolicy, PolicyType
+from meshagent.policy.addresses import AddressIndex, PodKey
 from meshagent.policy.decide import DirectionRules, PortRange, compile_direction
 from meshagent.policy.diff import KernelDiff, diff_sets, endpoint_key, ipcache_key, policy_key
 from meshagent.policy.endpoint_rules import direction_rules
@@ -48,9 +47,6 @@ from meshagent.policy.peers import (
 )
 from meshagent.policy.rules import RuleKind, RuleRef, RuleTable
 
-logger = logging.getLogger(__name__)
-
-PodKey = tuple[str, str]
 PolicyKey = tuple[RuleKind, str, str]  # (kind, namespace or "", name)
 AnyPolicy = NetworkPolicy | AdminNetworkPolicy
 
@@ -100,7 +96,7 @@ class PolicyCompiler:
         self._id_labels: dict[int, IdentityLabels] = {}
         self._id_dicts: dict[int, tuple[dict[str, str], dict[str, str]]] = {}
         self._id_members: dict[int, set[PodKey]] = {}
-        self._ip_pods: dict[IPv4Address, set[PodKey]] = defaultdict(set)
+        self._addresses = AddressIndex()  # pod IPs and policy prefixes, for ipBlock peers and the ipcache
         self._netpols: dict[PolicyKey, NetworkPolicy] = {}
         self._np_by_ns: dict[str, dict[PolicyKey, NetworkPolicy]] = defaultdict(dict)
         self._admins: dict[PolicyKey, AdminNetworkPolicy] = {}
@@ -110,10 +106,6 @@ class PolicyCompiler:
         self._sel_cache: dict[SelectorPeer, set[int]] = {}
         self._sel_frozen: dict[SelectorPeer, frozenset[int]] = {}  # read copies, dropped on change
         self._block_cache: dict[BlockPeer, frozenset[int]] = {}
-        self._prefix_refs: dict[IPv4Network, int] = defaultdict(int)
-        # Sorted views for ipBlock resolution (bisect instead of a scan), rebuilt after changes.
-        self._prefix_sorted: list[tuple[int, IPv4Network]] | None = None
-        self._ip_sorted: list[int] | None = None
         self._egress_named: set[PolicyKey] = set()
         self._compiled: dict[PodKey, _Compiled] = {}
         self._by_endpoint_id: dict[int, PodKey] = {}
@@ -142,7 +134,7 @@ class PolicyCompiler:
 
     def cidr_of_identity(self, identity: int) -> IPv4Network | None:
         for cidr, ident in self._ipcache.items():
-            if ident == identity and cidr in self._prefix_refs:
+            if ident == identity and self._addresses.has_prefix(cidr):
                 return cidr
         return None
 
@@ -355,9 +347,7 @@ class PolicyCompiler:
         labels = self._identity_labels_of(pod)
         ident = self.identities.labels_identity(labels)
         self._pod_identity[key] = ident
-        if pod.ip not in self._ip_pods:
-            self._ip_sorted = None
-        self._ip_pods[pod.ip].add(key)
+        self._addresses.add_pod(pod.ip, key)
         self._dirty_prefixes.add(IPv4Network(pod.ip))
         members = self._id_members.get(ident)
         if members is None:
@@ -378,10 +368,7 @@ class PolicyCompiler:
         ident = self._pod_identity.pop(key, None)
         if ident is None or pod.ip is None:
             return
-        self._ip_pods[pod.ip].discard(key)
-        if not self._ip_pods[pod.ip]:
-            del self._ip_pods[pod.ip]
-            self._ip_sorted = None
+        self._addresses.remove_pod(pod.ip, key)
         self._dirty_prefixes.add(IPv4Network(pod.ip))
         members = self._id_members[ident]
         members.discard(key)
@@ -461,8 +448,7 @@ class PolicyCompiler:
                     if admin_subject_matches(policy, pod, ns_labels):
                         self._dirty_eps.add(k)
         for prefix in policy_prefixes(policy):
-            self._prefix_refs[prefix] += 1
-            if self._prefix_refs[prefix] == 1:
+            if self._addresses.add_prefix(prefix):
                 self.identities.cidr_identity(prefix)
                 self._prefix_changed(prefix)
         for spec in policy_specs(policy):
@@ -496,16 +482,13 @@ class PolicyCompiler:
                 else:
                     self._block_cache.pop(spec, None)
         for prefix in policy_prefixes(policy):
-            self._prefix_refs[prefix] -= 1
-            if self._prefix_refs[prefix] == 0:
-                del self._prefix_refs[prefix]
+            if self._addresses.remove_prefix(prefix):
                 self.identities.release_cidr(prefix)
                 self._prefix_changed(prefix)
         self._egress_named.discard(key)
         self.rules.release_policy(key[0], key[1], key[2])
 
     def _prefix_changed(self, prefix: IPv4Network) -> None:
-        self._prefix_sorted = None
         self._dirty_prefixes.add(prefix)
         for spec in list(self._block_cache):
             if spec.block.cidr.overlaps(prefix):
@@ -525,39 +508,21 @@ class PolicyCompiler:
             self._block_cache[spec] = cached
         return cached
 
-    def _prefixes_within(self, cidr: IPv4Network) -> list[IPv4Network]:
-        if self._prefix_sorted is None:
-            self._prefix_sorted = sorted((int(p.network_address), p) for p in self._prefix_refs)
-        start, end = int(cidr.network_address), int(cidr.broadcast_address)
-        found = []
-        for index in range(bisect.bisect_left(self._prefix_sorted, (start,)), len(self._prefix_sorted)):
-            first, prefix = self._prefix_sorted[index]
-            if first > end:
-                break
-            if prefix.prefixlen >= cidr.prefixlen:  # starts inside and is no wider: inside
-                found.append(prefix)
-        return found
-
-    def _pod_ips_within(self, cidr: IPv4Network) -> list[IPv4Address]:
-        if self._ip_sorted is None:
-            self._ip_sorted = sorted(int(ip) for ip in self._ip_pods)
-        lo = bisect.bisect_left(self._ip_sorted, int(cidr.network_address))
-        hi = bisect.bisect_right(self._ip_sorted, int(cidr.broadcast_address))
-        return [IPv4Address(value) for value in self._ip_sorted[lo:hi]]
-
     def _resolve_block(self, spec: BlockPeer) -> frozenset[int]:
         block = spec.block
         ids: set[int] = set()
-        for prefix in self._prefixes_within(block.cidr):
+        for prefix in self._addresses.prefixes_within(block.cidr):
             shadowed = prefix.prefixlen == 32 and (
-                prefix.network_address in self._ip_pods or prefix.network_address in self._hosts
+                self._addresses.holds_pod(prefix.network_address) or prefix.network_address in self._hosts
             )
             if not shadowed and block.contains(prefix):
                 ids.add(self.identities.cidr_identity(prefix))
         # Pod IPs are /32s in the ipcache, so a packet from a pod carries the pod's identity: allow that
         # identity when every pod holding it is inside the block (never more than the block allows).
         candidates = {
-            self._pod_identity[k] for ip in self._pod_ips_within(block.cidr) for k in self._ip_pods[ip]
+            self._pod_identity[k]
+            for ip in self._addresses.pod_ips_within(block.cidr)
+            for k in self._addresses.pods_at(ip)
         }
         for ident in candidates:
             ips = [self._pods[k].ip for k in self._id_members.get(ident, ())]
@@ -701,10 +666,10 @@ class PolicyCompiler:
         if prefix.prefixlen == 32 and prefix.network_address in self._hosts:
             return IDENTITY_HOST
         if prefix.prefixlen == 32:
-            holders = self._ip_pods.get(prefix.network_address)
+            holders = self._addresses.pods_at(prefix.network_address)
             if holders:
                 return self._pod_identity[min(holders)]
-        if prefix in self._prefix_refs:
+        if self._addresses.has_prefix(prefix):
             return self.identities.cidr_identity(prefix)
         return None
 

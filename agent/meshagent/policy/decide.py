@@ -17,7 +17,6 @@ every protocol/port segment, and emit entries that never overlap within one peer
 from __future__ import annotations
 
 import itertools
-import logging
 from collections import defaultdict
 from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
@@ -25,8 +24,6 @@ from dataclasses import dataclass
 
 from meshagent.model.admin_policy import AdminAction
 from meshagent.model.kernel_state import IDENTITY_ANY, RULE_ID_NONE, Action, Direction, PolicyEntry, Protocol
-
-logger = logging.getLogger(__name__)
 
 PORTED_PROTOCOLS = (Protocol.TCP, Protocol.UDP, Protocol.SCTP)
 # Protocols the datapath classifies; anything else is dropped for endpoints under policy (UNKNOWN_L4).

@@ -7,7 +7,6 @@ resolve on the destination (ingress: the local pod's own container ports; egress
 
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
 from typing import Protocol as TypingProtocol
 
@@ -18,8 +17,6 @@ from meshagent.model.netpol import NetworkPolicy, PolicyPort, PolicyType
 from meshagent.policy.decide import PORT_MAX, PORT_MIN, AdminLayer, AllowRule, Atom, DirectionRules, PortRange
 from meshagent.policy.peers import PeerSpec, admin_rule_specs, np_rule_specs
 from meshagent.policy.rules import RuleKind, RuleRef
-
-logger = logging.getLogger(__name__)
 
 _DIRECTION_TYPE = {Direction.INGRESS: PolicyType.INGRESS, Direction.EGRESS: PolicyType.EGRESS}
 

@@ -18,7 +18,6 @@ every pod sharing its identity is (identities, not addresses, are what the datap
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
@@ -29,8 +28,6 @@ from meshagent.model.kernel_state import Direction, Protocol, Verdict
 from meshagent.model.netpol import IPBlock, NetworkPolicy, PolicyPeer, PolicyPort, PolicyRule, PolicyType
 from meshagent.policy.identity import IdentityLabels, LabelFilter
 from meshagent.policy.rules import RuleKind, RuleRef
-
-logger = logging.getLogger(__name__)
 
 PodKey = tuple[str, str]
 

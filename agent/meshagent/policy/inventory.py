@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from meshagent.model.kernel_state import Direction
 from meshagent.policy.compiler import PolicyCompiler
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import logging
 from dataclasses import dataclass
 
 from meshagent.model.kernel_state import RULE_ID_NONE, Direction
-
-logger = logging.getLogger(__name__)
 
 _RULE_ID_MAX = 0x7FFF_FFFF
 

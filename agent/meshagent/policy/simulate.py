@@ -11,7 +11,6 @@ AUDITED) and a non-enforcing one allows.
 
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -28,8 +27,6 @@ from meshagent.model.kernel_state import (
     Protocol,
     Verdict,
 )
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

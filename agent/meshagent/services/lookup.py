@@ -6,15 +6,12 @@ name the backend. The compiled entries know which frontends (and Services) send 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from meshagent.model.kernel_state import Protocol
 from meshagent.model.services import Frontend, LBEntry, ObjectRef
-
-logger = logging.getLogger(__name__)
 
 BackendKey = tuple[IPv4Address, int, Protocol]
 

@@ -4,7 +4,6 @@ the caller keeps every other object (and the last good version of this one)."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from ipaddress import AddressValueError, IPv4Address, ip_address
 from typing import Any
@@ -22,8 +21,6 @@ from meshagent.model.services import (
     ServiceInputError,
     ServicePort,
 )
-
-logger = logging.getLogger(__name__)
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 GATEWAY_GROUP = "gateway.networking.k8s.io"

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 import random
 from dataclasses import dataclass
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,12 @@
-"""The directory source: manifests in a folder, watched by polling, emitted like the API would.
+"""The directory source: manifests in a folder, watched with inotify, emitted like the API would.
+
+The folder is watched through watchfiles (inotify) and scanned on every change, so an edit reaches the
+consumer in milliseconds, not at the next poll. It is also scanned every `poll_interval` seconds when
+nothing happens: that scan costs a stat per file, and it catches what a watch can miss (events dropped
+when inotify's queue overflows; a file replaced by one of the same size, which watchfiles' own polling,
+used where inotify is missing, does not notice). While the folder does not exist, it is looked for as
+often. A mounted ConfigMap works as it is: its files are symlinks through `..data`, which the kubelet
+swaps atomically; the swap is a change in the folder.
 
 Each scan stats every manifest file and re-reads only those whose (mtime, size, inode)
 changed, then re-parses only when the content hash changed. The objects of all files
@@ -19,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import watchfiles
+
 from meshagent.sources.events import Action, ObjectEvent, ObjectKey, SyncEvent, object_key
 from meshagent.sources.kinds import KINDS, Kind, kind_info
 from meshagent.sources.manifests import ManifestProblem, implicit_namespace, parse_manifest
@@ -29,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 SUFFIXES = (".yaml", ".yml", ".json")
 _KIND_ORDER = {info.kind: i for i, info in enumerate(KINDS)}
+# After a change, how long (ms) to wait for more before scanning: an editor's or kubelet's burst is one scan.
+_WATCH_STEP_MS = 20
 
 
 @dataclass(frozen=True)
@@ -69,7 +81,7 @@ class DirectorySource:
 
     def start(self) -> None:
         self.scan_now()
-        self._thread = threading.Thread(target=self._run, name="manifest-poller", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="manifest-watcher", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -102,11 +114,51 @@ class DirectorySource:
         logger.warning("rejected %s: %s %s", obj_ref, reason, message)
 
     def _run(self) -> None:
-        while not self._stop.wait(self._poll_interval):
+        while not self._stop.is_set():
             try:
-                self.scan_now()
-            except Exception:
-                logger.exception("scanning %s failed; keeping the last known state", self.directory)
+                watched: os.stat_result | None = os.stat(self.directory)
+            except OSError:
+                watched = None
+            if watched is not None and self._watch(watched):
+                continue  # stopped, or the folder went or was replaced: look at it again
+            # Not there, or not watchable, for now: scan (which records the outage) and look again later.
+            if self._stop.wait(self._poll_interval):
+                return
+            self._scan_logged()
+
+    def _watch(self, watched: os.stat_result) -> bool:
+        """Scans on every change and every poll interval until stopped or the folder is gone or replaced;
+        False if it cannot be watched."""
+        changes = watchfiles.watch(
+            self.directory,
+            watch_filter=None,  # which files count is the scan's business
+            step=_WATCH_STEP_MS,
+            rust_timeout=max(1, int(self._poll_interval * 1000)),
+            yield_on_timeout=True,  # an empty set: the periodic scan
+            stop_event=self._stop,
+            raise_interrupt=False,
+        )
+        try:
+            for _changed in changes:
+                self._scan_logged()
+                try:
+                    now = os.stat(self.directory)
+                except OSError:
+                    return True
+                if (now.st_dev, now.st_ino) != (watched.st_dev, watched.st_ino):
+                    return True  # replaced by another folder: watch that one
+        except (OSError, RuntimeError) as err:  # watchfiles reports a folder it cannot watch so
+            logger.warning(
+                "cannot watch %s (%s); looking again in %gs", self.directory, err, self._poll_interval
+            )
+            return False
+        return True
+
+    def _scan_logged(self) -> None:
+        try:
+            self.scan_now()
+        except Exception:
+            logger.exception("scanning %s failed; keeping the last known state", self.directory)
 
     # --- scanning ------------------------------------------------------------------------
 

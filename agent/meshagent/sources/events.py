@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import enum
-import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from meshagent.sources.kinds import Kind
-
-logger = logging.getLogger(__name__)
 
 
 class Action(enum.StrEnum):

@@ -7,10 +7,7 @@ the rest of the agent never cares where an object came from.
 from __future__ import annotations
 
 import enum
-import logging
 from dataclasses import dataclass
-
-logger = logging.getLogger(__name__)
 
 
 class Kind(enum.StrEnum):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 
 from kubernetes import client
@@ -13,8 +12,6 @@ from meshagent.sources.kube_events import EventRecorder, ObjectRef
 from meshagent.sources.kube_informer import Informer, InformerSettings
 from meshagent.sources.sink import Sink
 from meshagent.sources.status import SourceStatus
-
-logger = logging.getLogger(__name__)
 
 
 class KubernetesSource:

@@ -9,7 +9,6 @@ file's last good objects when it turns fatal, so a half-saved edit loses nothing
 from __future__ import annotations
 
 import ipaddress
-import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -18,8 +17,6 @@ import yaml
 
 from meshagent.sources.events import ObjectKey, object_key
 from meshagent.sources.kinds import KIND_INFO, Kind
-
-logger = logging.getLogger(__name__)
 
 # Stable uids: the same object in the same place keeps its uid across agent restarts.
 _UID_NAMESPACE = uuid.UUID("5b7a3f0e-2d4c-4f0a-9a57-6d3c1e8b9f21")

@@ -8,14 +8,11 @@ consumer makes the agent lag, it never makes a source drop an event.
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 
 from meshagent.sources.events import SourceEvent
 from meshagent.sources.store import ObjectStore
-
-logger = logging.getLogger(__name__)
 
 
 class Dispatcher:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 from meshagent.sources.events import SourceEvent
-
-logger = logging.getLogger(__name__)
 
 Sink = Callable[[SourceEvent], None]

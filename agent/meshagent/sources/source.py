@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -11,8 +10,6 @@ from meshagent.sources.kube_events import ObjectRef
 from meshagent.sources.pipeline import Dispatcher
 from meshagent.sources.status import SourceStatus
 from meshagent.sources.store import ObjectStore
-
-logger = logging.getLogger(__name__)
 
 
 class Source(Protocol):

@@ -7,9 +7,10 @@ The Go toolchain and libraries come from Debian (golang-go, golang-google-grpc-d
 golang-google-protobuf-dev; scripts/install.sh installs them). No module proxy is reachable, so the
 program is built in GOPATH mode against /usr/share/gocode, once per source version, into /var/tmp.
 
-Output protocol of `flowfollow getflows`: a line `ready` once the request is sent, then one JSON line
-(see FLOWS_KEYS). `flowfollow status` prints one JSON line (see STATUS_KEYS). Exit code 0 when the
-status is OK, 1 on a gRPC error (the JSON still says which), 2 on bad usage.
+Output protocol of `flowfollow getflows`: a line `ready` once the request is sent, with `--progress`
+a line `flows N` after each response, then one JSON line (see FLOWS_KEYS). `flowfollow status` prints
+one JSON line (see STATUS_KEYS). Exit code 0 when the status is OK, 1 on a gRPC error (the JSON still
+says which), 2 on bad usage.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,20 +173,34 @@ class Follower:
         )
         self._out = b""
 
-    def wait_ready(self, timeout_s: float = 10.0) -> None:
-        """Returns once the client has sent its request; raises if it ends or times out first."""
+    def _read_until(self, done: Callable[[bytes], bool], timeout_s: float, what: str) -> None:
+        """Reads the program's output until done(output so far) or its end; raises on timeout."""
         assert self._proc.stdout is not None
         deadline = time.monotonic() + timeout_s
         with selectors.DefaultSelector() as sel:
             sel.register(self._proc.stdout, selectors.EVENT_READ)
-            while b"\n" not in self._out:
+            while not done(self._out):
                 left = deadline - time.monotonic()
                 if left <= 0 or not sel.select(left):
-                    raise TimeoutError(f"flowfollow not ready after {timeout_s}s")
+                    raise TimeoutError(f"flowfollow: {what} not seen after {timeout_s}s: {self._out!r}")
                 chunk = os.read(self._proc.stdout.fileno(), 4096)
                 if not chunk:
                     break
                 self._out += chunk
+
+    def wait_flows(self, count: int, timeout_s: float = 10.0) -> None:
+        """With --progress: returns once the client has received `count` flows."""
+
+        def received(out: bytes) -> bool:
+            lines = out.decode().splitlines()
+            return any(line.startswith("flows ") and int(line.split()[1]) >= count for line in lines)
+
+        self._read_until(received, timeout_s, f"{count} flows")
+
+    def wait_ready(self, timeout_s: float = 10.0) -> None:
+        """Returns once the client has sent its request; raises if it ends or times out first."""
+        assert self._proc.stdout is not None
+        self._read_until(lambda out: b"\n" in out, timeout_s, "ready")
         if not self._out.startswith(b"ready\n"):
             rc = self._proc.wait()
             rest = self._proc.stdout.read() or b""

@@ -337,6 +337,7 @@ func runGetFlows(args []string) int {
 	first := fs.Bool("first", false, "the oldest --number flows instead of the newest")
 	stopAt := fs.Int64("stop-at-dport", -1, "stop after a flow with this destination port (counted)")
 	badFilter := fs.Bool("bad-filter", false, "send a whitelist with an invalid source_ip CIDR")
+	progress := fs.Bool("progress", false, "print `flows N` after each response (what a test waits on)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -408,6 +409,9 @@ func runGetFlows(args []string) int {
 			res.CPUSeconds = cpuSeconds()
 			printJSON(&res)
 			return 1
+		}
+		if *progress {
+			fmt.Printf("flows %d\n", res.Flows)
 		}
 		if done {
 			res.Seconds = tLast.Sub(tFirst).Seconds()

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 
 from meshagent.observer.proto.flow import flow_pb2 as pb
-
-logger = logging.getLogger(__name__)
 
 
 def _ep(ep: pb.Endpoint, ip: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TextIO
@@ -12,8 +11,6 @@ from google.protobuf import json_format
 
 from meshagent.observer.proto.flow import flow_pb2 as pb
 from meshagent.observer.proto.observer import observer_pb2 as opb
-
-logger = logging.getLogger(__name__)
 
 OUTPUT_MODES = ("compact", "dict", "json", "jsonpb", "table")
 

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 import re
 from datetime import datetime
-
-logger = logging.getLogger(__name__)
 
 _UNIT_NS = {
     "ns": 1,
