@@ -205,7 +205,14 @@ static __always_inline int ma_handle(struct __sk_buff *skb, __u8 direction)
 	ctx.dst_identity = direction == MA_DIR_EGRESS ? ma_identity_of(t.daddr) : ep->identity;
 	__u32 peer_identity = direction == MA_DIR_EGRESS ? ctx.dst_identity : ctx.src_identity;
 	struct ma_policy_result res = {};
-	ma_policy_decide(ep->endpoint_id, peer_identity, direction, t.proto, t.dport, enforce, audit, &res);
+	if (flags & MA_EP_ISOLATED) {
+		/* A deny or an identity is missing: an allow in ma_policy may cover what should not pass. */
+		res.reason = MA_DROP_ISOLATED;
+		res.verdict = MA_VERDICT_DENIED;
+	} else {
+		ma_policy_decide(ep->endpoint_id, peer_identity, direction, t.proto, t.dport, enforce, audit,
+				 &res);
+	}
 	ctx.rule_id = res.rule_id;
 
 	if (res.verdict == MA_VERDICT_DENIED) {

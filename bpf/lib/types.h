@@ -28,6 +28,9 @@ struct ma_endpoint_key {
 #define MA_EP_ENFORCE_EGRESS 0x02
 #define MA_EP_AUDIT_INGRESS 0x04
 #define MA_EP_AUDIT_EGRESS 0x08
+/* Held fail-closed by the agent: a write this endpoint's rules need (one of its denies, or an identity)
+ * failed, so what ma_policy says is not the whole truth; no new connection passes, whatever it allows. */
+#define MA_EP_ISOLATED 0x10
 
 struct ma_endpoint_value {
 	__u32 endpoint_id;
@@ -152,6 +155,7 @@ struct ma_metrics_value {
 /* 8 is reserved (UNKNOWN_L4, never emitted). */
 #define MA_DROP_ETHERTYPE 9   /* neither IPv4, ARP nor IPv6 (802.1Q, QinQ, ...) to or from a pod under policy */
 #define MA_DROP_NO_ENDPOINT 10 /* our programs on an interface with no endpoint entry: fail closed */
+#define MA_DROP_ISOLATED 11    /* a new connection of an endpoint held fail-closed (MA_EP_ISOLATED) */
 
 #define MA_EVENT_F_REPLY 0x01
 #define MA_EVENT_F_MIDSTREAM 0x02 /* TCP without SYN of a connection conntrack did not know */

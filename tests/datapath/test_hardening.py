@@ -9,6 +9,8 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
@@ -19,9 +21,17 @@ from meshagent.datapath.datapath import Datapath
 from meshagent.datapath.loader import Capacities
 from meshagent.datapath.maps import conntrack
 from meshagent.datapath.maps.base import TypedMap
+from meshagent.datapath.maps.ipcache import MAP_NAME as ipcache_map_name
 from meshagent.datapath.migration import LayoutMigration, prefix_value_type
 from meshagent.model.events import DatapathEvent, DropReason, EventType
-from meshagent.model.kernel_state import Action, Direction, KernelState, PolicyEntry, Protocol
+from meshagent.model.kernel_state import (
+    Action,
+    Direction,
+    IPCacheEntry,
+    KernelState,
+    PolicyEntry,
+    Protocol,
+)
 from meshagent.testing.topology import Pod, Topology
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -36,6 +46,7 @@ pytestmark = pytest.mark.kernel
 DENIED_TIMEOUT = 0.5
 # Distinct UDP tuples the spray sends; fewer only where everything is slow (the kernel matrix under TCG).
 SPRAY_TUPLES = int(os.environ.get("MESHAGENT_SPRAY_TUPLES", "300000"))
+SUBNET_IDENTITY = 70_000  # a prefix's identity, apart from the pods' own (helpers.identity_of)
 
 
 @pytest.fixture
@@ -185,25 +196,79 @@ def test_a_deny_that_does_not_fit_isolates_its_endpoint_until_written(
     dp = make_datapath(Capacities(policy=4))  # type: ignore[operator]
     a = topo.add_pod("a", "10.244.8.12")
     b = topo.add_pod("b", "10.244.8.22")
-    a.serve(tcp=(80, 81))
-    filler = [allow_in(2, a, port) for port in (1, 2, 3)]
-    first = dp.apply(state([endpoint(a, 1), endpoint(b, 2, enforce_ingress=True)], [a, b], filler))
-    assert first.ok and not dp.fail_closed
-    assert b.probe("tcp", a.ip, 80)["ok"] and b.probe("tcp", a.ip, 81)["ok"], "a is not isolated"
-    # Two denies for a (not isolated, and not in this update): one fits, the other does not.
-    denies = frozenset(
-        PolicyEntry(1, Direction.INGRESS, identity_of(b), Protocol.TCP, port, port, Action.DENY, 5)
-        for port in (81, 82)
+    a.serve(tcp=(80, 81, 82))
+    # a allows everything from b; b's filler rules take the rest of the map but one entry.
+    allow_all_from_b = PolicyEntry(1, Direction.INGRESS, identity_of(b), Protocol.ANY, 0, 0, Action.ALLOW, 3)
+    filler = [allow_in(2, a, port) for port in (1, 2)]
+    first = dp.apply(
+        state(
+            [endpoint(a, 1, enforce_ingress=True), endpoint(b, 2, enforce_ingress=True)],
+            [a, b],
+            [allow_all_from_b, *filler],
+        )
     )
-    result = dp.apply_diff(Diff(upsert_policy=denies))
-    assert not result.ok and result.fail_closed_endpoints == [1]
-    assert "isolated" in dp.fail_closed[a.ifindex]
-    assert not b.probe("tcp", a.ip, 80, timeout=DENIED_TIMEOUT)["ok"], "a is isolated: nothing allowed it"
-    # Room is made: the deny is written, a is itself again (80 allowed, 81 denied).
-    result = dp.apply_diff(Diff(delete_policy=frozenset(filler)))
-    assert result.ok and not dp.fail_closed
-    assert b.probe("tcp", a.ip, 80)["ok"]
-    assert not b.probe("tcp", a.ip, 81, timeout=DENIED_TIMEOUT)["ok"]
+    assert first.ok and not dp.fail_closed
+    assert b.probe("tcp", a.ip, 82)["ok"], "allowed by the allow-all"
+    held = Held(b, _HELD_TCP, a.ip, 80)
+    try:
+        # Two denies from b to a (not part of this update's endpoints): one fits, the other does not. The
+        # allow-all, which is in the map, covers the missing one: only isolation keeps it denied.
+        denies = frozenset(
+            PolicyEntry(1, Direction.INGRESS, identity_of(b), Protocol.TCP, port, port, Action.DENY, 5)
+            for port in (81, 82)
+        )
+        result = dp.apply_diff(Diff(upsert_policy=denies))
+        assert not result.ok and result.fail_closed_endpoints == [1]
+        assert "isolated" in dp.fail_closed[a.ifindex]
+        counters = Counters(dp)
+        for port in (80, 81, 82):
+            assert not b.probe("tcp", a.ip, port, timeout=DENIED_TIMEOUT)["ok"], f"a is isolated ({port})"
+        assert counters.wait_for(DropReason.ISOLATED, Direction.INGRESS, at_least=3) >= 3
+        assert held.exchange() == "ok", "an established connection carries on"
+        # Room is made: the deny is written, a is itself again (80 allowed, 81 and 82 denied).
+        result = dp.apply_diff(Diff(delete_policy=frozenset(filler)))
+        assert result.ok and not dp.fail_closed
+        assert b.probe("tcp", a.ip, 80)["ok"]
+        for port in (81, 82):
+            assert not b.probe("tcp", a.ip, port, timeout=DENIED_TIMEOUT)["ok"], port
+    finally:
+        held.close()
+
+
+def test_an_identity_that_does_not_fit_isolates_the_endpoints_that_judge_peers(
+    make_datapath: object, topo: Topology
+) -> None:
+    dp = make_datapath(Capacities(ipcache=2))  # type: ignore[operator]
+    a = topo.add_pod("a", "10.244.8.15")
+    b = topo.add_pod("b", "10.244.8.25")
+    c = topo.add_pod("c", "10.244.8.35")
+    a.serve(tcp=(80,))
+    c.serve(tcp=(80,))
+    # a allows the subnet's identity, which b's own /32 entry keeps b out of; c has no entry of its own.
+    # Written in address order, b's entry is the one that does not fit: without it b would pass for the
+    # subnet, which a allows.
+    subnet = IPCacheEntry(IPv4Network("10.244.8.0/24"), SUBNET_IDENTITY)
+    endpoints = [endpoint(a, 1, enforce_ingress=True), endpoint(b, 2), endpoint(c, 3)]
+    allow_subnet = PolicyEntry(1, Direction.INGRESS, SUBNET_IDENTITY, Protocol.TCP, 80, 80, Action.ALLOW, 3)
+
+    def desired(*pods: Pod) -> KernelState:
+        full = state(endpoints, pods, [allow_subnet])
+        return replace(full, ipcache=full.ipcache | {subnet})
+
+    counters = Counters(dp)
+    result = dp.apply(desired(a, b))
+    assert not result.ok and ipcache_map_name in " ".join(result.errors)
+    assert set(dp.fail_closed) == {a.ifindex}, "only a judges its peers (b and c enforce nothing)"
+    assert result.fail_closed_endpoints == [1] and ipcache_map_name in dp.fail_closed[a.ifindex]
+    assert not b.probe("tcp", a.ip, 80, timeout=DENIED_TIMEOUT)["ok"], "b cannot pass for the subnet"
+    assert not c.probe("tcp", a.ip, 80, timeout=DENIED_TIMEOUT)["ok"], "a is isolated"
+    assert counters.wait_for(DropReason.ISOLATED, Direction.INGRESS, at_least=2) >= 2
+    assert b.probe("tcp", c.ip, 80)["ok"], "c, not under policy, is untouched"
+    # a's own entry is no longer wanted: that makes room, b's entry is written and a is itself again.
+    result = dp.apply(desired(b))
+    assert result.ok and not dp.fail_closed, (result, dp.fail_closed)
+    assert not b.probe("tcp", a.ip, 80, timeout=DENIED_TIMEOUT)["ok"], "b is b: not allowed"
+    assert c.probe("tcp", a.ip, 80)["ok"], "c is in the subnet: allowed"
 
 
 def test_an_endpoint_whose_entry_cannot_be_written_passes_nothing(

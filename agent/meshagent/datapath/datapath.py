@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from meshagent.datapath import ct_expiry, tc
 from meshagent.datapath.adoption import StaleEndpoint, check_endpoints
-from meshagent.datapath.errors import AttachError, MapError, MapFullError
+from meshagent.datapath.errors import AttachError, MapError
 from meshagent.datapath.events import EventReader
 from meshagent.datapath.layout import layout_id, other_layouts
 from meshagent.datapath.loader import DEFAULT_PIN_DIR, Capacities, LoadedPrograms, load
@@ -64,7 +64,16 @@ class ConntrackScan:
 
 
 def _isolated(entry: EndpointEntry) -> EndpointEntry:
-    return replace(entry, enforce_ingress=True, enforce_egress=True, audit_ingress=False, audit_egress=False)
+    """The entry of an endpoint one of whose denies is not in the policy map: enforcing both ways, and
+    flagged so that no new connection passes (its allows, which are in the map, may cover the deny)."""
+    return replace(
+        entry,
+        enforce_ingress=True,
+        enforce_egress=True,
+        audit_ingress=False,
+        audit_egress=False,
+        isolated=True,
+    )
 
 
 @dataclass
@@ -178,6 +187,10 @@ class Datapath:
         # isolated or entry-less because of a failed write, with the reason: retried on every apply.
         self._wanted: dict[int, EndpointEntry] = {}
         self._unwritten_denies: dict[int, set[policy.TrieKey]] = defaultdict(set)
+        # Identities that could not be written to ma_ipcache: while any is missing, a peer may be taken for
+        # another (a broader prefix's identity, or the world's), so every endpoint whose verdicts depend
+        # on its peers is isolated (see _ipcache_isolates).
+        self._unwritten_ipcache: set[IPCacheEntry] = set()
         self.fail_closed: dict[int, str] = {}
         self.last_ct_scan = ConntrackScan()
         self._ct_warned: set[str] = set()
@@ -379,6 +392,7 @@ class Datapath:
         for key, entry in rules.items():
             self._group_rules[_group_of(entry)][key] = entry
         want_endpoints = {entry.ifindex: entry for entry in state.endpoints}
+        self._unwritten_ipcache &= set(state.ipcache)
         return self._commit(
             ipcache_add=set(state.ipcache) - self._ipcache,
             ipcache_remove=self._ipcache - set(state.ipcache),
@@ -412,8 +426,14 @@ class Datapath:
             # An upsert may give a known prefix a new identity: the old entry goes from our books.
             upserted_cidrs = {e.cidr for e in diff.upsert_ipcache}
             replaced = {e for e in self._ipcache if e.cidr in upserted_cidrs}
+            self._unwritten_ipcache = {
+                e
+                for e in self._unwritten_ipcache
+                if e not in diff.delete_ipcache and e.cidr not in upserted_cidrs
+            }
             return self._commit(
-                ipcache_add=set(diff.upsert_ipcache) - self._ipcache,
+                # Identities an earlier apply could not write are tried again.
+                ipcache_add=(set(diff.upsert_ipcache) | self._unwritten_ipcache) - self._ipcache,
                 ipcache_remove=(set(diff.delete_ipcache) | replaced)
                 & self._ipcache - set(diff.upsert_ipcache),
                 trie_groups=groups,
@@ -433,9 +453,12 @@ class Datapath:
         result = ApplyResult()
         # Deny entries an earlier apply could not write are tried again, their lookups recompiled.
         trie_groups = trie_groups | {_trie_group(k) for keys in self._unwritten_denies.values() for k in keys}
+        ipcache_was_short = bool(self._unwritten_ipcache)
+        failed_ipcache: dict[IPCacheEntry, str] = {}
         for cache_entry in sorted(ipcache_add):
-            if self._write(self.ipcache_map, *ipcache.encode(cache_entry), result):
-                self._ipcache.add(cache_entry)
+            error = self._write_ipcache(cache_entry, result)
+            if error is not None:
+                failed_ipcache[cache_entry] = error
 
         want_trie: dict[policy.TrieKey, policy.TrieValue] = {}
         for group in trie_groups:
@@ -471,6 +494,8 @@ class Datapath:
         # whose deny rules changed (their isolation may start or end).
         recheck = {entry.ifindex for entry in endpoints_upsert} | set(self.fail_closed)
         recheck |= {i for i, e in self._wanted.items() if e.endpoint_id in touched_ids}
+        if ipcache_was_short or self._unwritten_ipcache:
+            recheck |= set(self._wanted)  # isolation for missing identities may start or end
         endpoint_errors: dict[int, str] = {}
         for ifindex in sorted(recheck):
             if ifindex in self._wanted:
@@ -517,23 +542,59 @@ class Datapath:
                 self._write_endpoint(self._wanted[ifindex], result, endpoint_errors)
         for endpoint_id in [i for i, keys in self._unwritten_denies.items() if not keys]:
             del self._unwritten_denies[endpoint_id]
+
+        overwritten = {e.cidr for e in ipcache_add if e not in failed_ipcache}
+        for cache_entry in ipcache_remove:
+            if cache_entry.cidr in overwritten:
+                self._ipcache.discard(cache_entry)  # overwritten in place by its new identity
+                continue
+            self.ipcache_map.delete(ipcache.encode(cache_entry)[0])
+            self._ipcache.discard(cache_entry)
+            result.deleted += 1
+        if failed_ipcache and ipcache_remove:
+            # Removals made room: the identities that did not fit get their second try, and the endpoints
+            # isolated for them are written again if none is missing now.
+            for cache_entry in sorted(failed_ipcache):
+                if self._write_ipcache(cache_entry, result) is None:
+                    del failed_ipcache[cache_entry]
+            if not self._unwritten_ipcache:
+                for ifindex in sorted(set(self.fail_closed) & self._wanted.keys()):
+                    self._write_endpoint(self._wanted[ifindex], result, endpoint_errors)
+
+        result.errors.extend(failed_ipcache.values())
         result.errors.extend(error for _value, error in failed_policy.values())
         result.errors.extend(endpoint_errors.values())
         result.fail_closed_endpoints = sorted(
             {self._wanted[i].endpoint_id for i in self.fail_closed if i in self._wanted}
         )
 
-        for cache_entry in ipcache_remove:
-            if cache_entry.cidr in {e.cidr for e in ipcache_add}:
-                self._ipcache.discard(cache_entry)  # overwritten in place by its new identity
-                continue
-            self.ipcache_map.delete(ipcache.encode(cache_entry)[0])
-            self._ipcache.discard(cache_entry)
-            result.deleted += 1
-
         if result.errors:
             logger.error("apply left %d errors: %s", len(result.errors), "; ".join(result.errors[:5]))
         return result
+
+    def _write_ipcache(self, entry: IPCacheEntry, result: ApplyResult) -> str | None:
+        """Writes one identity; one that cannot be written is remembered (endpoints that judge their peers
+        are isolated until it is). Returns the error, if any."""
+        error = self._try_write(self.ipcache_map, *ipcache.encode(entry))
+        if error is None:
+            result.written += 1
+            self._ipcache.add(entry)
+            self._unwritten_ipcache.discard(entry)
+        else:
+            self._unwritten_ipcache.add(entry)
+        return error
+
+    def _ipcache_isolates(self, wanted: EndpointEntry) -> bool:
+        """Whether a missing identity may change this endpoint's verdicts: when it enforces (an allow for a
+        broader prefix, or for the world, may then cover the peer) or has a deny (which may then miss)."""
+        if not self._unwritten_ipcache:
+            return False
+        if wanted.enforce_ingress or wanted.enforce_egress:
+            return True
+        return any(
+            key.endpoint_id == wanted.endpoint_id and value.action == Action.DENY
+            for key, value in self._policy.items()
+        )
 
     def _write_policy(self, key: policy.TrieKey, value: policy.TrieValue, result: ApplyResult) -> str | None:
         """Writes one trie entry; a deny that cannot be written is remembered (its endpoint is isolated
@@ -560,6 +621,9 @@ class Datapath:
         if self._unwritten_denies.get(wanted.endpoint_id):
             entry = _isolated(wanted)
             reason = f"its deny rules do not fit in {policy.MAP_NAME}: isolated"
+        elif self._ipcache_isolates(wanted):
+            entry = _isolated(wanted)
+            reason = f"identities do not fit in {ipcache.MAP_NAME}, a peer may pass for another: isolated"
         if self._endpoints.get(ifindex) != entry:
             error = self._try_write(self.endpoints_map, *endpoints.encode(entry))
             if error is None:
@@ -585,18 +649,6 @@ class Datapath:
         except MapError as err:  # MapFullError included
             return str(err)
         return None
-
-    def _write(self, table: TypedMap[Any, Any], key: Any, value: Any, result: ApplyResult) -> bool:
-        try:
-            table.update(key, value)
-        except MapFullError as err:
-            result.errors.append(str(err))
-            return False
-        except MapError as err:
-            result.errors.append(str(err))
-            return False
-        result.written += 1
-        return True
 
     def state(self) -> tuple[dict[int, EndpointEntry], set[IPCacheEntry], PolicyTrie]:
         """What the kernel maps hold now, read back from the kernel (not from our bookkeeping)."""

@@ -30,6 +30,7 @@ class DropReason(enum.IntEnum):
     UNKNOWN_L4 = 8  # reserved: not emitted (policies match any IP protocol by number)
     ETHERTYPE = 9  # neither IPv4, ARP nor IPv6 (802.1Q, QinQ, ...) to or from a pod under policy
     NO_ENDPOINT = 10  # our programs on an interface whose endpoint entry could not be written: fail closed
+    ISOLATED = 11  # a new connection of an endpoint held fail-closed: one of its denies could not be written
 
 
 class DatapathEvent(NamedTuple):

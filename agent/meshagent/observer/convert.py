@@ -39,6 +39,7 @@ DROP_REASON_TO_HUBBLE: dict[DropReason, int] = {
     DropReason.UNKNOWN_L4: pb.UNKNOWN_L4_PROTOCOL,
     DropReason.ETHERTYPE: pb.UNSUPPORTED_L2_PROTOCOL,
     DropReason.NO_ENDPOINT: pb.DROP_EP_NOT_READY,
+    DropReason.ISOLATED: pb.POLICY_DENIED,
 }
 
 _VERDICT_TO_HUBBLE: dict[Verdict, int] = {
