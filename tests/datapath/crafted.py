@@ -20,6 +20,8 @@ from meshagent.testing.topology import Pod, Topology
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 
+from tests.waiting import wait_until
+
 # How long after the last frame is sent a capture keeps listening, and how long a counter may take to
 # move: generous, as the kernel matrix runs under emulation.
 SETTLE_S = 0.5
@@ -101,9 +103,5 @@ class Counters:
         return now - self._start[(reason, direction)]
 
     def wait_for(self, reason: DropReason, direction: Direction, *, at_least: int = 1) -> int:
-        deadline = time.monotonic() + COUNTER_WAIT_S
-        while time.monotonic() < deadline:
-            if (n := self.delta(reason, direction)) >= at_least:
-                return n
-            time.sleep(0.02)
+        wait_until(lambda: self.delta(reason, direction) >= at_least, COUNTER_WAIT_S, interval=0.02)
         return self.delta(reason, direction)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 from meshagent.datapath.datapath import Datapath
@@ -21,6 +20,7 @@ from scapy.packet import Raw
 
 from tests.datapath.crafted import Counters, Wire
 from tests.datapath.helpers import EventLog, endpoint, identity_of, state
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.kernel
 
@@ -233,12 +233,11 @@ def test_fragmentation_needed_reaches_an_isolated_pod_which_learns_the_path_mtu(
         assert drops and (drops[0].icmp_type, drops[0].icmp_code) == (3, 4), "the flow names the ICMP message"
         # Quoting a's connection: related, passed; a's kernel learns the path MTU.
         wire_a.to_pod(frag_needed(held.port, 1280))
-        deadline = time.monotonic() + 3
-        route = ""
-        while time.monotonic() < deadline and "mtu 1280" not in route:
-            route = a.run("ip", "route", "get", str(b.ip)).stdout
-            time.sleep(0.05)
-        assert "mtu 1280" in route, route
+
+        def route() -> str:
+            return a.run("ip", "route", "get", str(b.ip)).stdout
+
+        assert wait_until(lambda: "mtu 1280" in route(), timeout=3, interval=0.05), route()
         assert held.exchange() == "fail:EMSGSIZE", "the socket was told"
         assert counters.delta(DropReason.POLICY_DEFAULT_DENY, Direction.INGRESS) == 1
         # Time exceeded quoting the connection: related too (a counts it as an ICMP error received).
@@ -246,6 +245,13 @@ def test_fragmentation_needed_reaches_an_isolated_pod_which_learns_the_path_mtu(
         wire_a.to_pod(IP(src=str(b.ip), dst=str(a.ip)) / ICMP(type=11, code=0) / bytes(quoted))
         assert held.exchange() == "fail:EHOSTUNREACH", "the socket was told"
         assert counters.delta(DropReason.POLICY_DEFAULT_DENY, Direction.INGRESS) == 1
+        # Parameter problem (type 12), quoting another port first (dropped), then the connection.
+        quoted = IP(src=str(a.ip), dst=str(b.ip)) / UDP(sport=held.port, dport=5000) / Raw(b"u")
+        for sport in (held.port + 1, held.port):
+            quoted[UDP].sport = sport
+            wire_a.to_pod(IP(src=str(b.ip), dst=str(a.ip)) / ICMP(type=12, code=0, ptr=0) / bytes(quoted))
+        assert counters.wait_for(DropReason.POLICY_DEFAULT_DENY, Direction.INGRESS, at_least=2) == 2
+        assert held.exchange() == "fail:EPROTO", "the socket was told"
         assert held.exchange() == "ok"
     finally:
         held.close()
