@@ -462,7 +462,9 @@ class Counters:
 
     at: float  # time.perf_counter()
     seen: int  # events the agent's pipeline ingested (ServerStatus.seen_flows)
-    kernel_lost: int  # events the kernel could not put in the ring buffer (pinned ma_events_lost)
+    # events the kernel did not deliver: not put in the ring buffer (pinned ma_events_lost), or suppressed
+    # by an endpoint's event budget (pinned ma_event_budget)
+    kernel_lost: int
     kernel_lost_told: int  # of those, what the agent has recorded so far (ServerStatus, polled each second)
     queue_lost: int  # events dropped between the reader and the flow ring (ServerStatus)
     ring_lost: int  # flows overwritten before a follower read them (ServerStatus.lost_events_followers)
@@ -489,19 +491,28 @@ class KernelRig:
     events_per_packet: float = 0.0
     _client: Any = None
     _lost_map: Any = None
+    _budget_map: Any = None
     _metrics_map: Any = None
     _fds: list[int] = field(default_factory=list)
 
     def open(self) -> None:
-        from meshagent.datapath.maps import events_lost, metrics
-        from meshagent.datapath.maps.base import PerCpuArray
+        from meshagent.datapath.maps import event_budget, events_lost, metrics
+        from meshagent.datapath.maps.base import PerCpuArray, TypedMap
         from meshagent.datapath.pinned import open_pinned
         from meshagent.observer.client import ObserverClient
 
         self._client = ObserverClient(str(self.sock))
         lost_fd = open_pinned(self.maps_dir / events_lost.MAP_NAME)
         metrics_fd = open_pinned(self.maps_dir / metrics.MAP_NAME)
-        self._fds += [lost_fd, metrics_fd]
+        budget_fd = open_pinned(self.maps_dir / event_budget.MAP_NAME)
+        self._fds += [lost_fd, metrics_fd, budget_fd]
+        self._budget_map = TypedMap(
+            name=event_budget.MAP_NAME,
+            fd=budget_fd,
+            key_type=event_budget.BudgetKey,
+            value_type=event_budget.BudgetValue,
+            capacity=0,
+        )
         self._lost_map = PerCpuArray(
             name=events_lost.MAP_NAME, fd=lost_fd, value_type=events_lost.LostValue, capacity=1
         )
@@ -525,6 +536,7 @@ class KernelRig:
     def counters(self) -> Counters:
         status = self._client.server_status()
         kernel_lost = sum(v.count for v in self._lost_map.read(0))
+        kernel_lost += sum(v.suppressed for _k, v in self._budget_map.items())
         drops = sum(v.packets for index in self._metrics_indexes for v in self._metrics_map.read(index))
         return Counters(
             at=time.perf_counter(),

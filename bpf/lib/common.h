@@ -32,8 +32,24 @@
 #ifndef MA_CT_MAX
 #define MA_CT_MAX 262144
 #endif
+#ifndef MA_CT_TCP_MAX
+#define MA_CT_TCP_MAX 262144
+#endif
 #ifndef MA_FRAGS_MAX
 #define MA_FRAGS_MAX 8192
+#endif
+/* Events each endpoint may send per second, and how many at once (a token bucket, events.h); 0 is no
+ * limit. */
+#ifndef MA_EVENT_RATE
+#define MA_EVENT_RATE 200000
+#endif
+#ifndef MA_EVENT_BURST
+#define MA_EVENT_BURST 20000
+#endif
+/* How far, in sequence space, an RST may be from the next sequence number expected in its direction and
+ * still end the connection (conntrack.h). */
+#ifndef MA_CT_RST_WINDOW
+#define MA_CT_RST_WINDOW 65535
 #endif
 #ifndef MA_EVENTS_PAGES
 #define MA_EVENTS_PAGES 1024 /* 4 MiB of ring buffer */

@@ -28,6 +28,9 @@ struct ma_endpoint_key {
 #define MA_EP_ENFORCE_EGRESS 0x02
 #define MA_EP_AUDIT_INGRESS 0x04
 #define MA_EP_AUDIT_EGRESS 0x08
+/* Held fail-closed by the agent: a write this endpoint's rules need (one of its denies, or an identity)
+ * failed, so what ma_policy says is not the whole truth; no new connection passes, whatever it allows. */
+#define MA_EP_ISOLATED 0x10
 
 struct ma_endpoint_value {
 	__u32 endpoint_id;
@@ -68,9 +71,12 @@ struct ma_policy_value {
 	__u16 pad;
 };
 
-/* ma_ct: connection tracking, one entry per (endpoint interface, connection), keyed by the tuple of the
- * connection's first packet. Keying by interface keeps two local pods' views of one connection apart, so
- * each pod's own policy is evaluated. */
+/* ma_ct_tcp and ma_ct: connection tracking, one entry per (endpoint interface, connection), keyed by the
+ * tuple of the connection's first packet. Keying by interface keeps two local pods' views of one
+ * connection apart, so each pod's own policy is evaluated. TCP connections begun by a SYN live in
+ * ma_ct_tcp, a plain hash that never evicts; everything else (UDP, ICMP, other protocols, and TCP first
+ * seen mid-stream) lives in the LRU ma_ct, so that no spray of datagrams can push out an established TCP
+ * connection. Both maps have the same key and value. */
 struct ma_ct_key {
 	__u32 ifindex;
 	__u32 saddr; /* network order */
@@ -83,7 +89,10 @@ struct ma_ct_key {
 
 #define MA_CT_F_FIN_FWD 0x01
 #define MA_CT_F_FIN_REV 0x02
-#define MA_CT_F_CLOSED 0x04 /* FIN seen both ways: a new SYN on this tuple is a new connection */
+#define MA_CT_F_CLOSED 0x04 /* FIN both ways or an accepted RST: a new SYN on this tuple is a new connection */
+#define MA_CT_F_SEQ_FWD 0x08  /* next_seq_fwd is known */
+#define MA_CT_F_SEQ_REV 0x10  /* next_seq_rev is known */
+#define MA_CT_F_MIDSTREAM 0x20 /* TCP first seen without a SYN (e.g. its entry was lost): judged then */
 
 struct ma_ct_value {
 	__u64 packets_fwd;
@@ -99,6 +108,10 @@ struct ma_ct_value {
 	__u8 verdict;    /* MA_VERDICT_* given to the connection */
 	__u8 flags;      /* MA_CT_F_* */
 	__u8 tcp_flags;  /* union of TCP flags seen */
+	/* Appended (a migration copies older, shorter entries zero-filled: both unknown). The sequence
+	 * number after the last segment seen each way, for the RST check. */
+	__u32 next_seq_fwd;
+	__u32 next_seq_rev;
 };
 
 /* ma_frags: ports of fragmented datagrams, learnt from the first fragment. */
@@ -139,8 +152,27 @@ struct ma_metrics_value {
 #define MA_DROP_CT_FULL 5
 #define MA_DROP_FRAG_NO_FIRST 6
 #define MA_DROP_IPV6_UNSUPPORTED 7
+/* 8 is reserved (UNKNOWN_L4, never emitted). */
+#define MA_DROP_ETHERTYPE 9   /* neither IPv4, ARP nor IPv6 (802.1Q, QinQ, ...) to or from a pod under policy */
+#define MA_DROP_NO_ENDPOINT 10 /* our programs on an interface with no endpoint entry: fail closed */
+#define MA_DROP_ISOLATED 11    /* a new connection of an endpoint held fail-closed (MA_EP_ISOLATED) */
 
 #define MA_EVENT_F_REPLY 0x01
+#define MA_EVENT_F_MIDSTREAM 0x02 /* TCP without SYN of a connection conntrack did not know */
+
+/* ma_event_budget: token buckets for events (events.h), one per endpoint interface for what the endpoint
+ * sends, and one per (interface, source identity) for what it receives: a flood towards a pod is charged
+ * to its senders, not to the pod's other peers. */
+struct ma_event_budget_key {
+	__u32 ifindex;
+	__u32 peer_identity; /* ingress: the source's identity; egress: 0 */
+};
+
+struct ma_event_budget {
+	__u64 tokens;     /* in event-nanoseconds: one event costs 1e9 */
+	__u64 last_ns;
+	__u64 suppressed; /* events not sent because the bucket was empty */
+};
 
 struct ma_event {
 	__u64 ts_ns;
@@ -162,9 +194,9 @@ struct ma_event {
 	__u8 reason;    /* MA_DROP_* */
 	__u8 direction; /* MA_DIR_* */
 	__u8 proto;
-	__u8 tcp_flags;
+	__u8 tcp_flags; /* TCP: the flags; ICMP: the ICMP type */
 	__u8 flags; /* MA_EVENT_F_* */
-	__u8 pad;
+	__u8 icmp_code;
 };
 
 #endif /* MA_TYPES_H */

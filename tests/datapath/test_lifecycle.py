@@ -70,7 +70,18 @@ def test_kernel_enforces_without_agent_and_new_agent_adopts(topo: Topology, own_
     first.load()
     first.apply(desired)
     assert sorted(p.name for p in first.maps_dir.iterdir()) == sorted(
-        ["ma_ct", "ma_endpoints", "ma_events_lost", "ma_frags", "ma_ipcache", "ma_metrics", "ma_policy"]
+        [
+            "ma_ct",
+            "ma_ct_tcp",
+            "ma_ct_tcp_overflow",
+            "ma_endpoints",
+            "ma_event_budget",
+            "ma_events_lost",
+            "ma_frags",
+            "ma_ipcache",
+            "ma_metrics",
+            "ma_policy",
+        ]
     )
     first.close()  # the agent goes away; programs stay attached, maps stay pinned
 
@@ -142,13 +153,14 @@ def test_new_map_layout_migrates_without_a_gap(topo: Topology, own_pin_dir: Path
 
 def test_event_buffer_size_is_a_setting_that_keeps_the_maps(topo: Topology, own_pin_dir: Path) -> None:
     """The ring buffer is not pinned: its size is left out of the layout id, so changing it keeps every
-    pinned map (and the default's layout id is the one earlier agents used)."""
-    bigger = Capacities(event_pages=2048)
-    assert bigger.layout_flags() == Capacities().layout_flags() == Capacities().cflags()
+    pinned map; so are the settings that only change what the programs do (event budget, RST window)."""
+    bigger = Capacities(event_pages=2048, event_rate=10, event_burst=5, rst_window=1000)
+    assert bigger.layout_flags() == Capacities().layout_flags()
+    assert Capacities(conntrack_tcp=4096).layout_flags() != Capacities().layout_flags()
     dp = Datapath(pin_dir=own_pin_dir, netns=topo.node, capacities=bigger)
     dp.load()
     try:
-        assert dp.maps_dir == own_pin_dir / layout_id(Capacities().cflags())
+        assert dp.maps_dir == own_pin_dir / layout_id(Capacities().layout_flags())
         reader = dp.start_events(on_events=lambda events: None, thread=False)
         assert reader.buffer_bytes == 2048 * PAGESIZE
         reader.stop()

@@ -16,6 +16,7 @@ from meshagent.cli import run as run_command
 from meshagent.cli.aggregate import parse_keys
 from meshagent.cli.filterflags import filter_items
 from meshagent.cli.flows import build_request
+from meshagent.datapath.datapath import ConntrackScan
 from meshagent.model.events import DropReason
 from meshagent.observer.convert import DROP_REASON_TO_HUBBLE
 from meshagent.observer.limits import ServerLimits
@@ -172,9 +173,23 @@ def _idle_reconciler() -> Any:
     )
 
 
+class _QuietDatapath:
+    """The readings DatapathCollector takes, from a datapath with nothing to report."""
+
+    fail_closed: dict[int, str] = {}
+    last_ct_scan = ConntrackScan()
+
+    def suppressed_events(self) -> dict[int, int]:
+        return {1: 0}
+
+    def ct_tcp_overflow(self) -> int:
+        return 0
+
+
 def test_troubleshooting_names_metrics_the_agent_exposes() -> None:
     """The metric names in the table exist in the exposition of the agent's real metrics, read back with
     Prometheus' own text parser."""
+    from meshagent.agent.datapath_metrics import DatapathCollector
     from meshagent.agent.metrics import ReconcilerCollector
     from meshagent.observer.metrics import FlowMetrics, MapUsage
     from prometheus_client import generate_latest
@@ -187,6 +202,7 @@ def test_troubleshooting_names_metrics_the_agent_exposes() -> None:
         source_sync=lambda: {"kubernetes": True},
     )
     metrics.registry.register(ReconcilerCollector(_idle_reconciler()))
+    metrics.registry.register(DatapathCollector(_QuietDatapath()))
     exposed = {f.name for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())}
     rows = table_rows((DOCS / "troubleshooting.md").read_text(), "| metric |")
     named = [code_spans(row[0])[0].split("{")[0] for row in rows]

@@ -236,3 +236,31 @@ def test_frames_for_concatenates_one_framed_response_per_flow() -> None:
     assert msgs == [flow_response_bytes(p, tail) for p in prepared]
     assert [opb.GetFlowsResponse.FromString(m) for m in msgs] == [expected(p, "node-a") for p in prepared]
     assert frames_for([], tail) == b""
+
+
+def test_icmp_flows_carry_type_and_code_each() -> None:
+    builder = FlowBuilder(enricher=StaticEnricher(), node_name="node-a", clock=ZeroOffsetClock())
+    base = DatapathEvent(
+        timestamp_ns=1,
+        type=EventType.DROP,
+        verdict=None,
+        drop_reason=DropReason.POLICY_DEFAULT_DENY,
+        direction=Direction.INGRESS,
+        endpoint_id=1,
+        ifindex=2,
+        saddr=IPv4Address("10.0.0.1"),
+        daddr=IPv4Address("10.0.0.2"),
+        sport=0,
+        dport=0,
+        protocol=1,
+        tcp_flags=0,
+        is_reply=False,
+        rule_id=0,
+        src_identity=2,
+        dst_identity=300,
+    )
+    # Same conversation, different ICMP messages: each flow names its own type and code.
+    for icmp_type, icmp_code in ((3, 4), (11, 0), (3, 3)):
+        flow = builder.prepare(base._replace(icmp_type=icmp_type, icmp_code=icmp_code)).message()
+        assert flow.l4.WhichOneof("protocol") == "ICMPv4"
+        assert (flow.l4.ICMPv4.type, flow.l4.ICMPv4.code) == (icmp_type, icmp_code)

@@ -79,6 +79,7 @@ def test_decode_equals_the_constructed_event(
         proto=proto,
         tcp_flags=tcp_flags,
         flags=flags,
+        icmp_code=tcp_flags // 3,
     )
     want = DatapathEvent(
         timestamp_ns=ts,
@@ -93,7 +94,7 @@ def test_decode_equals_the_constructed_event(
         sport=ports[0],
         dport=ports[1],
         protocol=proto,
-        tcp_flags=tcp_flags,
+        tcp_flags=0 if proto == 1 else tcp_flags,  # ICMP: the byte holds the ICMP type
         is_reply=bool(flags & 0x01),
         rule_id=rule_id,
         src_identity=src_id,
@@ -102,6 +103,9 @@ def test_decode_equals_the_constructed_event(
         bytes_fwd=counters[1],
         packets_rev=counters[2],
         bytes_rev=counters[3],
+        midstream=bool(flags & 0x02),
+        icmp_type=tcp_flags if proto == 1 else 0,
+        icmp_code=tcp_flags // 3 if proto == 1 else 0,
     )
     got = dp.decode(raw)
     assert got == want

@@ -51,6 +51,10 @@ class AgentConfig:
     health_listen: str | None = "127.0.0.1:9879"
     flow_ring_size: int = 65536
     event_buffer_mib: int = 4  # the kernel's event ring buffer (not pinned: a change keeps the maps)
+    # Events one endpoint may send a second and at once (a kernel token bucket; beyond it they are counted
+    # as suppressed per endpoint and reported as lost events); 0 is no limit.
+    event_rate_per_endpoint: int = 200_000
+    event_burst_per_endpoint: int = 20_000
     export_file: Path | None = None
     export_max_bytes: int = 50 * 1024 * 1024
     export_file_group: str | None = None  # set: the export files are 0640 and this group's, else 0600
@@ -74,6 +78,10 @@ class AgentConfig:
         mib = self.event_buffer_mib
         if not 1 <= mib <= 256 or mib & (mib - 1):
             raise ConfigError(f"event_buffer_mib must be a power of two from 1 to 256, not {mib}")
+        if self.event_rate_per_endpoint < 0 or not 1 <= self.event_burst_per_endpoint <= 10_000_000:
+            raise ConfigError(
+                "event_rate_per_endpoint must be 0 (no limit) or more, event_burst_per_endpoint 1 to 10000000"
+            )
         if bool(self.observer_tls_cert) != bool(self.observer_tls_key):
             raise ConfigError("observer_tls_cert and observer_tls_key go together")
         if self.observer_listen and not self.observer_tls_cert and not self.observer_insecure:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from mmap import PAGESIZE as PAGE_SIZE
 from typing import Any
 
 from meshagent import __version__
 from meshagent.agent.config import SOCKET_LB_DIR, AgentConfig
+from meshagent.agent.datapath_metrics import DatapathCollector
 from meshagent.agent.enricher import ClusterEnricher
 from meshagent.agent.health import HealthServer
 from meshagent.agent.metrics import ReconcilerCollector
@@ -56,6 +57,8 @@ class AgentStatus:
     events_lost: int
     started_seconds_ago: float
     flow_api: dict[str, Any]  # how flows are served: {"mode", and for a front process "pid", "restarts"}
+    # Endpoints held isolated (or entry-less) because a map write failed, each with its reason.
+    fail_closed: list[str] = field(default_factory=list)
 
 
 class Agent:
@@ -65,7 +68,11 @@ class Agent:
         self.datapath = Datapath(
             pin_dir=config.pin_dir,
             netns=config.node_netns,
-            capacities=Capacities(event_pages=config.event_buffer_mib * (1 << 20) // PAGE_SIZE),
+            capacities=Capacities(
+                event_pages=config.event_buffer_mib * (1 << 20) // PAGE_SIZE,
+                event_rate=config.event_rate_per_endpoint,
+                event_burst=config.event_burst_per_endpoint,
+            ),
         )
         self.compiler = PolicyCompiler()
         self.enricher = ClusterEnricher(rule_lookup=self.compiler.rules.lookup)
@@ -169,6 +176,7 @@ class Agent:
                 map_usage=self._map_usage,
                 source_sync=self._source_sync,
             )
+            metrics.registry.register(DatapathCollector(self.datapath))
             self.pipeline.add_batch_sink(metrics.observe_prepared)
             self.pipeline.add_lost_listener(metrics.lost)
             metrics_server = MetricsServer(metrics.registry, cfg.metrics_listen)
@@ -245,6 +253,10 @@ class Agent:
             events_lost=self.datapath.lost_events(),
             started_seconds_ago=round(time.monotonic() - self.started, 1),
             flow_api=self._flow_api(),
+            fail_closed=[
+                f"ifindex {ifindex}: {reason}"
+                for ifindex, reason in sorted(self.datapath.fail_closed.items())
+            ],
         )
 
     def _flow_api(self) -> dict[str, Any]:

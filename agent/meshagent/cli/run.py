@@ -66,6 +66,14 @@ SETTING_FLAGS: dict[str, tuple[str, str]] = {
     ),
     "flow_ring_size": ("--flow-ring-size", "flows held in memory"),
     "event_buffer_mib": ("--event-buffer-mib", "the kernel's event ring buffer in MiB, a power of two"),
+    "event_rate_per_endpoint": (
+        "--event-rate-per-endpoint",
+        "events one endpoint may send a second (a kernel token bucket); 0: no limit",
+    ),
+    "event_burst_per_endpoint": (
+        "--event-burst-per-endpoint",
+        "events one endpoint may send at once above its rate (the token bucket's size)",
+    ),
     "export_file": ("--export-file", "also write flows as JSON lines to this file (rotated by size)"),
     "export_max_bytes": ("--export-max-bytes", "size in bytes at which the export file is rotated"),
     "export_file_group": ("--export-file-group", "group that may read the export files (0640)"),
@@ -105,6 +113,8 @@ _CHOICES: dict[str, click.ParamType] = {
     "log_level": click.Choice(LOG_LEVELS, case_sensitive=False),
     "flow_ring_size": click.IntRange(min=1),
     "export_max_bytes": click.IntRange(min=1),
+    "event_rate_per_endpoint": click.IntRange(min=0),
+    "event_burst_per_endpoint": click.IntRange(min=1, max=10_000_000),
     "manifests_poll_seconds": click.FloatRange(min=0, min_open=True),
     "observer_limits": _LimitsParam(),
 }

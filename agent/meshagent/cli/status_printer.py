@@ -72,6 +72,7 @@ def print_agent_status(out: TextIO, status: dict[str, object]) -> None:
         ("Rejected objects", "rejected"),
         ("Kernel errors", "kernel_errors"),
         ("Not adopted at start", "stale_endpoints"),
+        ("Fail-closed endpoints", "fail_closed"),
     ):
         items = status.get(field) or []
         assert isinstance(items, list)

@@ -1,6 +1,8 @@
 """Expiring idle conntrack entries from user space, and the close events the kernel could not send.
 
-The kernel reports a TCP connection's end when it sees FIN both ways; UDP, ICMP and TCP that went quiet
+The packet path never deletes an entry (a spoofed packet must not end a connection): closed ones are
+removed here after a short idle time. The kernel reports a TCP connection's end when it sees FIN both ways
+or an RST in its window; UDP, ICMP and TCP that went quiet
 end only when their entry idles out here, and the event for them is made here. The kernel stamps entries
 with CLOCK_MONOTONIC, which time.monotonic_ns() also reads.
 """
@@ -22,22 +24,25 @@ def expire(
     forgotten: Mapping[int, int],
     timeouts: conntrack.Timeouts,
     now_ns: int,
-) -> list[DatapathEvent]:
+) -> tuple[list[DatapathEvent], int]:
     """Deletes idle entries (and those of removed endpoints made before their removal, `forgotten`:
-    ifindex -> removal time) and returns a close event per connection not reported closed already."""
+    ifindex -> removal time); returns a close event per connection not reported closed already, and how
+    many entries were read."""
     closed: list[DatapathEvent] = []
+    scanned = 0
     for key, value in ct_map.items():
+        scanned += 1
         removed_ns = forgotten.get(key.ifindex)
         if removed_ns is not None and value.created_ns <= removed_ns:
             ct_map.delete(key)  # its endpoint was removed: the number may be another's now
             continue
         idle_s = (now_ns - value.last_seen_ns) / 1e9
-        if idle_s <= timeouts.for_entry(key.proto, value.flags):
+        if idle_s <= timeouts.for_entry(key.proto, value.flags, answered=value.packets_rev > 0):
             continue
         if not ct_map.delete(key) or value.flags & conntrack.FLAG_CLOSED:
             continue
         closed.append(_close_event(key, value, endpoints.get(key.ifindex), now_ns))
-    return closed
+    return closed, scanned
 
 
 def _close_event(

@@ -20,11 +20,20 @@ from typing import Any, Protocol
 
 from meshagent.datapath import ct_expiry, tc
 from meshagent.datapath.adoption import StaleEndpoint, check_endpoints
-from meshagent.datapath.errors import AttachError, MapError, MapFullError
+from meshagent.datapath.errors import AttachError, MapError
 from meshagent.datapath.events import EventReader
 from meshagent.datapath.layout import layout_id, other_layouts
 from meshagent.datapath.loader import DEFAULT_PIN_DIR, Capacities, LoadedPrograms, load
-from meshagent.datapath.maps import conntrack, endpoints, events_lost, frags, ipcache, metrics, policy
+from meshagent.datapath.maps import (
+    conntrack,
+    endpoints,
+    event_budget,
+    events_lost,
+    frags,
+    ipcache,
+    metrics,
+    policy,
+)
 from meshagent.datapath.maps.base import PerCpuArray, TypedMap
 from meshagent.datapath.migration import LayoutMigration
 from meshagent.datapath.pinned import PolicyTrie, read_state
@@ -39,6 +48,32 @@ from meshagent.model.kernel_state import (
 )
 
 logger = logging.getLogger(__name__)
+
+# Conntrack fill ratio at which the agent warns (the LRU table then starts evicting, the TCP table sends
+# new connections to the LRU table).
+CT_PRESSURE_WARN = 0.8
+
+
+@dataclass(frozen=True)
+class ConntrackScan:
+    """What the last expiry pass cost: entries read and the time it took."""
+
+    entries: int = 0
+    seconds: float = 0.0
+    expired: int = 0
+
+
+def _isolated(entry: EndpointEntry) -> EndpointEntry:
+    """The entry of an endpoint one of whose denies is not in the policy map: enforcing both ways, and
+    flagged so that no new connection passes (its allows, which are in the map, may cover the deny)."""
+    return replace(
+        entry,
+        enforce_ingress=True,
+        enforce_egress=True,
+        audit_ingress=False,
+        audit_egress=False,
+        isolated=True,
+    )
 
 
 @dataclass
@@ -147,6 +182,18 @@ class Datapath:
         # Connections of removed endpoints, by ifindex, with the time of removal: the conntrack reaper
         # deletes those created before it (a new endpoint may reuse the number at once).
         self._forgotten: dict[int, int] = {}
+        # Fail closed. The endpoint entries asked for (self._endpoints is what the kernel holds), the deny
+        # trie entries each endpoint id could not get written, and the endpoints (by ifindex) held
+        # isolated or entry-less because of a failed write, with the reason: retried on every apply.
+        self._wanted: dict[int, EndpointEntry] = {}
+        self._unwritten_denies: dict[int, set[policy.TrieKey]] = defaultdict(set)
+        # Identities that could not be written to ma_ipcache: while any is missing, a peer may be taken for
+        # another (a broader prefix's identity, or the world's), so every endpoint whose verdicts depend
+        # on its peers is isolated (see _ipcache_isolates).
+        self._unwritten_ipcache: set[IPCacheEntry] = set()
+        self.fail_closed: dict[int, str] = {}
+        self.last_ct_scan = ConntrackScan()
+        self._ct_warned: set[str] = set()
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -171,6 +218,18 @@ class Datapath:
         )
         self.policy_map = typed(policy.MAP_NAME, policy.PolicyKey, policy.PolicyValue, caps.policy)
         self.ct_map = typed(conntrack.MAP_NAME, conntrack.CTKey, conntrack.CTValue, caps.conntrack)
+        self.ct_tcp_map = typed(
+            conntrack.TCP_MAP_NAME, conntrack.CTKey, conntrack.CTValue, caps.conntrack_tcp
+        )
+        self.ct_overflow_map = PerCpuArray(
+            name=conntrack.TCP_OVERFLOW_MAP_NAME,
+            fd=bpf[conntrack.TCP_OVERFLOW_MAP_NAME.encode()].map_fd,
+            value_type=events_lost.LostValue,
+            capacity=1,
+        )
+        self.budget_map = typed(
+            event_budget.MAP_NAME, event_budget.BudgetKey, event_budget.BudgetValue, caps.endpoints * 16
+        )
         self.frags_map = typed(frags.MAP_NAME, frags.FragKey, frags.FragValue, caps.frags)
         self.metrics_map = PerCpuArray(
             name=metrics.MAP_NAME,
@@ -201,6 +260,7 @@ class Datapath:
             )
         check = check_endpoints(pinned, netns=self.netns) if self._attach_endpoints else None
         self._endpoints = dict(pinned) if check is None else dict(check.adopt)
+        self._wanted = dict(self._endpoints)
         if check is not None:
             for note in check.notes:
                 logger.warning("adopted %s", note)
@@ -237,8 +297,9 @@ class Datapath:
         for group in [g for g, keys in self._group_trie.items() if not keys]:
             del self._group_trie[group]
         stale_ifindexes = {entry.ifindex for entry in stale}
-        for key in [k for k, _ in self.ct_map.items() if k.ifindex in stale_ifindexes]:
-            self.ct_map.delete(key)
+        for table in self.ct_tables():
+            for key in [k for k, _ in table.items() if k.ifindex in stale_ifindexes]:
+                table.delete(key)
 
     @property
     def bpf(self) -> Any:
@@ -293,7 +354,8 @@ class Datapath:
         returns the failures that remain."""
         with self._lock:
             for ifindex in sorted(set(self.attach_failures) if ifindexes is None else ifindexes):
-                if ifindex not in self._endpoints or ifindex in self._attached:
+                # _wanted, not _endpoints: an endpoint whose entry could not be written is attached too.
+                if ifindex not in self._wanted or ifindex in self._attached:
                     continue
                 try:
                     self.attach(ifindex)
@@ -316,7 +378,7 @@ class Datapath:
             # Connections first, so that the new programs know them from their first packet; then the
             # state, which attaches the new programs in place; then the old maps go.
             migration = LayoutMigration(self._migrating_from, netns=self.netns)
-            migration.carry_connections(self.ct_map)
+            migration.carry_connections(tcp=self.ct_tcp_map, other=self.ct_map)
             result = self._apply_full(state)
             migration.retire(self._attached)
             self._migrating_from = []
@@ -330,12 +392,15 @@ class Datapath:
         for key, entry in rules.items():
             self._group_rules[_group_of(entry)][key] = entry
         want_endpoints = {entry.ifindex: entry for entry in state.endpoints}
+        self._unwritten_ipcache &= set(state.ipcache)
         return self._commit(
             ipcache_add=set(state.ipcache) - self._ipcache,
             ipcache_remove=self._ipcache - set(state.ipcache),
             trie_groups=groups,
             endpoints_upsert=list(want_endpoints.values()),
-            endpoints_remove=[i for i in self._endpoints if i not in want_endpoints],
+            endpoints_remove=[
+                i for i in self._endpoints.keys() | self._wanted.keys() if i not in want_endpoints
+            ],
         )
 
     def apply_diff(self, diff: StateDiff) -> ApplyResult:
@@ -361,13 +426,19 @@ class Datapath:
             # An upsert may give a known prefix a new identity: the old entry goes from our books.
             upserted_cidrs = {e.cidr for e in diff.upsert_ipcache}
             replaced = {e for e in self._ipcache if e.cidr in upserted_cidrs}
+            self._unwritten_ipcache = {
+                e
+                for e in self._unwritten_ipcache
+                if e not in diff.delete_ipcache and e.cidr not in upserted_cidrs
+            }
             return self._commit(
-                ipcache_add=set(diff.upsert_ipcache) - self._ipcache,
+                # Identities an earlier apply could not write are tried again.
+                ipcache_add=(set(diff.upsert_ipcache) | self._unwritten_ipcache) - self._ipcache,
                 ipcache_remove=(set(diff.delete_ipcache) | replaced)
                 & self._ipcache - set(diff.upsert_ipcache),
                 trie_groups=groups,
                 endpoints_upsert=list(diff.upsert_endpoints),
-                endpoints_remove=[i for i in removed_ifindexes if i in self._endpoints],
+                endpoints_remove=[i for i in removed_ifindexes if i in self._endpoints or i in self._wanted],
             )
 
     def _commit(
@@ -380,9 +451,14 @@ class Datapath:
         endpoints_remove: list[int],
     ) -> ApplyResult:
         result = ApplyResult()
+        # Deny entries an earlier apply could not write are tried again, their lookups recompiled.
+        trie_groups = trie_groups | {_trie_group(k) for keys in self._unwritten_denies.values() for k in keys}
+        ipcache_was_short = bool(self._unwritten_ipcache)
+        failed_ipcache: dict[IPCacheEntry, str] = {}
         for cache_entry in sorted(ipcache_add):
-            if self._write(self.ipcache_map, *ipcache.encode(cache_entry), result):
-                self._ipcache.add(cache_entry)
+            error = self._write_ipcache(cache_entry, result)
+            if error is not None:
+                failed_ipcache[cache_entry] = error
 
         want_trie: dict[policy.TrieKey, policy.TrieValue] = {}
         for group in trie_groups:
@@ -393,32 +469,41 @@ class Datapath:
                 del self._group_rules[group]
         stale = [k for group in trie_groups for k in self._group_trie.get(group, ()) if k not in want_trie]
 
-        failed_denies: set[int] = set()
-        # Denies first: if the map fills up, what is missing is an allow (a drop), not a deny.
+        # Denies first: if the map fills up, what is missing is an allow (a drop), not a deny. A deny that
+        # could not be written isolates its endpoint until a later apply writes it (or it is no longer
+        # wanted): see _write_endpoint.
+        touched_ids = {endpoint_id for endpoint_id, _, _ in trie_groups}
+        for endpoint_id in touched_ids & self._unwritten_denies.keys():
+            unwritten = self._unwritten_denies[endpoint_id]
+            unwritten.difference_update(
+                {k for k in unwritten if _trie_group(k) in trie_groups and k not in want_trie}
+            )
         changed = [(k, v) for k, v in want_trie.items() if self._policy.get(k) != v]
         changed.sort(key=lambda kv: kv[1].action != Action.DENY)
+        # Failed writes are retried once after the removals below (which may make room); only what still
+        # fails is reported.
+        failed_policy: dict[policy.TrieKey, tuple[policy.TrieValue, str]] = {}
         for key, value in changed:
-            if self._write(self.policy_map, *policy.encode(key, value), result):
-                self._policy[key] = value
-                self._group_trie[_trie_group(key)].add(key)
-            elif value.action == Action.DENY:
-                failed_denies.add(key.endpoint_id)
+            error = self._write_policy(key, value, result)
+            if error is not None:
+                failed_policy[key] = (value, error)
 
         for entry in endpoints_upsert:
-            if entry.endpoint_id in failed_denies:
-                # A deny we could not write must not become an allow: isolate the endpoint instead.
-                entry = replace(entry, enforce_ingress=True, enforce_egress=True)
-                result.fail_closed_endpoints.append(entry.endpoint_id)
-                logger.error(
-                    "endpoint %d isolated: its deny rules do not fit in %s",
-                    entry.endpoint_id,
-                    policy.MAP_NAME,
-                )
-            if self._endpoints.get(entry.ifindex) != entry and self._write(
-                self.endpoints_map, *endpoints.encode(entry), result
-            ):
-                self._endpoints[entry.ifindex] = entry
+            self._wanted[entry.ifindex] = entry
+        # Written again: the endpoints asked for now, those held closed by an earlier failure, and those
+        # whose deny rules changed (their isolation may start or end).
+        recheck = {entry.ifindex for entry in endpoints_upsert} | set(self.fail_closed)
+        recheck |= {i for i, e in self._wanted.items() if e.endpoint_id in touched_ids}
+        if ipcache_was_short or self._unwritten_ipcache:
+            recheck |= set(self._wanted)  # isolation for missing identities may start or end
+        endpoint_errors: dict[int, str] = {}
+        for ifindex in sorted(recheck):
+            if ifindex in self._wanted:
+                self._write_endpoint(self._wanted[ifindex], result, endpoint_errors)
+        for entry in endpoints_upsert:
             if self._attach_endpoints and entry.ifindex not in self._attached:
+                # Attached even when its entry could not be written: without an entry our programs pass
+                # nothing but ARP, where no programs would pass everything.
                 try:
                     self.attach(entry.ifindex)
                     result.attached += 1
@@ -433,7 +518,9 @@ class Datapath:
                 self.detach(ifindex)
                 result.detached += 1
             self.endpoints_map.delete(endpoints.EndpointKey(ifindex))
-            del self._endpoints[ifindex]
+            self._endpoints.pop(ifindex, None)
+            self._wanted.pop(ifindex, None)
+            self.fail_closed.pop(ifindex, None)
             self._forgotten[ifindex] = time.monotonic_ns()
             result.deleted += 1
 
@@ -446,29 +533,122 @@ class Datapath:
             if not self._group_trie.get(group):
                 self._group_trie.pop(group, None)
 
+        if stale or endpoints_remove:
+            # Removals made room: what failed gets its second try, denies first again.
+            for key, (value, _error) in list(failed_policy.items()):
+                if self._write_policy(key, value, result) is None:
+                    del failed_policy[key]
+            for ifindex in sorted(set(self.fail_closed) & self._wanted.keys()):
+                self._write_endpoint(self._wanted[ifindex], result, endpoint_errors)
+        for endpoint_id in [i for i, keys in self._unwritten_denies.items() if not keys]:
+            del self._unwritten_denies[endpoint_id]
+
+        overwritten = {e.cidr for e in ipcache_add if e not in failed_ipcache}
         for cache_entry in ipcache_remove:
-            if cache_entry.cidr in {e.cidr for e in ipcache_add}:
+            if cache_entry.cidr in overwritten:
                 self._ipcache.discard(cache_entry)  # overwritten in place by its new identity
                 continue
             self.ipcache_map.delete(ipcache.encode(cache_entry)[0])
             self._ipcache.discard(cache_entry)
             result.deleted += 1
+        if failed_ipcache and ipcache_remove:
+            # Removals made room: the identities that did not fit get their second try, and the endpoints
+            # isolated for them are written again if none is missing now.
+            for cache_entry in sorted(failed_ipcache):
+                if self._write_ipcache(cache_entry, result) is None:
+                    del failed_ipcache[cache_entry]
+            if not self._unwritten_ipcache:
+                for ifindex in sorted(set(self.fail_closed) & self._wanted.keys()):
+                    self._write_endpoint(self._wanted[ifindex], result, endpoint_errors)
+
+        result.errors.extend(failed_ipcache.values())
+        result.errors.extend(error for _value, error in failed_policy.values())
+        result.errors.extend(endpoint_errors.values())
+        result.fail_closed_endpoints = sorted(
+            {self._wanted[i].endpoint_id for i in self.fail_closed if i in self._wanted}
+        )
 
         if result.errors:
             logger.error("apply left %d errors: %s", len(result.errors), "; ".join(result.errors[:5]))
         return result
 
-    def _write(self, table: TypedMap[Any, Any], key: Any, value: Any, result: ApplyResult) -> bool:
+    def _write_ipcache(self, entry: IPCacheEntry, result: ApplyResult) -> str | None:
+        """Writes one identity; one that cannot be written is remembered (endpoints that judge their peers
+        are isolated until it is). Returns the error, if any."""
+        error = self._try_write(self.ipcache_map, *ipcache.encode(entry))
+        if error is None:
+            result.written += 1
+            self._ipcache.add(entry)
+            self._unwritten_ipcache.discard(entry)
+        else:
+            self._unwritten_ipcache.add(entry)
+        return error
+
+    def _ipcache_isolates(self, wanted: EndpointEntry) -> bool:
+        """Whether a missing identity may change this endpoint's verdicts: when it enforces (an allow for a
+        broader prefix, or for the world, may then cover the peer) or has a deny (which may then miss)."""
+        if not self._unwritten_ipcache:
+            return False
+        if wanted.enforce_ingress or wanted.enforce_egress:
+            return True
+        return any(
+            key.endpoint_id == wanted.endpoint_id and value.action == Action.DENY
+            for key, value in self._policy.items()
+        )
+
+    def _write_policy(self, key: policy.TrieKey, value: policy.TrieValue, result: ApplyResult) -> str | None:
+        """Writes one trie entry; a deny that cannot be written is remembered (its endpoint is isolated
+        until it is). Returns the error, if any."""
+        error = self._try_write(self.policy_map, *policy.encode(key, value))
+        if error is None:
+            result.written += 1
+            self._policy[key] = value
+            self._group_trie[_trie_group(key)].add(key)
+            self._unwritten_denies[key.endpoint_id].discard(key)
+        elif value.action == Action.DENY:
+            self._unwritten_denies[key.endpoint_id].add(key)
+        return error
+
+    def _write_endpoint(self, wanted: EndpointEntry, result: ApplyResult, errors: dict[int, str]) -> None:
+        """Writes an endpoint's entry: as asked, or isolated (deny all by default) while any of its deny
+        rules is not in the policy map. When the entry itself cannot be written, the old one is removed:
+        our programs pass nothing but ARP on an interface without an entry. Either way the endpoint is
+        fail-closed until a later apply succeeds, and reported (errors: ifindex -> the write's error)."""
+        ifindex = wanted.ifindex
+        reason = None
+        entry = wanted
+        errors.pop(ifindex, None)
+        if self._unwritten_denies.get(wanted.endpoint_id):
+            entry = _isolated(wanted)
+            reason = f"its deny rules do not fit in {policy.MAP_NAME}: isolated"
+        elif self._ipcache_isolates(wanted):
+            entry = _isolated(wanted)
+            reason = f"identities do not fit in {ipcache.MAP_NAME}, a peer may pass for another: isolated"
+        if self._endpoints.get(ifindex) != entry:
+            error = self._try_write(self.endpoints_map, *endpoints.encode(entry))
+            if error is None:
+                result.written += 1
+                self._endpoints[ifindex] = entry
+            else:
+                errors[ifindex] = error
+                self.endpoints_map.delete(endpoints.EndpointKey(ifindex))
+                self._endpoints.pop(ifindex, None)
+                reason = f"its entry could not be written to {endpoints.MAP_NAME}: nothing passes but ARP"
+        if reason is None:
+            if self.fail_closed.pop(ifindex, None) is not None:
+                logger.warning("endpoint %d (ifindex %d) no longer fail-closed", wanted.endpoint_id, ifindex)
+            return
+        if self.fail_closed.get(ifindex) != reason:
+            logger.error("endpoint %d (ifindex %d) fail-closed: %s", wanted.endpoint_id, ifindex, reason)
+        self.fail_closed[ifindex] = reason
+
+    @staticmethod
+    def _try_write(table: TypedMap[Any, Any], key: Any, value: Any) -> str | None:
         try:
             table.update(key, value)
-        except MapFullError as err:
-            result.errors.append(str(err))
-            return False
-        except MapError as err:
-            result.errors.append(str(err))
-            return False
-        result.written += 1
-        return True
+        except MapError as err:  # MapFullError included
+            return str(err)
+        return None
 
     def state(self) -> tuple[dict[int, EndpointEntry], set[IPCacheEntry], PolicyTrie]:
         """What the kernel maps hold now, read back from the kernel (not from our bookkeeping)."""
@@ -495,8 +675,26 @@ class Datapath:
             self._reader.stop()
 
     def lost_events(self) -> int:
-        """Events the kernel could not put in the ring buffer since the maps were created."""
-        return sum(value.count for value in self.lost_map.read(0))
+        """Events the kernel did not deliver since the maps were created: those that did not fit in the
+        ring buffer, and those suppressed by an endpoint's event budget (so the flow API reports both as
+        lost events)."""
+        ring = sum(value.count for value in self.lost_map.read(0))
+        return ring + sum(self.suppressed_events().values())
+
+    def suppressed_events(self) -> dict[int, int]:
+        """Events suppressed by the event budgets, by endpoint interface (ifindex)."""
+        out: dict[int, int] = defaultdict(int)
+        for key, value in self.budget_map.items():
+            if value.suppressed:
+                out[key.ifindex] += value.suppressed
+        return dict(out)
+
+    def ct_tables(self) -> tuple[TypedMap[Any, Any], TypedMap[Any, Any]]:
+        return (self.ct_tcp_map, self.ct_map)
+
+    def ct_tcp_overflow(self) -> int:
+        """New TCP connections that went to the LRU table because ma_ct_tcp was full."""
+        return sum(value.count for value in self.ct_overflow_map.read(0))
 
     def counters(self) -> dict[tuple[DropReason, Direction], Counter]:
         """Packets and bytes by (reason, direction), summed over CPUs; reason NONE means forwarded."""
@@ -507,7 +705,7 @@ class Datapath:
         return out
 
     def connections(self) -> list[conntrack.Connection]:
-        return [conntrack.decode(k, v) for k, v in self.ct_map.items()]
+        return [conntrack.decode(k, v) for table in self.ct_tables() for k, v in table.items()]
 
     def expire_conntrack(
         self, *, timeouts: conntrack.Timeouts | None = None, now_ns: int | None = None
@@ -516,23 +714,56 @@ class Datapath:
         not report itself (UDP, ICMP, and TCP that went quiet); TCP closed by FIN was reported already.
         The kernel stamps entries with CLOCK_MONOTONIC, which time.monotonic_ns() also reads."""
         forgotten, self._forgotten = self._forgotten, {}
-        return ct_expiry.expire(
-            self.ct_map,
-            endpoints=self._endpoints,
-            forgotten=forgotten,
-            timeouts=timeouts or conntrack.Timeouts(),
-            now_ns=time.monotonic_ns() if now_ns is None else now_ns,
+        started = time.perf_counter()
+        closed: list[DatapathEvent] = []
+        scanned = 0
+        for table in self.ct_tables():
+            table_closed, table_scanned = ct_expiry.expire(
+                table,
+                endpoints=self._endpoints,
+                forgotten=forgotten,
+                timeouts=timeouts or conntrack.Timeouts(),
+                now_ns=time.monotonic_ns() if now_ns is None else now_ns,
+            )
+            closed.extend(table_closed)
+            scanned += table_scanned
+        self.last_ct_scan = ConntrackScan(
+            entries=scanned, seconds=time.perf_counter() - started, expired=len(closed)
         )
+        self.map_pressure()  # warns when a table nears its capacity
+        return closed
 
     def flush_conntrack(self) -> None:
-        self.ct_map.clear()
+        for table in self.ct_tables():
+            table.clear()
         self.frags_map.clear()
 
     def map_pressure(self) -> dict[str, tuple[int, int]]:
-        """Entries and capacity per map (LRU maps evict instead of filling up)."""
-        return {
+        """Entries and capacity per map (the LRU conntrack map evicts instead of filling up; a full TCP
+        table sends new connections to it). Logs once when a conntrack table passes CT_PRESSURE_WARN,
+        before it bites."""
+        pressure = {
             ipcache.MAP_NAME: (len(self._ipcache), self.capacities.ipcache),
             endpoints.MAP_NAME: (len(self._endpoints), self.capacities.endpoints),
             policy.MAP_NAME: (len(self._policy), self.capacities.policy),
             conntrack.MAP_NAME: (len(self.ct_map), self.capacities.conntrack),
+            conntrack.TCP_MAP_NAME: (len(self.ct_tcp_map), self.capacities.conntrack_tcp),
         }
+        for name in (conntrack.MAP_NAME, conntrack.TCP_MAP_NAME):
+            entries, capacity = pressure[name]
+            if entries >= CT_PRESSURE_WARN * capacity:
+                if name not in self._ct_warned:
+                    self._ct_warned.add(name)
+                    logger.warning(
+                        "%s is %d%% full (%d of %d): %s",
+                        name,
+                        100 * entries // capacity,
+                        entries,
+                        capacity,
+                        "new TCP connections go to the LRU table"
+                        if name == conntrack.TCP_MAP_NAME
+                        else "the least recently used connections are being evicted",
+                    )
+            elif entries < CT_PRESSURE_WARN * capacity * 0.9:
+                self._ct_warned.discard(name)
+        return pressure

@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 MAP_NAME = "ma_events"
 FLAG_REPLY = 0x01  # MA_EVENT_F_REPLY
+FLAG_MIDSTREAM = 0x02  # MA_EVENT_F_MIDSTREAM
 
 
 class EventRecord(ctypes.Structure):
@@ -50,8 +51,8 @@ class EventRecord(ctypes.Structure):
         ("direction", ctypes.c_uint8),
         ("proto", ctypes.c_uint8),
         ("tcp_flags", ctypes.c_uint8),
-        ("flags", ctypes.c_uint8),
-        ("pad", ctypes.c_uint8),
+        ("flags", ctypes.c_uint8),  # tcp_flags holds the ICMP type for ICMP
+        ("icmp_code", ctypes.c_uint8),
     ]
 
 
@@ -134,13 +135,13 @@ def decode_framed(fields: tuple[Any, ...]) -> DatapathEvent:
         proto,
         tcp_flags,
         flags,
-        _pad,
+        icmp_code,
     ) = fields
     try:
         etype = _TYPES[type_]
     except KeyError:
         raise ValueError(f"unknown event type {type_}") from None
-    # One C call (tuple.__new__) for the 21 fields: see DatapathEvent.
+    # One C call (tuple.__new__) for the 24 fields: see DatapathEvent.
     return _new_tuple(
         DatapathEvent,
         (
@@ -156,7 +157,7 @@ def decode_framed(fields: tuple[Any, ...]) -> DatapathEvent:
             sport,
             dport,
             proto,
-            tcp_flags,
+            0 if proto == 1 else tcp_flags,
             (flags & FLAG_REPLY) != 0,
             rule_id,
             src_id,
@@ -165,6 +166,9 @@ def decode_framed(fields: tuple[Any, ...]) -> DatapathEvent:
             bf,
             pr,
             br,
+            (flags & FLAG_MIDSTREAM) != 0,
+            tcp_flags if proto == 1 else 0,
+            icmp_code if proto == 1 else 0,
         ),
     )
 

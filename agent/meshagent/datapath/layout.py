@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from meshagent.datapath import events
-from meshagent.datapath.maps import conntrack, endpoints, events_lost, frags, ipcache, metrics, policy
+from meshagent.datapath.maps import (
+    conntrack,
+    endpoints,
+    event_budget,
+    events_lost,
+    frags,
+    ipcache,
+    metrics,
+    policy,
+)
 
 _MIRRORS: tuple[type[Any], ...] = (
     ipcache.IPCacheKey,
@@ -31,6 +40,8 @@ _MIRRORS: tuple[type[Any], ...] = (
     metrics.MetricsValue,
     events_lost.LostValue,
     events.EventRecord,
+    event_budget.BudgetKey,
+    event_budget.BudgetValue,
 )
 
 

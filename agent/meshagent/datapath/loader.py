@@ -26,6 +26,12 @@ PROGRAM_TO_ENDPOINT = "ma_to_endpoint"
 
 
 DEFAULT_EVENT_PAGES = 1024  # 4 MiB: about 0.35 s of events at 150k/s, 0.5 s at 100k/s
+# Events one endpoint may send a second, and at once (bpf/lib/events.h): above the 100k flows a second one
+# pod makes in bench/flow_pipeline.py, and a burst that fills well under half of the default ring buffer.
+DEFAULT_EVENT_RATE = 200_000
+DEFAULT_EVENT_BURST = 20_000
+# How far an RST's sequence number may be from the next one expected and still end the connection.
+DEFAULT_RST_WINDOW = 65535
 
 
 @dataclass(frozen=True)
@@ -35,9 +41,13 @@ class Capacities:
     ipcache: int = 65536
     endpoints: int = 1024
     policy: int = 262144
-    conntrack: int = 262144
+    conntrack: int = 262144  # ma_ct (LRU): UDP, ICMP, other protocols, TCP first seen mid-stream
+    conntrack_tcp: int = 262144  # ma_ct_tcp (never evicts): TCP connections begun by a SYN
     frags: int = 8192
     event_pages: int = DEFAULT_EVENT_PAGES  # ring buffer pages (4 KiB each); a power of two
+    event_rate: int = DEFAULT_EVENT_RATE  # events per endpoint per second; 0: no limit
+    event_burst: int = DEFAULT_EVENT_BURST
+    rst_window: int = DEFAULT_RST_WINDOW
 
     def cflags(self) -> list[str]:
         return [
@@ -45,15 +55,23 @@ class Capacities:
             f"-DMA_ENDPOINTS_MAX={self.endpoints}",
             f"-DMA_POLICY_MAX={self.policy}",
             f"-DMA_CT_MAX={self.conntrack}",
+            f"-DMA_CT_TCP_MAX={self.conntrack_tcp}",
             f"-DMA_FRAGS_MAX={self.frags}",
             f"-DMA_EVENTS_PAGES={self.event_pages}",
+            f"-DMA_EVENT_RATE={self.event_rate}",
+            f"-DMA_EVENT_BURST={self.event_burst}",
+            f"-DMA_CT_RST_WINDOW={self.rst_window}",
         ]
 
     def layout_flags(self) -> list[str]:
         """The flags that shape the pinned maps (datapath/layout.py): all of them but the event ring
-        buffer's size, which is not pinned, so changing it keeps the maps. Its flag stays in at the default
-        value, so that the ids of layouts made before it was a setting do not change."""
-        return replace(self, event_pages=DEFAULT_EVENT_PAGES).cflags()
+        buffer's size, which is not pinned, and the settings that only change what the programs do
+        (event budget, RST window), so changing those keeps the maps."""
+        return [
+            flag
+            for flag in replace(self, event_pages=DEFAULT_EVENT_PAGES).cflags()
+            if not flag.startswith(("-DMA_EVENT_RATE=", "-DMA_EVENT_BURST=", "-DMA_CT_RST_WINDOW="))
+        ]
 
 
 @dataclass

@@ -31,13 +31,17 @@ class LayoutMigration:
         self.netns = netns
         self.carried = 0
 
-    def carry_connections(self, ct_map: TypedMap[Any, Any]) -> int:
-        """Copies the old layouts' conntrack entries into `ct_map` where the entry layout is the same."""
+    def carry_connections(self, *, tcp: TypedMap[Any, Any], other: TypedMap[Any, Any]) -> int:
+        """Copies the old layouts' conntrack entries: TCP ones into `tcp`, the rest into `other`. An old
+        layout may keep TCP in a table of its own or not."""
         for old_dir in self.old_dirs:
-            try:
-                self.carried += _copy_conntrack(old_dir, ct_map)
-            except MapError as err:
-                logger.warning("connections in %s not carried over: %s", old_dir, err)
+            for name in (conntrack.TCP_MAP_NAME, conntrack.MAP_NAME):
+                if not (old_dir / name).exists():
+                    continue
+                try:
+                    self.carried += _copy_conntrack(old_dir / name, tcp=tcp, other=other)
+                except MapError as err:
+                    logger.warning("connections in %s not carried over: %s", old_dir / name, err)
         return self.carried
 
     def retire(self, attached: set[int]) -> None:
@@ -60,26 +64,53 @@ class LayoutMigration:
         logger.info("map layout migration done: %d connections carried over", self.carried)
 
 
-def _copy_conntrack(old_dir: Path, ct_map: TypedMap[Any, Any]) -> int:
-    old_fd = open_pinned(old_dir / conntrack.MAP_NAME)
+def prefix_value_type(size: int) -> type[ctypes.Structure] | None:
+    """A ctypes type for an old entry of `size` bytes: ours, or the longest prefix of ours (fields are
+    only ever appended to struct ma_ct_value) that is that size with its padding. None for any other
+    layout."""
+    if size == ctypes.sizeof(conntrack.CTValue):
+        return conntrack.CTValue
+    found = None
+    fields = []
+    for field in conntrack.CTValue._fields_:
+        fields.append((field[0], field[1]))
+        prefix = type("OldCTValue", (ctypes.Structure,), {"_fields_": list(fields)})
+        if ctypes.sizeof(prefix) == size:
+            found = prefix
+        elif ctypes.sizeof(prefix) > size:
+            break
+    return found
+
+
+def _copy_conntrack(path: Path, *, tcp: TypedMap[Any, Any], other: TypedMap[Any, Any]) -> int:
+    old_fd = open_pinned(path)
     try:
         old_key, old_value = map_sizes(old_fd)
-        if (old_key, old_value) != (ctypes.sizeof(conntrack.CTKey), ctypes.sizeof(conntrack.CTValue)):
+        value_type = prefix_value_type(old_value)
+        if old_key != ctypes.sizeof(conntrack.CTKey) or value_type is None:
             return 0  # another entry layout: those connections will be judged again
         old_ct = TypedMap(
-            name="old " + conntrack.MAP_NAME,
+            name="old " + path.name,
             fd=old_fd,
             key_type=conntrack.CTKey,
-            value_type=conntrack.CTValue,
+            value_type=value_type,
             capacity=0,
         )
         copied = 0
-        for key, value in old_ct.items():
+        for key, old in old_ct.items():
+            # The appended fields start zeroed: sequence numbers unknown, learnt from the next segments.
+            value = conntrack.CTValue()
+            ctypes.memmove(ctypes.addressof(value), ctypes.addressof(old), ctypes.sizeof(old))
+            table = tcp if key.proto == 6 and not value.flags & conntrack.FLAG_MIDSTREAM else other
             try:
-                ct_map.update(key, value)
+                table.update(key, value)
                 copied += 1
             except MapError:
-                break
+                try:
+                    other.update(key, value)  # the TCP table is full: the LRU one takes it
+                    copied += 1
+                except MapError:
+                    break
         return copied
     finally:
         os.close(old_fd)

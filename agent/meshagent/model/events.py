@@ -28,6 +28,9 @@ class DropReason(enum.IntEnum):
     FRAG_NO_FIRST = 6  # a non-first fragment whose first fragment was not seen
     IPV6_UNSUPPORTED = 7  # IPv6 (other than neighbour discovery) to or from a pod under policy
     UNKNOWN_L4 = 8  # reserved: not emitted (policies match any IP protocol by number)
+    ETHERTYPE = 9  # neither IPv4, ARP nor IPv6 (802.1Q, QinQ, ...) to or from a pod under policy
+    NO_ENDPOINT = 10  # our programs on an interface whose endpoint entry could not be written: fail closed
+    ISOLATED = 11  # a new connection of an endpoint held fail-closed: one of its denies could not be written
 
 
 class DatapathEvent(NamedTuple):
@@ -59,3 +62,8 @@ class DatapathEvent(NamedTuple):
     bytes_fwd: int = 0
     packets_rev: int = 0
     bytes_rev: int = 0
+    # TCP without SYN of a connection conntrack did not know (its entry lost, or crafted): judged by policy
+    # like a new connection, and flagged so.
+    midstream: bool = False
+    icmp_type: int = 0  # ICMP only
+    icmp_code: int = 0

@@ -95,6 +95,9 @@ class EndpointEntry:
     enforce_egress: bool = False
     audit_ingress: bool = False
     audit_egress: bool = False
+    # Held fail-closed by the datapath (never in a compiled state): one of its deny rules, or an identity,
+    # could not be written, so no new connection passes whatever its rules in the map allow.
+    isolated: bool = False
 
 
 @dataclass(frozen=True, order=True)

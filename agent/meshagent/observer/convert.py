@@ -37,6 +37,9 @@ DROP_REASON_TO_HUBBLE: dict[DropReason, int] = {
     DropReason.FRAG_NO_FIRST: pb.FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND,
     DropReason.IPV6_UNSUPPORTED: pb.UNSUPPORTED_L3_PROTOCOL,
     DropReason.UNKNOWN_L4: pb.UNKNOWN_L4_PROTOCOL,
+    DropReason.ETHERTYPE: pb.UNSUPPORTED_L2_PROTOCOL,
+    DropReason.NO_ENDPOINT: pb.DROP_EP_NOT_READY,
+    DropReason.ISOLATED: pb.POLICY_DENIED,
 }
 
 _VERDICT_TO_HUBBLE: dict[Verdict, int] = {
@@ -242,6 +245,8 @@ class FlowBuilder:
                 ev.dst_identity,
                 dst_svc,
                 src_svc,
+                ev.icmp_type,  # ICMP type and code are in the template (0 for other protocols)
+                ev.icmp_code,
             )
             shared = templates.get(key)
             if shared is None:
@@ -267,8 +272,9 @@ class FlowBuilder:
             f.l4.SCTP.SetInParent()
             f.Summary = "SCTP"
         elif ev.protocol == PROTO_ICMP:
-            # The event carries no ICMP type/code fields; the message marks the flow as ICMPv4.
             f.l4.ICMPv4.SetInParent()
+            f.l4.ICMPv4.type = ev.icmp_type
+            f.l4.ICMPv4.code = ev.icmp_code
             f.Summary = "ICMPv4"
         else:
             f.Summary = f"IPv4 protocol {ev.protocol}"

@@ -1,4 +1,7 @@
-"""ma_ct: connection tracking entries, keyed per endpoint interface and connection (LRU hash)."""
+"""ma_ct_tcp and ma_ct: connection tracking entries, keyed per endpoint interface and connection.
+
+TCP connections begun by a SYN live in ma_ct_tcp (a hash that never evicts); everything else in ma_ct
+(LRU): see bpf/lib/conntrack.h. Both have the same key and value."""
 
 from __future__ import annotations
 
@@ -9,11 +12,16 @@ from ipaddress import IPv4Address
 from meshagent.datapath.maps.ipcache import addr_from_net
 
 MAP_NAME = "ma_ct"
+TCP_MAP_NAME = "ma_ct_tcp"
+TCP_OVERFLOW_MAP_NAME = "ma_ct_tcp_overflow"  # per-CPU count of SYNs that went to ma_ct: ma_ct_tcp was full
 
 # MA_CT_F_* in bpf/lib/types.h
 FLAG_FIN_FWD = 0x01
 FLAG_FIN_REV = 0x02
 FLAG_CLOSED = 0x04
+FLAG_SEQ_FWD = 0x08
+FLAG_SEQ_REV = 0x10
+FLAG_MIDSTREAM = 0x20
 
 
 class CTKey(ctypes.Structure):
@@ -47,6 +55,9 @@ class CTValue(ctypes.Structure):
         ("verdict", ctypes.c_uint8),
         ("flags", ctypes.c_uint8),
         ("tcp_flags", ctypes.c_uint8),
+        # Appended after the fields above, so an older entry is a prefix of this one (migration.py).
+        ("next_seq_fwd", ctypes.c_uint32),
+        ("next_seq_rev", ctypes.c_uint32),
     ]
 
 
@@ -76,10 +87,17 @@ class Connection:
     verdict: int
     flags: int
     tcp_flags: int
+    next_seq_fwd: int = 0
+    next_seq_rev: int = 0
 
     @property
     def closed(self) -> bool:
         return bool(self.flags & FLAG_CLOSED)
+
+    @property
+    def midstream(self) -> bool:
+        """A TCP connection first seen without its SYN (judged by policy then)."""
+        return bool(self.flags & FLAG_MIDSTREAM)
 
 
 def decode(key: CTKey, value: CTValue) -> Connection:
@@ -103,6 +121,8 @@ def decode(key: CTKey, value: CTValue) -> Connection:
         verdict=value.verdict,
         flags=value.flags,
         tcp_flags=value.tcp_flags,
+        next_seq_fwd=value.next_seq_fwd,
+        next_seq_rev=value.next_seq_rev,
     )
 
 
@@ -113,13 +133,18 @@ class Timeouts:
 
     tcp: float = 6 * 3600.0
     tcp_closed: float = 10.0
+    # TCP that never had a reply (a SYN unanswered, or a mid-stream segment nobody answers): a spray of
+    # them must not hold ma_ct_tcp for hours.
+    tcp_unanswered: float = 60.0
     udp: float = 60.0
     icmp: float = 30.0
     other: float = 60.0
 
-    def for_entry(self, proto: int, flags: int) -> float:
+    def for_entry(self, proto: int, flags: int, *, answered: bool = True) -> float:
         if proto == 6:
-            return self.tcp_closed if flags & FLAG_CLOSED else self.tcp
+            if flags & FLAG_CLOSED:
+                return self.tcp_closed
+            return self.tcp if answered else self.tcp_unanswered
         if proto == 17:
             return self.udp
         if proto == 1:

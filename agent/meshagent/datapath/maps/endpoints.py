@@ -14,6 +14,7 @@ ENFORCE_INGRESS = 0x01
 ENFORCE_EGRESS = 0x02
 AUDIT_INGRESS = 0x04
 AUDIT_EGRESS = 0x08
+ISOLATED = 0x10
 
 
 class EndpointKey(ctypes.Structure):
@@ -43,6 +44,7 @@ def encode(entry: EndpointEntry) -> tuple[EndpointKey, EndpointValue]:
         | (ENFORCE_EGRESS if entry.enforce_egress else 0)
         | (AUDIT_INGRESS if entry.audit_ingress else 0)
         | (AUDIT_EGRESS if entry.audit_egress else 0)
+        | (ISOLATED if entry.isolated else 0)
     )
     value = EndpointValue(entry.endpoint_id, entry.identity, addr_to_net(entry.ipv4), flags)
     return EndpointKey(entry.ifindex), value
@@ -58,4 +60,5 @@ def decode(key: EndpointKey, value: EndpointValue) -> EndpointEntry:
         enforce_egress=bool(value.flags & ENFORCE_EGRESS),
         audit_ingress=bool(value.flags & AUDIT_INGRESS),
         audit_egress=bool(value.flags & AUDIT_EGRESS),
+        isolated=bool(value.flags & ISOLATED),
     )
