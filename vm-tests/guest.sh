@@ -2,7 +2,8 @@
 # Runs INSIDE a virtme-ng guest (started by vm-tests/run.sh): prepares the guest, then runs the kernel
 # suites with pytest and leaves JUnit XML, the pytest log and the exit code in the read-write results dir.
 #
-# Usage: guest.sh <label> <results dir> <unpacked kernel root>
+# Usage: guest.sh <label> <results dir> <unpacked kernel root> [test path or node id ...]
+# Without tests named, the whole suite runs (tests/datapath and vm-tests).
 # The guest's root is the host's `/` read-only (tmpfs/overlays on /tmp, /run, /var, /lib/modules), so
 # nothing may be written outside the results dir except to those scratch mounts.
 # The whole script is one function, read by bash before it runs: editing this file on the host while a
@@ -33,6 +34,7 @@ use_cached_root() {
 
 main() {
   local label=$1 out=$2 kroot=$3 repo_root release moddir rc suites dir mod why
+  shift 3
   repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
   release=$(uname -r)
 
@@ -70,10 +72,12 @@ main() {
   export MESHAGENT_FUZZ_EXAMPLES=0.02 MESHAGENT_SPRAY_TUPLES=30000
   say "kernel $release, running pytest"
   # Every suite that must hold on every kernel; tests/datapath is the privileged datapath suite.
-  suites=()
-  for dir in tests/datapath vm-tests; do
-    [ -d "$dir" ] && suites+=("$dir")
-  done
+  suites=("$@")
+  if [ ${#suites[@]} -eq 0 ]; then
+    for dir in tests/datapath vm-tests; do
+      [ -d "$dir" ] && suites+=("$dir")
+    done
+  fi
   # BCC 0.26 warns about str arguments with the whole C source in the message: keep the log readable.
   .venv/bin/python -m pytest -p no:cacheprovider -W "ignore:not a bytes object:DeprecationWarning" \
     --junitxml="$out/junit.xml" -o junit_suite_name="$label" -o junit_family=xunit2 \

@@ -4,9 +4,10 @@
 # Exit status is non-zero when any kernel has a failing test or its guest does not finish in time.
 #
 # Environment: MESHAGENT_VM_CACHE (default /var/lib/meshagent/vm), MESHAGENT_VM_KERNELS (Debian meta
-# packages, see scripts/vm-setup.sh), MESHAGENT_VM_TIMEOUT (seconds per guest, default 1500),
+# packages, see scripts/vm-setup.sh), MESHAGENT_VM_TIMEOUT (seconds per guest, default 1800),
 # MESHAGENT_VM_BOOT_TIMEOUT (seconds for a guest to reach our script, default 300),
-# MESHAGENT_VM_RESULTS (default $MESHAGENT_VM_CACHE/results).
+# MESHAGENT_VM_RESULTS (default $MESHAGENT_VM_CACHE/results), MESHAGENT_VM_TESTS (pytest paths or node ids,
+# space-separated, to run instead of the whole suite; for working on one test).
 # Everything is inside main(), which bash reads whole before running it: editing this file during a run
 # (the matrix takes many minutes) must not change what the running script executes.
 set -uo pipefail
@@ -17,9 +18,17 @@ main() {
   export MESHAGENT_VM_CACHE=${MESHAGENT_VM_CACHE:-/var/lib/meshagent/vm}
   # The suite grows with every datapath feature; under TCG one test costs 10-40 s. Two guests run side by
   # side, so the matrix takes about one guest's time: keep it within CI's budget (90 min, `make test` ~20).
-  guest_timeout=${MESHAGENT_VM_TIMEOUT:-1500}
+  # The two-node tests (three agent starts, each compiling its programs) add 4-10 min per guest.
+  guest_timeout=${MESHAGENT_VM_TIMEOUT:-1800}
   boot_timeout=${MESHAGENT_VM_BOOT_TIMEOUT:-300}
   results=${MESHAGENT_VM_RESULTS:-$MESHAGENT_VM_CACHE/results}
+  selected=${MESHAGENT_VM_TESTS:-}
+  # The selection travels on the guest's command line: keep it to words a shell passes through unchanged.
+  plain_words='^[][A-Za-z0-9_./:= -]+$'
+  if [[ -n "$selected" && ! "$selected" =~ $plain_words ]]; then
+    printf '[vm-test] MESHAGENT_VM_TESTS may hold only test paths and node ids: %s\n' "$selected" >&2
+    exit 2
+  fi
 
   log() { printf '[vm-test] %s\n' "$*"; }
 
@@ -62,7 +71,7 @@ main() {
         timeout --kill-after=30 "$guest_timeout" vng --run "$vmlinuz" \
         --disable-kvm --force-9p --cpus 1 -m 2G --name "vm-$release" \
         --rwdir "$out" --cwd "$repo_root" --append "$blacklist" "--qemu-opts=$cached_root" \
-        --exec "bash $repo_root/vm-tests/guest.sh $release $out $kroot" </dev/null 2>&1 | cat >"$out/console.log"
+        --exec "bash $repo_root/vm-tests/guest.sh $release $out $kroot $selected" </dev/null 2>&1 | cat >"$out/console.log"
       echo "${PIPESTATUS[0]}" >"$out/vng-rc"
     ) &
     pids+=($!)
