@@ -17,6 +17,7 @@ import argparse
 import json
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -191,6 +192,12 @@ class Agent:
         return rss_kb / 1024, fds, threads
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -212,7 +219,7 @@ class Soak:
         seconds: float,
         seed: int,
         workdir: Path,
-        health_port: int = 19890,
+        health_port: int | None = None,
         first_actions: tuple[str, ...] = ("policy", "restart_mid_change", "api_outage"),
         disruption_every_s: float = 45.0,
     ) -> None:
@@ -229,7 +236,8 @@ class Soak:
         self.emulator = KubeEmulator(bookmark_interval=0.5)
         self.topo = Topology()
         self.pin_dir = Path("/sys/fs/bpf") / f"meshagent-soak-{uuid.uuid4().hex[:8]}"
-        self.health_port = health_port
+        # A port of its own (not a fixed number), so that soaks or agents running beside it cannot hold it.
+        self.health_port = health_port or _free_port()
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}  # (kind, ns, name) -> desired
         self.pods: dict[tuple[str, str], Pod] = {}
         self.stable: set[tuple[str, str]] = set()  # never deleted: the ends of long-lived connections

@@ -18,9 +18,7 @@ SECONDS = 75.0
 
 def test_short_chaos_soak(tmp_path: Path) -> None:
     seed = random.randrange(1 << 30)
-    figures = Soak(
-        seconds=SECONDS, seed=seed, workdir=tmp_path, health_port=19895, disruption_every_s=15.0
-    ).run()
+    figures = Soak(seconds=SECONDS, seed=seed, workdir=tmp_path, disruption_every_s=15.0).run()
     lines = report(figures, seconds=SECONDS, seed=seed)
     print("\n".join(lines))
     log = (tmp_path / "agent.log").read_text()[-3000:]
