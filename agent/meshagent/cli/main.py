@@ -28,6 +28,7 @@ from meshagent.cli.flows import flows_command
 from meshagent.cli.policy import policy_group
 from meshagent.cli.run import run_command, uninstall_command
 from meshagent.cli.status import status_command
+from meshagent.cli.ui import ui_command
 
 ENV_PREFIX = "MESHAGENT"
 
@@ -46,7 +47,15 @@ def cli(ctx: click.Context, verbose: bool) -> None:
         setup_logging(level="debug" if verbose else "info", fmt="text")
 
 
-for _command in (run_command, uninstall_command, demo_command, flows_command, status_command, policy_group):
+for _command in (
+    run_command,
+    uninstall_command,
+    demo_command,
+    flows_command,
+    status_command,
+    policy_group,
+    ui_command,
+):
     cli.add_command(_command)
 
 

@@ -1,0 +1,272 @@
+"""The service map's state: flows folded into workload nodes and (source, destination, port, protocol)
+edges with counts by verdict, the policies that decided, and recent flows.
+
+The server aggregates so that the browser never sees the raw flow rate: `ServiceGraph.add` is called per
+flow, `drain` hands out what changed since the last call (a delta), `snapshot` everything (a new page).
+Counts are also kept in time buckets, so that the browser can sum an edge over any time window itself.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshagent.observer.proto.flow import flow_pb2 as pb
+
+BUCKET_S = 10  # the time resolution of an edge's counts (the browser's time window sums these)
+HISTORY_S = 3600  # buckets older than this are forgotten: the longest time window offered
+RECENT_PER_EDGE = 20  # flows kept per edge for its panel
+TABLE_ROWS = 200  # rows of the live flows table sent per delta at most (the newest)
+
+VERDICTS = ("forwarded", "dropped", "audit", "other")
+_VERDICT_INDEX: dict[int, int] = {pb.FORWARDED: 0, pb.DROPPED: 1, pb.AUDIT: 2}
+
+# Hubble's reserved identities that are shown as nodes of their own, outside any namespace.
+RESERVED_NODES = ("host", "remote-node", "kube-apiserver", "health", "ingress", "init", "unmanaged", "world")
+
+
+@dataclass(frozen=True)
+class NodeRef:
+    id: str
+    label: str
+    namespace: str  # "" for world, host and the other reserved nodes
+    kind: str  # "workload", "pod" or the reserved name ("world", "host", "remote-node", ...)
+
+
+@dataclass(frozen=True)
+class PolicyUse:
+    """One policy named by flows of an edge, in the role it played."""
+
+    role: str  # "allowed", "denied" or "audited"
+    direction: str  # "ingress" or "egress": which end enforced it
+    kind: str
+    namespace: str
+    name: str
+
+    def describe(self) -> str:
+        where = f"{self.namespace}/{self.name}" if self.namespace else self.name
+        return f"{self.kind} {where}"
+
+
+@dataclass
+class Edge:
+    id: str
+    source: str
+    target: str
+    port: int
+    protocol: str
+    counts: list[int] = field(default_factory=lambda: [0, 0, 0, 0])  # by VERDICTS
+    buckets: dict[int, list[int]] = field(default_factory=dict)  # bucket start (s) -> counts
+    policies: dict[PolicyUse, int] = field(default_factory=dict)  # -> flows that named it
+    recent: deque[pb.Flow] = field(default_factory=lambda: deque(maxlen=RECENT_PER_EDGE))
+    last_seen: float = 0.0
+    dirty_buckets: set[int] = field(default_factory=set)
+
+    def summary(self, *, all_buckets: bool) -> dict[str, Any]:
+        keys: Iterable[int] = self.buckets if all_buckets else self.dirty_buckets
+        return {
+            "id": self.id,
+            "source": self.source,
+            "target": self.target,
+            "port": self.port,
+            "protocol": self.protocol,
+            "counts": dict(zip(VERDICTS, self.counts, strict=True)),
+            "buckets": {str(t): self.buckets[t] for t in keys if t in self.buckets},
+            "policies": sorted({f"{p.role}: {p.describe()}" for p in self.policies}),
+            "last_seen": self.last_seen,
+        }
+
+
+def node_of(ep: pb.Endpoint, ip: str) -> NodeRef:
+    """The map node of a flow endpoint: its workload (or pod) within its namespace, else the reserved
+    identity it carries (world, host, remote-node, ...). An address nothing is known about is the world."""
+    if ep.namespace:
+        if ep.workloads:
+            name = ep.workloads[0].name
+            return NodeRef(f"{ep.namespace}/{name}", name, ep.namespace, "workload")
+        if ep.pod_name:
+            return NodeRef(f"{ep.namespace}/{ep.pod_name}", ep.pod_name, ep.namespace, "pod")
+    for label in ep.labels:
+        if label.startswith("reserved:"):
+            name = label.partition(":")[2]
+            if name in RESERVED_NODES:
+                return NodeRef(name, name, "", name)
+    return NodeRef("world", "world", "", "world")
+
+
+def _protocol(f: pb.Flow) -> tuple[str, int, int]:
+    """(protocol name, source port, destination port) of a flow."""
+    l4 = f.l4
+    which = l4.WhichOneof("protocol")
+    if which == "TCP":
+        return "TCP", l4.TCP.source_port, l4.TCP.destination_port
+    if which == "UDP":
+        return "UDP", l4.UDP.source_port, l4.UDP.destination_port
+    if which == "SCTP":
+        return "SCTP", l4.SCTP.source_port, l4.SCTP.destination_port
+    if which == "ICMPv4":
+        return "ICMP", 0, 0
+    return (which or "IP").upper(), 0, 0
+
+
+def verdict_name(verdict: int) -> str:
+    return VERDICTS[_VERDICT_INDEX.get(verdict, 3)]
+
+
+def policy_uses(f: pb.Flow) -> list[PolicyUse]:
+    """The policies a flow names, each with the role it played: a forwarded flow's allowers, a dropped
+    flow's deniers (for a default deny, the policies that isolate the endpoint) and an audited flow's
+    would-be deniers."""
+    denied_role = "audited" if f.verdict == pb.AUDIT else "denied"
+    uses: list[PolicyUse] = []
+    for direction, allowed, denied in (
+        ("egress", f.egress_allowed_by, f.egress_denied_by),
+        ("ingress", f.ingress_allowed_by, f.ingress_denied_by),
+    ):
+        for role, policies in (("allowed", allowed), (denied_role, denied)):
+            for p in policies:
+                uses.append(PolicyUse(role, direction, p.kind, p.namespace, p.name))
+    return uses
+
+
+class ServiceGraph:
+    """Nodes and edges built from flows; not thread-safe (the server serialises access)."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, NodeRef] = {}
+        self.node_seen: dict[str, float] = {}
+        self.edges: dict[str, Edge] = {}
+        self.flows_seen = 0
+        self._table: deque[tuple[int, pb.Flow, str, str]] = deque(maxlen=TABLE_ROWS)
+        self._dirty_nodes: set[str] = set()
+        self._dirty_edges: set[str] = set()
+        self._new_rows = 0
+        self._endpoint_cache: dict[tuple[str, str, str, int], NodeRef] = {}
+
+    def _node(self, ep: pb.Endpoint, ip: str) -> NodeRef:
+        # Endpoint fields cost a message access each: most flows repeat a few (address, pod) pairs.
+        key = (ip, ep.namespace, ep.pod_name, ep.identity)
+        node = self._endpoint_cache.get(key)
+        if node is None:
+            if len(self._endpoint_cache) > 65536:
+                self._endpoint_cache.clear()
+            node = self._endpoint_cache[key] = node_of(ep, ip)
+        return node
+
+    def add(self, f: pb.Flow) -> None:
+        self.flows_seen += 1
+        src = self._node(f.source, f.IP.source)
+        dst = self._node(f.destination, f.IP.destination)
+        protocol, sport, dport = _protocol(f)
+        port = dport
+        if f.is_reply.value:
+            # A reply belongs to the connection its request opened: the edge points from the client.
+            src, dst, port = dst, src, sport
+        now = f.time.seconds + f.time.nanos / 1e9
+        for node in (src, dst):
+            if node.id not in self.nodes:
+                self.nodes[node.id] = node
+            self.node_seen[node.id] = now
+            self._dirty_nodes.add(node.id)
+        edge_id = f"{src.id}>{dst.id}:{port}/{protocol}"
+        edge = self.edges.get(edge_id)
+        if edge is None:
+            edge = self.edges[edge_id] = Edge(edge_id, src.id, dst.id, port, protocol)
+        index = _VERDICT_INDEX.get(f.verdict, 3)
+        edge.counts[index] += 1
+        bucket_start = int(now) // BUCKET_S * BUCKET_S
+        bucket = edge.buckets.get(bucket_start)
+        if bucket is None:
+            bucket = edge.buckets[bucket_start] = [0, 0, 0, 0]
+            for old in [t for t in edge.buckets if t < bucket_start - HISTORY_S]:
+                del edge.buckets[old]
+        bucket[index] += 1
+        edge.dirty_buckets.add(bucket_start)
+        if f.egress_allowed_by or f.ingress_allowed_by or f.egress_denied_by or f.ingress_denied_by:
+            for use in policy_uses(f):
+                edge.policies[use] = edge.policies.get(use, 0) + 1
+        edge.recent.append(f)
+        edge.last_seen = max(edge.last_seen, now)
+        self._dirty_edges.add(edge_id)
+        self._table.append((self.flows_seen, f, src.id, dst.id))
+        self._new_rows += 1
+
+    def add_many(self, flows: Iterable[pb.Flow]) -> None:
+        for f in flows:
+            self.add(f)
+
+    def _node_dict(self, node_id: str) -> dict[str, Any]:
+        n = self.nodes[node_id]
+        return {
+            "id": n.id,
+            "label": n.label,
+            "namespace": n.namespace,
+            "kind": n.kind,
+            "last_seen": self.node_seen.get(node_id, 0.0),
+        }
+
+    def _rows(self, count: int) -> list[dict[str, Any]]:
+        rows = list(self._table)[-count:] if count else []
+        return [flow_row(f, seq=seq, source=s, target=t) for seq, f, s, t in rows]
+
+    def drain(self) -> dict[str, Any] | None:
+        """What changed since the last drain (None: nothing); the edges' changed buckets only."""
+        if not self._dirty_edges and not self._dirty_nodes:
+            return None
+        delta = {
+            "nodes": [self._node_dict(n) for n in sorted(self._dirty_nodes)],
+            "edges": [self.edges[e].summary(all_buckets=False) for e in sorted(self._dirty_edges)],
+            "flows": self._rows(min(self._new_rows, TABLE_ROWS)),
+            "flows_seen": self.flows_seen,
+        }
+        for e in self._dirty_edges:
+            self.edges[e].dirty_buckets.clear()
+        self._dirty_nodes.clear()
+        self._dirty_edges.clear()
+        self._new_rows = 0
+        return delta
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything, for a page that (re)connects."""
+        return {
+            "nodes": [self._node_dict(n) for n in sorted(self.nodes)],
+            "edges": [e.summary(all_buckets=True) for _, e in sorted(self.edges.items())],
+            "flows": self._rows(TABLE_ROWS),
+            "flows_seen": self.flows_seen,
+        }
+
+
+def _endpoint_text(ip: str, port: int, node: str) -> str:
+    return f"{node} ({ip}:{port})" if port else f"{node} ({ip})"
+
+
+def drop_reason_name(f: pb.Flow) -> str:
+    try:
+        return pb.DropReason.Name(f.drop_reason_desc)
+    except ValueError:  # a number newer than our copy of the proto
+        return str(int(f.drop_reason_desc))
+
+
+def flow_row(f: pb.Flow, *, seq: int, source: str, target: str) -> dict[str, Any]:
+    """A flow as one row of the flows table (and of an edge panel's recent flows)."""
+    protocol, sport, dport = _protocol(f)
+    src_node = node_of(f.source, f.IP.source).id
+    dst_node = node_of(f.destination, f.IP.destination).id
+    policies = sorted({u.describe() + f" ({u.role}, {u.direction})" for u in policy_uses(f)})
+    return {
+        "seq": seq,
+        "time": f.time.seconds + f.time.nanos / 1e9,
+        "source": source,  # the edge's ends (a reply is filed under its request's edge)
+        "target": target,
+        "from": _endpoint_text(f.IP.source, sport, src_node),
+        "to": _endpoint_text(f.IP.destination, dport, dst_node),
+        "protocol": protocol,
+        "verdict": verdict_name(f.verdict),
+        "drop_reason": drop_reason_name(f) if f.verdict == pb.DROPPED else "",
+        "direction": pb.TrafficDirection.Name(f.traffic_direction).lower(),
+        "reply": f.is_reply.value,
+        "summary": f.Summary,
+        "policies": policies,
+    }
