@@ -1,5 +1,6 @@
 """Runs the demo: a node namespace with the shop's pods, the agent (`meshagent run --manifests`) as a
-separate process, traffic partly allowed, partly denied and partly audited, and live flows.
+separate process, traffic partly allowed, partly denied and partly audited, live flows, and the service
+map (`meshagent ui`) beside the agent, whose address it prints.
 
 Everything lives in network namespaces this demo creates, whose node has no route off the machine; all of
 it is removed at the end (also on Ctrl-C), unless --keep leaves it for exploration.
@@ -26,6 +27,7 @@ from meshagent.demo.manifests import PODS, DemoPod
 from meshagent.testing.topology import Pod, Topology
 
 NODE = "demo-node"
+UI_PORT = 8090  # the service map's port when it is free (another free port otherwise)
 # (client, server, expected) pairs the traffic driver cycles through.
 CALLS = (
     ("stray", "frontend", "allowed: frontend is public"),
@@ -41,6 +43,15 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def _ui_port() -> int:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", UI_PORT))
+        except OSError:
+            return _free_port()
+    return UI_PORT
 
 
 def _meshagent(*args: str) -> list[str]:
@@ -59,6 +70,8 @@ class Demo:
         self.topology = Topology(prefix=f"mademo{os.getpid() % 10000}")
         self.pods: dict[str, Pod] = {}
         self.agent: subprocess.Popen[str] | None = None
+        self.ui: subprocess.Popen[str] | None = None
+        self.ui_url = ""
         self.outcomes: Counter[str] = Counter()
         self._stop = threading.Event()
 
@@ -122,6 +135,38 @@ class Demo:
             time.sleep(0.2)
         raise RuntimeError("the agent did not become ready within 60 s")
 
+    def start_ui(self) -> str:
+        """Starts the service map beside the agent, reading its flows (and, for the panels' policy trace,
+        the demo's manifests); its URL."""
+        command = _meshagent(
+            "ui",
+            "--server",
+            f"unix://{self.socket}",
+            "--listen",
+            f"127.0.0.1:{_ui_port()}",
+            "--manifests",
+            str(self.workdir / "manifests"),
+        )
+        with open(self.workdir / "ui.log", "w") as log:
+            self.ui = subprocess.Popen(command, text=True, stdout=subprocess.PIPE, stderr=log)
+        assert self.ui.stdout is not None
+        ready = threading.Event()
+        lines: list[str] = []
+
+        def read_url() -> None:
+            assert self.ui is not None and self.ui.stdout is not None
+            lines.append(self.ui.stdout.readline())
+            ready.set()
+
+        threading.Thread(target=read_url, daemon=True).start()
+        if not ready.wait(30) or "http://" not in lines[0]:
+            raise RuntimeError(
+                f"the service map did not start: {(self.workdir / 'ui.log').read_text()[-2000:]}"
+            )
+        self.ui_url = "http" + lines[0].split("http", 1)[1].split()[0]
+        print(f"service map (meshagent ui): {self.ui_url}")
+        return self.ui_url
+
     # --- traffic and flows -----------------------------------------------------------------------
 
     def drive_traffic(self) -> None:
@@ -170,6 +215,7 @@ class Demo:
         try:
             self.build()
             self.start_agent()
+            self.start_ui()
             print("\ntraffic (cycling): " + "; ".join(f"{c} -> {s} ({e})" for c, s, e in CALLS))
             print(
                 "live policy verdicts (meshagent flows --follow --type policy-verdict --print-policy-names):"
@@ -197,6 +243,7 @@ class Demo:
     def _guide(self) -> None:
         sock = f"unix://{self.socket}"
         print(textwrap_guide(sock, self.metrics_port, self.health_port, self.workdir, self.topology.node))
+        print(f"  the service map: open {self.ui_url} in a browser\n")
 
     def _report(self, verdicts: dict[str, int]) -> int:
         print("\n== summary")
@@ -222,6 +269,12 @@ class Demo:
         return 0
 
     def teardown(self) -> None:
+        if self.ui is not None and self.ui.poll() is None:
+            self.ui.terminate()
+            try:
+                self.ui.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.ui.kill()
         if self.agent is not None and self.agent.poll() is None:
             self.agent.send_signal(signal.SIGTERM)  # with --cleanup: removes its filters and pinned maps
             try:

@@ -61,6 +61,7 @@ class Edge:
     buckets: dict[int, list[int]] = field(default_factory=dict)  # bucket start (s) -> counts
     policies: dict[PolicyUse, int] = field(default_factory=dict)  # -> flows that named it
     recent: deque[pb.Flow] = field(default_factory=lambda: deque(maxlen=RECENT_PER_EDGE))
+    first_seen: float = 0.0  # time of its first flow (how long a new edge takes to show is measured from it)
     last_seen: float = 0.0
     dirty_buckets: set[int] = field(default_factory=set)
 
@@ -75,6 +76,7 @@ class Edge:
             "counts": dict(zip(VERDICTS, self.counts, strict=True)),
             "buckets": {str(t): self.buckets[t] for t in keys if t in self.buckets},
             "policies": sorted({f"{p.role}: {p.describe()}" for p in self.policies}),
+            "first_seen": self.first_seen,
             "last_seen": self.last_seen,
         }
 
@@ -173,7 +175,7 @@ class ServiceGraph:
         edge_id = f"{src.id}>{dst.id}:{port}/{protocol}"
         edge = self.edges.get(edge_id)
         if edge is None:
-            edge = self.edges[edge_id] = Edge(edge_id, src.id, dst.id, port, protocol)
+            edge = self.edges[edge_id] = Edge(edge_id, src.id, dst.id, port, protocol, first_seen=now)
         index = _VERDICT_INDEX.get(f.verdict, 3)
         edge.counts[index] += 1
         bucket_start = int(now) // BUCKET_S * BUCKET_S

@@ -16,6 +16,7 @@ const state = {
   namespacesOff: new Set(),
   panelEdge: null,
   lastLayout: 0,
+  firstShown: new Map(),  // edge id -> when it first appeared on the map (how fast news shows is read from it)
 };
 
 function el(tag, attrs, ...children) {
@@ -77,7 +78,6 @@ function rowShown(row, on, win, now) {
 
 const cy = cytoscape({
   container: document.getElementById("map"),
-  wheelSensitivity: 0.3,
   style: [
     {selector: "node", style: {
       "label": "data(label)", "font-size": 10, "text-valign": "bottom", "text-margin-y": 3,
@@ -150,8 +150,10 @@ function render() {
     // Parents first: a child names its parent when it is added.
     newNodes.sort((a, b) => (a.classes === "ns" ? 0 : 1) - (b.classes === "ns" ? 0 : 1));
     for (const n of newNodes) { cy.add({group: "nodes", ...n}); added = true; }
+    const now = Date.now() / 1000;
     for (const e of wantEdges.values()) {
       if (cy.getElementById(e.data.id).empty()) cy.add({group: "edges", ...e});
+      if (!state.firstShown.has(e.data.id)) state.firstShown.set(e.data.id, now);
     }
   });
   if (added) layout();
