@@ -98,3 +98,8 @@ def texts(driver: Any, selector: str) -> list[str]:
         "return [...document.querySelectorAll(arguments[0])].map((e) => e.innerText);", selector
     )
     return found
+
+
+def page_errors(driver: Any) -> list[str]:
+    """Errors the page's scripts raised since the last call (from the browser's console log)."""
+    return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]

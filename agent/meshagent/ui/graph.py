@@ -18,7 +18,10 @@ from meshagent.observer.proto.flow import flow_pb2 as pb
 BUCKET_S = 10  # the time resolution of an edge's counts (the browser's time window sums these)
 HISTORY_S = 3600  # buckets older than this are forgotten: the longest time window offered
 RECENT_PER_EDGE = 20  # flows kept per edge for its panel
-TABLE_ROWS = 200  # rows of the live flows table sent per delta at most (the newest)
+TABLE_ROWS = 200  # rows of the live flows table in a snapshot (the newest)
+DELTA_ROWS = (
+    30  # and in a delta: at thousands of flows a second nobody reads more, and each row costs the page
+)
 
 VERDICTS = ("forwarded", "dropped", "audit", "other")
 _VERDICT_INDEX: dict[int, int] = {pb.FORWARDED: 0, pb.DROPPED: 1, pb.AUDIT: 2}
@@ -64,21 +67,30 @@ class Edge:
     first_seen: float = 0.0  # time of its first flow (how long a new edge takes to show is measured from it)
     last_seen: float = 0.0
     dirty_buckets: set[int] = field(default_factory=set)
+    policies_changed: bool = True  # a policy new to this edge since the last delta
 
-    def summary(self, *, all_buckets: bool) -> dict[str, Any]:
+    def summary(self, *, all_buckets: bool, known: bool = False) -> dict[str, Any]:
+        """The edge for the page. A delta (all_buckets False) carries only the buckets that changed, the
+        policies only when one was added, and for an edge the page already has (`known`) neither its ends
+        nor its port: at thousands of flows a second most edges change in every delta."""
         keys: Iterable[int] = self.buckets if all_buckets else self.dirty_buckets
-        return {
+        summary: dict[str, Any] = {
             "id": self.id,
-            "source": self.source,
-            "target": self.target,
-            "port": self.port,
-            "protocol": self.protocol,
-            "counts": dict(zip(VERDICTS, self.counts, strict=True)),
+            "counts": self.counts,  # by VERDICTS
             "buckets": {str(t): self.buckets[t] for t in keys if t in self.buckets},
-            "policies": sorted({f"{p.role}: {p.describe()}" for p in self.policies}),
-            "first_seen": self.first_seen,
             "last_seen": self.last_seen,
         }
+        if not known:
+            summary.update(
+                source=self.source,
+                target=self.target,
+                port=self.port,
+                protocol=self.protocol,
+                first_seen=self.first_seen,
+            )
+        if all_buckets or self.policies_changed:
+            summary["policies"] = sorted({f"{p.role}: {p.describe()}" for p in self.policies})
+        return summary
 
 
 def node_of(ep: pb.Endpoint, ip: str) -> NodeRef:
@@ -144,6 +156,7 @@ class ServiceGraph:
         self._table: deque[tuple[int, pb.Flow, str, str]] = deque(maxlen=TABLE_ROWS)
         self._dirty_nodes: set[str] = set()
         self._dirty_edges: set[str] = set()
+        self._new_edges: set[str] = set()  # since the last delta
         self._new_rows = 0
         self._endpoint_cache: dict[tuple[str, str, str, int], NodeRef] = {}
 
@@ -176,6 +189,7 @@ class ServiceGraph:
         edge = self.edges.get(edge_id)
         if edge is None:
             edge = self.edges[edge_id] = Edge(edge_id, src.id, dst.id, port, protocol, first_seen=now)
+            self._new_edges.add(edge_id)
         index = _VERDICT_INDEX.get(f.verdict, 3)
         edge.counts[index] += 1
         bucket_start = int(now) // BUCKET_S * BUCKET_S
@@ -188,7 +202,10 @@ class ServiceGraph:
         edge.dirty_buckets.add(bucket_start)
         if f.egress_allowed_by or f.ingress_allowed_by or f.egress_denied_by or f.ingress_denied_by:
             for use in policy_uses(f):
-                edge.policies[use] = edge.policies.get(use, 0) + 1
+                count = edge.policies.get(use, 0)
+                if not count:
+                    edge.policies_changed = True
+                edge.policies[use] = count + 1
         edge.recent.append(f)
         edge.last_seen = max(edge.last_seen, now)
         self._dirty_edges.add(edge_id)
@@ -219,14 +236,19 @@ class ServiceGraph:
             return None
         delta = {
             "nodes": [self._node_dict(n) for n in sorted(self._dirty_nodes)],
-            "edges": [self.edges[e].summary(all_buckets=False) for e in sorted(self._dirty_edges)],
-            "flows": self._rows(min(self._new_rows, TABLE_ROWS)),
+            "edges": [
+                self.edges[e].summary(all_buckets=False, known=e not in self._new_edges)
+                for e in sorted(self._dirty_edges)
+            ],
+            "flows": self._rows(min(self._new_rows, DELTA_ROWS)),
             "flows_seen": self.flows_seen,
         }
         for e in self._dirty_edges:
             self.edges[e].dirty_buckets.clear()
+            self.edges[e].policies_changed = False
         self._dirty_nodes.clear()
         self._dirty_edges.clear()
+        self._new_edges.clear()
         self._new_rows = 0
         return delta
 

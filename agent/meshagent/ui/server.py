@@ -37,6 +37,10 @@ KEEPALIVE_S = 15.0
 QUEUE_DEPTH = 40  # deltas a slow browser may be behind before it gets a snapshot instead
 
 
+def _json(body: dict[str, Any]) -> str:
+    return json.dumps(body, separators=(",", ":"))  # compact: deltas go out several times a second
+
+
 class MissingGraphLibrary(RuntimeError):
     pass
 
@@ -156,7 +160,7 @@ class MapServer:
     def _snapshot_message(self) -> tuple[str, str]:
         with self.state.lock:
             body = {**self.state.graph.snapshot(), "status": self._status_dict()}
-        return "snapshot", json.dumps(body)
+        return "snapshot", _json(body)
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(
@@ -208,9 +212,9 @@ class MapServer:
             status = self._status_dict()
         if delta is not None:
             delta["status"] = status
-            self._publish("delta", json.dumps(delta))
+            self._publish("delta", _json(delta))
         elif status_changed:
-            self._publish("status", json.dumps(status))
+            self._publish("status", _json(status))
 
     async def _ticker(self) -> None:
         while True:

@@ -16,6 +16,7 @@ const state = {
   namespacesOff: new Set(),
   panelEdge: null,
   lastLayout: 0,
+  renderMs: [],  // how long the last draws took (the page's own measure of its load)
   firstShown: new Map(),  // edge id -> when it first appeared on the map (how fast news shows is read from it)
 };
 
@@ -78,9 +79,14 @@ function rowShown(row, on, win, now) {
 
 const cy = cytoscape({
   container: document.getElementById("map"),
+  // Large maps: a canvas without a GPU redraws every edge label each frame; labels too small to read
+  // are not drawn (below), and panning or zooming moves a bitmap instead of redrawing.
+  textureOnViewport: true,
+  pixelRatio: 1,
   style: [
     {selector: "node", style: {
       "label": "data(label)", "font-size": 10, "text-valign": "bottom", "text-margin-y": 3,
+      "min-zoomed-font-size": 6,
       "background-color": "#4a78b5", "width": 22, "height": 22}},
     {selector: "node.ns", style: {
       "label": "data(label)", "text-valign": "top", "font-size": 11, "font-weight": "bold",
@@ -91,7 +97,7 @@ const cy = cytoscape({
     {selector: "node.has-drops", style: {"border-color": "#c0392b", "border-width": 3}},
     {selector: "edge", style: {
       "curve-style": "bezier", "target-arrow-shape": "triangle", "width": 2, "label": "data(label)",
-      "font-size": 9, "text-rotation": "autorotate", "text-background-color": "#fff",
+      "font-size": 9, "min-zoomed-font-size": 7, "text-rotation": "autorotate", "text-background-color": "#fff",
       "text-background-opacity": 0.8, "line-color": "#2e8540", "target-arrow-color": "#2e8540"}},
     {selector: "edge.audit", style: {"line-color": "#e67e22", "target-arrow-color": "#e67e22",
       "line-style": "dotted", "width": 3}},
@@ -143,8 +149,9 @@ function render() {
     cy.elements().forEach((ele) => {
       const want = ele.isNode() ? wantNodes.get(ele.id()) : wantEdges.get(ele.id());
       if (!want) { cy.remove(ele); return; }
-      ele.data(want.data);
-      ele.classes(want.classes);
+      // Touch only what changed: each change restyles the element.
+      if (ele.data("label") !== want.data.label) ele.data("label", want.data.label);
+      if (ele.classes().join(" ") !== want.classes) ele.classes(want.classes);
     });
     const newNodes = [...wantNodes.values()].filter((n) => cy.getElementById(n.data.id).empty());
     // Parents first: a child names its parent when it is added.
@@ -176,11 +183,23 @@ function layout() {
   }, wait);
 }
 
+// Draw at most every RENDER_GAP_MS: under thousands of flows a second every delta changes most edges,
+// and drawing each one would keep the page busy; news still shows well within 2 s.
+const RENDER_GAP_MS = 500;
 let renderPending = false;
+let lastRender = 0;
 function scheduleRender() {
   if (renderPending) return;
   renderPending = true;
-  requestAnimationFrame(() => { renderPending = false; render(); });
+  const wait = Math.max(0, lastRender + RENDER_GAP_MS - Date.now());
+  setTimeout(() => requestAnimationFrame(() => {
+    renderPending = false;
+    const started = performance.now();
+    lastRender = Date.now();
+    render();
+    state.renderMs.push(performance.now() - started);
+    if (state.renderMs.length > 200) state.renderMs.shift();
+  }), wait);
 }
 
 function renderTable(on) {
@@ -228,6 +247,7 @@ async function showEdge(id) {
     return;
   }
   if (state.panelEdge !== id) return;
+  detail.counts = countsByVerdict(detail.counts);
   const parts = [el("h3", {}, `${detail.source} → ${detail.target} ${detail.protocol}:${detail.port}`)];
   parts.push(el("p", {}, VERDICTS.map((v) => `${detail.counts[v]} ${v}`).join(", ")));
   parts.push(el("h3", {}, "policies"));
@@ -325,6 +345,10 @@ function setStatus(status) {
   badge.textContent = text;
 }
 
+function countsByVerdict(list) {
+  return {forwarded: list[0], dropped: list[1], audit: list[2], other: list[3]};
+}
+
 function apply(message, reset) {
   if (reset) { state.nodes.clear(); state.edges.clear(); state.rows = []; }
   for (const n of message.nodes) {
@@ -332,9 +356,15 @@ function apply(message, reset) {
     if (n.namespace) state.namespacesSeen.add(n.namespace);
   }
   for (const e of message.edges) {
-    const old = state.edges.get(e.id);
-    const buckets = reset || !old ? e.buckets : Object.assign(old.buckets, e.buckets);
-    state.edges.set(e.id, {...e, buckets});
+    e.counts = countsByVerdict(e.counts);
+    const old = reset ? undefined : state.edges.get(e.id);
+    if (old) {
+      // A delta carries the changed buckets only, and the policies only when one was added.
+      Object.assign(old.buckets, e.buckets);
+      Object.assign(old, {...e, buckets: old.buckets, policies: e.policies || old.policies});
+    } else {
+      state.edges.set(e.id, e);
+    }
   }
   state.rows = message.flows.slice().reverse().concat(state.rows).slice(0, 4 * TABLE_ROWS);
   state.flowsSeen = message.flows_seen;
