@@ -212,6 +212,10 @@ class Demo:
     # --- run -------------------------------------------------------------------------------------
 
     def run(self) -> int:
+        # Ctrl-C and SIGTERM both end the demo through its teardown (a shell that starts it in the
+        # background makes it ignore SIGINT; a process manager stops it with SIGTERM).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             self.build()
             self.start_agent()
@@ -284,6 +288,10 @@ class Demo:
         self.topology.close()
         subprocess.run(["rm", "-rf", str(self.pin_dir)], check=False)
         print("cleaned up: pods, node namespace, tc filters and pinned maps removed")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def textwrap_guide(sock: str, metrics_port: int, health_port: int, workdir: Path, node: str) -> str:
