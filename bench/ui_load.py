@@ -5,8 +5,9 @@ agent serves it) is fed made-up datapath events at the target rate: 200 workload
 talking to a few others, mostly forwarded, some dropped and audited. Twice a second a flow on an edge
 never seen before goes in, and a server-sent events reader (a browser's view of the stream) records when
 the delta carrying that edge arrives: the update latency, from the flow's own time. The UI process's CPU
-is read from /proc. With chromium installed, a headless page also shows the map meanwhile, and the gaps
-between its animation frames say whether it stays responsive.
+is read from /proc. With chromium installed, a headless page also shows the map meanwhile (reniced to
+take only spare CPU: on a desk the browser is another machine's), and the gaps between its animation
+frames, its own drawing time and its CPU say whether it stays responsive.
 
 Prints `BENCH ui_load ...` lines; goal_ratio is the p95 update latency over the 2 s goal.
 
@@ -169,6 +170,50 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _tree(root: int) -> list[int]:
+    """A process and its descendants now alive."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, ()))
+    return found
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU time of a process and its descendants (the browser: driver, chromium and its renderer, GPU
+    and network processes)."""
+    total = 0.0
+    for pid in _tree(root):
+        try:
+            total += cpu_seconds(pid)
+        except OSError:
+            continue
+    return total
+
+
+BROWSER_NICE = 10
+
+
+def renice_tree(root: int) -> None:
+    """Lowers every thread of the browser to BROWSER_NICE. Running as root, chromium raises some of its
+    threads to nice -8, which on this small machine starves the very server it is watching; on a real
+    desk the browser runs on another machine, so here it gets only the CPU left over."""
+    for pid in _tree(root):
+        for task in Path(f"/proc/{pid}/task").glob("[0-9]*"):
+            try:
+                os.setpriority(os.PRIO_PROCESS, int(task.name), BROWSER_NICE)
+            except OSError:
+                continue
+
+
 def start_ui(socket_path: Path) -> tuple[subprocess.Popen[str], str]:
     ui = subprocess.Popen(
         [
@@ -236,9 +281,15 @@ def main() -> int:
             browser = headless_chromium()
             driver = browser.__enter__()
             driver.get(url)
+        browser_pid = driver.service.process.pid if browser is not None else 0
+        if browser_pid:
+            renice_tree(browser_pid)
         time.sleep(3.0)  # warm-up: the first layout, the stream settled
+        if browser_pid:
+            renice_tree(browser_pid)  # threads started since
         if browser is not None:
             driver.execute_script(FRAME_PROBE)
+        start_browser_cpu = tree_cpu_seconds(browser_pid) if browser_pid else 0.0
         start_sent, start_seen = generator.sent, _status(url)["flows_seen"]
         start_cpu, start_wall = cpu_seconds(ui.pid), time.monotonic()
         start_bytes = reader.bytes
@@ -246,6 +297,8 @@ def main() -> int:
         time.sleep(seconds)
         wall = time.monotonic() - start_wall
         cpu = cpu_seconds(ui.pid) - start_cpu
+        browser_cpu = tree_cpu_seconds(browser_pid) - start_browser_cpu if browser_pid else 0.0
+        load = os.getloadavg()[0]
         sent, status = generator.sent - start_sent, _status(url)
         seen = status["flows_seen"] - start_seen
         delta_bytes = reader.bytes - start_bytes
@@ -286,6 +339,7 @@ def main() -> int:
                 "markers_missing": missing,
                 "ui_cpu_pct": 100 * cpu / wall,
                 "stream_kB_per_s": delta_bytes / wall / 1000,
+                "load_avg_1m": load,  # other work on the machine: figures under load are not comparable
             },
             ratio=None,
         )
@@ -297,6 +351,7 @@ def main() -> int:
             bench_line(
                 "ui_load_page",
                 {
+                    "browser_cpu_pct": 100 * browser_cpu / wall,
                     "frames": len(frames),
                     "frame_ms_p50": statistics.median(frames),
                     "frame_ms_p95": percentile(frames, 0.95),

@@ -55,7 +55,7 @@ def test_time_window_hides_and_shows_older_edges(tmp_path: Path) -> None:
         window.select_by_visible_text("last minute")
         wait_js(driver, "return window.meshmap.cy.getElementById(arguments[0]).empty()", OLD_EDGE)
         assert _shown(driver, "shop/client>shop/server:80/TCP")
-        window.select_by_visible_text("all time")
+        window.select_by_visible_text("all held (an hour)")
         wait_js(driver, "return !window.meshmap.cy.getElementById(arguments[0]).empty()", OLD_EDGE)
         rows = driver.find_elements("css selector", "#flows tbody tr")
         assert len(rows) == len(h.sample_events()) + 1

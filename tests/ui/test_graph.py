@@ -102,3 +102,21 @@ def test_drain_hands_out_changes_once_and_snapshot_everything() -> None:
     snapshot = graph.snapshot()
     assert len(snapshot["edges"]) == len(graph.edges)
     assert all(e["buckets"] for e in snapshot["edges"])
+
+
+def test_edges_older_than_the_longest_window_are_forgotten() -> None:
+    graph = _graph()
+    graph.drain()
+    newest = max(e.last_seen for e in graph.edges.values())
+    old = graph.edges["world>shop/server:22/TCP"]
+    old.last_seen = newest - 7200
+    graph.forget_older_than(newest - 3600)
+    assert "world>shop/server:22/TCP" not in graph.edges
+    assert "world" in graph.nodes  # still an end of the ICMP edge
+    delta = graph.drain()
+    assert delta is not None
+    assert delta["removed_edges"] == ["world>shop/server:22/TCP"] and delta["removed_nodes"] == []
+    graph.forget_older_than(newest + 1)
+    assert not graph.edges and not graph.nodes
+    delta = graph.drain()
+    assert delta is not None and len(delta["removed_nodes"]) == 4

@@ -157,6 +157,8 @@ class ServiceGraph:
         self._dirty_nodes: set[str] = set()
         self._dirty_edges: set[str] = set()
         self._new_edges: set[str] = set()  # since the last delta
+        self._removed_edges: set[str] = set()
+        self._removed_nodes: set[str] = set()
         self._new_rows = 0
         self._endpoint_cache: dict[tuple[str, str, str, int], NodeRef] = {}
 
@@ -230,9 +232,27 @@ class ServiceGraph:
         rows = list(self._table)[-count:] if count else []
         return [flow_row(f, seq=seq, source=s, target=t) for seq, f, s, t in rows]
 
+    def forget_older_than(self, cutoff: float) -> None:
+        """Drops edges with no flow since `cutoff` (wall time), and nodes left without an edge: the map
+        holds at most the longest time window, so its memory follows the live cluster, not its history.
+        The next delta names what went."""
+        for edge_id in [e for e, edge in self.edges.items() if edge.last_seen < cutoff]:
+            del self.edges[edge_id]
+            self._removed_edges.add(edge_id)
+            self._dirty_edges.discard(edge_id)
+            self._new_edges.discard(edge_id)
+        linked = {end for edge in self.edges.values() for end in (edge.source, edge.target)}
+        for node_id in [n for n in self.nodes if n not in linked]:
+            del self.nodes[node_id]
+            self.node_seen.pop(node_id, None)
+            self._removed_nodes.add(node_id)
+            self._dirty_nodes.discard(node_id)
+        if self._removed_nodes:
+            self._endpoint_cache.clear()  # it may name a forgotten node
+
     def drain(self) -> dict[str, Any] | None:
         """What changed since the last drain (None: nothing); the edges' changed buckets only."""
-        if not self._dirty_edges and not self._dirty_nodes:
+        if not (self._dirty_edges or self._dirty_nodes or self._removed_edges or self._removed_nodes):
             return None
         delta = {
             "nodes": [self._node_dict(n) for n in sorted(self._dirty_nodes)],
@@ -242,7 +262,11 @@ class ServiceGraph:
             ],
             "flows": self._rows(min(self._new_rows, DELTA_ROWS)),
             "flows_seen": self.flows_seen,
+            "removed_edges": sorted(self._removed_edges),
+            "removed_nodes": sorted(self._removed_nodes),
         }
+        self._removed_edges.clear()
+        self._removed_nodes.clear()
         for e in self._dirty_edges:
             self.edges[e].dirty_buckets.clear()
             self.edges[e].policies_changed = False

@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from aiohttp import web
 
 from meshagent.observer.proto.flow import flow_pb2 as pb
 from meshagent.ui.feed import FeedStatus
-from meshagent.ui.graph import ServiceGraph, flow_row
+from meshagent.ui.graph import HISTORY_S, ServiceGraph, flow_row
 from meshagent.ui.why import Tracer, from_flows
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ GRAPH_LIBRARY = Path(__file__).parent / "web" / "node_modules" / "cytoscape" / "
 TICK_S = 0.25  # how often deltas go out: well inside the 2 s in which a new edge or drop must show
 KEEPALIVE_S = 15.0
 QUEUE_DEPTH = 40  # deltas a slow browser may be behind before it gets a snapshot instead
+FORGET_EVERY_S = 60.0  # how often edges older than the longest time window are dropped
 
 
 def _json(body: dict[str, Any]) -> str:
@@ -78,6 +80,7 @@ class MapServer:
         self.tracer = tracer
         self._subscribers: set[_Subscriber] = set()
         self._sent_status = -1
+        self._next_forget = time.monotonic() + FORGET_EVERY_S
         self.app = web.Application()
         self.app.add_routes(
             [
@@ -190,8 +193,8 @@ class MapServer:
                         subscriber.queue.get_nowait()
                     kind, data = self._snapshot_message()
                 await response.write(f"event: {kind}\ndata: {data}\n\n".encode())
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
+        except ConnectionResetError:
+            pass  # the page went away
         finally:
             self._subscribers.discard(subscriber)
         return response
@@ -205,7 +208,12 @@ class MapServer:
 
     def tick(self) -> None:
         """Sends what changed since the last tick to every open page."""
+        forget = time.monotonic() >= self._next_forget
+        if forget:
+            self._next_forget = time.monotonic() + FORGET_EVERY_S
         with self.state.lock:
+            if forget:
+                self.state.graph.forget_older_than(time.time() - HISTORY_S)
             delta = self.state.graph.drain()
             status_changed = self.state.status_version != self._sent_status
             self._sent_status = self.state.status_version

@@ -184,15 +184,16 @@ function layout() {
   }, wait);
 }
 
-// Draw at most every RENDER_GAP_MS: under thousands of flows a second every delta changes most edges,
-// and drawing each one would keep the page busy; news still shows well within 2 s.
-const RENDER_GAP_MS = 500;
+// Draw at most every 500 ms, and every second once the map is large: under thousands of flows a second
+// every delta changes most edges, and each draw repaints the whole canvas; news still shows within 2 s.
+const LARGE_MAP_EDGES = 150;
 let renderPending = false;
 let lastRender = 0;
 function scheduleRender() {
   if (renderPending) return;
   renderPending = true;
-  const wait = Math.max(0, lastRender + RENDER_GAP_MS - Date.now());
+  const gap = cy.edges().length > LARGE_MAP_EDGES ? 1000 : 500;
+  const wait = Math.max(0, lastRender + gap - Date.now());
   setTimeout(() => requestAnimationFrame(() => {
     renderPending = false;
     const started = performance.now();
@@ -367,6 +368,8 @@ function apply(message, reset) {
       state.edges.set(e.id, e);
     }
   }
+  for (const id of message.removed_edges || []) state.edges.delete(id);
+  for (const id of message.removed_nodes || []) state.nodes.delete(id);
   state.rows = message.flows.slice().reverse().concat(state.rows).slice(0, 4 * TABLE_ROWS);
   state.flowsSeen = message.flows_seen;
   if (message.status) setStatus(message.status);
