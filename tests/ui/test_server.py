@@ -3,6 +3,7 @@ panel, the policy trace from manifests, and an unreachable flow server reported 
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
@@ -132,3 +133,13 @@ def test_listen_address_is_checked(capsys: pytest.CaptureFixture[str]) -> None:
             split_listen(bad)
     assert main(["ui", "--listen", "nowhere"]) == 2
     assert "HOST:PORT" in capsys.readouterr().err
+
+
+def test_a_busy_listen_port_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["ui", "--server", "unix:///nonexistent.sock", "--listen", f"127.0.0.1:{port}"]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "Traceback" not in err

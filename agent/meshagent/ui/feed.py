@@ -82,7 +82,8 @@ class FlowFeed:
         client = self._client
         if client is not None:
             client.close()  # ends a blocked stream
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
 
     def _status(self, state: str, message: str = "", retry_in_s: float = 0.0) -> None:
         self._on_status(
