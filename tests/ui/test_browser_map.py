@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from meshagent.demo.manifests import PODS
 from meshagent.demo.run import Demo
+from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 
@@ -103,24 +104,7 @@ def test_edge_panel_names_the_policy_and_traces_it(demo_map: tuple[Demo, Any]) -
     call(demo, "stray", "cart")
     edge_id = "default/stray>shop/cart:8080/TCP"
     wait_for_edges(driver, {edge_id: "dropped"})
-    # A real click on the edge's midpoint (the map is a canvas: no element to click).
-    x, y, width, height = driver.execute_script(
-        """
-        const cy = window.meshmap.cy;
-        cy.fit(undefined, 40);
-        const p = cy.getElementById(arguments[0]).renderedMidpoint();
-        const box = document.getElementById('map').getBoundingClientRect();
-        return [p.x, p.y, box.width, box.height];
-        """,
-        edge_id,
-    )
-    area = driver.find_element(By.ID, "map")
-    ActionChains(driver).move_to_element_with_offset(
-        area, int(x - width / 2), int(y - height / 2)
-    ).click().perform()
-    wait_js(
-        driver, "return !document.getElementById('panel').hidden && document.querySelector('#panel .why')"
-    )
+    click_edge(driver, edge_id)
     wait_js(driver, "return document.querySelector('#panel .trace-dir') !== null")
     assert texts(driver, "#panel h3")[0].startswith("default/stray → shop/cart TCP:8080")
     denied = texts(driver, "#panel li.policy.denied")
@@ -158,6 +142,34 @@ def test_a_new_drop_is_on_the_map_within_two_seconds(demo_map: tuple[Demo, Any])
 def ends_in_table(driver: Any) -> list[str]:
     """The from and to cells of each row of the flows table (its policy cells name namespaces too)."""
     return [" ".join(row.split("\t")[1:3]) for row in texts(driver, "#flows tbody tr")]
+
+
+def click_edge(driver: Any, edge_id: str, attempts: int = 4) -> None:
+    """A real click on the edge's midpoint (the map is a canvas: no element to click). A layout that
+    starts between reading the midpoint and clicking (a new node appeared) moves the edge away: then
+    the click is made again where the edge now is."""
+    area = driver.find_element(By.ID, "map")
+    for _ in range(attempts):
+        x, y, width, height = driver.execute_script(
+            """
+            const cy = window.meshmap.cy;
+            cy.fit(undefined, 40);
+            const p = cy.getElementById(arguments[0]).renderedMidpoint();
+            const box = document.getElementById('map').getBoundingClientRect();
+            return [p.x, p.y, box.width, box.height];
+            """,
+            edge_id,
+        )
+        ActionChains(driver).move_to_element_with_offset(
+            area, int(x - width / 2), int(y - height / 2)
+        ).click().perform()
+        try:
+            wait_js(driver, "return window.meshmap.state.panelEdge === arguments[0]", edge_id, timeout=3)
+            wait_js(driver, "return document.querySelector('#panel .why') !== null", timeout=10)
+            return
+        except TimeoutException:
+            continue
+    raise AssertionError(f"clicking {edge_id} did not open its panel in {attempts} attempts")
 
 
 def _drawn(driver: Any) -> tuple[set[str], set[str]]:
