@@ -34,7 +34,12 @@ def running_map(server: str, *, manifests: ManifestLoader | None = None) -> Iter
 
     async def main() -> None:
         await serve(
-            server=server, listen="127.0.0.1:0", manifests=manifests, on_ready=ready.append, stop=stop
+            server=server,
+            listen="127.0.0.1:0",
+            manifests=manifests,
+            on_ready=ready.append,
+            stop=stop,
+            handle_signals=False,  # a thread's loop cannot take signals
         )
 
     def run() -> None:
@@ -43,9 +48,6 @@ def running_map(server: str, *, manifests: ManifestLoader | None = None) -> Iter
         except BaseException as err:
             failure.append(err)
 
-    # Signal handlers can only be set in the main thread: the thread's loop must not try.
-    loop.add_signal_handler = lambda *a, **k: None  # type: ignore[method-assign]
-    loop.remove_signal_handler = lambda *a, **k: True  # type: ignore[method-assign]
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

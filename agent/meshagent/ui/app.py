@@ -34,8 +34,10 @@ async def serve(
     manifests: ManifestLoader | None = None,
     on_ready: Callable[[str], None] = print,
     stop: asyncio.Event | None = None,
+    handle_signals: bool = True,
 ) -> None:
-    """Serves until `stop` is set (or SIGINT/SIGTERM); `on_ready` gets the page's URL once it listens."""
+    """Serves until `stop` is set (or, with handle_signals, SIGINT/SIGTERM: only a main thread's loop
+    can take signals); `on_ready` gets the page's URL once it listens."""
     host, port = split_listen(listen)
     state = MapState()
     map_server = MapServer(state, tracer=Tracer(manifests) if manifests else None)
@@ -44,7 +46,8 @@ async def serve(
     feed = FlowFeed(server, state.add_flow, state.set_status, tls=tls)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
+    for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     try:
         site = web.TCPSite(runner, host, port)
@@ -55,7 +58,7 @@ async def serve(
         on_ready(f"http://{shown_host}:{bound}/")
         await stop.wait()
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in signals:
             loop.remove_signal_handler(sig)
         await runner.cleanup()
         await loop.run_in_executor(None, feed.stop)
