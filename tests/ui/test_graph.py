@@ -6,7 +6,8 @@ from meshagent.model.events import DropReason, EventType
 from meshagent.model.kernel_state import IDENTITY_HOST, Direction, Verdict
 from meshagent.observer.convert import FlowBuilder
 from meshagent.observer.proto.flow import flow_pb2 as pb
-from meshagent.ui.graph import BUCKET_S, ServiceGraph, node_of
+from meshagent.ui.flowfacts import node_of
+from meshagent.ui.graph import BUCKET_S, ServiceGraph
 
 from tests.observer import helpers as h
 

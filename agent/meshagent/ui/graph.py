@@ -14,6 +14,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshagent.observer.proto.flow import flow_pb2 as pb
+from meshagent.ui.flowfacts import (
+    VERDICT_INDEX,
+    NodeRef,
+    PolicyUse,
+    node_of,
+    policy_uses,
+    protocol_of,
+)
+from meshagent.ui.rows import flow_row
 
 BUCKET_S = 10  # the time resolution of an edge's counts (the browser's time window sums these)
 HISTORY_S = 3600  # buckets older than this are forgotten: the longest time window offered
@@ -22,35 +31,6 @@ TABLE_ROWS = 200  # rows of the live flows table in a snapshot (the newest)
 DELTA_ROWS = (
     30  # and in a delta: at thousands of flows a second nobody reads more, and each row costs the page
 )
-
-VERDICTS = ("forwarded", "dropped", "audit", "other")
-_VERDICT_INDEX: dict[int, int] = {pb.FORWARDED: 0, pb.DROPPED: 1, pb.AUDIT: 2}
-
-# Hubble's reserved identities that are shown as nodes of their own, outside any namespace.
-RESERVED_NODES = ("host", "remote-node", "kube-apiserver", "health", "ingress", "init", "unmanaged", "world")
-
-
-@dataclass(frozen=True)
-class NodeRef:
-    id: str
-    label: str
-    namespace: str  # "" for world, host and the other reserved nodes
-    kind: str  # "workload", "pod" or the reserved name ("world", "host", "remote-node", ...)
-
-
-@dataclass(frozen=True)
-class PolicyUse:
-    """One policy named by flows of an edge, in the role it played."""
-
-    role: str  # "allowed", "denied" or "audited"
-    direction: str  # "ingress" or "egress": which end enforced it
-    kind: str
-    namespace: str
-    name: str
-
-    def describe(self) -> str:
-        where = f"{self.namespace}/{self.name}" if self.namespace else self.name
-        return f"{self.kind} {where}"
 
 
 @dataclass
@@ -93,58 +73,6 @@ class Edge:
         return summary
 
 
-def node_of(ep: pb.Endpoint, ip: str) -> NodeRef:
-    """The map node of a flow endpoint: its workload (or pod) within its namespace, else the reserved
-    identity it carries (world, host, remote-node, ...). An address nothing is known about is the world."""
-    if ep.namespace:
-        if ep.workloads:
-            name = ep.workloads[0].name
-            return NodeRef(f"{ep.namespace}/{name}", name, ep.namespace, "workload")
-        if ep.pod_name:
-            return NodeRef(f"{ep.namespace}/{ep.pod_name}", ep.pod_name, ep.namespace, "pod")
-    for label in ep.labels:
-        if label.startswith("reserved:"):
-            name = label.partition(":")[2]
-            if name in RESERVED_NODES:
-                return NodeRef(name, name, "", name)
-    return NodeRef("world", "world", "", "world")
-
-
-def _protocol(f: pb.Flow) -> tuple[str, int, int]:
-    """(protocol name, source port, destination port) of a flow."""
-    l4 = f.l4
-    which = l4.WhichOneof("protocol")
-    if which == "TCP":
-        return "TCP", l4.TCP.source_port, l4.TCP.destination_port
-    if which == "UDP":
-        return "UDP", l4.UDP.source_port, l4.UDP.destination_port
-    if which == "SCTP":
-        return "SCTP", l4.SCTP.source_port, l4.SCTP.destination_port
-    if which == "ICMPv4":
-        return "ICMP", 0, 0
-    return (which or "IP").upper(), 0, 0
-
-
-def verdict_name(verdict: int) -> str:
-    return VERDICTS[_VERDICT_INDEX.get(verdict, 3)]
-
-
-def policy_uses(f: pb.Flow) -> list[PolicyUse]:
-    """The policies a flow names, each with the role it played: a forwarded flow's allowers, a dropped
-    flow's deniers (for a default deny, the policies that isolate the endpoint) and an audited flow's
-    would-be deniers."""
-    denied_role = "audited" if f.verdict == pb.AUDIT else "denied"
-    uses: list[PolicyUse] = []
-    for direction, allowed, denied in (
-        ("egress", f.egress_allowed_by, f.egress_denied_by),
-        ("ingress", f.ingress_allowed_by, f.ingress_denied_by),
-    ):
-        for role, policies in (("allowed", allowed), (denied_role, denied)):
-            for p in policies:
-                uses.append(PolicyUse(role, direction, p.kind, p.namespace, p.name))
-    return uses
-
-
 class ServiceGraph:
     """Nodes and edges built from flows; not thread-safe (the server serialises access)."""
 
@@ -176,7 +104,7 @@ class ServiceGraph:
         self.flows_seen += 1
         src = self._node(f.source, f.IP.source)
         dst = self._node(f.destination, f.IP.destination)
-        protocol, sport, dport = _protocol(f)
+        protocol, sport, dport = protocol_of(f)
         port = dport
         if f.is_reply.value:
             # A reply belongs to the connection its request opened: the edge points from the client.
@@ -192,7 +120,7 @@ class ServiceGraph:
         if edge is None:
             edge = self.edges[edge_id] = Edge(edge_id, src.id, dst.id, port, protocol, first_seen=now)
             self._new_edges.add(edge_id)
-        index = _VERDICT_INDEX.get(f.verdict, 3)
+        index = VERDICT_INDEX.get(f.verdict, 3)
         edge.counts[index] += 1
         bucket_start = int(now) // BUCKET_S * BUCKET_S
         bucket = edge.buckets.get(bucket_start)
@@ -284,37 +212,3 @@ class ServiceGraph:
             "flows": self._rows(TABLE_ROWS),
             "flows_seen": self.flows_seen,
         }
-
-
-def _endpoint_text(ip: str, port: int, node: str) -> str:
-    return f"{node} ({ip}:{port})" if port else f"{node} ({ip})"
-
-
-def drop_reason_name(f: pb.Flow) -> str:
-    try:
-        return pb.DropReason.Name(f.drop_reason_desc)
-    except ValueError:  # a number newer than our copy of the proto
-        return str(int(f.drop_reason_desc))
-
-
-def flow_row(f: pb.Flow, *, seq: int, source: str, target: str) -> dict[str, Any]:
-    """A flow as one row of the flows table (and of an edge panel's recent flows)."""
-    protocol, sport, dport = _protocol(f)
-    src_node = node_of(f.source, f.IP.source).id
-    dst_node = node_of(f.destination, f.IP.destination).id
-    policies = sorted({u.describe() + f" ({u.role}, {u.direction})" for u in policy_uses(f)})
-    return {
-        "seq": seq,
-        "time": f.time.seconds + f.time.nanos / 1e9,
-        "source": source,  # the edge's ends (a reply is filed under its request's edge)
-        "target": target,
-        "from": _endpoint_text(f.IP.source, sport, src_node),
-        "to": _endpoint_text(f.IP.destination, dport, dst_node),
-        "protocol": protocol,
-        "verdict": verdict_name(f.verdict),
-        "drop_reason": drop_reason_name(f) if f.verdict == pb.DROPPED else "",
-        "direction": pb.TrafficDirection.Name(f.traffic_direction).lower(),
-        "reply": f.is_reply.value,
-        "summary": f.Summary,
-        "policies": policies,
-    }

@@ -26,7 +26,8 @@ from aiohttp import web
 
 from meshagent.observer.proto.flow import flow_pb2 as pb
 from meshagent.ui.feed import FeedStatus
-from meshagent.ui.graph import HISTORY_S, ServiceGraph, flow_row
+from meshagent.ui.graph import HISTORY_S, ServiceGraph
+from meshagent.ui.rows import flow_row
 from meshagent.ui.why import Tracer, from_flows
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,8 @@ from meshagent.model.kernel_state import Direction, Protocol
 from meshagent.observer.proto.flow import flow_pb2 as pb
 from meshagent.policy.manifests import ManifestSet, compile_manifests
 from meshagent.policy.trace import DirectionTrace, TraceError, resolve_ip, trace
-from meshagent.ui.graph import Edge, PolicyUse, drop_reason_name
+from meshagent.ui.flowfacts import PolicyUse, drop_reason_name
+from meshagent.ui.graph import Edge
 
 ManifestLoader = Callable[[], ManifestSet]
 _PROTOCOLS = {"TCP": Protocol.TCP, "UDP": Protocol.UDP, "SCTP": Protocol.SCTP}
