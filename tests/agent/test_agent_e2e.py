@@ -206,6 +206,8 @@ def test_directory_drives_enforcement_flows_and_metrics(
             s.value for s in families["meshagent_endpoints"].samples if s.labels["state"] == "ready"
         ]
         assert ready_endpoints == [3.0]
+        # The front process serving the flow API is up.
+        assert [s.value for s in families["meshagent_observer_front_up"].samples] == [1.0]
 
         # Deleting the policy file lifts the isolation.
         (manifests / "policy.yaml").unlink()

@@ -1,6 +1,6 @@
 """The agent does its job with exactly the capabilities the DaemonSet grants: a real agent, started with
-the DaemonSet's capability set as its bounding set (and no_new_privs, as allowPrivilegeEscalation: false
-gives), a read-only root file system (readOnlyRootFilesystem) and the ConfigMap's settings, loads and pins
+the DaemonSet's capability set as its bounding set (and no_new_privs when allowPrivilegeEscalation is
+false), a read-only root file system (readOnlyRootFilesystem) and the ConfigMap's settings, loads and pins
 its maps, attaches to a pod's veth and drops real packets that a policy denies.
 
 Everything happens in network namespaces this test creates (a node and a pod), under a pin directory of
@@ -139,12 +139,15 @@ def test_agent_enforces_with_only_the_daemonsets_capabilities(tmp_path: Path) ->
     with node_with_pod() as (node, pod, veth):
         assert ping(node, POD_IP), "the namespaces do not pass traffic before the agent"
         bounding = "-all," + ",".join(f"+{c.lower()}" for c in granted)
+        # allowPrivilegeEscalation: false is no_new_privs for the container's processes.
+        escalation = agent["securityContext"].get("allowPrivilegeEscalation", True)
+        no_new_privs = [] if escalation else ["--no-new-privs"]
         command = [
             # readOnlyRootFilesystem: a mount namespace of the agent's own where / is read-only and only
             # what the pod has writable stays so (/tmp and /var/tmp are emptyDirs, bpffs its own mount).
             "unshare", "--mount", "--propagation", "private", "--", "sh", "-c", READ_ONLY_ROOT, "sh",
             "nsenter", f"--net=/run/netns/{node}",
-            "setpriv", "--no-new-privs", f"--bounding-set={bounding}", "--inh-caps=-all",
+            "setpriv", *no_new_privs, f"--bounding-set={bounding}", "--inh-caps=-all",
             str(MESHAGENT), "run", "--config", str(config),
             # Standalone instead of the API server, and test-local paths; everything else is the ConfigMap's.
             "--manifests", str(cluster), "--pin-dir", str(pin_dir),
@@ -165,6 +168,15 @@ def test_agent_enforces_with_only_the_daemonsets_capabilities(tmp_path: Path) ->
                 time.sleep(0.2)
             assert capabilities_of(proc.pid) == expected, "the agent ran with other capabilities than granted"
             assert root_is_read_only(proc.pid), "the agent's root file system is writable"
+            # Its observer front process keeps none of them once it listens.
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            fronts = [
+                int(c)
+                for c in children
+                if b"meshagent.observer.frontproc" in Path(f"/proc/{c}/cmdline").read_bytes()
+            ]
+            assert len(fronts) == 1, "no observer front process"
+            assert capabilities_of(fronts[0]) == 0, "the front process kept capabilities"
             pinned = {p.name for p in pin_dir.rglob("ma_*")}  # (under a layout-version directory)
             assert {"ma_endpoints", "ma_ipcache", "ma_policy"} <= pinned, f"pinned: {sorted(pinned)}"
             ingress = sh("ip", "netns", "exec", node, "tc", "filter", "show", "dev", veth, "ingress").stdout

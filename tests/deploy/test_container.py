@@ -5,6 +5,7 @@ mounts agree with the settings that load."""
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import tomllib
 import urllib.error
@@ -16,6 +17,7 @@ import pytest
 from meshagent.agent.config import AgentConfig
 from meshagent.agent.health import HealthServer
 from meshagent.cli import run as run_command
+from meshagent.datapath.loader import BUNDLED_HEADERS_ENV, header_sets
 from meshagent.datapath.program_text import BPF_DIR
 
 from tests.cliparse import parse, run_config
@@ -204,10 +206,24 @@ def test_state_lives_on_host_paths_the_daemonset_mounts(tmp_path: Path) -> None:
     assert config.observer_socket is not None
     _, host = host_path_of(PurePosixPath(str(config.observer_socket)).parent)
     assert host == "/var/run/meshagent"
-    # BCC's headers: /lib/modules/<release>/{build,source} and the trees under /usr/src they point to.
-    for path in ("/lib/modules", "/usr/src"):
-        mount, host = host_path_of(PurePosixPath(path))
-        assert host == path and mount.get("readOnly") is True
+    # No kernel headers from the host: the image carries its own (test_image.py runs it without them).
+    for path in (PurePosixPath("/lib/modules"), PurePosixPath("/usr/src")):
+        for mount in agent["volumeMounts"]:
+            target = PurePosixPath(mount["mountPath"])
+            assert target != path and path not in target.parents, f"the agent mounts the host's {path}"
+
+
+def test_image_points_bcc_at_the_headers_it_carries() -> None:
+    """The Dockerfile bundles a header set where the loader is told to look first."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    env = re.search(rf"{BUNDLED_HEADERS_ENV}=(\S+)", text)
+    assert env is not None, f"the Dockerfile does not set {BUNDLED_HEADERS_ENV}"
+    assert re.search(rf"kernel-headers\.sh {re.escape(env.group(1))}\b", text), (
+        f"nothing bundles headers into {env.group(1)}"
+    )
+    sets = header_sets({BUNDLED_HEADERS_ENV: env.group(1)}, release="6.1.0-test")
+    assert (sets[0].origin, str(sets[0].path)) == ("bundled", env.group(1))
+    assert sets[-1].origin == "host"
 
 
 def test_pod_spec_is_consistent() -> None:
@@ -234,8 +250,11 @@ def test_agent_runs_with_capabilities_not_privileged() -> None:
     assert context.get("privileged") is not True
     assert context["capabilities"]["drop"] == ["ALL"]
     added = set(context["capabilities"]["add"])
-    assert "SYS_ADMIN" not in added  # test_capabilities.py shows the agent works without it
-    assert context["allowPrivilegeEscalation"] is False
+    if "SYS_ADMIN" in added:
+        # The API server refuses the two together (validation, not schema: test_schemas cannot see it).
+        assert context.get("allowPrivilegeEscalation") is not False
+    else:
+        assert context["allowPrivilegeEscalation"] is False
     # Each is explained in docs/deploy.md.
     text = (REPO / "docs" / "deploy.md").read_text()
     for capability in added:

@@ -18,6 +18,7 @@ from meshagent.cli.filterflags import filter_items
 from meshagent.cli.flows import build_request
 from meshagent.model.events import DropReason
 from meshagent.observer.convert import DROP_REASON_TO_HUBBLE
+from meshagent.observer.limits import ServerLimits
 from meshagent.observer.proto.flow import flow_pb2
 from meshagent.observer.query import parse_request
 
@@ -45,6 +46,8 @@ def shown_default(value: Any) -> str:
         return "unset"
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
+    if isinstance(value, ServerLimits):
+        return "defaults in [flows](flows.md#server-limits)"  # one table there lists every limit
     return f"`{value}`"
 
 

@@ -26,3 +26,11 @@ def served(tmp_path: Path, serving_mode: bool) -> Iterator[h.Served]:
     pipeline.on_events(h.sample_events())
     with h.serve(pipeline, tmp_path / "observer.sock", front_process=serving_mode) as s:
         yield s
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Certificates for TLS tests (tests/observer/pki.py)."""
+    from tests.observer.pki import make_pki
+
+    return make_pki(tmp_path_factory.mktemp("pki"))

@@ -112,20 +112,21 @@ def test_the_front_process_exits_when_the_agent_dies(tmp_path: Path) -> None:
 
 
 def test_a_control_message_too_large_is_resource_exhausted_not_lost() -> None:
-    from meshagent.observer.frontlink import CONTROL_MAX, control_pair, send_control
     from meshagent.observer.grpcwire import RpcError, Status
+    from meshagent.observer.ipc import Result
+    from meshagent.observer.link import CONTROL_MAX, control_pair, send_control
 
     a, b = control_pair()
     with a, b:
         with pytest.raises(RpcError) as err:
-            send_control(a, ("result", 1, 0, "", b"x" * (CONTROL_MAX + 1)))
+            send_control(a, Result(1, Status.OK, "", b"x" * (CONTROL_MAX + 1)))
         assert err.value.status == Status.RESOURCE_EXHAUSTED
     # Where the kernel's buffer is the smaller limit (no CAP_NET_ADMIN), the same error, not a hang.
     small_a, small_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with small_a, small_b:
         small_a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 10)
         with pytest.raises(RpcError) as err:
-            send_control(small_a, ("result", 1, 0, "", b"x" * (400 << 10)))
+            send_control(small_a, Result(1, Status.OK, "", b"x" * (400 << 10)))
         assert err.value.status == Status.RESOURCE_EXHAUSTED
-        send_control(small_a, ("result", 2, 0, "", b"fits"))
+        send_control(small_a, Result(2, Status.OK, "", b"fits"))
         assert small_b.recv(1 << 16)

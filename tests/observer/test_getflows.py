@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 from meshagent.observer.client import ObserverClient
+from meshagent.observer.limits import ServerLimits
 from meshagent.observer.pipeline import FlowPipeline
 from meshagent.observer.proto.flow import flow_pb2 as pb
 from meshagent.observer.proto.observer import observer_pb2 as opb
@@ -260,7 +261,12 @@ def test_loss_poller_reports_kernel_losses_within_a_second() -> None:
 def test_too_many_followers_are_refused_not_queued(tmp_path: Path, serving_mode: bool) -> None:
     pipeline = h.make_pipeline()
     with (
-        h.serve(pipeline, tmp_path / "o.sock", max_workers=1, front_process=serving_mode) as served,
+        h.serve(
+            pipeline,
+            tmp_path / "o.sock",
+            limits=ServerLimits(max_flow_streams=1, max_flow_streams_per_connection=1),
+            front_process=serving_mode,
+        ) as served,
         ObserverClient(served.target) as c,
     ):
         first = c.get_flows(opb.GetFlowsRequest(number=1, follow=True), follow_timeout_s=10)

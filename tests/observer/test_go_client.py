@@ -18,7 +18,6 @@ from meshagent.testing import gofollow
 from tests.observer import helpers as h
 from tests.observer.test_tls import SERVER_NAME
 from tests.observer.test_tls import mtls_port as mtls_port  # the mutual-TLS server fixture, shared
-from tests.observer.test_tls import pki as pki  # the certificate fixture, shared
 from tests.waiting import wait_until
 
 STOP_DPORT = 9999

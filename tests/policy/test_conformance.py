@@ -2,6 +2,11 @@
 tests: namespaces x, y, z with pods a, b, c each, TCP and UDP echo servers on ports 80 and 81, and after
 each scenario a probe of every pair (both protocols, both ports) compared with a truth table.
 
+The pods are spread over three nodes (meshagent.testing.cluster: one node namespace each, routed across an
+underlay), each node with its own compiler and datapath, as one agent per node would have them: every
+scenario has pairs on one node and pairs across every two nodes, so a verdict is checked both where the
+sender's egress and where the receiver's ingress is enforced on different kernels' programs.
+
 The whole path is real: manifests -> parser -> PolicyCompiler -> Datapath.apply (BPF maps) -> tc programs
 on the pods' host-side veths -> packets between network namespaces this test creates (and removes).
 Truth tables are written by hand from the Kubernetes semantics, not computed by our evaluator.
@@ -14,8 +19,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
-from ipaddress import IPv4Address
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -25,7 +29,7 @@ from meshagent.model.cluster import ContainerPort, LocalEndpoint, Namespace, Pod
 from meshagent.model.kernel_state import KernelState, Protocol
 from meshagent.policy.compiler import PolicyCompiler
 from meshagent.policy.parse import parse_object
-from meshagent.testing.topology import GATEWAY, Topology
+from meshagent.testing.cluster import ClusterNode, ClusterTopology, pod_cidr_of
 from meshagent.testing.topology import Pod as NetnsPod
 
 pytestmark = pytest.mark.kernel
@@ -45,55 +49,94 @@ Key = tuple[str, str]  # (namespace, pod)
 Expect = Callable[[Key, Key, str, int], bool]
 
 
+NODES = 3
+
+
+def node_of(ns: str, name: str) -> int:
+    """Pods spread over the nodes so that every namespace has pods on each node: every scenario has
+    same-node pairs and pairs across every two nodes."""
+    return (NAMESPACES.index(ns) + PODS.index(name)) % NODES
+
+
 def pod_ip(ns: str, name: str) -> str:
-    return f"10.244.{NAMESPACES.index(ns) + 1}.{(PODS.index(name) + 1) * 10}"
+    """In its node's pod CIDR (10.244.<node+1>.0/24), as a real cluster's IPAM would place it."""
+    return str(
+        pod_cidr_of(node_of(ns, name)).network_address + 10 * (NAMESPACES.index(ns) + 1) + PODS.index(name)
+    )
+
+
+@dataclass
+class Node:
+    """One node's agent-side half: its compiler (which knows every pod, its own as local endpoints)
+    and its datapath."""
+
+    topology: ClusterNode
+    datapath: Datapath
+    compiler: PolicyCompiler = field(default_factory=PolicyCompiler)
 
 
 @dataclass
 class Cluster:
-    topology: Topology
-    datapath: Datapath
+    topology: ClusterTopology
+    nodes: list[Node]
     netns_pods: dict[Key, NetnsPod]
-    compiler: PolicyCompiler | None = None
 
     def reset(self) -> None:
         """Fresh desired state: the 3x3 pods, namespaces labelled ns=<name>, no policy."""
-        self.compiler = PolicyCompiler()
-        self.compiler.load(
-            namespaces=[Namespace(ns, frozenset({("ns", ns)})) for ns in NAMESPACES],
-            pods=[
-                Pod(
-                    ns,
-                    name,
-                    frozenset({("pod", name)}),
-                    self.netns_pods[(ns, name)].ip,
-                    ports=CONTAINER_PORTS,
-                )
-                for ns in NAMESPACES
-                for name in PODS
-            ],
-            local=[
-                (key, LocalEndpoint(endpoint_id=i + 1, ifindex=pod.ifindex))
-                for i, (key, pod) in enumerate(sorted(self.netns_pods.items()))
-            ],
-        )
+        pods = [
+            Pod(
+                ns,
+                name,
+                frozenset({("pod", name)}),
+                self.netns_pods[(ns, name)].ip,
+                ports=CONTAINER_PORTS,
+            )
+            for ns in NAMESPACES
+            for name in PODS
+        ]
+        for node in self.nodes:
+            node.compiler = PolicyCompiler()
+            node.compiler.load(
+                namespaces=[Namespace(ns, frozenset({("ns", ns)})) for ns in NAMESPACES],
+                pods=pods,
+                local=[
+                    (key, LocalEndpoint(endpoint_id=i + 1, ifindex=pod.ifindex))
+                    for i, (key, pod) in enumerate(sorted(self.netns_pods.items()))
+                    if node_of(*key) == node.topology.index
+                ],
+            )
         self.sync()
 
-    @property
-    def model(self) -> PolicyCompiler:
-        assert self.compiler is not None
-        return self.compiler
+    def pod(self, key: Key) -> Pod:
+        return self.nodes[0].compiler.pods[key]
+
+    def upsert_pod(self, pod: Pod) -> None:
+        for node in self.nodes:
+            node.compiler.upsert_pod(pod)
+        self.sync()
+
+    def upsert_namespace(self, namespace: Namespace) -> None:
+        for node in self.nodes:
+            node.compiler.upsert_namespace(namespace)
+        self.sync()
 
     def sync(self) -> None:
-        result = self.datapath.apply(self.model.state())
-        assert result.ok, result.errors
-        self.datapath.flush_conntrack()  # every probe of a scenario is judged as a new connection
+        for node in self.nodes:
+            result = node.datapath.apply(node.compiler.state())
+            assert result.ok, result.errors
+        self.flush_conntrack()
+
+    def flush_conntrack(self) -> None:
+        """Every probe of a scenario is judged as a new connection, on every node."""
+        for node in self.nodes:
+            node.datapath.flush_conntrack()
 
     def apply(self, manifests: str) -> None:
         for doc in yaml.safe_load_all(manifests):
             obj = parse_object(doc)
             assert obj is not None and not isinstance(obj, Namespace | Pod)
-            self.model.upsert_policy(obj)
+            for node in self.nodes:
+                node.compiler.upsert_policy(obj)
         self.sync()
 
     def probe_all(self, pairs: list[tuple[Key, Key, str, int]]) -> dict[tuple[Key, Key, str, int], bool]:
@@ -127,11 +170,12 @@ class Cluster:
         got = self.probe_all(cells)
         wrong = [c for c in cells if got[c] != expect(*c)]
         if wrong:  # one retry for the cells that disagree: a lost packet is not a policy verdict
-            self.datapath.flush_conntrack()
+            self.flush_conntrack()
             again = self.probe_all(wrong)
             wrong = [c for c in wrong if again[c] != expect(*c)]
         assert not wrong, "reachability differs from the truth table:\n" + "\n".join(
-            f"  {s[0]}/{s[1]} -> {d[0]}/{d[1]} {proto}/{port}: expected "
+            f"  {s[0]}/{s[1]} -> {d[0]}/{d[1]} {proto}/{port} "
+            f"(node {node_of(*s) + 1} -> node {node_of(*d) + 1}): expected "
             f"{'allowed' if expect(s, d, proto, port) else 'denied'}"
             for s, d, proto, port in wrong
         )
@@ -139,21 +183,26 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    pin_dir = Path("/sys/fs/bpf") / f"meshagent-test-policy-{uuid.uuid4().hex[:8]}"
-    with Topology() as topology:
+    run = uuid.uuid4().hex[:8]
+    with ClusterTopology(NODES) as topology:
         netns_pods = {}
         for ns in NAMESPACES:
             for name in PODS:
-                pod = topology.add_pod(f"{ns}{name}", pod_ip(ns, name))
+                pod = topology.nodes[node_of(ns, name)].add_pod(f"{ns}{name}", pod_ip(ns, name))
                 pod.serve(tcp=(80, 81), udp=(80, 81))
                 netns_pods[(ns, name)] = pod
-        datapath = Datapath(pin_dir=pin_dir, netns=topology.node)
-        datapath.load()
+        nodes: list[Node] = []
         try:
-            yield Cluster(topology, datapath, netns_pods)
+            for cluster_node in topology.nodes:
+                pin_dir = Path("/sys/fs/bpf") / f"meshagent-test-policy-{run}-{cluster_node.index}"
+                datapath = Datapath(pin_dir=pin_dir, netns=cluster_node.netns)
+                datapath.load()
+                nodes.append(Node(cluster_node, datapath))
+            yield Cluster(topology, nodes, netns_pods)
         finally:
-            datapath.apply(KernelState())
-            datapath.uninstall()
+            for node in nodes:
+                node.datapath.apply(KernelState())
+                node.datapath.uninstall()
 
 
 @pytest.fixture
@@ -244,14 +293,14 @@ kind: NetworkPolicy
 metadata: {{name: ingress-cidr, namespace: x}}
 spec:
   podSelector: {{matchLabels: {{pod: b}}}}
-  ingress: [{{from: [{{ipBlock: {{cidr: 10.244.3.0/24, except: ["{pod_ip("z", "c")}/32"]}}}}]}}]
+  ingress: [{{from: [{{ipBlock: {{cidr: {pod_cidr_of(2)}, except: ["{pod_ip("z", "a")}/32"]}}}}]}}]
 """)
 
     def expect(s: Key, d: Key, proto: str, port: int) -> bool:
         if s == ("x", "a") and d == ("y", "b"):
             return False
-        if d == ("x", "b"):
-            return s[0] == "z" and s != ("z", "c")
+        if d == ("x", "b"):  # the pods of the third node's pod CIDR, but z/a
+            return node_of(*s) == 2 and s != ("z", "a")
         return True
 
     k8s.assert_reachability(expect)
@@ -314,9 +363,8 @@ spec:
   ingress: [{from: [{namespaceSelector: {}, podSelector: {matchLabels: {role: client}}}]}]
 """)
     k8s.assert_reachability(lambda s, d, proto, port: d != ("x", "a"))
-    yb = k8s.model.pods[("y", "b")]
-    k8s.model.upsert_pod(replace(yb, labels=yb.labels | {("role", "client")}))
-    k8s.sync()
+    yb = k8s.pod(("y", "b"))
+    k8s.upsert_pod(replace(yb, labels=yb.labels | {("role", "client")}))
     k8s.assert_reachability(lambda s, d, proto, port: d != ("x", "a") or s == ("y", "b"))
 
 
@@ -329,8 +377,7 @@ spec:
   ingress: [{from: [{namespaceSelector: {matchLabels: {team: blue}}}]}]
 """)
     k8s.assert_reachability(lambda s, d, proto, port: d != ("x", "a"))
-    k8s.model.upsert_namespace(Namespace("z", frozenset({("ns", "z"), ("team", "blue")})))
-    k8s.sync()
+    k8s.upsert_namespace(Namespace("z", frozenset({("ns", "z"), ("team", "blue")})))
     k8s.assert_reachability(lambda s, d, proto, port: d != ("x", "a") or s[0] == "z")
 
 
@@ -357,32 +404,69 @@ spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
     )
 
 
+def probe_from_node(node: ClusterNode, probes: list[tuple[str, str, int]]) -> list[bool]:
+    """Probes sent by the node itself (from its InternalIP: see meshagent.testing.cluster)."""
+    request = {"timeout": PROBE_TIMEOUT, "probes": [list(p) for p in probes]}
+    result = subprocess.run(
+        ["ip", "netns", "exec", node.netns, sys.executable, str(PROBER)],
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return list(json.loads(result.stdout))
+
+
+def assert_from_node(
+    k8s: Cluster, node: ClusterNode, probes: list[tuple[str, str, int]], expected: bool
+) -> None:
+    """Every probe from the node gets `expected`; as for the grid, the probes that disagree get one more
+    try (a first packet across the underlay waits for ARP, and a loaded machine may lose the race)."""
+    got = probe_from_node(node, probes)
+    wrong = [p for p, ok in zip(probes, got, strict=True) if ok != expected]
+    if wrong:
+        k8s.flush_conntrack()
+        again = probe_from_node(node, wrong)
+        wrong = [p for p, ok in zip(wrong, again, strict=True) if ok != expected]
+    assert not wrong, f"from {node.name}: expected {'allowed' if expected else 'denied'}: {wrong}"
+
+
 def test_traffic_from_the_node_is_always_allowed(k8s: Cluster) -> None:
     k8s.apply("""
 kind: NetworkPolicy
 metadata: {name: deny-all, namespace: x}
 spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
 """)
+    # x/a lives on the first node, x/b on the second.
+    first = k8s.topology.nodes[node_of("x", "a")]
+    to_xa = [("tcp", pod_ip("x", "a"), 80), ("udp", pod_ip("x", "a"), 81)]
+    to_xb = [("tcp", pod_ip("x", "b"), 80), ("udp", pod_ip("x", "b"), 81)]
 
-    def from_node() -> list[bool]:
-        request = {
-            "timeout": PROBE_TIMEOUT,
-            "probes": [["tcp", pod_ip("x", "a"), 80], ["udp", pod_ip("x", "b"), 81]],
-        }
-        result = subprocess.run(
-            ["ip", "netns", "exec", k8s.topology.node, sys.executable, str(PROBER)],
-            input=json.dumps(request),
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        )
-        return list(json.loads(result.stdout))
-
-    # Unknown to the compiler, the node's address is "world": isolated pods refuse it.
-    assert from_node() == [False, False]
-    # Known as the node (the topology's gateway address is the node side of every pod's route).
-    k8s.model.set_host_addresses([IPv4Address(GATEWAY)])
+    # Unknown to the compilers, node addresses are "world": isolated pods refuse them.
+    assert_from_node(k8s, first, to_xa, False)
+    # Each agent knows its own node's InternalIP (from its Node object) as the host.
+    for node in k8s.nodes:
+        node.compiler.set_host_addresses([node.topology.address])
     k8s.sync()
-    assert from_node() == [True, True]
+    assert_from_node(k8s, first, to_xa, True)
+    # Another node is not the pod's host: Kubernetes exempts only the pod's own node from isolation.
+    assert_from_node(k8s, first, to_xb, False)
     k8s.assert_reachability(lambda s, d, proto, port: s[0] != "x" and d[0] != "x")
+
+
+def test_ip_block_admits_a_remote_node(k8s: Cluster) -> None:
+    """A remote node is an address like any outside the cluster's pods: an ipBlock naming its InternalIP
+    admits it, and only it."""
+    second, third = k8s.topology.nodes[1], k8s.topology.nodes[2]
+    k8s.apply(f"""
+kind: NetworkPolicy
+metadata: {{name: from-node-2, namespace: x}}
+spec:
+  podSelector: {{matchLabels: {{pod: a}}}}
+  ingress: [{{from: [{{ipBlock: {{cidr: {second.address}/32}}}}]}}]
+""")
+    to_xa = [("tcp", pod_ip("x", "a"), 80), ("udp", pod_ip("x", "a"), 81)]
+    assert_from_node(k8s, second, to_xa, True)
+    assert_from_node(k8s, third, to_xa, False)
+    k8s.assert_reachability(lambda s, d, proto, port: d != ("x", "a"))

@@ -60,7 +60,7 @@ def demo_map() -> Iterator[tuple[Demo, Any]]:
 
 def call(demo: Demo, client: str, server: str, port: int | None = None) -> dict[str, Any]:
     spec = SPECS[server]
-    return demo.pods[client].probe("tcp", spec.ip, port or spec.port, timeout=0.5)
+    return demo.pods[client].probe("tcp", demo.addresses[server], port or spec.port, timeout=0.5)
 
 
 def drive(demo: Demo) -> None:
@@ -136,7 +136,8 @@ def test_a_new_drop_is_on_the_map_within_two_seconds(demo_map: tuple[Demo, Any])
     )
     print(f"drop to map: {latency:.3f} s")
     assert 0 <= latency < 2.0
-    assert any("10.244.0.20:9999" in row for row in texts(driver, "#flows tbody tr.verdict-dropped"))
+    dropped_rows = texts(driver, "#flows tbody tr.verdict-dropped")
+    assert any(f"{demo.addresses['cart']}:9999" in row for row in dropped_rows)
 
 
 def ends_in_table(driver: Any) -> list[str]:

@@ -15,6 +15,8 @@ from typing import Any
 import yaml
 
 from meshagent.model.kernel_state import DEFAULT_PIN_DIR
+from meshagent.observer.limits import DEFAULT_LIMITS, LimitsError, ServerLimits
+from meshagent.observer.listen import group_id
 
 DEFAULT_OBSERVER_SOCKET = Path("/var/run/meshagent/observer.sock")
 SOCKET_LB_DIR = "socket-lb"  # under pin_dir: the socket load-balancer's maps
@@ -36,18 +38,22 @@ class AgentConfig:
     node_netns: str | None = None
     pin_dir: Path = DEFAULT_PIN_DIR
     observer_socket: Path | None = DEFAULT_OBSERVER_SOCKET
+    observer_socket_group: str | None = None  # set: the socket is 0660 and this group's, else 0600
     observer_listen: str | None = None
     observer_tls_cert: Path | None = None
     observer_tls_key: Path | None = None
     observer_tls_client_ca: Path | None = None
     observer_insecure: bool = False
     observer_front_process: bool = True  # gRPC and flow encoding in a process of their own
+    # The flow API server's limits (observer/limits.py): a YAML mapping, or name=value,... elsewhere.
+    observer_limits: ServerLimits = DEFAULT_LIMITS
     metrics_listen: str | None = "127.0.0.1:9965"
     health_listen: str | None = "127.0.0.1:9879"
     flow_ring_size: int = 65536
     event_buffer_mib: int = 4  # the kernel's event ring buffer (not pinned: a change keeps the maps)
     export_file: Path | None = None
     export_max_bytes: int = 50 * 1024 * 1024
+    export_file_group: str | None = None  # set: the export files are 0640 and this group's, else 0600
     enable_policy: bool = True
     enable_flows: bool = True
     enable_socket_lb: bool = False
@@ -72,6 +78,13 @@ class AgentConfig:
             raise ConfigError("observer_tls_cert and observer_tls_key go together")
         if self.observer_listen and not self.observer_tls_cert and not self.observer_insecure:
             raise ConfigError("observer_listen needs TLS (observer_tls_cert/key) or observer_insecure: true")
+        for name in ("observer_socket_group", "export_file_group"):
+            group = getattr(self, name)
+            if group is not None:
+                try:
+                    group_id(group)
+                except ValueError as err:
+                    raise ConfigError(f"{name}: {err}") from err
         if self.enable_sockmap and not self.enable_socket_lb:
             raise ConfigError("enable_sockmap needs enable_socket_lb")
         if self.log_format not in LOG_FORMATS:
@@ -108,3 +121,36 @@ def read_config_file(path: Path) -> dict[str, Any]:
             raise ConfigError(f"config file {path}: unknown setting {key!r}")
         values[name] = value
     return values
+
+
+def parse_limits(value: Any) -> ServerLimits:
+    """ServerLimits from a mapping (YAML) or "name=value,name=value" (environment, flag); the limits not
+    named keep their defaults."""
+    if isinstance(value, ServerLimits):
+        return value
+    if isinstance(value, str):
+        pairs: dict[str, Any] = {}
+        for item in filter(None, (p.strip() for p in value.split(","))):
+            key, sep, text = item.partition("=")
+            if not sep:
+                raise ValueError(f"expected name=value, got {item!r}")
+            pairs[key.strip()] = text.strip()
+        value = pairs
+    if not isinstance(value, dict):
+        raise ValueError("expected a mapping of limit names to numbers")
+    defaults = DEFAULT_LIMITS.as_dict()
+    changes: dict[str, object] = {}
+    for key, raw in value.items():
+        name = str(key).replace("-", "_")
+        if name not in defaults:
+            raise ValueError(f"unknown limit {key!r} (known: {', '.join(sorted(defaults))})")
+        if isinstance(raw, bool):
+            raise ValueError(f"{name} must be a number")
+        number = float(raw)
+        changes[name] = int(number) if isinstance(defaults[name], int) and number == int(number) else number
+        if isinstance(defaults[name], int) and not isinstance(changes[name], int):
+            raise ValueError(f"{name} must be a whole number, not {raw!r}")
+    try:
+        return DEFAULT_LIMITS.replace(**changes)
+    except LimitsError as err:
+        raise ValueError(str(err)) from err

@@ -185,18 +185,25 @@ class Agent:
                     tcp_address=cfg.observer_listen,
                     tls=tls,
                     allow_insecure_tcp=cfg.observer_insecure,
+                    limits=cfg.observer_limits,
+                    socket_group=cfg.observer_socket_group,
                     front_process=cfg.observer_front_process,
                     front_log_format=cfg.log_format,
                 ),
             )
             if server.front is not None and self.metrics is not None:
                 server.front.on_restart = self.metrics.front_restarted
+                self.metrics.watch_front(server.front.front_state)
             server.start()
             self.observer_server = server
             self._services.append(server)
         if cfg.export_file:
             exporter = FlowExporter(
-                ring, ExportConfig(path=cfg.export_file, max_bytes=cfg.export_max_bytes), node_name=cfg.node
+                ring,
+                ExportConfig(
+                    path=cfg.export_file, max_bytes=cfg.export_max_bytes, group=cfg.export_file_group
+                ),
+                node_name=cfg.node,
             )
             exporter.start()
             self._services.append(exporter)
@@ -246,7 +253,16 @@ class Agent:
             return {"mode": "off"}
         if server.front is None:
             return {"mode": "in-process"}
-        return {"mode": "front-process", "pid": server.front.pid, "restarts": server.front.restarts}
+        front = server.front
+        return {
+            "mode": "front-process",
+            "pid": front.pid,
+            "state": front.state,  # up | restarting (retried with backoff, for as long as the agent runs)
+            "restarts": front.restarts,
+            "failed_starts": front.failed_starts,
+            "broken_links": front.broken_links,
+            "last_error": front.last_error,
+        }
 
     def _map_usage(self) -> list[MapUsage]:
         return [

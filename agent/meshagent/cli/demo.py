@@ -13,7 +13,14 @@ import click
     help="run unattended for this many seconds, then print a summary and exit",
 )
 @click.option("--keep", is_flag=True, help="keep everything running until Ctrl-C")
-def demo_command(duration: float | None, keep: bool) -> int:
+@click.option(
+    "--nodes",
+    type=click.IntRange(min=1, max=8),
+    default=1,
+    show_default=True,
+    help="spread the pods over this many nodes, one agent each",
+)
+def demo_command(duration: float | None, keep: bool, nodes: int) -> int:
     from meshagent.demo.run import Demo
 
-    return Demo(duration=duration, keep=keep).run()
+    return Demo(duration=duration, keep=keep, nodes=nodes).run()

@@ -26,6 +26,7 @@ from meshagent.cli.context import VERBOSE
 from meshagent.cli.demo import demo_command
 from meshagent.cli.flows import flows_command
 from meshagent.cli.policy import policy_group
+from meshagent.cli.relay import relay_command
 from meshagent.cli.run import run_command, uninstall_command
 from meshagent.cli.status import status_command
 from meshagent.cli.ui import ui_command
@@ -55,6 +56,7 @@ for _command in (
     status_command,
     policy_group,
     ui_command,
+    relay_command,
 ):
     cli.add_command(_command)
 

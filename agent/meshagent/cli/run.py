@@ -23,6 +23,7 @@ from meshagent.agent.config import (
     AgentConfig,
     ConfigError,
     env_name,
+    parse_limits,
     read_config_file,
 )
 from meshagent.agent.logs import setup_logging
@@ -55,10 +56,19 @@ SETTING_FLAGS: dict[str, tuple[str, str]] = {
     ),
     "metrics_listen": ("--metrics-listen", "Prometheus metrics address (empty: off)"),
     "health_listen": ("--health-listen", "/healthz and /readyz address (empty: off)"),
+    "observer_socket_group": (
+        "--observer-socket-group",
+        "group that may read flows from the Unix socket (0660); default: owner only (0600)",
+    ),
+    "observer_limits": (
+        "--observer-limits",
+        "flow API server limits as name=value,... (e.g. max_connections=256,idle_timeout_seconds=60)",
+    ),
     "flow_ring_size": ("--flow-ring-size", "flows held in memory"),
     "event_buffer_mib": ("--event-buffer-mib", "the kernel's event ring buffer in MiB, a power of two"),
     "export_file": ("--export-file", "also write flows as JSON lines to this file (rotated by size)"),
     "export_max_bytes": ("--export-max-bytes", "size in bytes at which the export file is rotated"),
+    "export_file_group": ("--export-file-group", "group that may read the export files (0640)"),
     "enable_policy": ("--policy/--no-policy", "enforce policy (off: flows only)"),
     "enable_flows": ("--flows/--no-flows", "serve flows and metrics"),
     "enable_socket_lb": ("--socket-lb", "translate Service addresses at the socket (cgroup hooks)"),
@@ -75,12 +85,28 @@ SETTING_FLAGS: dict[str, tuple[str, str]] = {
     "log_format": ("--log-format", "JSON when not a terminal (auto), json or text"),
     "log_level": ("--log-level", "the lowest level logged"),
 }
+
+
+class _LimitsParam(click.ParamType):
+    """The flow API server's limits: name=value,... on the command line and in the environment, a
+    mapping in the config file; the limits not named keep their defaults."""
+
+    name = "limits"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return parse_limits(value)
+        except (ValueError, TypeError) as err:
+            self.fail(str(err), param, ctx)
+
+
 _CHOICES: dict[str, click.ParamType] = {
     "log_format": click.Choice(LOG_FORMATS),
     "log_level": click.Choice(LOG_LEVELS, case_sensitive=False),
     "flow_ring_size": click.IntRange(min=1),
     "export_max_bytes": click.IntRange(min=1),
     "manifests_poll_seconds": click.FloatRange(min=0, min_open=True),
+    "observer_limits": _LimitsParam(),
 }
 _EXTRA_ENV = {"node": ("NODE_NAME",)}  # the downward API's name, after MESHAGENT_NODE
 _HINTS = typing.get_type_hints(AgentConfig)
@@ -128,7 +154,9 @@ def setting_options(command: F) -> F:
             "help": text,
             "cls": _SettingOption,
         }
-        if shown is not dataclasses.MISSING and shown is not None:
+        if setting == "observer_limits":
+            settings["show_default"] = "grpc-go-like, listed in docs/flows.md"
+        elif shown is not dataclasses.MISSING and shown is not None:
             settings["show_default"] = str(shown).lower() if isinstance(shown, bool) else str(shown)
         if _HINTS[setting] is bool:
             settings["is_flag"] = True

@@ -53,7 +53,14 @@ def print_agent_status(out: TextIO, status: dict[str, object]) -> None:
     if api.get("mode") == "front-process":
         restarts = api.get("restarts", 0)
         again = f", started again {restarts} time{'s' if restarts != 1 else ''}" if restarts else ""
-        out.write(f"Flow API:         front process pid {api.get('pid')}{again}\n")
+        if api.get("state") == "restarting":
+            failed = api.get("failed_starts", 0)
+            out.write(
+                f"Flow API:         DOWN: front process being restarted ({failed} failed starts so far, "
+                f"last: {api.get('last_error') or '-'}){again}\n"
+            )
+        else:
+            out.write(f"Flow API:         front process pid {api.get('pid')}{again}\n")
     elif api:
         out.write(f"Flow API:         {api.get('mode')}\n")
     endpoints = status.get("endpoints") or {}

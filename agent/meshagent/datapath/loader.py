@@ -7,7 +7,7 @@ import logging
 import os
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -90,18 +90,92 @@ def captured_stderr() -> Iterator[list[str]]:
             out.append(sink.read().decode(errors="replace"))
 
 
+@dataclass(frozen=True)
+class HeaderSet:
+    """A kernel header tree to compile against: `source` is what BCC_KERNEL_SOURCE is set to, or None for
+    BCC's own lookup of the running kernel's /lib/modules/<release>/{build,source}."""
+
+    origin: str  # "bundled" (the image's) or "host"
+    path: Path
+    source: str | None
+
+    def __str__(self) -> str:
+        return f"{self.origin} headers {self.path}"
+
+    def present(self) -> bool:
+        """BCC's own test for a usable tree (failing it, BCC looks for the kernel's kheaders module). Its
+        lookup under /lib/modules uses `source` beside `build` when there is one (Debian's split sets)."""
+        trees = [self.path]
+        if self.source is None:
+            trees.insert(0, self.path.parent / "source")
+        return any((tree / "include" / "linux" / "kconfig.h").is_file() for tree in trees)
+
+
+# The images set this to the header tree they carry (deploy/kernel-headers.sh): nodes then need none.
+BUNDLED_HEADERS_ENV = "MESHAGENT_KERNEL_HEADERS"
+BCC_SOURCE_ENV = "BCC_KERNEL_SOURCE"
+# An operator's own BCC_KERNEL_SOURCE, as the process started (the variable is rewritten below).
+_HOST_SOURCE = os.environ.get(BCC_SOURCE_ENV) or None
+
+
+def header_sets(environ: Mapping[str, str] | None = None, release: str | None = None) -> list[HeaderSet]:
+    """The header sets to try, in order: the bundled set when there is one, then the host's (the
+    operator's BCC_KERNEL_SOURCE, or /lib/modules/<release>/build, present when the host's headers are
+    mounted into the container or installed on the machine)."""
+    environ = os.environ if environ is None else environ
+    found = []
+    bundled = environ.get(BUNDLED_HEADERS_ENV)
+    if bundled:
+        found.append(HeaderSet("bundled", Path(bundled), bundled))
+    if _HOST_SOURCE:
+        found.append(HeaderSet("host", Path(_HOST_SOURCE), _HOST_SOURCE))
+    else:
+        kernel = release or os.uname().release
+        found.append(HeaderSet("host", Path("/lib/modules") / kernel / "build", None))
+    return found
+
+
+def compile_bpf(text: str, cflags: list[str], *, entry: str) -> Any:
+    """Compiles `text` with the first header set that works. The set that worked stays in
+    BCC_KERNEL_SOURCE, so the process's later compiles (socket load balancing) use the same headers."""
+    tried: list[str] = []
+    logs: list[str] = []
+    last_error: Exception | None = None
+    for headers in header_sets():
+        if not headers.present():
+            tried.append(f"{headers}: not found")
+            continue
+        if headers.source is None:
+            os.environ.pop(BCC_SOURCE_ENV, None)
+        else:
+            os.environ[BCC_SOURCE_ENV] = headers.source
+        log: list[str] = []
+        try:
+            with captured_stderr() as log:
+                bpf = BPF(text=text.encode(), cflags=cflags)  # bytes: BCC warns about str with the text
+        except Exception as err:
+            last_error = err
+            output = "".join(log).strip()
+            first = next((line for line in output.splitlines() if "error" in line), str(err))
+            tried.append(f"{headers}: {first.strip()}")
+            logs.append(f"--- {headers}\n{output}")
+            continue
+        logger.info("compiled %s against %s", entry, headers)
+        if log and log[0].strip():
+            logger.debug("compiler output: %s", log[0].strip())
+        return bpf
+    # Not always the headers' fault (a pinned map that cannot be opened fails the same way): the message
+    # names each set with its first error and leaves the judgement to the reader.
+    raise CompileError(
+        f"compiling {entry} failed; kernel header sets tried: {'; '.join(tried)}", log="\n".join(logs)
+    ) from last_error
+
+
 def load(*, pin_dir: Path, capacities: Capacities, extra_cflags: tuple[str, ...] = ()) -> LoadedPrograms:
     ensure_bpffs(pin_dir)
     cflags = [f'-DMA_PIN_DIR="{pin_dir}"', *capacities.cflags(), *extra_cflags]
-    text = assemble(ENTRY_SOURCE)
+    bpf = compile_bpf(assemble(ENTRY_SOURCE), cflags, entry=ENTRY_SOURCE)
     log: list[str] = []
-    try:
-        with captured_stderr() as log:
-            bpf = BPF(text=text.encode(), cflags=cflags)  # bytes: BCC warns about str with the whole text
-    except Exception as err:
-        raise CompileError(f"compiling {ENTRY_SOURCE} failed", log="".join(log).strip()) from err
-    if log and log[0].strip():
-        logger.debug("compiler output: %s", log[0].strip())
     programs = []
     for name in (PROGRAM_FROM_ENDPOINT, PROGRAM_TO_ENDPOINT):
         try:

@@ -80,7 +80,7 @@ POLICIES = textwrap.dedent("""\
     """)
 
 
-def pod_yaml(pod: DemoPod, node: str) -> str:
+def pod_yaml(pod: DemoPod, node: str, ip: IPv4Address | None = None) -> str:
     ports = f"ports: [{{containerPort: {pod.port}}}]" if pod.port else "ports: []"
     return textwrap.dedent(f"""\
         apiVersion: v1
@@ -89,12 +89,25 @@ def pod_yaml(pod: DemoPod, node: str) -> str:
         spec:
           nodeName: {node}
           containers: [{{name: main, image: demo, {ports}}}]
-        status: {{podIP: "{pod.ip}"}}
+        status: {{podIP: "{ip or pod.ip}"}}
         """)
 
 
-def write(directory: Path, node: str) -> None:
+def write(
+    directory: Path,
+    node: str,
+    *,
+    placement: dict[str, tuple[str, IPv4Address]] | None = None,
+    nodes_yaml: str = "",
+) -> None:
+    """The demo's objects; `placement` puts pods on other nodes with other addresses (by pod name:
+    node, address), and `nodes_yaml` adds the Node objects of a multi-node cluster."""
+    placed = placement or {}
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "namespaces.yaml").write_text(NAMESPACES)
-    (directory / "pods.yaml").write_text("---\n".join(pod_yaml(pod, node) for pod in PODS))
+    (directory / "pods.yaml").write_text(
+        "---\n".join(pod_yaml(pod, *placed.get(pod.name, (node, pod.ip))) for pod in PODS)
+    )
     (directory / "policies.yaml").write_text(POLICIES)
+    if nodes_yaml:
+        (directory / "nodes.yaml").write_text(nodes_yaml)

@@ -1,9 +1,13 @@
-"""Runs the demo: a node namespace with the shop's pods, the agent (`meshagent run --manifests`) as a
-separate process, traffic partly allowed, partly denied and partly audited, live flows, and the service
-map (`meshagent ui`) beside the agent, whose address it prints.
+"""Runs the demo: node namespaces with the shop's pods, one agent per node (`meshagent run --manifests`)
+as separate processes, traffic partly allowed, partly denied and partly audited, live flows, and the
+service map (`meshagent ui`) beside the agents, whose address it prints.
 
-Everything lives in network namespaces this demo creates, whose node has no route off the machine; all of
-it is removed at the end (also on Ctrl-C), unless --keep leaves it for exploration.
+With --nodes N the pods are spread over N nodes routed across an underlay (meshagent.testing.cluster),
+so that most calls cross nodes: the caller's agent enforces its egress, the callee's agent its ingress.
+`meshagent relay` then serves every node's flows as one API, and the service map reads the relay.
+
+Everything lives in network namespaces this demo creates, whose nodes have no route off the machine; all
+of it is removed at the end (also on Ctrl-C), unless --keep leaves it for exploration.
 """
 
 from __future__ import annotations
@@ -13,18 +17,18 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.request
-import uuid
 from collections import Counter
+from ipaddress import IPv4Address
 from pathlib import Path
 
 from meshagent.demo import manifests
 from meshagent.demo.manifests import PODS, DemoPod
-from meshagent.testing.topology import Pod, Topology
+from meshagent.testing.agents import NodeAgent, free_port, meshagent_command, start_agents
+from meshagent.testing.cluster import ClusterNode, ClusterTopology
+from meshagent.testing.topology import Pod
 
 NODE = "demo-node"
 UI_PORT = 8090  # the service map's port when it is free (another free port otherwise)
@@ -38,11 +42,8 @@ CALLS = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def node_names(nodes: int) -> list[str]:
+    return [NODE] if nodes == 1 else [f"{NODE}-{i + 1}" for i in range(nodes)]
 
 
 def _ui_port() -> int:
@@ -50,26 +51,29 @@ def _ui_port() -> int:
         try:
             sock.bind(("127.0.0.1", UI_PORT))
         except OSError:
-            return _free_port()
+            return free_port()
     return UI_PORT
 
 
 def _meshagent(*args: str) -> list[str]:
-    return [sys.executable, "-m", "meshagent.cli.main", *args]
+    return meshagent_command(*args)
 
 
 class Demo:
-    def __init__(self, *, duration: float | None, keep: bool) -> None:
+    def __init__(self, *, duration: float | None, keep: bool, nodes: int = 1) -> None:
+        if nodes < 1:
+            raise ValueError("--nodes must be at least 1")
         self.duration = duration
         self.keep = keep
         self.workdir = Path(tempfile.mkdtemp(prefix="meshagent-demo-"))
-        self.socket = self.workdir / "observer.sock"
-        self.metrics_port = _free_port()
-        self.health_port = _free_port()
-        self.pin_dir = Path("/sys/fs/bpf") / f"meshagent-demo-{uuid.uuid4().hex[:6]}"
-        self.topology = Topology(prefix=f"mademo{os.getpid() % 10000}")
+        self.cluster = ClusterTopology(
+            nodes, prefix=f"mademo{os.getpid() % 10000}", node_names=node_names(nodes)
+        )
         self.pods: dict[str, Pod] = {}
-        self.agent: subprocess.Popen[str] | None = None
+        self.addresses: dict[str, IPv4Address] = {}
+        self.agents: list[NodeAgent] = []
+        self.relay: subprocess.Popen[bytes] | None = None
+        self.relay_socket = self.workdir / "relay.sock"
         self.ui: subprocess.Popen[str] | None = None
         self.ui_url = ""
         self.outcomes: Counter[str] = Counter()
@@ -77,71 +81,51 @@ class Demo:
 
     # --- set-up ----------------------------------------------------------------------------------
 
+    def node_of(self, index: int) -> ClusterNode:
+        """The demo's pods go round the nodes in order, so that with two or more most calls cross nodes."""
+        return self.cluster.nodes[index % len(self.cluster.nodes)]
+
     def build(self) -> None:
-        self.topology.create()
-        for spec in PODS:
-            pod = self.topology.add_pod(spec.name, spec.ip)
+        self.cluster.create()
+        placement: dict[str, tuple[str, IPv4Address]] = {}
+        for index, spec in enumerate(PODS):
+            node = self.node_of(index)
+            pod = node.add_pod(spec.name)
             self.pods[spec.name] = pod
+            self.addresses[spec.name] = pod.ip
+            placement[spec.name] = (node.name, pod.ip)
             if spec.port:
                 pod.serve(tcp=(spec.port,))
-        manifests.write(self.workdir / "manifests", NODE)
-        print(f"cluster in a box: node namespace {self.topology.node}, pods:")
-        for spec in PODS:
+        manifests.write(
+            self.workdir / "manifests", NODE, placement=placement, nodes_yaml=self.cluster.manifests()
+        )
+        print(f"cluster in a box: {len(self.cluster.nodes)} node(s), pods:")
+        for index, spec in enumerate(PODS):
+            node = self.node_of(index)
             print(
-                f"  {spec.namespace}/{spec.name:<9} {spec.ip}"
-                + (f"  serving TCP {spec.port}" if spec.port else "")
+                f"  {spec.namespace}/{spec.name:<9} {self.addresses[spec.name]!s:<12} on {node.name}"
+                f" (netns {node.netns})" + (f"  serving TCP {spec.port}" if spec.port else "")
             )
 
     def start_agent(self) -> None:
-        command = _meshagent(
-            "run",
-            "--manifests",
-            str(self.workdir / "manifests"),
-            "--node",
-            NODE,
-            "--node-netns",
-            self.topology.node,
-            "--pin-dir",
-            str(self.pin_dir),
-            "--observer-socket",
-            str(self.socket),
-            "--metrics-listen",
-            f"127.0.0.1:{self.metrics_port}",
-            "--health-listen",
-            f"127.0.0.1:{self.health_port}",
-            "--log-format",
-            "text",
-            "--log-level",
-            "warning",
-            "--cleanup",
+        self.agents = [
+            NodeAgent(node, self.workdir, manifests=self.workdir / "manifests", log_level="warning")
+            for node in self.cluster.nodes
+        ]
+        print(
+            f"\nstarting {len(self.agents)} agent(s):"
+            " meshagent run --manifests ... --node NODE --node-netns NETNS"
         )
-        print("\nstarting the agent: meshagent run --manifests ... --node-netns " + self.topology.node)
-        started = time.monotonic()
-        with open(self.workdir / "agent.log", "w") as log:  # the child keeps its own copy of the fd
-            self.agent = subprocess.Popen(command, text=True, stdout=subprocess.DEVNULL, stderr=log)
-        while time.monotonic() - started < 60:
-            if self.agent.poll() is not None:
-                raise RuntimeError(f"the agent exited: {(self.workdir / 'agent.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(
-                    f"http://127.0.0.1:{self.health_port}/readyz", timeout=1
-                ) as answer:
-                    if answer.status == 200:
-                        elapsed = time.monotonic() - started
-                        print(f"agent ready in {elapsed:.1f} s (policies compiled into the kernel)")
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("the agent did not become ready within 60 s")
+        took = start_agents(self.agents)
+        print(f"agents ready in {max(took):.1f} s (policies compiled into the kernel of every node)")
 
     def start_ui(self) -> str:
-        """Starts the service map beside the agent, reading its flows (and, for the panels' policy trace,
-        the demo's manifests); its URL."""
+        """Starts the service map beside the agents, reading the cluster's flows (the relay's with several
+        nodes, else the only agent's) and, for the panels' policy trace, the demo's manifests; its URL."""
         command = _meshagent(
             "ui",
             "--server",
-            f"unix://{self.socket}",
+            self.flow_server(),
             "--listen",
             f"127.0.0.1:{_ui_port()}",
             "--manifests",
@@ -174,19 +158,47 @@ class Demo:
         while not self._stop.is_set():
             for client, server, _ in CALLS:
                 spec: DemoPod = by_name[server]
-                result = self.pods[client].probe("tcp", spec.ip, spec.port, timeout=0.3)
+                # A loaded machine can take most of a second to answer even an allowed call across nodes.
+                result = self.pods[client].probe("tcp", self.addresses[server], spec.port, timeout=1.0)
                 self.outcomes[f"{client}->{server} {'ok' if result['ok'] else 'blocked'}"] += 1
                 if self._stop.wait(0.3):
                     return
 
+    def start_relay(self) -> None:
+        """With several nodes, `meshagent relay` serves all their flows as one API, as in a cluster."""
+        if len(self.agents) < 2:
+            return
+        command = _meshagent(
+            "relay",
+            *(arg for agent in self.agents for arg in ("--peer", f"{agent.node.name}={agent.server}")),
+            "--listen-socket",
+            str(self.relay_socket),
+        )
+        with open(self.workdir / "relay.log", "wb") as log:
+            self.relay = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+        deadline = time.monotonic() + 30
+        while not self.relay_socket.exists():
+            if self.relay.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the relay did not start: {(self.workdir / 'relay.log').read_text()[-2000:]}"
+                )
+            time.sleep(0.1)
+        print(f"relay ready: every node's flows at unix://{self.relay_socket}")
+
+    def flow_server(self) -> str:
+        """Where the flows of the whole cluster are read: the relay, or the only agent."""
+        return f"unix://{self.relay_socket}" if self.relay is not None else self.agents[0].server
+
     def show_flows(self) -> subprocess.Popen[str]:
+        many = ["--print-node-name"] if len(self.agents) > 1 else []
         return subprocess.Popen(
             _meshagent(
                 "flows",
                 "--server",
-                f"unix://{self.socket}",
+                self.flow_server(),
                 "--follow",
                 "--print-policy-names",
+                *many,
                 "--type",
                 "policy-verdict",
             ),
@@ -195,7 +207,7 @@ class Demo:
 
     def summary(self) -> dict[str, int]:
         result = subprocess.run(
-            _meshagent("flows", "--server", f"unix://{self.socket}", "--all", "-o", "json"),
+            _meshagent("flows", "--server", self.flow_server(), "--all", "-o", "json"),
             capture_output=True,
             text=True,
             timeout=60,
@@ -219,13 +231,14 @@ class Demo:
         try:
             self.build()
             self.start_agent()
-            self.start_ui()
             print("\ntraffic (cycling): " + "; ".join(f"{c} -> {s} ({e})" for c, s, e in CALLS))
             print(
                 "live policy verdicts (meshagent flows --follow --type policy-verdict --print-policy-names):"
             )
             driver = threading.Thread(target=self.drive_traffic, daemon=True)
             driver.start()
+            self.start_relay()
+            self.start_ui()  # after the relay: with several nodes the map reads the relay
             follower = self.show_flows()
             try:
                 if self.duration is not None and not self.keep:
@@ -245,8 +258,19 @@ class Demo:
             self.teardown()
 
     def _guide(self) -> None:
-        sock = f"unix://{self.socket}"
-        print(textwrap_guide(sock, self.metrics_port, self.health_port, self.workdir, self.topology.node))
+        first = self.agents[0]
+        print(
+            textwrap_guide(
+                first.server, first.metrics_port, first.health_port, self.workdir, first.node.netns
+            )
+        )
+        if len(self.agents) > 1:
+            print("  the other nodes' agents:")
+            for agent in self.agents[1:]:
+                print(
+                    f"    {agent.node.name}: --server {agent.server}, metrics 127.0.0.1:{agent.metrics_port},"
+                    f" health 127.0.0.1:{agent.health_port}, netns {agent.node.netns}"
+                )
         print(f"  the service map: open {self.ui_url} in a browser\n")
 
     def _report(self, verdicts: dict[str, int]) -> int:
@@ -273,21 +297,19 @@ class Demo:
         return 0
 
     def teardown(self) -> None:
-        if self.ui is not None and self.ui.poll() is None:
-            self.ui.terminate()
-            try:
-                self.ui.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.ui.kill()
-        if self.agent is not None and self.agent.poll() is None:
-            self.agent.send_signal(signal.SIGTERM)  # with --cleanup: removes its filters and pinned maps
-            try:
-                self.agent.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.agent.kill()
-        self.topology.close()
-        subprocess.run(["rm", "-rf", str(self.pin_dir)], check=False)
-        print("cleaned up: pods, node namespace, tc filters and pinned maps removed")
+        # The map first: it reads the relay (or the agent), which reads the agents.
+        for process in (self.ui, self.relay):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        for agent in self.agents:
+            agent.close()  # SIGTERM with --cleanup: removes its filters and pinned maps
+        self.cluster.close()
+        print("cleaned up: pods, node namespaces, underlay, tc filters and pinned maps removed")
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import grpc
 
+from meshagent.observer.listen import DEFAULT_SOCKET
 from meshagent.observer.proto.observer import observer_pb2 as opb
 from meshagent.observer.proto.observer import observer_pb2_grpc as ogrpc
-from meshagent.observer.server import DEFAULT_SOCKET
 
 
 class ClientError(RuntimeError):

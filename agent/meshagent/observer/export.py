@@ -18,6 +18,7 @@ from typing import TextIO
 from google.protobuf import json_format
 
 from meshagent.observer.filters import FlowMatcher
+from meshagent.observer.listen import group_id
 from meshagent.observer.proto.flow import flow_pb2 as pb
 from meshagent.observer.proto.observer import observer_pb2 as opb
 from meshagent.observer.ring import FlowRing
@@ -30,6 +31,7 @@ class ExportConfig:
     path: Path
     max_bytes: int = 10 * 1024 * 1024  # rotate when the file would grow past this
     max_backups: int = 5  # path.1 (newest) .. path.N (oldest)
+    group: str | None = None  # set: the files are 0640 and this group's; else owner-only (0600)
     whitelist: Sequence[pb.FlowFilter] = ()
     blacklist: Sequence[pb.FlowFilter] = ()
 
@@ -41,16 +43,32 @@ class ExportConfig:
 
 
 class RotatingWriter:
-    """Appends lines to a file; before a line would push it past max_bytes, shifts path -> path.1 -> ..."""
+    """Appends lines to a file; before a line would push it past max_bytes, shifts path -> path.1 -> ...
 
-    def __init__(self, path: Path, *, max_bytes: int, max_backups: int) -> None:
+    Flows name pods, their addresses and labels: the files are the owner's only (0600), or also readable
+    by `gid` (0640), from the moment they exist, and an existing file is brought to that mode too."""
+
+    def __init__(self, path: Path, *, max_bytes: int, max_backups: int, gid: int | None = None) -> None:
         self._path = path
         self._max = max_bytes
         self._backups = max_backups
+        self._gid = gid
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh: TextIO = open(path, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the writer
+        self._fh: TextIO = self._open()
         self._size = path.stat().st_size
         self.rotations = 0
+
+    def _open(self) -> TextIO:
+        mode = 0o600 if self._gid is None else 0o640
+        fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, mode)
+        try:
+            if self._gid is not None:
+                os.fchown(fd, -1, self._gid)
+            os.fchmod(fd, mode)
+        except OSError:
+            os.close(fd)
+            raise
+        return open(fd, "a", encoding="utf-8")  # the writer keeps it open until close()
 
     def write_line(self, line: str) -> None:
         data = line + "\n"
@@ -73,7 +91,7 @@ class RotatingWriter:
                 if src.exists():
                     os.replace(src, self._path.with_name(f"{self._path.name}.{i + 1}"))
             os.replace(self._path, self._path.with_name(f"{self._path.name}.1"))
-        self._fh = open(self._path, "a", encoding="utf-8")  # noqa: SIM115
+        self._fh = self._open()
         self._size = 0
         self.rotations += 1
 
@@ -87,7 +105,10 @@ class FlowExporter:
         self._config = config
         self._matcher = FlowMatcher(config.whitelist, config.blacklist)  # raises FilterError early
         self._node_name = node_name
-        self._writer = RotatingWriter(config.path, max_bytes=config.max_bytes, max_backups=config.max_backups)
+        gid = group_id(config.group) if config.group is not None else None
+        self._writer = RotatingWriter(
+            config.path, max_bytes=config.max_bytes, max_backups=config.max_backups, gid=gid
+        )
         self._stop = threading.Event()
         self._seq = ring.next_seq  # export what arrives from now on
         self._thread = threading.Thread(target=self._run, name="flow-exporter", daemon=True)

@@ -7,105 +7,64 @@ it owns the listening sockets and speaks gRPC; this side keeps the ring and the 
 stream's flows over as small records (handoff.py).
 
 Between the two:
-- a control socket (SOCK_SEQPACKET, one pickled tuple per message): the front process asks for unary calls
-  ("unary", id, path, request, peer, deadline) and answers come back ("result", id, status, message,
-  response); a GetFlows call arrives as ("stream", path, peer, deadline) with the agent's end of a new
-  socket pair attached, its request then comes on that socket; ("stop", grace) and the end of the
-  socket stop the front process;
+- a control socket (SOCK_SEQPACKET, one message per datagram in the fixed binary format of ipc.py): the
+  front process asks for unary calls (UNARY) and answers come back (RESULT); a GetFlows call arrives as
+  STREAM with the agent's end of a new socket pair attached, its request then comes on that socket; STOP
+  and the end of the socket stop the front process. A message the agent cannot read drops the link:
+  the front process is killed and started again, the agent carries on;
 - per stream, that socket: handoff frames from here, ended by END; the front process closes it when the
   client goes, which ends the query here.
 
-If the front process dies, it is started again (the listening sockets are bound again by the new one).
+If the front process dies, it is started again (the listening sockets are bound again by the new one),
+after a delay that doubles with each failed start up to RESTART_BACKOFF_MAX_S, for as long as the agent
+runs; `state` and `restarts`/`failed_starts` say where it is (status and metrics).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import errno
+import contextlib
 import json
 import logging
 import os
-import pickle
+import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
 from meshagent.observer.grpcwire import RpcError, Status
 from meshagent.observer.h2server import CallInfo, StreamClosed
 from meshagent.observer.handoff import FlowPacker, end_frame
+from meshagent.observer.ipc import (
+    ControlProtocolError,
+    Message,
+    Ready,
+    Result,
+    StartError,
+    Stop,
+    StreamCall,
+    Unary,
+    decode,
+)
+from meshagent.observer.link import (
+    CONTROL_MAX,
+    STREAM_BUFFER,
+    control_pair,
+    recv_request,
+    send_control,
+)
+from meshagent.observer.listen import ServerConfig, ServerConfigError
+from meshagent.observer.metrics import FrontState
 from meshagent.observer.service import ObserverService, methods
-
-if TYPE_CHECKING:
-    from meshagent.observer.server import ServerConfig
 
 logger = logging.getLogger(__name__)
 
-CONTROL_MAX = 1 << 20  # largest control message (a GetFlows request with its filters, a unary response)
-STREAM_BUFFER = 1 << 20  # socket buffer of a stream's pair: about 40k flow records in flight
 START_TIMEOUT_S = 60.0
-RESTART_DELAY_S = 1.0
-
-
-def control_pair() -> tuple[socket.socket, socket.socket]:
-    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    for s in (a, b):
-        # A SEQPACKET message must fit the send buffer whole. Without CAP_NET_ADMIN the kernel caps the
-        # size at twice net.core.wmem_max (about 416 KiB by default); send_control reports a bigger one.
-        try:
-            s.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 2 * CONTROL_MAX)
-        except OSError:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2 * CONTROL_MAX)
-    return a, b
-
-
-SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)  # Linux's number; Python names it from 3.12 on
-
-
-def send_control(sock: socket.socket, message: tuple[Any, ...], fds: list[int] | None = None) -> None:
-    data = pickle.dumps(message)
-    too_big = RpcError(Status.RESOURCE_EXHAUSTED, f"a message of {len(data)} bytes is too large to pass on")
-    if len(data) > CONTROL_MAX:
-        raise too_big
-    try:
-        if fds:
-            socket.send_fds(sock, [data], fds)
-        else:
-            sock.send(data)
-    except OSError as err:
-        if err.errno == errno.EMSGSIZE:
-            raise too_big from err
-        raise
-
-
-def send_request(sock: socket.socket, request: bytes) -> None:
-    """A GetFlows request goes on the stream's own socket (any size the server accepts)."""
-    sock.sendall(_REQUEST_LEN.pack(len(request)) + request)
-
-
-def recv_request(sock: socket.socket, timeout: float = 10.0) -> bytes:
-    sock.settimeout(timeout)
-    try:
-        with sock.makefile("rb") as f:
-            head = f.read(_REQUEST_LEN.size)
-            if len(head) < _REQUEST_LEN.size:
-                raise StreamClosed()
-            (length,) = _REQUEST_LEN.unpack(head)
-            request = f.read(length)
-            if len(request) < length:
-                raise StreamClosed()
-    except (OSError, TimeoutError) as err:
-        raise StreamClosed() from err
-    finally:
-        sock.settimeout(None)
-    return request
-
-
-_REQUEST_LEN = struct.Struct("<I")
+RESTART_DELAY_S = 1.0  # the first restart's delay; it doubles with each start that fails
+RESTART_BACKOFF_MAX_S = 30.0
 
 
 class FrontLink:
@@ -124,7 +83,13 @@ class FrontLink:
         self._streams: set[threading.Thread] = set()
         self._streams_lock = threading.Lock()
         self.tcp_port: int | None = None
-        self.restarts = 0
+        self.restarts = 0  # successful restarts
+        self.failed_starts = 0  # restarts that failed (each retried after a longer delay)
+        self.broken_links = 0  # times the front process sent what the agent could not read
+        self.state = "starting"  # starting | up | restarting | stopped
+        self.last_error = ""
+        self.restart_delay_s = RESTART_DELAY_S
+        self.restart_backoff_max_s = RESTART_BACKOFF_MAX_S
         self.on_restart: Callable[[], None] | None = None  # after each restart (metrics hook)
 
     # -- lifecycle --------------------------------------------------------------------------------------
@@ -132,16 +97,16 @@ class FrontLink:
         """Starts the front process and waits until it listens; returns the bound TCP port, if any.
         Raises ServerConfigError when it cannot listen."""
         self._spawn()
+        self.state = "up"
         self._supervisor = threading.Thread(target=self._supervise, name="observer-link", daemon=True)
         self._supervisor.start()
         return self.tcp_port
 
     def _spawn(self) -> None:
-        from meshagent.observer.server import ServerConfigError
-
         cfg = self._config
         settings = {
             "unix_socket": str(cfg.unix_socket) if cfg.unix_socket is not None else None,
+            "socket_group": cfg.socket_group,
             "tcp_address": cfg.tcp_address,
             "tls": None
             if cfg.tls is None
@@ -150,7 +115,9 @@ class FrontLink:
                 "key_file": str(cfg.tls.key_file),
                 "client_ca_file": str(cfg.tls.client_ca_file) if cfg.tls.client_ca_file else None,
             },
-            "max_streams": cfg.max_workers,
+            "limits": cfg.limits.as_dict(),
+            "user": cfg.front_user,
+            "group": cfg.front_group,
             "methods": {path: "stream" if m.stream else "unary" for path, m in self._methods.items()},
             "log_level": logging.getLevelName(logging.getLogger("meshagent").getEffectiveLevel()),
             "log_format": cfg.front_log_format,
@@ -173,17 +140,22 @@ class FrontLink:
         finally:
             theirs.close()
         mine.settimeout(START_TIMEOUT_S)
+        reply: Message
         try:
-            reply = pickle.loads(mine.recv(CONTROL_MAX) or pickle.dumps(("error", "it exited at start")))
+            data = mine.recv(CONTROL_MAX)
+            reply = decode(data) if data else StartError("it exited at start")
         except (OSError, TimeoutError) as err:
-            reply = ("error", f"no answer: {err}")
-        if reply[0] != "ready":
+            reply = StartError(f"no answer: {err}")
+        except ControlProtocolError as err:
+            reply = StartError(f"an unreadable answer: {err}")
+        if not isinstance(reply, Ready):
             mine.close()
             proc.kill()
             proc.wait()
-            raise ServerConfigError(f"observer front process: {reply[1]}")
+            reason = reply.reason if isinstance(reply, StartError) else f"unexpected {type(reply).__name__}"
+            raise ServerConfigError(f"observer front process: {reason}")
         mine.settimeout(None)
-        self.tcp_port = reply[1]
+        self.tcp_port = reply.tcp_port
         self._proc, self._control = proc, mine
         logger.debug("observer front process %d ready", proc.pid)
 
@@ -197,13 +169,14 @@ class FrontLink:
         for t in streams:
             t.join(timeout=5)
         self._unary_pool.shutdown(wait=False)
+        self.state = "stopped"
 
     def _stop_process(self, grace: float | None) -> None:
         control, proc = self._control, self._proc
         if control is not None:
             try:
                 with self._send_lock:
-                    send_control(control, ("stop", grace or 0.0))
+                    send_control(control, Stop(grace or 0.0))
             except OSError:
                 pass  # already gone
         if proc is not None:
@@ -215,6 +188,10 @@ class FrontLink:
                 proc.wait()
         if control is not None:
             control.close()
+
+    def front_state(self) -> FrontState:
+        """For metrics (FlowMetrics.watch_front)."""
+        return FrontState(self.state == "up", self.failed_starts, self.broken_links)
 
     @property
     def pid(self) -> int | None:
@@ -229,16 +206,25 @@ class FrontLink:
             code = proc.wait() if proc is not None else None
             if self._control is not None:
                 self._control.close()
+            self.state = "restarting"
             logger.error("observer front process exited (%s); starting it again", code)
-            time.sleep(RESTART_DELAY_S)
-            if self._stopping.is_set():
-                return
-            try:
-                self._spawn()
-                self.restarts += 1
-            except Exception:
-                logger.exception("restarting the observer front process failed")
-                return
+            delay = self.restart_delay_s
+            while True:
+                if self._stopping.wait(delay):
+                    return
+                try:
+                    self._spawn()
+                except Exception as err:
+                    self.failed_starts += 1
+                    self.last_error = str(err)
+                    delay = min(delay * 2, self.restart_backoff_max_s)
+                    logger.error(
+                        "restarting the observer front process failed (%s); next try in %.0f s", err, delay
+                    )
+                    continue
+                break
+            self.restarts += 1
+            self.state = "up"
             if self._stopping.is_set():  # stop() ran while it was starting: it saw the old one only
                 self._stop_process(0.0)
                 return
@@ -259,38 +245,50 @@ class FrontLink:
                     os.close(fd)
                 return  # the front process is gone (or stopped)
             try:
-                message = pickle.loads(data)
-                kind = message[0]
-            except Exception:
-                logger.exception("unreadable message from the observer front process")
-                continue
-            if kind == "unary":
-                self._unary_pool.submit(self._unary, *message[1:])
-            elif kind == "stream" and fds:
-                self._start_stream(fds[0], *message[1:])
-            else:
-                logger.error("unexpected message from the observer front process: %r", kind)
+                message = decode(data, len(fds))
+            except ControlProtocolError as err:
                 for fd in fds:
                     os.close(fd)
+                self._drop_link(f"unreadable message from the observer front process: {err}")
+                return
+            if isinstance(message, Unary):
+                self._unary_pool.submit(self._unary, message)
+            elif isinstance(message, StreamCall):
+                self._start_stream(fds[0], message)
+            else:
+                for fd in fds:
+                    os.close(fd)
+                self._drop_link(f"unexpected {type(message).__name__} from the observer front process")
+                return
 
-    def _unary(self, call_id: int, path: str, request: bytes, peer: str, deadline: float | None) -> None:
-        method = self._methods.get(path)
+    def _drop_link(self, why: str) -> None:
+        """The front process broke the protocol: it is killed (and started again by the supervisor)."""
+        self.broken_links += 1
+        self.last_error = why
+        logger.error("%s; dropping the link", why)
+        proc = self._proc
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGKILL)
+
+    def _unary(self, call: Unary) -> None:
+        method = self._methods.get(call.path)
         status, message, response = Status.OK, "", b""
         try:
             if method is None or method.unary is None:
-                raise RpcError(Status.UNIMPLEMENTED, f"unknown method {path}")
-            response = method.unary(request, CallInfo(peer, deadline))
+                raise RpcError(Status.UNIMPLEMENTED, f"unknown method {call.path}")
+            response = method.unary(call.request, CallInfo(call.peer, call.deadline))
         except RpcError as err:
             status, message, response = err.status, err.message, b""
         except Exception as err:
-            logger.exception("unary call %s failed", path)
+            logger.exception("unary call %s failed", call.path)
             status, message, response = Status.UNKNOWN, f"{type(err).__name__}: {err}", b""
         try:
             with self._send_lock:
-                send_control(self._control_socket(), ("result", call_id, int(status), message, response))
+                send_control(self._control_socket(), Result(call.call_id, status, message, response))
         except RpcError as err:
             with self._send_lock:
-                send_control(self._control_socket(), ("result", call_id, int(err.status), err.message, b""))
+                send_control(self._control_socket(), Result(call.call_id, err.status, err.message, b""))
         except OSError:
             pass  # the front process went away; its client gets UNAVAILABLE from the restart
 
@@ -300,11 +298,11 @@ class FrontLink:
             raise OSError("no front process")
         return control
 
-    def _start_stream(self, fd: int, path: str, peer: str, deadline: float | None) -> None:
+    def _start_stream(self, fd: int, call: StreamCall) -> None:
         sock = socket.socket(fileno=fd)
         t = threading.Thread(
             target=self._run_stream,
-            args=(sock, path, peer, deadline),
+            args=(sock, call.path, call.peer, call.deadline),
             name="observer-flows",
             daemon=True,
         )

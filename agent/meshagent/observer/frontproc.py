@@ -1,9 +1,10 @@
 """The observer front process: serves observer.Observer over gRPC for the agent that started it.
 
 Started by frontlink.FrontLink as `python -m meshagent.observer.frontproc CONTROL_FD SETTINGS_JSON`. It binds
-the listening sockets, runs the HTTP/2 server (h2server.py), asks the agent for every call over the control
-socket, and turns the records of each GetFlows stream into responses (handoff.py). It stops when the agent
-says so or when the control socket ends (the agent is gone).
+the listening sockets, then drops every privilege (privileges.py: no capability, user nobody, umask 077),
+runs the HTTP/2 server (h2server.py), asks the agent for every call over the control socket (ipc.py), and
+turns the records of each GetFlows stream into responses (handoff.py). It stops when the agent says so,
+when the control socket ends (the agent is gone) or when the agent sends what it cannot read.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import concurrent.futures
 import itertools
 import json
 import logging
-import pickle
+import os
 import socket
 import sys
 import threading
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from meshagent.observer.frontlink import CONTROL_MAX, STREAM_BUFFER, send_control, send_request
+from meshagent.observer import privileges
 from meshagent.observer.grpcwire import RpcError, Status
 from meshagent.observer.h2server import (
     CallInfo,
@@ -30,8 +31,21 @@ from meshagent.observer.h2server import (
     StreamHandler,
     UnaryHandler,
 )
-from meshagent.observer.handoff import FlowUnpacker, FrameReader
-from meshagent.observer.server import ServerConfigError, TlsConfig, bind_tcp, bind_unix, split_address
+from meshagent.observer.handoff import FlowUnpacker, FrameReader, ProtocolError
+from meshagent.observer.ipc import (
+    ControlProtocolError,
+    Message,
+    Ready,
+    Result,
+    StartError,
+    Stop,
+    StreamCall,
+    Unary,
+    decode,
+)
+from meshagent.observer.limits import ServerLimits
+from meshagent.observer.link import CONTROL_MAX, STREAM_BUFFER, send_control, send_request
+from meshagent.observer.listen import ServerConfigError, TlsConfig, bind_tcp, bind_unix, split_address
 
 logger = logging.getLogger("meshagent.observer.frontproc")
 
@@ -51,7 +65,7 @@ class AgentLink:
         self.grace = 0.0
         self.gone = False
 
-    def send(self, message: tuple[Any, ...], fds: list[int] | None = None) -> None:
+    def send(self, message: Message, fds: list[int] | None = None) -> None:
         try:
             with self._lock:
                 send_control(self._control, message, fds)
@@ -65,7 +79,7 @@ class AgentLink:
         try:
             if self.gone:
                 raise RpcError(Status.UNAVAILABLE, "the agent is gone")
-            self.send(("unary", call_id, path, request, info.peer, info.deadline))
+            self.send(Unary(call_id, info.deadline, path, info.peer, request))
             wait = UNARY_TIMEOUT_S if info.deadline is None else max(0.0, info.deadline - time.monotonic())
             try:
                 status, message, response = fut.result(timeout=wait)
@@ -92,14 +106,23 @@ class AgentLink:
                     fut.set_result((int(Status.UNAVAILABLE), "the agent is gone", b""))
                 self.stop_requested.set()
                 return
-            message = pickle.loads(data)
-            if message[0] == "result":
-                _, call_id, status, text, response = message
-                waiting = self._pending.get(call_id)
+            try:
+                message = decode(data)
+            except ControlProtocolError as err:
+                # The agent is this process's only trusted peer: an unreadable message means a broken
+                # link, and the way to mend it is to stop; the agent starts a new front process.
+                logger.error("unreadable message from the agent: %s; stopping", err)
+                message = Stop(0.0)
+            if isinstance(message, Result):
+                waiting = self._pending.get(message.call_id)
                 if waiting is not None and not waiting.done():
-                    waiting.set_result((status, text, response))
-            elif message[0] == "stop":
-                self.grace = float(message[1])
+                    waiting.set_result((int(message.status), message.message, message.response))
+            elif isinstance(message, Stop):
+                self.grace = message.grace
+                self.stop_requested.set()
+                return
+            else:
+                logger.error("unexpected %s from the agent; stopping", type(message).__name__)
                 self.stop_requested.set()
                 return
 
@@ -110,7 +133,7 @@ def stream_handler(agent: AgentLink, path: str) -> StreamHandler:
         mine.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, STREAM_BUFFER)
         try:
             try:
-                agent.send(("stream", path, stream.peer, stream.deadline), [theirs.fileno()])
+                agent.send(StreamCall(stream.deadline, path, stream.peer), [theirs.fileno()])
             finally:
                 theirs.close()
             try:
@@ -120,8 +143,11 @@ def stream_handler(agent: AgentLink, path: str) -> StreamHandler:
             reader = FrameReader(mine)
             unpacker = FlowUnpacker()
             while stream.is_active():
-                frames = reader.read(POLL_S)
-                data = b"".join([unpacker.feed(kind, payload) for kind, payload in frames])
+                try:
+                    frames = reader.read(POLL_S)
+                    data = b"".join([unpacker.feed(kind, payload) for kind, payload in frames])
+                except ProtocolError as err:
+                    raise RpcError(Status.INTERNAL, f"the agent sent an unreadable stream: {err}") from err
                 if data:
                     stream.write(data)
                 if unpacker.ended is not None:
@@ -152,12 +178,12 @@ def serve(control: socket.socket, settings: dict[str, Any]) -> int:
         else Method(unary=unary_handler(agent, path))
         for path, kind in settings["methods"].items()
     }
-    server = H2GrpcServer(methods, max_streams=int(settings["max_streams"]))
+    server = H2GrpcServer(methods, limits=ServerLimits(**settings["limits"]))
     server.start()
     try:
         tcp_port = None
         if settings["unix_socket"]:
-            bind_unix(server, Path(settings["unix_socket"]))
+            bind_unix(server, Path(settings["unix_socket"]), settings.get("socket_group"))
         if settings["tcp_address"]:
             address = settings["tcp_address"]
             if settings.get("tcp_port"):
@@ -170,11 +196,14 @@ def serve(control: socket.socket, settings: dict[str, Any]) -> int:
                     Path(tls["cert_file"]), Path(tls["key_file"]), Path(ca) if ca else None
                 ).context()
             tcp_port = bind_tcp(server, address, ctx)
+        # Bound: nothing left that needs a privilege (the agent, not this process, removes the socket).
+        who = privileges.drop(settings.get("user"), settings.get("group"))
+        logger.debug("observer front process runs as %s", who)
     except Exception as err:  # reported to the agent, which raises it as ServerConfigError
         server.stop(grace=None)
-        send_control(control, ("error", str(err) if isinstance(err, ServerConfigError) else repr(err)))
+        send_control(control, StartError(str(err) if isinstance(err, ServerConfigError) else repr(err)))
         return 1
-    send_control(control, ("ready", tcp_port))
+    send_control(control, Ready(tcp_port))
     agent.run()
     server.stop(grace=agent.grace)
     return 0
@@ -190,6 +219,8 @@ def main(argv: list[str]) -> int:
     setup_logging(level=str(settings["log_level"]), fmt=str(settings["log_format"]))
     # As in the agent (cli/run.py): short GIL hand-offs between the I/O loop and the stream workers.
     sys.setswitchinterval(0.0005)
+    # Whatever this process creates is its own only (the Unix socket is made owner-only explicitly).
+    os.umask(0o077)
     control = socket.socket(fileno=int(argv[0]))
     try:
         return serve(control, settings)

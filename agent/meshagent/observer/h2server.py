@@ -1,10 +1,15 @@
 """A gRPC server on HTTP/2 (h2, sans-IO) and asyncio, for unary calls and batched server streams.
 
-One event-loop thread owns every connection and all HTTP/2 state. Unary handlers run on a small thread
-pool; each server-streaming call gets its own worker thread, which writes *already framed* bytes (many
-gRPC messages at once) through `ServerStream.write`: that call blocks until HTTP/2 flow control and the
-socket accept the bytes, so a slow client slows its own worker and nothing else (the flow ring behind it
-then overwrites, and the client is told what it lost).
+One event-loop thread owns every connection and all HTTP/2 state (h2conn.py). Unary handlers run on a
+small thread pool behind a bounded queue; each server-streaming call gets its own worker thread, which
+writes *already framed* bytes (many gRPC messages at once) through `ServerStream.write`: that call blocks
+until HTTP/2 flow control and the socket accept the bytes, so a slow client slows its own worker and
+nothing else (the flow ring behind it then overwrites, and the client is told what it lost), and a
+client that stops reading altogether loses its stream after `stalled_stream_seconds`.
+
+The server's limits (observer/limits.py) are enforced here (connections per listener, streams and
+unary calls at once) and in each connection (h2conn.py); a housekeeping task closes connections that
+never finish their preface, stay idle, or stop answering keepalive pings.
 """
 
 from __future__ import annotations
@@ -22,31 +27,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h2.config
-import h2.connection
-import h2.events
-import h2.exceptions
-import h2.settings
+import h2.errors
 
-from meshagent.observer.grpcwire import (
-    RpcError,
-    Status,
-    frame,
-    parse_messages,
-    parse_timeout,
-    response_headers,
-    trailers,
-    trailers_only,
-)
+from meshagent.observer.grpcwire import RpcError, Status, parse_messages
+from meshagent.observer.h2conn import Call, Connection, StreamClosed
+from meshagent.observer.limits import DEFAULT_LIMITS, ServerLimits
 
 logger = logging.getLogger(__name__)
 
-MAX_REQUEST_BYTES = 4 << 20
-MAX_CONCURRENT_STREAMS = 100
+# A connection this young is never evicted to make room: its client has had no time yet to send its
+# first request, and a flood of newer connections must not push it out before it can.
+EVICTION_GRACE_S = 1.0
 
-
-class StreamClosed(Exception):
-    """The client went away (reset, disconnect, deadline) or the server is stopping."""
+__all__ = ["CallInfo", "H2GrpcServer", "Method", "ServerStream", "StreamClosed", "StreamHandler"]
 
 
 @dataclass(frozen=True)
@@ -65,26 +58,10 @@ class Method:
     stream: StreamHandler | None = None
 
 
-class _Call:
-    """Loop-side state of one HTTP/2 stream carrying one gRPC call."""
-
-    __slots__ = ("body", "closed", "conn", "deadline", "path", "sent_headers", "stream_id", "window")
-
-    def __init__(self, conn: _Connection, stream_id: int, path: str, deadline: float | None) -> None:
-        self.conn = conn
-        self.stream_id = stream_id
-        self.path = path
-        self.deadline = deadline
-        self.body = bytearray()
-        self.sent_headers = False
-        self.closed = False  # reset by the client, connection gone, or finished
-        self.window = asyncio.Event()  # set when the peer opens its flow-control window
-
-
 class ServerStream:
     """What a streaming handler holds (on its worker thread): write framed bytes, ask if still wanted."""
 
-    def __init__(self, call: _Call, loop: asyncio.AbstractEventLoop, stopping: threading.Event) -> None:
+    def __init__(self, call: Call, loop: asyncio.AbstractEventLoop, stopping: threading.Event) -> None:
         self._call = call
         self._loop = loop
         self._stopping = stopping
@@ -101,7 +78,8 @@ class ServerStream:
         return c.deadline is None or time.monotonic() < c.deadline
 
     def write(self, framed: bytes) -> None:
-        """Sends length-prefixed messages; blocks for flow control; raises StreamClosed if the call ended."""
+        """Sends length-prefixed messages; blocks for flow control; raises StreamClosed if the call ended
+        (also when its client stopped reading for stalled_stream_seconds)."""
         if not self.is_active():
             raise StreamClosed()
         fut = asyncio.run_coroutine_threadsafe(self._call.conn.send_data(self._call, framed), self._loop)
@@ -116,225 +94,15 @@ class ServerStream:
                     raise StreamClosed() from None
 
 
-class _Connection(asyncio.Protocol):
-    def __init__(self, server: H2GrpcServer) -> None:
-        self._server = server
-        self._h2 = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=False, header_encoding=None)
-        )
-        self._transport: asyncio.Transport | None = None
-        self._calls: dict[int, _Call] = {}
-        self._writable = asyncio.Event()
-        self._writable.set()
-        self.peer = "unknown"
-
-    # -- asyncio.Protocol -------------------------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        self.peer = _peer_name(transport)
-        ssl_object = transport.get_extra_info("ssl_object")
-        if ssl_object is not None and ssl_object.selected_alpn_protocol() not in (None, "h2"):
-            logger.debug("closing %s: ALPN %s is not h2", self.peer, ssl_object.selected_alpn_protocol())
-            transport.close()
-            return
-        self._h2.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 16384,
-            },
-        )
-        self._h2.initiate_connection()
-        self._flush()
-        self._server.connections.add(self)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._server.connections.discard(self)
-        for call in self._calls.values():
-            self._close_call(call)
-        self._calls.clear()
-        self._writable.set()  # wake senders so they see the calls closed
-
-    def pause_writing(self) -> None:
-        self._writable.clear()
-
-    def resume_writing(self) -> None:
-        self._writable.set()
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            events = self._h2.receive_data(data)
-        except h2.exceptions.ProtocolError as err:
-            logger.debug("HTTP/2 protocol error from %s: %s", self.peer, err)
-            self._flush()
-            if self._transport is not None:
-                self._transport.close()
-            return
-        for event in events:
-            self._on_event(event)
-        self._flush()
-
-    # -- HTTP/2 events ----------------------------------------------------------------------------------
-    def _on_event(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.RequestReceived):
-            self._on_request(event)
-        elif isinstance(event, h2.events.DataReceived):
-            self._on_data(event)
-        elif isinstance(event, h2.events.StreamEnded):
-            call = self._calls.get(event.stream_id)
-            if call is not None:
-                self._server.dispatch(call)
-        elif isinstance(event, h2.events.StreamReset):
-            call = self._calls.pop(event.stream_id, None)
-            if call is not None:
-                self._close_call(call)
-        elif isinstance(event, h2.events.WindowUpdated):
-            if event.stream_id == 0:
-                for call in self._calls.values():
-                    call.window.set()
-            else:
-                call = self._calls.get(event.stream_id)
-                if call is not None:
-                    call.window.set()
-        elif isinstance(event, h2.events.RemoteSettingsChanged):
-            for call in self._calls.values():
-                call.window.set()  # the initial window (and so every stream's window) may have grown
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            for call in self._calls.values():
-                self._close_call(call)
-            self._calls.clear()
-            if self._transport is not None:
-                self._transport.close()
-
-    def _on_request(self, event: h2.events.RequestReceived) -> None:
-        sid = event.stream_id
-        headers = {k: v for k, v in event.headers or ()}
-        if headers.get(b":method") != b"POST":
-            self._h2.send_headers(sid, [(b":status", b"405")], end_stream=True)
-            return
-        content_type = headers.get(b"content-type", b"")
-        if not content_type.startswith(b"application/grpc"):
-            self._h2.send_headers(sid, [(b":status", b"415")], end_stream=True)
-            return
-        timeout = headers.get(b"grpc-timeout")
-        seconds = parse_timeout(timeout) if timeout is not None else None
-        deadline = time.monotonic() + seconds if seconds is not None else None
-        path = headers.get(b":path", b"").decode("utf-8", "replace")
-        self._calls[sid] = _Call(self, sid, path, deadline)
-
-    def _on_data(self, event: h2.events.DataReceived) -> None:
-        sid = event.stream_id
-        # Give the window back at once: requests are small and bounded below.
-        self._h2.acknowledge_received_data(event.flow_controlled_length, sid)
-        call = self._calls.get(sid)
-        if call is None:
-            return
-        call.body += event.data or b""
-        if len(call.body) > MAX_REQUEST_BYTES + 5:
-            self.finish(call, Status.RESOURCE_EXHAUSTED, f"request larger than {MAX_REQUEST_BYTES} bytes")
-
-    # -- sending (loop thread) --------------------------------------------------------------------------
-    def _flush(self) -> None:
-        data = self._h2.data_to_send()
-        if data and self._transport is not None and not self._transport.is_closing():
-            self._transport.write(data)
-
-    def _close_call(self, call: _Call) -> None:
-        call.closed = True
-        call.window.set()
-
-    def _ensure_headers(self, call: _Call) -> None:
-        if not call.sent_headers:
-            self._h2.send_headers(call.stream_id, response_headers())
-            call.sent_headers = True
-
-    async def send_data(self, call: _Call, data: bytes) -> None:
-        """Writes `data` on the call's stream as flow control allows; raises StreamClosed if it ends."""
-        if call.closed:
-            raise StreamClosed()
-        try:
-            self._ensure_headers(call)
-            view = memoryview(data)
-            while view:
-                window = self._h2.local_flow_control_window(call.stream_id)
-                if window <= 0:
-                    self._flush()
-                    call.window.clear()
-                    await call.window.wait()
-                    if call.closed:
-                        raise StreamClosed()
-                    continue
-                n = min(window, self._h2.max_outbound_frame_size, len(view))
-                self._h2.send_data(call.stream_id, view[:n].tobytes())
-                view = view[n:]
-            self._flush()
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError) as err:
-            self._close_call(call)
-            raise StreamClosed() from err
-        if not self._writable.is_set():
-            await self._writable.wait()  # the socket buffer is full: wait for the kernel to take it
-        if call.closed:
-            raise StreamClosed()
-
-    async def respond(self, call: _Call, status: Status, message: str, response: bytes | None) -> None:
-        """Ends a unary call: its response (in frames, as flow control allows), then the status."""
-        if response is not None:
-            try:
-                await self.send_data(call, frame(response))
-            except StreamClosed:
-                return
-        self.finish(call, status, message)
-
-    def finish(self, call: _Call, status: Status, message: str = "") -> None:
-        """Ends a call with its status (trailers-only when nothing was sent)."""
-        if call.closed:
-            return
-        try:
-            if call.sent_headers:
-                self._h2.send_headers(call.stream_id, trailers(status, message), end_stream=True)
-            else:
-                self._h2.send_headers(call.stream_id, trailers_only(status, message), end_stream=True)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self._h2.reset_stream(call.stream_id)
-        self._calls.pop(call.stream_id, None)
-        self._close_call(call)
-        self._flush()
-
-    def goaway(self) -> None:
-        with contextlib.suppress(h2.exceptions.ProtocolError):
-            self._h2.close_connection()
-        self._flush()
-
-    def abort(self) -> None:
-        for call in self._calls.values():
-            self._close_call(call)
-        if self._transport is not None:
-            self._transport.close()
-
-
-def _peer_name(transport: asyncio.BaseTransport) -> str:
-    peer = transport.get_extra_info("peername")
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        return f"{peer[0]}:{peer[1]}"
-    return "unix:" + (str(transport.get_extra_info("sockname")) or "")
-
-
 class H2GrpcServer:
     """Listens on Unix and TCP (optionally TLS) sockets and serves `methods` (full path -> Method)."""
 
-    def __init__(
-        self,
-        methods: Mapping[str, Method],
-        *,
-        max_streams: int = 16,
-        unary_workers: int = 4,
-    ) -> None:
+    def __init__(self, methods: Mapping[str, Method], *, limits: ServerLimits = DEFAULT_LIMITS) -> None:
         self._methods = dict(methods)
-        self._max_streams = max_streams
-        self._streams = threading.BoundedSemaphore(max_streams)
-        self._unary_pool = concurrent.futures.ThreadPoolExecutor(unary_workers, thread_name_prefix="observer")
+        self.limits = limits
+        self._streams = threading.BoundedSemaphore(limits.max_flow_streams)
+        self._unary_pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="observer")
+        self._unary_queued = 0  # loop thread only
         self._stopping = threading.Event()
         self._loop = asyncio.new_event_loop()
         self._loop.set_exception_handler(self._loop_exception)
@@ -342,12 +110,19 @@ class H2GrpcServer:
         self._listeners: list[asyncio.base_events.Server] = []
         self._workers: set[threading.Thread] = set()
         self._workers_lock = threading.Lock()
-        self.connections: set[_Connection] = set()
+        self.connections: dict[str, set[Connection]] = {}  # by listener
         self._tasks: set[asyncio.Task[None]] = set()
+        self.refused_connections = 0
 
     # -- lifecycle (any thread) -------------------------------------------------------------------------
     def start(self) -> None:
         self._thread.start()
+        self._run(self._start_housekeeping())
+
+    async def _start_housekeeping(self) -> None:
+        task = self._loop.create_task(self._housekeeping())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _run(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=30)
@@ -356,7 +131,9 @@ class H2GrpcServer:
         """Binds a Unix socket readable and writable by its owner only (from the moment it exists)."""
         old = os.umask(0o177)
         try:
-            server = self._run(self._loop.create_unix_server(lambda: _Connection(self), str(path)))
+            server = self._run(
+                self._loop.create_unix_server(lambda: Connection(self, f"unix:{path}"), str(path))
+            )
         finally:
             os.umask(old)
         os.chmod(path, 0o600)
@@ -364,8 +141,15 @@ class H2GrpcServer:
 
     def listen_tcp(self, host: str, port: int, ssl_context: ssl.SSLContext | None) -> int:
         """Binds host:port (port 0: any) and returns the bound port."""
+        name = f"tcp:{host}:{port}"
         server = self._run(
-            self._loop.create_server(lambda: _Connection(self), host or None, port, ssl=ssl_context)
+            self._loop.create_server(
+                lambda: Connection(self, name),
+                host or None,
+                port,
+                ssl=ssl_context,
+                ssl_handshake_timeout=self.limits.tls_handshake_timeout_seconds if ssl_context else None,
+            )
         )
         self._listeners.append(server)
         return int(server.sockets[0].getsockname()[1])
@@ -391,8 +175,10 @@ class H2GrpcServer:
             w.join(timeout=max(0.0, end - time.monotonic()))
 
         async def abort_all() -> None:
-            for c in list(self.connections):
-                c.goaway()
+            for task in list(self._tasks):
+                task.cancel()
+            for c in self.all_connections():
+                c.stop_streams()
                 c.abort()
             await asyncio.sleep(0)
 
@@ -403,17 +189,70 @@ class H2GrpcServer:
             self._loop.close()
         self._unary_pool.shutdown(wait=False)
 
+    def all_connections(self) -> list[Connection]:
+        return [c for conns in self.connections.values() for c in conns]
+
     def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
-        if isinstance(exc, (ssl.SSLError, ConnectionError)):
-            # A client that fails the TLS handshake (no or wrong certificate) or hangs up: not our error.
+        if isinstance(exc, (ssl.SSLError, ConnectionError, TimeoutError)):
+            # A client that fails (or never finishes) the TLS handshake, or hangs up: not our error.
             logger.debug("observer connection: %s", context.get("message"), exc_info=exc)
             return
         loop.default_exception_handler(context)
 
+    # -- connections (loop thread) ----------------------------------------------------------------------
+    def admit(self, conn: Connection) -> bool:
+        """Takes `conn` into its listener's set; at the limit the longest-idle connection without calls
+        (older than EVICTION_GRACE_S) makes room, its client reconnects when it needs to; else `conn`
+        is refused."""
+        if self._stopping.is_set():
+            return False
+        conns = self.connections.setdefault(conn.listener, set())
+        if len(conns) >= self.limits.max_connections:
+            now = time.monotonic()
+            idle = [
+                c for c in conns if not c.calls and not c.closing and now - c.opened_at >= EVICTION_GRACE_S
+            ]
+            if not idle:
+                self.refused_connections += 1
+                return False
+            victim = min(idle, key=lambda c: c.idle_since)
+            conns.discard(victim)
+            victim.goaway(h2.errors.ErrorCodes.NO_ERROR, b"too many connections")
+        conns.add(conn)
+        return True
+
+    def forget(self, conn: Connection) -> None:
+        self.connections.get(conn.listener, set()).discard(conn)
+
+    async def _housekeeping(self) -> None:
+        lim = self.limits
+        shortest = min(lim.preface_timeout_seconds, lim.idle_timeout_seconds, lim.keepalive_timeout_seconds)
+        tick = max(0.05, min(1.0, shortest / 4))
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for c in self.all_connections():
+                if c.closing:
+                    continue
+                if not c.preface_done:
+                    if now - c.opened_at > lim.preface_timeout_seconds:
+                        logger.debug("%s did not finish its preface; closing", c.peer)
+                        c.goaway(h2.errors.ErrorCodes.PROTOCOL_ERROR, b"preface timeout")
+                    continue
+                if not c.calls and now - c.idle_since > lim.idle_timeout_seconds:
+                    c.goaway(h2.errors.ErrorCodes.NO_ERROR, b"idle")
+                elif c.ping_sent_at is not None:
+                    if now - c.ping_sent_at > lim.keepalive_timeout_seconds:
+                        logger.info("%s did not answer a keepalive ping; closing", c.peer)
+                        c.abort()
+                elif now - c.last_read > lim.keepalive_time_seconds:
+                    c.ping()
+
     # -- calls (loop thread) ----------------------------------------------------------------------------
-    def dispatch(self, call: _Call) -> None:
+    def dispatch(self, call: Call) -> None:
         conn = call.conn
+        body = conn.take_body(call)
         if self._stopping.is_set():
             conn.finish(call, Status.UNAVAILABLE, "the server is stopping")
             return
@@ -422,20 +261,24 @@ class H2GrpcServer:
             conn.finish(call, Status.UNIMPLEMENTED, f"unknown method {call.path}")
             return
         try:
-            messages = parse_messages(bytes(call.body), max_size=MAX_REQUEST_BYTES)
+            messages = parse_messages(body, max_size=self.limits.max_receive_message_bytes)
             if len(messages) != 1:
                 raise RpcError(Status.INTERNAL, f"expected one request message, got {len(messages)}")
         except RpcError as err:
             conn.finish(call, err.status, err.message)
             return
         request = messages[0]
-        call.body = bytearray()
         if method.unary is not None:
             self._start_unary(call, method.unary, request)
         elif method.stream is not None:
             self._start_stream(call, method.stream, request)
 
-    def _start_unary(self, call: _Call, handler: UnaryHandler, request: bytes) -> None:
+    def _start_unary(self, call: Call, handler: UnaryHandler, request: bytes) -> None:
+        limit = self.limits.max_unary_queue
+        if self._unary_queued >= limit:
+            call.conn.finish(call, Status.RESOURCE_EXHAUSTED, f"too many calls: at most {limit} at once")
+            return
+        self._unary_queued += 1
         info = CallInfo(call.conn.peer, call.deadline)
         fut = self._loop.run_in_executor(self._unary_pool, _run_unary, handler, request, info)
 
@@ -443,16 +286,28 @@ class H2GrpcServer:
             status, message, response = f.result()
             task = self._loop.create_task(call.conn.respond(call, status, message, response))
             self._tasks.add(task)  # held until done: the loop keeps only weak references to tasks
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._unary_done)
 
         fut.add_done_callback(done)
 
-    def _start_stream(self, call: _Call, handler: StreamHandler, request: bytes) -> None:
-        if not self._streams.acquire(blocking=False):
-            call.conn.finish(
-                call, Status.RESOURCE_EXHAUSTED, f"too many streams: at most {self._max_streams} at once"
+    def _unary_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._unary_queued -= 1
+
+    def _start_stream(self, call: Call, handler: StreamHandler, request: bytes) -> None:
+        conn, lim = call.conn, self.limits
+        if conn.flow_streams >= lim.max_flow_streams_per_connection:
+            conn.finish(
+                call,
+                Status.RESOURCE_EXHAUSTED,
+                f"too many streams on this connection: at most {lim.max_flow_streams_per_connection}",
             )
             return
+        if not self._streams.acquire(blocking=False):
+            conn.finish(call, Status.RESOURCE_EXHAUSTED, f"too many streams: at most {lim.max_flow_streams}")
+            return
+        conn.flow_streams += 1
+        call.flow_stream = True
         stream = ServerStream(call, self._loop, self._stopping)
         worker = threading.Thread(
             target=self._run_stream,
@@ -464,7 +319,7 @@ class H2GrpcServer:
             self._workers.add(worker)
         worker.start()
 
-    def _run_stream(self, call: _Call, handler: StreamHandler, request: bytes, stream: ServerStream) -> None:
+    def _run_stream(self, call: Call, handler: StreamHandler, request: bytes, stream: ServerStream) -> None:
         status, message = Status.OK, ""
         try:
             handler(request, stream)
@@ -482,9 +337,15 @@ class H2GrpcServer:
                 self._workers.discard(threading.current_thread())
         if not self._loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop already stopped
-                self._loop.call_soon_threadsafe(call.conn.finish, call, status, message)
+                self._loop.call_soon_threadsafe(self._stream_done, call, status, message)
 
-    def _why_ended(self, call: _Call, status: Status, message: str) -> tuple[Status, str]:
+    @staticmethod
+    def _stream_done(call: Call, status: Status, message: str) -> None:
+        call.conn.flow_streams -= 1
+        call.flow_stream = False
+        call.conn.finish(call, status, message)
+
+    def _why_ended(self, call: Call, status: Status, message: str) -> tuple[Status, str]:
         """A stream that stopped early stopped for its deadline or for the server going away."""
         if self._stopping.is_set():
             return Status.UNAVAILABLE, "the server is stopping"

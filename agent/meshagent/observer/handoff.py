@@ -10,7 +10,7 @@ header (payload length, kind) and a payload:
   FLOWS     fixed-size records, one per flow: time, uuid number, template id, ports, TCP flags, reply
   FORGET    the receiver drops its templates (the sender bounds what both hold)
   MESSAGES  gRPC-framed responses made by the agent (lost-event notices, flows not from the datapath)
-  END       the stream's gRPC status and message (pickled): the last frame
+  END       the stream's gRPC status (1 byte) and message (UTF-8): the last frame
 
 A flow crosses as 26 bytes packed in the agent instead of a ~300-byte message encoded there: the encoding,
 the HTTP/2 framing and the socket writes to clients run in the other process, on the other core.
@@ -19,7 +19,6 @@ the HTTP/2 framing and the socket writes to clients run in the other process, on
 from __future__ import annotations
 
 import itertools
-import pickle
 import select
 import socket
 import struct
@@ -28,6 +27,7 @@ from typing import Any
 
 from meshagent.observer.convert import PreparedFlow, Template
 from meshagent.observer.grpcwire import Status, pack_prefix
+from meshagent.observer.ipc import ControlProtocolError, decode_end, encode_end
 from meshagent.observer.wire import response_bytes, static_wire
 
 HEADER = struct.Struct("<IB")  # payload length, kind
@@ -47,7 +47,7 @@ def frame(kind: int, payload: bytes) -> bytes:
 
 
 def end_frame(status: Status, message: str) -> bytes:
-    return frame(END, pickle.dumps((int(status), message)))
+    return frame(END, encode_end(status, message))
 
 
 class FlowPacker:
@@ -124,9 +124,14 @@ class FlowUnpacker:
         if kind == MESSAGES:
             return bytes(payload)
         if kind == TEMPLATE:
-            tid, proto = _TEMPLATE_HEAD.unpack_from(payload)
-            n = payload[_TEMPLATE_HEAD.size]
+            try:
+                tid, proto = _TEMPLATE_HEAD.unpack_from(payload)
+                n = payload[_TEMPLATE_HEAD.size]
+            except (struct.error, IndexError):
+                raise ProtocolError(f"template frame of {len(payload)} bytes") from None
             start = _TEMPLATE_HEAD.size + 1
+            if len(payload) < start + n:
+                raise ProtocolError(f"template frame of {len(payload)} bytes, prefix of {n}")
             prefix = bytes(payload[start : start + n])
             self._templates[tid] = (bytes(payload[start + n :]), proto, prefix)
         elif kind == NODE:
@@ -134,8 +139,10 @@ class FlowUnpacker:
         elif kind == FORGET:
             self._templates.clear()
         elif kind == END:
-            status, message = pickle.loads(payload)
-            self.ended = (Status(status), str(message))
+            try:
+                self.ended = decode_end(payload)
+            except ControlProtocolError as err:
+                raise ProtocolError(str(err)) from None
         else:
             raise ProtocolError(f"unknown frame kind {kind}")
         return b""

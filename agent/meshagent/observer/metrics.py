@@ -42,6 +42,37 @@ def _protocol(f: pb.Flow) -> str:
     return (f.l4.WhichOneof("protocol") or "unknown").lower()
 
 
+@dataclass(frozen=True)
+class FrontState:
+    up: bool
+    failed_starts: int  # restarts that failed (retried with backoff)
+    broken_links: int  # times the front process sent what the agent could not read (killed, restarted)
+
+
+class _FrontCollector(Collector):
+    def __init__(self, state: Callable[[], FrontState]) -> None:
+        self._state = state
+
+    def collect(self) -> Iterable[Any]:
+        s = self._state()
+        up = GaugeMetricFamily(
+            "meshagent_observer_front_up",
+            "1 while the observer front process serves the flow API; 0 while it is being restarted",
+        )
+        up.add_metric([], 1.0 if s.up else 0.0)
+        failed = CounterMetricFamily(
+            "meshagent_observer_front_failed_starts",
+            "Restarts of the observer front process that failed (each is retried after a longer delay)",
+        )
+        failed.add_metric([], s.failed_starts)
+        broken = CounterMetricFamily(
+            "meshagent_observer_front_broken_links",
+            "Times the front process sent a control message the agent could not read (it was restarted)",
+        )
+        broken.add_metric([], s.broken_links)
+        yield from (up, failed, broken)
+
+
 class _CallbackCollector(Collector):
     def __init__(self, maps: MapUsageCallback | None, sources: SourceSyncCallback | None) -> None:
         self._maps = maps
@@ -134,6 +165,10 @@ class FlowMetrics:
     def front_restarted(self) -> None:
         """FrontLink.on_restart: the observer front process was started again."""
         self._front_restarts.inc()
+
+    def watch_front(self, state: Callable[[], FrontState]) -> None:
+        """Exposes the front process's state (FrontLink: up, failed starts, broken links) when scraped."""
+        self.registry.register(_FrontCollector(state))
 
     def _add(self, key: _Key) -> None:
         with self._lock:
