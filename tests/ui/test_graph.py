@@ -45,7 +45,38 @@ def test_host_and_unknown_addresses_become_their_own_nodes() -> None:
     )
     graph = ServiceGraph()
     graph.add(flow)
-    assert "host" in graph.nodes
+    # The flow names the node that saw it: its host is that node, by name.
+    assert graph.nodes["node:node-a"].kind == "node"
+    flow.node_name = ""  # a flow source that does not name its node: the host, whose ever it is
+    anonymous = ServiceGraph()
+    anonymous.add(flow)
+    assert anonymous.nodes["host"].kind == "host"
+
+
+def test_a_remote_nodes_address_is_that_node_not_the_world() -> None:
+    """Node B's agent labels node A's address as the world (remote nodes have no identity); once the map
+    knows the address is A's (A's agent called it host, or the Node objects say so), it is node A."""
+    (from_a_host,) = _flows(
+        [h.event(saddr=h.WORLD_IP, src_identity=IDENTITY_HOST, direction=Direction.INGRESS, rule_id=0)]
+    )
+    (world_at_b,) = _flows([e for e in h.sample_events() if e.dport == 22])  # world -> shop/server, drop
+    world_at_b.node_name = "node-b"
+    assert world_at_b.source.labels == ["reserved:world"]
+    graph = ServiceGraph()
+    graph.add(world_at_b)
+    assert "world>shop/server:22/TCP" in graph.edges  # nothing says whose address it is yet
+    graph.add(from_a_host)
+    graph.add(world_at_b)
+    assert graph.node_addresses == {str(h.WORLD_IP): "node-a"}
+    assert graph.edges["node:node-a>shop/server:22/TCP"].counts == [0, 1, 0, 0]
+    assert graph.nodes["node:node-a"].label == "node node-a"
+
+    given = ServiceGraph()
+    given.set_node_addresses({str(h.WORLD_IP): "node-c"})
+    given.add(world_at_b)
+    assert list(given.edges) == ["node:node-c>shop/server:22/TCP"]
+    row = given.drain()["flows"][0]  # type: ignore[index]
+    assert row["from"].startswith("node:node-c (")
 
 
 def test_edges_count_by_verdict_and_replies_join_their_request() -> None:

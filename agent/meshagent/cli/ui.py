@@ -26,12 +26,14 @@ from meshagent.policy.manifests import ManifestSet
 @click.option(
     "--manifests",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="the desired state as a manifest directory: edge panels then show the policy trace",
+    help="the desired state as a manifest directory: edge panels then show the policy trace, and the"
+    " addresses of its Node objects show as those nodes",
 )
 @connection_options
 def ui_command(**params: Any) -> int:
     # Imported here: the web server's packages load only for this command, not for every `meshagent`.
     from meshagent.ui.app import ListenError, serve, split_listen
+    from meshagent.ui.nodes import node_addresses
     from meshagent.ui.server import MissingGraphLibrary
 
     try:
@@ -57,6 +59,7 @@ def ui_command(**params: Any) -> int:
                 listen=params["listen"],
                 tls=tls,
                 manifests=loader if directory is not None else None,
+                node_addresses=(lambda: node_addresses(directory)) if directory is not None else None,
                 on_ready=ready,
             )
         )

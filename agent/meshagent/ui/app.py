@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from aiohttp import web
 
@@ -32,15 +32,19 @@ async def serve(
     listen: str,
     tls: ClientTls | None = None,
     manifests: ManifestLoader | None = None,
+    node_addresses: Callable[[], Mapping[str, str]] | None = None,
     on_ready: Callable[[str], None] = print,
     stop: asyncio.Event | None = None,
     handle_signals: bool = True,
 ) -> None:
     """Serves until `stop` is set (or, with handle_signals, SIGINT/SIGTERM: only a main thread's loop
-    can take signals); `on_ready` gets the page's URL once it listens."""
+    can take signals); `on_ready` gets the page's URL once it listens. `node_addresses` names the
+    cluster's nodes by address (another node's address is the world to an agent; the map names it)."""
     host, port = split_listen(listen)
     state = MapState()
-    map_server = MapServer(state, tracer=Tracer(manifests) if manifests else None)
+    map_server = MapServer(
+        state, tracer=Tracer(manifests) if manifests else None, node_addresses=node_addresses
+    )
     runner = web.AppRunner(map_server.app, access_log=None)
     await runner.setup()
     feed = FlowFeed(server, state.add_flow, state.set_status, tls=tls)
@@ -53,6 +57,7 @@ async def serve(
         site = web.TCPSite(runner, host, port)
         await site.start()
         bound = runner.addresses[0][1] if runner.addresses else port
+        await map_server.read_node_addresses()  # before the first flows, so no node is taken for the world
         feed.start()
         shown_host = f"[{host}]" if ":" in host else host
         on_ready(f"http://{shown_host}:{bound}/")

@@ -3,6 +3,7 @@ verdict's name, and the policies the flow names with the role each played."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from meshagent.observer.proto.flow import flow_pb2 as pb
@@ -18,8 +19,8 @@ RESERVED_NODES = ("host", "remote-node", "kube-apiserver", "health", "ingress", 
 class NodeRef:
     id: str
     label: str
-    namespace: str  # "" for world, host and the other reserved nodes
-    kind: str  # "workload", "pod" or the reserved name ("world", "host", "remote-node", ...)
+    namespace: str  # "" for world, the cluster's nodes and the other reserved nodes
+    kind: str  # "workload", "pod", "node" (a cluster node by name) or a reserved name ("world", "host")
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,22 @@ class PolicyUse:
         return f"{self.kind} {where}"
 
 
-def node_of(ep: pb.Endpoint, ip: str) -> NodeRef:
-    """The map node of a flow endpoint: its workload (or pod) within its namespace, else the reserved
+def cluster_node(name: str) -> NodeRef:
+    """A node of the cluster by name: the `host` of the flows its own agent saw, and the address other
+    nodes' agents saw as outside their pods ("node:" cannot start a namespace's name)."""
+    return NodeRef(f"node:{name}", f"node {name}", "", "node")
+
+
+def host_label(ep: pb.Endpoint) -> bool:
+    return "reserved:host" in ep.labels
+
+
+def node_of(
+    ep: pb.Endpoint, ip: str, *, node_name: str = "", node_addresses: Mapping[str, str] | None = None
+) -> NodeRef:
+    """The map node of a flow endpoint: its workload (or pod) within its namespace; else the cluster node
+    it is, by name: the host of the node that saw the flow (`node_name`), or an address known to belong to
+    a node (`node_addresses`: a remote node, which an agent labels as the world); else the reserved
     identity it carries (world, host, remote-node, ...). An address nothing is known about is the world."""
     if ep.namespace:
         if ep.workloads:
@@ -46,6 +61,12 @@ def node_of(ep: pb.Endpoint, ip: str) -> NodeRef:
             return NodeRef(f"{ep.namespace}/{name}", name, ep.namespace, "workload")
         if ep.pod_name:
             return NodeRef(f"{ep.namespace}/{ep.pod_name}", ep.pod_name, ep.namespace, "pod")
+    if node_name and host_label(ep):
+        return cluster_node(node_name)
+    if node_addresses:
+        known = node_addresses.get(ip)
+        if known:
+            return cluster_node(known)
     for label in ep.labels:
         if label.startswith("reserved:"):
             name = label.partition(":")[2]

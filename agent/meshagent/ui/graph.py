@@ -9,7 +9,7 @@ Counts are also kept in time buckets, so that the browser can sum an edge over a
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ from meshagent.ui.flowfacts import (
     VERDICT_INDEX,
     NodeRef,
     PolicyUse,
+    host_label,
     node_of,
     policy_uses,
     protocol_of,
@@ -81,29 +82,58 @@ class ServiceGraph:
         self.node_seen: dict[str, float] = {}
         self.edges: dict[str, Edge] = {}
         self.flows_seen = 0
-        self._table: deque[tuple[int, pb.Flow, str, str]] = deque(maxlen=TABLE_ROWS)
+        # (seq, flow, the edge's source and target, the flow's own source and destination)
+        self._table: deque[tuple[int, pb.Flow, str, str, str, str]] = deque(maxlen=TABLE_ROWS)
         self._dirty_nodes: set[str] = set()
         self._dirty_edges: set[str] = set()
         self._new_edges: set[str] = set()  # since the last delta
         self._removed_edges: set[str] = set()
         self._removed_nodes: set[str] = set()
         self._new_rows = 0
-        self._endpoint_cache: dict[tuple[str, str, str, int], NodeRef] = {}
+        self._endpoint_cache: dict[tuple[str, str, str, int, str], NodeRef] = {}
+        # address -> the cluster node holding it: learned from the flows (a node's agent labels its own
+        # addresses `host`) and given by set_node_addresses (the Node objects), so that another node's
+        # agent, which sees that address as the world, shows it as the node it is.
+        self.node_addresses: dict[str, str] = {}
+        self._given_node_addresses: dict[str, str] = {}
 
-    def _node(self, ep: pb.Endpoint, ip: str) -> NodeRef:
+    def set_node_addresses(self, addresses: Mapping[str, str]) -> None:
+        """The cluster's node addresses (address -> node name), e.g. from the Node objects."""
+        if dict(addresses) == self._given_node_addresses:
+            return
+        self._given_node_addresses = dict(addresses)
+        self.node_addresses.update(addresses)
+        self._endpoint_cache.clear()
+
+    def _node(self, ep: pb.Endpoint, ip: str, node_name: str) -> NodeRef:
         # Endpoint fields cost a message access each: most flows repeat a few (address, pod) pairs.
-        key = (ip, ep.namespace, ep.pod_name, ep.identity)
+        key = (ip, ep.namespace, ep.pod_name, ep.identity, node_name)
         node = self._endpoint_cache.get(key)
         if node is None:
             if len(self._endpoint_cache) > 65536:
                 self._endpoint_cache.clear()
-            node = self._endpoint_cache[key] = node_of(ep, ip)
+            if node_name and not ep.namespace and host_label(ep) and ip not in self.node_addresses:
+                self.node_addresses[ip] = node_name
+                self._endpoint_cache.clear()  # the address may have been taken for the world before
+            node = node_of(ep, ip, node_name=node_name, node_addresses=self.node_addresses)
+            self._endpoint_cache[key] = node
         return node
+
+    def ends(self, f: pb.Flow) -> tuple[NodeRef, NodeRef]:
+        """The map nodes of a flow's source and destination (as sent, before a reply is turned round)."""
+        return (
+            self._node(f.source, f.IP.source, f.node_name),
+            self._node(f.destination, f.IP.destination, f.node_name),
+        )
+
+    def end_ids(self, f: pb.Flow) -> tuple[str, str]:
+        src, dst = self.ends(f)
+        return src.id, dst.id
 
     def add(self, f: pb.Flow) -> None:
         self.flows_seen += 1
-        src = self._node(f.source, f.IP.source)
-        dst = self._node(f.destination, f.IP.destination)
+        src, dst = self.ends(f)
+        from_id, to_id = src.id, dst.id
         protocol, sport, dport = protocol_of(f)
         port = dport
         if f.is_reply.value:
@@ -139,7 +169,7 @@ class ServiceGraph:
         edge.recent.append(f)
         edge.last_seen = max(edge.last_seen, now)
         self._dirty_edges.add(edge_id)
-        self._table.append((self.flows_seen, f, src.id, dst.id))
+        self._table.append((self.flows_seen, f, src.id, dst.id, from_id, to_id))
         self._new_rows += 1
 
     def add_many(self, flows: Iterable[pb.Flow]) -> None:
@@ -158,7 +188,9 @@ class ServiceGraph:
 
     def _rows(self, count: int) -> list[dict[str, Any]]:
         rows = list(self._table)[-count:] if count else []
-        return [flow_row(f, seq=seq, source=s, target=t) for seq, f, s, t in rows]
+        return [
+            flow_row(f, seq=seq, source=s, target=t, ends=(a, b)) for seq, f, s, t, a, b in rows
+        ]
 
     def forget_older_than(self, cutoff: float) -> None:
         """Drops edges with no flow since `cutoff` (wall time), and nodes left without an edge: the map

@@ -12,11 +12,15 @@ def _endpoint_text(ip: str, port: int, node: str) -> str:
     return f"{node} ({ip}:{port})" if port else f"{node} ({ip})"
 
 
-def flow_row(f: pb.Flow, *, seq: int, source: str, target: str) -> dict[str, Any]:
-    """A flow as one row of the flows table (and of an edge panel's recent flows)."""
+def flow_row(
+    f: pb.Flow, *, seq: int, source: str, target: str, ends: tuple[str, str] | None = None
+) -> dict[str, Any]:
+    """A flow as one row of the flows table (and of an edge panel's recent flows); `ends` are the map
+    nodes of its source and destination as the graph resolved them (what the flow alone says otherwise)."""
     protocol, sport, dport = protocol_of(f)
-    src_node = node_of(f.source, f.IP.source).id
-    dst_node = node_of(f.destination, f.IP.destination).id
+    if ends is None:
+        ends = (node_of(f.source, f.IP.source).id, node_of(f.destination, f.IP.destination).id)
+    src_node, dst_node = ends
     policies = sorted({u.describe() + f" ({u.role}, {u.direction})" for u in policy_uses(f)})
     return {
         "seq": seq,

@@ -18,6 +18,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ TICK_S = 0.25  # how often deltas go out: well inside the 2 s in which a new edg
 KEEPALIVE_S = 15.0
 QUEUE_DEPTH = 40  # deltas a slow browser may be behind before it gets a snapshot instead
 FORGET_EVERY_S = 60.0  # how often edges older than the longest time window are dropped
+NODES_EVERY_S = 10.0  # how often the cluster's node addresses are read again (nodes come and go)
 
 
 def _json(body: dict[str, Any]) -> str:
@@ -74,11 +76,18 @@ class MapState:
 
 
 class MapServer:
-    def __init__(self, state: MapState, *, tracer: Tracer | None = None) -> None:
+    def __init__(
+        self,
+        state: MapState,
+        *,
+        tracer: Tracer | None = None,
+        node_addresses: Callable[[], Mapping[str, str]] | None = None,
+    ) -> None:
         if not GRAPH_LIBRARY.is_file():
             raise MissingGraphLibrary(f"{GRAPH_LIBRARY} is missing: run `make install` (npm ci)")
         self.state = state
         self.tracer = tracer
+        self.node_addresses = node_addresses
         self._subscribers: set[_Subscriber] = set()
         self._sent_status = -1
         self._next_forget = time.monotonic() + FORGET_EVERY_S
@@ -144,8 +153,15 @@ class MapServer:
                 }
                 for u, n in sorted(edge.policies.items(), key=lambda item: (item[0].role, item[0].describe()))
             ]
+            graph = self.state.graph
             body["recent"] = [
-                flow_row(f, seq=i, source=edge.source, target=edge.target)
+                flow_row(
+                    f,
+                    seq=i,
+                    source=edge.source,
+                    target=edge.target,
+                    ends=graph.end_ids(f),
+                )
                 for i, f in enumerate(reversed(edge.recent))
             ]
             body["why"] = from_flows(edge)
@@ -225,8 +241,24 @@ class MapServer:
         elif status_changed:
             self._publish("status", _json(status))
 
+    async def read_node_addresses(self) -> None:
+        """Gives the graph the cluster's node addresses (read off the loop: it is file reading)."""
+        if self.node_addresses is None:
+            return
+        try:
+            addresses = await asyncio.get_running_loop().run_in_executor(None, self.node_addresses)
+        except Exception:  # a broken manifest directory must not end the live updates
+            logger.exception("reading the cluster's node addresses failed")
+            return
+        with self.state.lock:
+            self.state.graph.set_node_addresses(addresses)
+
     async def _ticker(self) -> None:
+        next_nodes = 0.0
         while True:
+            if time.monotonic() >= next_nodes:
+                next_nodes = time.monotonic() + NODES_EVERY_S
+                await self.read_node_addresses()
             await asyncio.sleep(TICK_S)
             try:
                 self.tick()

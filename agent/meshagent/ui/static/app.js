@@ -93,7 +93,7 @@ const cy = cytoscape({
       "background-color": "#eef2f8", "background-opacity": 0.6, "border-color": "#9fb1cc", "border-width": 1,
       "shape": "round-rectangle", "padding": 14}},
     {selector: "node.world", style: {"shape": "diamond", "background-color": "#7f8c8d"}},
-    {selector: "node.host, node.remote-node", style: {"shape": "round-rectangle", "background-color": "#5d4e8c"}},
+    {selector: "node.host, node.remote-node, node.node", style: {"shape": "round-rectangle", "background-color": "#5d4e8c"}},
     {selector: "node.has-drops", style: {"border-color": "#c0392b", "border-width": 3}},
     {selector: "edge", style: {
       "curve-style": "bezier", "target-arrow-shape": "triangle", "width": 2, "label": "data(label)",
