@@ -132,7 +132,9 @@ class ServiceGraph:
 
     def add(self, f: pb.Flow) -> None:
         self.flows_seen += 1
-        src, dst = self.ends(f)
+        node_name = f.node_name
+        src = self._node(f.source, f.IP.source, node_name)
+        dst = self._node(f.destination, f.IP.destination, node_name)
         from_id, to_id = src.id, dst.id
         protocol, sport, dport = protocol_of(f)
         port = dport
