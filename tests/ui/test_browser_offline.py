@@ -12,7 +12,7 @@ from meshagent.model.kernel_state import Direction, Verdict
 from selenium.webdriver.support.ui import Select
 
 from tests.observer import helpers as h
-from tests.ui.browser import edge_state, headless_chromium, wait_js
+from tests.ui.browser import edge_state, headless_chromium, texts, wait_js
 from tests.ui.helpers import running_map
 
 OLD_EDGE = "shop/client>shop/server:7000/TCP"
@@ -55,6 +55,9 @@ def test_time_window_hides_and_shows_older_edges(tmp_path: Path) -> None:
         window.select_by_visible_text("last minute")
         wait_js(driver, "return window.meshmap.cy.getElementById(arguments[0]).empty()", OLD_EDGE)
         assert _shown(driver, "shop/client>shop/server:80/TCP")
+        # The flows table follows the same window: the old drop's row is gone, the recent ones stay.
+        rows = texts(driver, "#flows tbody tr")
+        assert rows and not [row for row in rows if ":7000)" in row]
         window.select_by_visible_text("all held (an hour)")
         wait_js(driver, "return !window.meshmap.cy.getElementById(arguments[0]).empty()", OLD_EDGE)
         rows = driver.find_elements("css selector", "#flows tbody tr")

@@ -148,7 +148,7 @@ class Demo:
                 f"the service map did not start: {(self.workdir / 'ui.log').read_text()[-2000:]}"
             )
         self.ui_url = "http" + lines[0].split("http", 1)[1].split()[0]
-        print(f"service map (meshagent ui): {self.ui_url}")
+        print(f"service map (meshagent ui): {self.ui_url} (flows from {self.flow_server()})")
         return self.ui_url
 
     # --- traffic and flows -----------------------------------------------------------------------
