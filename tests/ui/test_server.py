@@ -13,9 +13,11 @@ from meshagent.cli.manifests import load_manifests
 from meshagent.demo import manifests as demo_manifests
 from meshagent.model.events import DropReason, EventType
 from meshagent.model.kernel_state import Direction, Verdict
+from meshagent.relay.peers import PeerSpec
 from meshagent.ui.app import ListenError, split_listen
 
 from tests.observer import helpers as h
+from tests.relay.helpers import relay_for, serve_node
 from tests.ui.helpers import EventStream, running_map
 from tests.waiting import wait_until
 
@@ -88,6 +90,33 @@ def test_unreachable_server_is_reported_then_retried(tmp_path: Path) -> None:
             assert wait_until(lambda: ui.get_json("api/status")["state"] == "connected", timeout=15)
             time.sleep(0.5)
             assert ui.get_json("api/status")["flows_seen"] == len(h.sample_events())
+
+
+def test_a_node_the_relay_cannot_reach_is_reported_until_it_is_back(tmp_path: Path) -> None:
+    """Through a relay the map is connected, but a node whose agent is down leaves its flows out: the
+    status names that node (the page shows it), and forgets it once the relay reads the node again."""
+    with (
+        serve_node(tmp_path, "node-a"),
+        relay_for(
+            tmp_path,
+            [
+                PeerSpec(f"unix://{tmp_path / 'node-a.sock'}", "node-a"),
+                PeerSpec(f"unix://{tmp_path / 'node-b.sock'}", "node-b"),  # nobody serves it yet
+            ],
+        ) as (_, relay_sock),
+        running_map(f"unix://{relay_sock}") as ui,
+    ):
+        assert wait_until(lambda: ui.get_json("api/status")["unavailable_nodes"], timeout=10)
+        status = ui.get_json("api/status")
+        assert status["state"] == "connected"
+        assert [n["node"] for n in status["unavailable_nodes"]] == ["node-b"]
+        assert status["unavailable_nodes"][0]["message"]
+        assert wait_until(lambda: ui.get_json("api/status")["flows_seen"] == len(h.sample_events()), 10)
+        with serve_node(tmp_path, "node-b") as node_b:
+            assert wait_until(lambda: not ui.get_json("api/status")["unavailable_nodes"], timeout=15)
+            seen = ui.get_json("api/status")["flows_seen"]
+            node_b.pipeline.on_events([h.event(dport=9003, ts_ns=time.monotonic_ns())])
+            assert wait_until(lambda: ui.get_json("api/status")["flows_seen"] > seen, timeout=15)
 
 
 def test_edge_panel_traces_the_policy_from_manifests(tmp_path: Path) -> None:

@@ -1,5 +1,7 @@
 """Reads the flow stream of an agent (or relay) for the service map, and keeps reading: a server that is
 unreachable or goes away is reported in `FeedStatus` and retried with a growing pause, never given up on.
+Through a relay, a node whose agent the relay cannot reach is reported too (the relay's node status
+events): the map is then missing that node's flows, and says so.
 
 The gRPC client blocks, so the feed is a thread of its own; it hands each flow to a callback as it comes
 (batching would hold the last flow of a quiet moment back until the next one arrives).
@@ -17,6 +19,7 @@ import grpc
 from meshagent.observer.client import ClientError, ClientTls, ObserverClient
 from meshagent.observer.proto.flow import flow_pb2 as pb
 from meshagent.observer.proto.observer import observer_pb2 as opb
+from meshagent.observer.proto.relay import relay_pb2 as rpb
 
 FIRST_RETRY_S = 0.5
 MAX_RETRY_S = 5.0
@@ -31,6 +34,8 @@ class FeedStatus:
     retry_in_s: float = 0.0
     since: float = 0.0  # wall time of the change
     lost_events: int = 0  # flows the server reported lost since the map started
+    # Through a relay: node name -> why the relay cannot read it (its flows are missing from the map).
+    unavailable_nodes: tuple[tuple[str, str], ...] = ()
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -40,6 +45,7 @@ class FeedStatus:
             "retry_in_s": self.retry_in_s,
             "since": self.since,
             "lost_events": self.lost_events,
+            "unavailable_nodes": [{"node": name, "message": why} for name, why in self.unavailable_nodes],
         }
 
 
@@ -72,6 +78,7 @@ class FlowFeed:
         self._client: ObserverClient | None = None
         self._last_time_ns = 0  # resume after the newest flow seen, so a reconnect counts nothing twice
         self._lost = 0
+        self._unavailable: dict[str, str] = {}  # as the relay last reported, on this connection
 
     def start(self) -> None:
         self._status("connecting")
@@ -87,7 +94,15 @@ class FlowFeed:
 
     def _status(self, state: str, message: str = "", retry_in_s: float = 0.0) -> None:
         self._on_status(
-            FeedStatus(state, self._label, message, retry_in_s, since=time.time(), lost_events=self._lost)
+            FeedStatus(
+                state,
+                self._label,
+                message,
+                retry_in_s,
+                since=time.time(),
+                lost_events=self._lost,
+                unavailable_nodes=tuple(sorted(self._unavailable.items())),
+            )
         )
 
     def _request(self) -> opb.GetFlowsRequest:
@@ -104,6 +119,7 @@ class FlowFeed:
             try:
                 self._client = ObserverClient(self._server, tls=self._tls, timeout_s=self._timeout_s)
                 self._client.server_status()  # fails fast when nobody answers
+                self._unavailable = {}  # a relay reports its nodes afresh at the start of each stream
                 self._status("connected")
                 pause = FIRST_RETRY_S
                 self._follow(self._client)
@@ -122,6 +138,18 @@ class FlowFeed:
                     self._client.close()
                     self._client = None
 
+    def _node_status(self, event: rpb.NodeStatusEvent) -> None:
+        if event.state_change == rpb.NODE_CONNECTED:
+            for name in event.node_names:
+                self._unavailable.pop(name, None)
+        elif event.state_change == rpb.NODE_GONE:
+            for name in event.node_names:  # left the cluster: nothing missing any more
+                self._unavailable.pop(name, None)
+        else:  # unavailable, or an error reading it
+            for name in event.node_names:
+                self._unavailable[name] = event.message or rpb.NodeState.Name(event.state_change)
+        self._status("connected")
+
     def _follow(self, client: ObserverClient) -> None:
         on_flow = self._on_flow
         for resp in client.get_flows(self._request()):
@@ -134,5 +162,7 @@ class FlowFeed:
             elif resp.HasField("lost_events"):
                 self._lost += resp.lost_events.num_events_lost
                 self._status("connected")
+            elif resp.HasField("node_status"):
+                self._node_status(resp.node_status)
             if self._stop.is_set():
                 return

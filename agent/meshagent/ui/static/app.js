@@ -344,6 +344,12 @@ function setStatus(status) {
   let text = `${status.state}: ${status.server}`;
   if (status.state === "unreachable") text += ` — ${status.message} (retrying in ${status.retry_in_s} s)`;
   if (status.lost_events) text += ` — ${status.lost_events} flows lost`;
+  const missing = status.unavailable_nodes || [];
+  if (status.state === "connected" && missing.length) {
+    // Through a relay: the map lacks these nodes' flows until the relay reaches them again.
+    badge.className = "status partial";
+    text += " — flows missing from " + missing.map((n) => `${n.node} (${n.message})`).join(", ");
+  }
   badge.textContent = text;
 }
 
