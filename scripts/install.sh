@@ -21,7 +21,11 @@ apt_packages=(
   linux-headers-amd64 kmod
   # Go client of the Observer API (bench/tools/flowfollow), built offline in GOPATH mode from these sources
   golang-go golang-google-grpc-dev golang-google-protobuf-dev
+  # `meshagent ui`: chromium and its driver run the service map's browser tests
+  chromium chromium-driver
 )
+# npm installs the service map's pinned graph library; some Node.js builds ship npm themselves.
+command -v npm >/dev/null || apt_packages+=(npm)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -75,4 +79,13 @@ if [ ! -e "$stamp" ]; then
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
+# The service map's browser library (cytoscape), pinned by its lock file; `npm ci` only when it changed.
+web=agent/meshagent/ui/web
+web_stamp=$web/node_modules/.installed-$(sha1sum "$web/package-lock.json" | cut -c1-12)
+if [ ! -e "$web_stamp" ]; then
+  log "npm ci in $web"
+  (cd "$web" && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error >/dev/null)
+  touch "$web_stamp"
+fi
+
 log "ready: $(.venv/bin/python -c 'import bcc, sys; print("bcc", bcc.__version__ if hasattr(bcc, "__version__") else "?", "python", sys.version.split()[0])')"

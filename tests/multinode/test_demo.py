@@ -23,6 +23,9 @@ def test_demo_on_two_nodes_runs_as_expected_and_cleans_up() -> None:
     out = result.stdout
     assert "as expected" in out
     assert "relay ready" in out
+    # The service map was started beside them, reading the relay.
+    shown = r"service map \(meshagent ui\): http://127\.0\.0\.1:\d+/ \(flows from unix://.*relay\.sock\)"
+    assert re.search(shown, out), out[:3000]
     # Flows of both nodes came through the one relay stream.
     assert "[demo-node-1]" in out and "[demo-node-2]" in out
     # Its node namespaces (named in its output) and the namespaces named after them are gone.

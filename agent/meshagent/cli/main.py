@@ -29,6 +29,7 @@ from meshagent.cli.policy import policy_group
 from meshagent.cli.relay import relay_command
 from meshagent.cli.run import run_command, uninstall_command
 from meshagent.cli.status import status_command
+from meshagent.cli.ui import ui_command
 
 ENV_PREFIX = "MESHAGENT"
 
@@ -54,6 +55,7 @@ for _command in (
     flows_command,
     status_command,
     policy_group,
+    ui_command,
     relay_command,
 ):
     cli.add_command(_command)

@@ -1,8 +1,10 @@
 """Runs the demo: node namespaces with the shop's pods, one agent per node (`meshagent run --manifests`)
-as separate processes, traffic partly allowed, partly denied and partly audited, and live flows.
+as separate processes, traffic partly allowed, partly denied and partly audited, live flows, and the
+service map (`meshagent ui`) beside the agents, whose address it prints.
 
 With --nodes N the pods are spread over N nodes routed across an underlay (meshagent.testing.cluster),
 so that most calls cross nodes: the caller's agent enforces its egress, the callee's agent its ingress.
+`meshagent relay` then serves every node's flows as one API, and the service map reads the relay.
 
 Everything lives in network namespaces this demo creates, whose nodes have no route off the machine; all
 of it is removed at the end (also on Ctrl-C), unless --keep leaves it for exploration.
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -23,11 +26,12 @@ from pathlib import Path
 
 from meshagent.demo import manifests
 from meshagent.demo.manifests import PODS, DemoPod
-from meshagent.testing.agents import NodeAgent, meshagent_command, start_agents
+from meshagent.testing.agents import NodeAgent, free_port, meshagent_command, start_agents
 from meshagent.testing.cluster import ClusterNode, ClusterTopology
 from meshagent.testing.topology import Pod
 
 NODE = "demo-node"
+UI_PORT = 8090  # the service map's port when it is free (another free port otherwise)
 # (client, server, expected) pairs the traffic driver cycles through.
 CALLS = (
     ("stray", "frontend", "allowed: frontend is public"),
@@ -40,6 +44,15 @@ CALLS = (
 
 def node_names(nodes: int) -> list[str]:
     return [NODE] if nodes == 1 else [f"{NODE}-{i + 1}" for i in range(nodes)]
+
+
+def _ui_port() -> int:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", UI_PORT))
+        except OSError:
+            return free_port()
+    return UI_PORT
 
 
 def _meshagent(*args: str) -> list[str]:
@@ -61,6 +74,8 @@ class Demo:
         self.agents: list[NodeAgent] = []
         self.relay: subprocess.Popen[bytes] | None = None
         self.relay_socket = self.workdir / "relay.sock"
+        self.ui: subprocess.Popen[str] | None = None
+        self.ui_url = ""
         self.outcomes: Counter[str] = Counter()
         self._stop = threading.Event()
 
@@ -103,6 +118,38 @@ class Demo:
         )
         took = start_agents(self.agents)
         print(f"agents ready in {max(took):.1f} s (policies compiled into the kernel of every node)")
+
+    def start_ui(self) -> str:
+        """Starts the service map beside the agents, reading the cluster's flows (the relay's with several
+        nodes, else the only agent's) and, for the panels' policy trace, the demo's manifests; its URL."""
+        command = _meshagent(
+            "ui",
+            "--server",
+            self.flow_server(),
+            "--listen",
+            f"127.0.0.1:{_ui_port()}",
+            "--manifests",
+            str(self.workdir / "manifests"),
+        )
+        with open(self.workdir / "ui.log", "w") as log:
+            self.ui = subprocess.Popen(command, text=True, stdout=subprocess.PIPE, stderr=log)
+        assert self.ui.stdout is not None
+        ready = threading.Event()
+        lines: list[str] = []
+
+        def read_url() -> None:
+            assert self.ui is not None and self.ui.stdout is not None
+            lines.append(self.ui.stdout.readline())
+            ready.set()
+
+        threading.Thread(target=read_url, daemon=True).start()
+        if not ready.wait(30) or "http://" not in lines[0]:
+            raise RuntimeError(
+                f"the service map did not start: {(self.workdir / 'ui.log').read_text()[-2000:]}"
+            )
+        self.ui_url = "http" + lines[0].split("http", 1)[1].split()[0]
+        print(f"service map (meshagent ui): {self.ui_url} (flows from {self.flow_server()})")
+        return self.ui_url
 
     # --- traffic and flows -----------------------------------------------------------------------
 
@@ -177,6 +224,10 @@ class Demo:
     # --- run -------------------------------------------------------------------------------------
 
     def run(self) -> int:
+        # Ctrl-C and SIGTERM both end the demo through its teardown (a shell that starts it in the
+        # background makes it ignore SIGINT; a process manager stops it with SIGTERM).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             self.build()
             self.start_agent()
@@ -187,6 +238,7 @@ class Demo:
             driver = threading.Thread(target=self.drive_traffic, daemon=True)
             driver.start()
             self.start_relay()
+            self.start_ui()  # after the relay: with several nodes the map reads the relay
             follower = self.show_flows()
             try:
                 if self.duration is not None and not self.keep:
@@ -219,6 +271,7 @@ class Demo:
                     f"    {agent.node.name}: --server {agent.server}, metrics 127.0.0.1:{agent.metrics_port},"
                     f" health 127.0.0.1:{agent.health_port}, netns {agent.node.netns}"
                 )
+        print(f"  the service map: open {self.ui_url} in a browser\n")
 
     def _report(self, verdicts: dict[str, int]) -> int:
         print("\n== summary")
@@ -244,13 +297,23 @@ class Demo:
         return 0
 
     def teardown(self) -> None:
-        if self.relay is not None and self.relay.poll() is None:
-            self.relay.terminate()
-            self.relay.wait(timeout=10)
+        # The map first: it reads the relay (or the agent), which reads the agents.
+        for process in (self.ui, self.relay):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
         for agent in self.agents:
             agent.close()  # SIGTERM with --cleanup: removes its filters and pinned maps
         self.cluster.close()
         print("cleaned up: pods, node namespaces, underlay, tc filters and pinned maps removed")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def textwrap_guide(sock: str, metrics_port: int, health_port: int, workdir: Path, node: str) -> str:

@@ -1,0 +1,1 @@
+"""The live service map in the browser: `meshagent ui` (flows aggregated into a graph, sent as deltas)."""
