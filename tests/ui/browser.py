@@ -103,3 +103,19 @@ def texts(driver: Any, selector: str) -> list[str]:
 def page_errors(driver: Any) -> list[str]:
     """Errors the page's scripts raised since the last call (from the browser's console log)."""
     return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def wait_for_edges(driver: Any, expected: dict[str, str], timeout: float = 10.0) -> None:
+    """Until every edge id in `expected` is on the map with its verdict class."""
+    wait_js(
+        driver,
+        """
+        const cy = window.meshmap.cy;
+        return Object.entries(arguments[0]).every(([id, cls]) => {
+          const e = cy.getElementById(id);
+          return !e.empty() && e.hasClass(cls);
+        });
+        """,
+        expected,
+        timeout=timeout,
+    )

@@ -22,6 +22,7 @@ from tests.ui.browser import (
     save_screenshot,
     shown_nodes,
     texts,
+    wait_for_edges,
     wait_js,
 )
 
@@ -67,21 +68,6 @@ def drive(demo: Demo) -> None:
     for edge_id in EXPECTED:
         (client, server) = (end.split("/")[1].split(":")[0] for end in edge_id.split(">"))
         call(demo, client, server)
-
-
-def wait_for_edges(driver: Any, expected: dict[str, str], timeout: float = 10.0) -> None:
-    wait_js(
-        driver,
-        """
-        const cy = window.meshmap.cy;
-        return Object.entries(arguments[0]).every(([id, cls]) => {
-          const e = cy.getElementById(id);
-          return !e.empty() && e.hasClass(cls);
-        });
-        """,
-        expected,
-        timeout=timeout,
-    )
 
 
 def test_traffic_draws_nodes_and_edges_in_verdict_styles(demo_map: tuple[Demo, Any]) -> None:

@@ -20,6 +20,7 @@ from tests.ui.browser import (
     headless_chromium,
     save_screenshot,
     shown_nodes,
+    wait_for_edges,
     wait_js,
 )
 
@@ -58,21 +59,6 @@ def drawn_edges(driver: Any) -> list[str]:
     return edges
 
 
-def wait_for_edges(driver: Any, expected: dict[str, str], timeout: float = 15.0) -> None:
-    wait_js(
-        driver,
-        """
-        const cy = window.meshmap.cy;
-        return Object.entries(arguments[0]).every(([id, cls]) => {
-          const e = cy.getElementById(id);
-          return !e.empty() && e.hasClass(cls);
-        });
-        """,
-        expected,
-        timeout=timeout,
-    )
-
-
 def test_map_reads_every_node_through_the_relay(two_node_map: tuple[Demo, Any]) -> None:
     demo, driver = two_node_map
     assert demo.relay is not None
@@ -94,7 +80,7 @@ def test_map_reads_every_node_through_the_relay(two_node_map: tuple[Demo, Any]) 
         f"node:{cart_node.name}>shop/cart:8080/TCP": "forwarded",
         f"node:{other.name}>shop/cart:8080/TCP": "dropped",
     }
-    wait_for_edges(driver, expected)
+    wait_for_edges(driver, expected, timeout=15.0)
     nodes = shown_nodes(driver)
     for node in demo.cluster.nodes:
         assert nodes[f"node:{node.name}"] is None  # outside every namespace box

@@ -36,16 +36,7 @@ def _direction_dict(d: DirectionTrace) -> dict[str, Any]:
             "default": d.compiled.default,
         },
         "agrees": d.agrees,
-        "rules": [
-            {
-                "rule": c.ref.describe(),
-                "action": c.action,
-                "matched": c.matched,
-                "why": c.why,
-                "audit": c.audit,
-            }
-            for c in decision.checks
-        ],
+        "rules": [c.as_dict() for c in decision.checks],
     }
 
 

@@ -51,6 +51,16 @@ class RuleCheck:
     why: str
     audit: bool = False
 
+    def as_dict(self) -> dict[str, object]:
+        """The check as JSON output shows it (`policy trace -o json`, the service map's panel)."""
+        return {
+            "rule": self.ref.describe(),
+            "action": self.action,
+            "matched": self.matched,
+            "why": self.why,
+            "audit": self.audit,
+        }
+
 
 @dataclass(frozen=True)
 class DirectionDecision:

@@ -190,9 +190,7 @@ class ServiceGraph:
 
     def _rows(self, count: int) -> list[dict[str, Any]]:
         rows = list(self._table)[-count:] if count else []
-        return [
-            flow_row(f, seq=seq, source=s, target=t, ends=(a, b)) for seq, f, s, t, a, b in rows
-        ]
+        return [flow_row(f, seq=seq, source=s, target=t, ends=(a, b)) for seq, f, s, t, a, b in rows]
 
     def forget_older_than(self, cutoff: float) -> None:
         """Drops edges with no flow since `cutoff` (wall time), and nodes left without an edge: the map

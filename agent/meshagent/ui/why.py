@@ -61,16 +61,7 @@ def _direction(d: DirectionTrace) -> dict[str, Any]:
         "reason": decision.reason,
         "deciding_rule": decision.deciding.describe() if decision.deciding else None,
         "isolated_by": list(decision.isolating),
-        "rules": [
-            {
-                "rule": c.ref.describe(),
-                "action": c.action,
-                "matched": c.matched,
-                "why": c.why,
-                "audit": c.audit,
-            }
-            for c in decision.checks
-        ],
+        "rules": [c.as_dict() for c in decision.checks],
     }
 
 
