@@ -276,7 +276,7 @@ class Reconciler:
     def _local_pod(self, event: ObjectEvent) -> None:
         key = f"{event.namespace or 'default'}/{event.name}"
         spec = event.obj.get("spec") or {}
-        pod = self.compiler.pods.get((event.namespace or "default", event.name))
+        pod = self.compiler.pod((event.namespace or "default", event.name))
         # The host route to the pod's IPv4 address leads to its interface; an IPv6-only pod is found
         # by its IPv6 address, so that it is isolated when a policy selects it.
         address = None if pod is None else (pod.ip or pod.ipv6)

@@ -143,6 +143,10 @@ class PolicyCompiler:
     def pods(self) -> dict[PodKey, Pod]:
         return dict(self._store.pods)
 
+    def pod(self, key: PodKey) -> Pod | None:
+        """One pod, without copying them all (`pods`)."""
+        return self._store.pods.get(key)
+
     @property
     def network_policies(self) -> list[NetworkPolicy]:
         return list(self._netpols.values())
