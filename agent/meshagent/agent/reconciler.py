@@ -340,7 +340,7 @@ class Reconciler:
 
     def _endpoint_info(self, namespace: str, name: str, obj: dict[str, Any]) -> EndpointInfo | None:
         identity = self.compiler.identity_of((namespace, name))
-        pod = self.compiler.pods.get((namespace, name))
+        pod = self.compiler.pod((namespace, name))
         if identity is None or pod is None:
             return None
         labels = tuple(sorted(f"{k}={v}" for k, v in pod.label_dict().items()))
@@ -349,7 +349,7 @@ class Reconciler:
         )
 
     def _update_enricher(self, namespace: str, name: str, obj: dict[str, Any]) -> None:
-        pod = self.compiler.pods.get((namespace, name))
+        pod = self.compiler.pod((namespace, name))
         info = self._endpoint_info(namespace, name, obj)
         if pod is not None and pod.ip is not None and info is not None:
             self.enricher.set_endpoint(pod.ip, info)

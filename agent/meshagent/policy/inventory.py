@@ -33,7 +33,7 @@ def summarize(compiler: PolicyCompiler) -> list[EndpointSummary]:
     rows = []
     for key in sorted(compiler.local_endpoints):
         endpoint = compiler.endpoint(key)
-        pod = compiler.pods.get(key)
+        pod = compiler.pod(key)
         if endpoint is None or pod is None:
             continue  # not compiled yet (no pod or no address): nothing in the kernel for it
         nps, admins = compiler.selecting_policies(pod)

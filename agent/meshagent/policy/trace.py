@@ -71,7 +71,7 @@ def resolve_pod(compiler: PolicyCompiler, ref: str) -> Peer:
     namespace, sep, name = ref.partition("/")
     if not sep or not namespace or not name:
         raise TraceError(f"{ref!r}: expected NAMESPACE/POD")
-    pod = compiler.pods.get((namespace, name))
+    pod = compiler.pod((namespace, name))
     if pod is None:
         raise TraceError(f"no pod {ref}")
     if pod.ip is None:
