@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -322,6 +323,7 @@ def main() -> int:
         ui.terminate()
         ui.wait(timeout=10)
         server.stop(grace=None)
+        shutil.rmtree(workdir, ignore_errors=True)
     p95 = percentile(latencies, 0.95)
     print(
         bench_line(

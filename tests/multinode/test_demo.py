@@ -3,6 +3,7 @@ the demo checks its own calls and verdicts and exits 1 when they are not as its 
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -33,3 +34,7 @@ def test_demo_on_two_nodes_runs_as_expected_and_cleans_up() -> None:
     assert prefixes, out[:2000]
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not [line for line in left.splitlines() if any(line.startswith(p) for p in prefixes)]
+    # Its working directory (manifests, logs, the relay's socket), named in the relay's address, is gone.
+    workdirs = set(re.findall(r"unix://(/\S*meshagent-demo-[^/\s]+)/relay\.sock", out))
+    assert workdirs, out[:3000]
+    assert not [path for path in workdirs if os.path.exists(path)]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -309,7 +310,10 @@ class Demo:
         for agent in self.agents:
             agent.close()  # SIGTERM with --cleanup: removes its filters and pinned maps
         self.cluster.close()
-        print("cleaned up: pods, node namespaces, underlay, tc filters and pinned maps removed")
+        # The manifests and the agents' logs: shown while the demo runs, gone with it (a demo run many
+        # times would otherwise leave one directory per run behind).
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        print("cleaned up: pods, node namespaces, underlay, tc filters, pinned maps and files removed")
 
 
 def _interrupt(signum: int, frame: object) -> None:
