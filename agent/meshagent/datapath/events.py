@@ -184,8 +184,9 @@ class EventReader:
     The consumer runs on the reader thread; it should be quick (queue the events, do not block).
     """
 
-    def __init__(self, bpf: Any, *, interval_s: float = 0.01) -> None:
-        self._bpf = bpf
+    def __init__(self, map_fd: int, data_size: int, *, interval_s: float = 0.01) -> None:
+        """Reads the ring buffer map `map_fd` of `data_size` bytes (Capacities.event_pages) through its
+        memory mapping (ringbuf.py); the descriptor stays the caller's."""
         self._consumer: EventsConsumer | None = None
         self._pending: list[DatapathEvent] = []
         self._interval_s = interval_s
@@ -193,34 +194,18 @@ class EventReader:
         self._thread: threading.Thread | None = None
         self.decode_errors = 0
         self.delivered = 0
-        self._mapped: RingBufferReader | None = None
-        table = bpf[MAP_NAME.encode()]
-        self.buffer_bytes = int(table.max_entries)  # the ring buffer's data size (Capacities.event_pages)
-        try:
-            self._mapped = RingBufferReader(table.map_fd, int(table.max_entries), _RECORD)
-        except (OSError, ValueError) as err:
-            # BCC's per-record callback works everywhere; mapping is the fast path (see ringbuf.py).
-            logger.warning("reading %s through BCC callbacks (mapping it failed: %s)", MAP_NAME, err)
-            # BCC registers a ring buffer once per BPF object: the reader lives as long as the programs.
-            table.open_ring_buffer(self._callback)
+        self.buffer_bytes = data_size
+        self._mapped = RingBufferReader(map_fd, data_size, _RECORD)
 
     @property
     def mapped(self) -> bool:
-        """True when the ring buffer is read through its memory mapping (else through BCC callbacks)."""
-        return self._mapped is not None
+        """True: the ring buffer is read through its memory mapping (there is no other way left)."""
+        return True
 
     @property
     def malformed(self) -> int:
-        """Records of an unexpected size, skipped (mapped reading only)."""
-        return self._mapped.malformed if self._mapped is not None else 0
-
-    def _callback(self, _ctx: Any, data: Any, size: int) -> int:
-        # BCC wants an int back: returning None costs an exception per event.
-        try:
-            self._pending.append(decode(ctypes.string_at(data, size)))
-        except (ValueError, struct.error):
-            self.decode_errors += 1
-        return 0
+        """Records of an unexpected size, skipped."""
+        return self._mapped.malformed
 
     def start(
         self,
@@ -251,10 +236,7 @@ class EventReader:
         self._thread.start()
 
     def _consume(self) -> None:
-        if self._mapped is not None:
-            self._decode_mapped(self._mapped.read())
-        else:
-            self._bpf.ring_buffer_consume()
+        self._decode_mapped(self._mapped.read())
         if not self._pending:
             return
         events, self._pending = self._pending, []
