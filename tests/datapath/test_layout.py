@@ -1,17 +1,36 @@
-"""Every ctypes mirror must match what BCC compiled from bpf/lib/types.h: sizes and field offsets."""
+"""Every ctypes mirror must match what BCC compiled from bpf/lib/types.h: sizes and field offsets.
+
+The agent compiles in a short-lived process and keeps only descriptors, so these tests compile in their
+own process (loader.load, as that process does) to read BCC's types."""
 
 from __future__ import annotations
 
 import ctypes
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 from meshagent.datapath import events
-from meshagent.datapath.datapath import Datapath
+from meshagent.datapath.loader import Capacities, load
 from meshagent.datapath.maps import conntrack, endpoints, events_lost, frags, ipcache, metrics, policy
 
 pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture(scope="module")
+def compiled() -> Iterator[Any]:
+    """The endpoint programs compiled in this process: BCC's object with its generated types."""
+    pin_dir = Path("/sys/fs/bpf") / f"meshagent-layout-{uuid.uuid4().hex[:8]}"
+    loaded = load(pin_dir=pin_dir, capacities=Capacities())
+    try:
+        yield loaded.bpf
+    finally:
+        loaded.bpf.cleanup()
+        shutil.rmtree(pin_dir, ignore_errors=True)
 
 
 def _layout(struct: type[Any]) -> dict[str, tuple[int, int]]:
@@ -43,29 +62,29 @@ def _assert_mirrors(ours: type[Any], compiled: type[Any], module: ModuleType) ->
     ],
 )
 def test_map_mirrors_match_compiled_types(
-    datapath: Datapath, module: ModuleType, key: type[Any], value: type[Any]
+    compiled: Any, module: ModuleType, key: type[Any], value: type[Any]
 ) -> None:
-    table = datapath.bpf[module.MAP_NAME.encode()]
+    table = compiled[module.MAP_NAME.encode()]
     _assert_mirrors(key, table.Key, module)
     _assert_mirrors(value, table.Leaf, module)
 
 
-def test_per_cpu_value_mirrors(datapath: Datapath) -> None:
+def test_per_cpu_value_mirrors(compiled: Any) -> None:
     # BCC describes a per-CPU value as an array with one element per CPU.
-    metrics_table = datapath.bpf[metrics.MAP_NAME.encode()]
+    metrics_table = compiled[metrics.MAP_NAME.encode()]
     _assert_mirrors(metrics.MetricsValue, metrics_table.Leaf._type_, metrics)
-    lost_table = datapath.bpf[events_lost.MAP_NAME.encode()]
+    lost_table = compiled[events_lost.MAP_NAME.encode()]
     assert ctypes.sizeof(lost_table.Leaf._type_) == ctypes.sizeof(events_lost.LostValue)
 
 
 _C_SIZES = {"__u64": 8, "__u32": 4, "__u16": 2, "__u8": 1}
 
 
-def test_event_record_mirror(datapath: Datapath) -> None:
+def test_event_record_mirror(compiled: Any) -> None:
     """The ring buffer's record type, as BCC's front end saw it in ringbuf_output(), field by field."""
     from bcc.libbcc import lib
 
-    module, name = datapath.bpf.module, events.MAP_NAME.encode()
+    module, name = compiled.module, events.MAP_NAME.encode()
     compiled = []
     for index in range(lib.bpf_perf_event_fields(module, name)):
         field_name, field_type = lib.bpf_perf_event_field(module, name, index).decode().split("#")

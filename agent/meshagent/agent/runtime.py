@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from mmap import PAGESIZE as PAGE_SIZE
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshagent import __version__
 from meshagent.agent.config import SOCKET_LB_DIR, AgentConfig
@@ -27,7 +27,6 @@ from meshagent.agent.services import ServicesReconciler, translation_event
 from meshagent.datapath.datapath import Datapath
 from meshagent.datapath.discovery import EndpointInterfaces
 from meshagent.datapath.loader import Capacities
-from meshagent.datapath.socklb import SocketLB
 from meshagent.observer.convert import FlowBuilder
 from meshagent.observer.export import ExportConfig, FlowExporter
 from meshagent.observer.metrics import FlowMetrics, MapUsage, MetricsServer
@@ -39,6 +38,9 @@ from meshagent.policy.compiler import PolicyCompiler
 from meshagent.sources.kube_events import ObjectRef
 from meshagent.sources.metrics import SourceStatusCollector
 from meshagent.sources.source import DesiredState, open_desired_state
+
+if TYPE_CHECKING:
+    from meshagent.datapath.socklb import SocketLB
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +138,9 @@ class Agent:
             self._services.append(health)
 
     def _start_socket_lb(self) -> None:
+        # Imported here: it compiles in this process with BCC, whose library alone is ~60 MiB resident.
+        from meshagent.datapath.socklb import SocketLB
+
         cfg = self.config
         assert self.desired is not None
         self.socket_lb = SocketLB(

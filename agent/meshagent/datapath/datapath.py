@@ -20,10 +20,17 @@ from typing import Any, Protocol
 
 from meshagent.datapath import ct_expiry, tc
 from meshagent.datapath.adoption import StaleEndpoint, check_endpoints
+from meshagent.datapath.compiled import LoadedObjects, load_in_child
 from meshagent.datapath.errors import AttachError, MapError
+from meshagent.datapath.events import MAP_NAME as EVENTS_MAP_NAME
 from meshagent.datapath.events import EventReader
 from meshagent.datapath.layout import layout_id, other_layouts
-from meshagent.datapath.loader import DEFAULT_PIN_DIR, Capacities, LoadedPrograms, load
+from meshagent.datapath.loader import (
+    DEFAULT_PIN_DIR,
+    PROGRAM_FROM_ENDPOINT,
+    PROGRAM_TO_ENDPOINT,
+    Capacities,
+)
 from meshagent.datapath.maps import (
     conntrack,
     endpoints,
@@ -36,7 +43,7 @@ from meshagent.datapath.maps import (
 )
 from meshagent.datapath.maps.base import PerCpuArray, TypedMap
 from meshagent.datapath.migration import LayoutMigration
-from meshagent.datapath.pinned import PolicyTrie, read_state
+from meshagent.datapath.pinned import PolicyTrie, map_capacity, read_state
 from meshagent.model.events import DatapathEvent, DropReason
 from meshagent.model.kernel_state import (
     Action,
@@ -160,7 +167,7 @@ class Datapath:
         self._migrating_from: list[Path] = []
         self.netns = netns
         self.capacities = capacities or Capacities()
-        self._programs: LoadedPrograms | None = None
+        self._programs: LoadedObjects | None = None
         self._reader: EventReader | None = None
         self._lock = threading.Lock()
         # What the maps hold, as we last wrote or read it (adopted from the pinned maps at load).
@@ -204,12 +211,12 @@ class Datapath:
         self.maps_dir = self.pin_dir / layout_id(self.capacities.layout_flags())
         adopting = self.maps_dir.exists()
         self._migrating_from = [] if adopting else other_layouts(self.pin_dir, self.maps_dir.name)
-        self._programs = load(pin_dir=self.maps_dir, capacities=self.capacities)
-        bpf = self._programs.bpf
+        # Compiled in a process of its own: the compiler's memory leaves with it.
+        self._programs = loaded = load_in_child(pin_dir=self.maps_dir, capacities=self.capacities)
         caps = self.capacities
 
         def typed(name: str, key: type[Any], value: type[Any], capacity: int) -> TypedMap[Any, Any]:
-            fd = bpf[name.encode()].map_fd
+            fd = loaded.map_fd(name)
             return TypedMap(name=name, fd=fd, key_type=key, value_type=value, capacity=capacity)
 
         self.ipcache_map = typed(ipcache.MAP_NAME, ipcache.IPCacheKey, ipcache.IPCacheValue, caps.ipcache)
@@ -223,7 +230,7 @@ class Datapath:
         )
         self.ct_overflow_map = PerCpuArray(
             name=conntrack.TCP_OVERFLOW_MAP_NAME,
-            fd=bpf[conntrack.TCP_OVERFLOW_MAP_NAME.encode()].map_fd,
+            fd=loaded.map_fd(conntrack.TCP_OVERFLOW_MAP_NAME),
             value_type=events_lost.LostValue,
             capacity=1,
         )
@@ -233,13 +240,13 @@ class Datapath:
         self.frags_map = typed(frags.MAP_NAME, frags.FragKey, frags.FragValue, caps.frags)
         self.metrics_map = PerCpuArray(
             name=metrics.MAP_NAME,
-            fd=bpf[metrics.MAP_NAME.encode()].map_fd,
+            fd=loaded.map_fd(metrics.MAP_NAME),
             value_type=metrics.MetricsValue,
             capacity=metrics.REASONS * 2,
         )
         self.lost_map = PerCpuArray(
             name=events_lost.MAP_NAME,
-            fd=bpf[events_lost.MAP_NAME.encode()].map_fd,
+            fd=loaded.map_fd(events_lost.MAP_NAME),
             value_type=events_lost.LostValue,
             capacity=1,
         )
@@ -301,11 +308,9 @@ class Datapath:
             for key in [k for k, _ in table.items() if k.ifindex in stale_ifindexes]:
                 table.delete(key)
 
-    @property
-    def bpf(self) -> Any:
-        if self._programs is None:
-            raise RuntimeError("Datapath.load() has not run")
-        return self._programs.bpf
+    def program_fds(self) -> dict[str, int]:
+        """The loaded programs' descriptors, by name (for the kernel's run-time statistics, say)."""
+        return dict(self._require_programs().programs)
 
     def close(self) -> None:
         """Stops reading events and releases our handles. Programs stay attached and maps stay pinned:
@@ -313,7 +318,7 @@ class Datapath:
         self.stop_events()
         self._reader = None
         if self._programs is not None:
-            self._programs.bpf.cleanup()
+            self._programs.close()
             self._programs = None
 
     def uninstall(self) -> None:
@@ -333,8 +338,8 @@ class Datapath:
         tc.attach(
             ifindex=ifindex,
             netns=self.netns,
-            from_endpoint=tc.Program(programs.from_endpoint.name, programs.from_endpoint.fd),
-            to_endpoint=tc.Program(programs.to_endpoint.name, programs.to_endpoint.fd),
+            from_endpoint=tc.Program(PROGRAM_FROM_ENDPOINT, programs.programs[PROGRAM_FROM_ENDPOINT]),
+            to_endpoint=tc.Program(PROGRAM_TO_ENDPOINT, programs.programs[PROGRAM_TO_ENDPOINT]),
         )
         self._attached.add(ifindex)
         self.attach_failures.pop(ifindex, None)
@@ -363,7 +368,7 @@ class Datapath:
                     self.attach_failures[ifindex] = err
             return dict(self.attach_failures)
 
-    def _require_programs(self) -> LoadedPrograms:
+    def _require_programs(self) -> LoadedObjects:
         if self._programs is None:
             raise RuntimeError("Datapath.load() has not run")
         return self._programs
@@ -666,7 +671,8 @@ class Datapath:
         """Delivers decoded events one by one to `on_event`, or a list per drain to `on_events` (from a
         reader thread unless thread=False, in which case the caller drains with EventReader.drain())."""
         if self._reader is None:
-            self._reader = EventReader(self.bpf)
+            ring_fd = self._require_programs().map_fd(EVENTS_MAP_NAME)
+            self._reader = EventReader(ring_fd, map_capacity(ring_fd))
         self._reader.start(on_event, on_events=on_events, thread=thread)
         return self._reader
 

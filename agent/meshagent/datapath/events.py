@@ -73,6 +73,10 @@ _new_tuple = tuple.__new__
 # sees the same few thousand addresses over and over. Bounded; emptied when full (then refills).
 _ADDRS: dict[bytes, IPv4Address] = {}
 ADDR_CACHE_MAX = 16384
+# The reader's longest wait on an idle ring, and the event rate a ring must absorb meanwhile (the flow
+# pipeline's measured ceiling is about 150k events/s).
+IDLE_INTERVAL_S = 0.08
+FILL_RATE = 150_000
 
 
 class _HashedIPv4Address(IPv4Address):
@@ -184,8 +188,9 @@ class EventReader:
     The consumer runs on the reader thread; it should be quick (queue the events, do not block).
     """
 
-    def __init__(self, bpf: Any, *, interval_s: float = 0.01) -> None:
-        self._bpf = bpf
+    def __init__(self, map_fd: int, data_size: int, *, interval_s: float = 0.01) -> None:
+        """Reads the ring buffer map `map_fd` of `data_size` bytes (Capacities.event_pages) through its
+        memory mapping (ringbuf.py); the descriptor stays the caller's."""
         self._consumer: EventsConsumer | None = None
         self._pending: list[DatapathEvent] = []
         self._interval_s = interval_s
@@ -193,34 +198,23 @@ class EventReader:
         self._thread: threading.Thread | None = None
         self.decode_errors = 0
         self.delivered = 0
-        self._mapped: RingBufferReader | None = None
-        table = bpf[MAP_NAME.encode()]
-        self.buffer_bytes = int(table.max_entries)  # the ring buffer's data size (Capacities.event_pages)
-        try:
-            self._mapped = RingBufferReader(table.map_fd, int(table.max_entries), _RECORD)
-        except (OSError, ValueError) as err:
-            # BCC's per-record callback works everywhere; mapping is the fast path (see ringbuf.py).
-            logger.warning("reading %s through BCC callbacks (mapping it failed: %s)", MAP_NAME, err)
-            # BCC registers a ring buffer once per BPF object: the reader lives as long as the programs.
-            table.open_ring_buffer(self._callback)
+        self.buffer_bytes = data_size
+        self._mapped = RingBufferReader(map_fd, data_size, _RECORD)
+        # An idle node's reader backs off from interval_s to this, doubling after each empty read, so that
+        # it does not wake 100 times a second for nothing; it is kept to a quarter of the time a burst at
+        # FILL_RATE events/s takes to fill the ring, so the first read after idling still finds room.
+        fill_s = data_size / ((_RECORD.size + 8) * FILL_RATE)
+        self._idle_interval_s = max(interval_s, min(IDLE_INTERVAL_S, fill_s / 4))
 
     @property
     def mapped(self) -> bool:
-        """True when the ring buffer is read through its memory mapping (else through BCC callbacks)."""
-        return self._mapped is not None
+        """True: the ring buffer is read through its memory mapping (there is no other way left)."""
+        return True
 
     @property
     def malformed(self) -> int:
-        """Records of an unexpected size, skipped (mapped reading only)."""
-        return self._mapped.malformed if self._mapped is not None else 0
-
-    def _callback(self, _ctx: Any, data: Any, size: int) -> int:
-        # BCC wants an int back: returning None costs an exception per event.
-        try:
-            self._pending.append(decode(ctypes.string_at(data, size)))
-        except (ValueError, struct.error):
-            self.decode_errors += 1
-        return 0
+        """Records of an unexpected size, skipped."""
+        return self._mapped.malformed
 
     def start(
         self,
@@ -250,21 +244,20 @@ class EventReader:
         self._thread = threading.Thread(target=self._run, name="ma-events", daemon=True)
         self._thread.start()
 
-    def _consume(self) -> None:
-        if self._mapped is not None:
-            self._decode_mapped(self._mapped.read())
-        else:
-            self._bpf.ring_buffer_consume()
+    def _consume(self) -> int:
+        """Reads and delivers what is in the ring; returns how many events."""
+        self._decode_mapped(self._mapped.read())
         if not self._pending:
-            return
+            return 0
         events, self._pending = self._pending, []
         self.delivered += len(events)
         if self._consumer is None:
-            return
+            return len(events)
         try:
             self._consumer(events)
         except Exception:  # a consumer bug must not kill the reader
             logger.exception("event consumer failed")
+        return len(events)
 
     def _decode_mapped(self, records: list[tuple[Any, ...]]) -> None:
         decode_one = decode_framed
@@ -276,9 +269,10 @@ class EventReader:
                 self.decode_errors += 1
 
     def _run(self) -> None:
+        wait = self._interval_s
         while not self._stop.is_set():
-            self._consume()
-            self._stop.wait(self._interval_s)
+            wait = self._interval_s if self._consume() else min(wait * 2, self._idle_interval_s)
+            self._stop.wait(wait)
         self._consume()
 
     def drain(self) -> None:

@@ -1,4 +1,8 @@
-"""Compiling and loading the endpoint programs with BCC, with our errors and the compiler/verifier log."""
+"""Compiling and loading the endpoint programs with BCC, with our errors and the compiler/verifier log.
+
+BCC is imported only where it compiles: loading its library maps LLVM into the process, and the agent
+compiles in a short-lived process of its own (compile_child.py) so that this module's settings can be
+imported without it."""
 
 from __future__ import annotations
 
@@ -11,8 +15,6 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-
-from bcc import BPF
 
 from meshagent.datapath.errors import CompileError, DatapathError, LoadError
 from meshagent.datapath.program_text import assemble
@@ -156,6 +158,8 @@ def header_sets(environ: Mapping[str, str] | None = None, release: str | None = 
 def compile_bpf(text: str, cflags: list[str], *, entry: str) -> Any:
     """Compiles `text` with the first header set that works. The set that worked stays in
     BCC_KERNEL_SOURCE, so the process's later compiles (socket load balancing) use the same headers."""
+    from bcc import BPF
+
     tried: list[str] = []
     logs: list[str] = []
     last_error: Exception | None = None
@@ -190,6 +194,8 @@ def compile_bpf(text: str, cflags: list[str], *, entry: str) -> Any:
 
 
 def load(*, pin_dir: Path, capacities: Capacities, extra_cflags: tuple[str, ...] = ()) -> LoadedPrograms:
+    from bcc import BPF
+
     ensure_bpffs(pin_dir)
     cflags = [f'-DMA_PIN_DIR="{pin_dir}"', *capacities.cflags(), *extra_cflags]
     bpf = compile_bpf(assemble(ENTRY_SOURCE), cflags, entry=ENTRY_SOURCE)

@@ -38,14 +38,24 @@ class _MapInfo(ctypes.Structure):
     ]
 
 
-def map_sizes(fd: int) -> tuple[int, int]:
-    """(key size, value size) of the map behind `fd`."""
+def _map_info(fd: int) -> _MapInfo:
     info = _MapInfo()
     length = ctypes.c_uint32(ctypes.sizeof(info))
     if _libbpf.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(length)) != 0:
         err = ctypes.get_errno()
         raise MapError(f"cannot read map info: {os.strerror(err)}", errno=err)
+    return info
+
+
+def map_sizes(fd: int) -> tuple[int, int]:
+    """(key size, value size) of the map behind `fd`."""
+    info = _map_info(fd)
     return info.key_size, info.value_size
+
+
+def map_capacity(fd: int) -> int:
+    """max_entries of the map behind `fd` (for a ring buffer: its data size in bytes)."""
+    return int(_map_info(fd).max_entries)
 
 
 def open_pinned(path: Path) -> int:

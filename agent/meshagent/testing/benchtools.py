@@ -82,3 +82,41 @@ class ProgramStats:
 
     def close(self) -> None:
         Path("/proc/sys/kernel/bpf_stats_enabled").write_text(self._previous)
+
+
+def spread(values: list[float]) -> tuple[float, float]:
+    """(lowest, highest): what a median hides."""
+    return (min(values), max(values)) if values else (float("nan"), float("nan"))
+
+
+def process_tree(pid: int) -> list[int]:
+    """The process and all its descendants (the agent and its front process, say)."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            found.extend(process_tree(int(child)))
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process and its descendants so far (gone ones no longer count)."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of stat
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid: int) -> float:
+    """Resident size of one process (not its descendants), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")

@@ -2,7 +2,8 @@
 
 BCC's table objects generate their own key/value classes; we use ours (checked against BCC's by a
 privileged test) so that the rest of the agent never depends on BCC's generated types, and so that an
-error number reaches us (BCC turns failures into a bare Exception with text).
+error number reaches us (BCC turns failures into a bare Exception with text). The calls go through
+libbpf, not BCC's library, which would bring LLVM into the agent.
 """
 
 from __future__ import annotations
@@ -13,15 +14,11 @@ import os
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
-from bcc import libbcc
-from bcc.utils import get_possible_cpus
-
 from meshagent.datapath.errors import MapError, MapFullError
+from meshagent.datapath.libbpf import address, lib, possible_cpus
 
 K = TypeVar("K", bound=ctypes.Structure)
 V = TypeVar("V", bound=ctypes.Structure)
-
-_lib = libbcc.lib
 
 # Errors the kernel returns when a map has no room: E2BIG for hash maps, ENOSPC for LPM tries.
 _FULL_ERRNOS = (errno_codes.E2BIG, errno_codes.ENOSPC)
@@ -39,12 +36,12 @@ class TypedMap(Generic[K, V]):
 
     def lookup(self, key: K) -> V | None:
         value = self.value_type()
-        if _lib.bpf_lookup_elem(self.fd, ctypes.byref(key), ctypes.byref(value)) < 0:
+        if lib.bpf_map_lookup_elem(self.fd, address(key), address(value)) < 0:
             return None
         return value
 
     def update(self, key: K, value: V) -> None:
-        if _lib.bpf_update_elem(self.fd, ctypes.byref(key), ctypes.byref(value), 0) < 0:
+        if lib.bpf_map_update_elem(self.fd, address(key), address(value), 0) < 0:
             err = ctypes.get_errno()
             if err in _FULL_ERRNOS:
                 raise MapFullError(f"map {self.name} is full ({self.capacity} entries)", errno=err)
@@ -52,7 +49,7 @@ class TypedMap(Generic[K, V]):
 
     def delete(self, key: K) -> bool:
         """Deletes key; False if it was not there."""
-        if _lib.bpf_delete_elem(self.fd, ctypes.byref(key)) < 0:
+        if lib.bpf_map_delete_elem(self.fd, address(key)) < 0:
             err = ctypes.get_errno()
             if err == errno_codes.ENOENT:
                 return False
@@ -64,12 +61,12 @@ class TypedMap(Generic[K, V]):
         out: list[K] = []
         current = self.key_type()
         following = self.key_type()
-        if _lib.bpf_get_first_key(self.fd, ctypes.byref(following), ctypes.sizeof(self.key_type)) < 0:
+        if lib.bpf_map_get_next_key(self.fd, None, address(following)) < 0:
             return out
         while True:
             out.append(_copy(following))
             ctypes.memmove(ctypes.byref(current), ctypes.byref(following), ctypes.sizeof(self.key_type))
-            if _lib.bpf_get_next_key(self.fd, ctypes.byref(current), ctypes.byref(following)) < 0:
+            if lib.bpf_map_get_next_key(self.fd, address(current), address(following)) < 0:
                 return out
 
     def items(self) -> Iterator[tuple[K, V]]:
@@ -94,14 +91,14 @@ class PerCpuArray(Generic[V]):
         self.fd = fd
         self.value_type = value_type
         self.capacity = capacity
-        self.ncpus = len(get_possible_cpus())
+        self.ncpus = possible_cpus()
         # The kernel copies each CPU's value into an 8-byte aligned slot.
         self._slot = (ctypes.sizeof(value_type) + 7) & ~7
 
     def read(self, index: int) -> list[V]:
         buffer = (ctypes.c_char * (self._slot * self.ncpus))()
         key = ctypes.c_uint32(index)
-        if _lib.bpf_lookup_elem(self.fd, ctypes.byref(key), buffer) < 0:
+        if lib.bpf_map_lookup_elem(self.fd, address(key), address(buffer)) < 0:
             err = ctypes.get_errno()
             raise MapError(f"read of map {self.name}[{index}] failed: {os.strerror(err)}", errno=err)
         return [self.value_type.from_buffer_copy(buffer, cpu * self._slot) for cpu in range(self.ncpus)]
@@ -109,7 +106,7 @@ class PerCpuArray(Generic[V]):
     def reset(self, index: int) -> None:
         buffer = (ctypes.c_char * (self._slot * self.ncpus))()
         key = ctypes.c_uint32(index)
-        if _lib.bpf_update_elem(self.fd, ctypes.byref(key), buffer, 0) < 0:
+        if lib.bpf_map_update_elem(self.fd, address(key), address(buffer), 0) < 0:
             err = ctypes.get_errno()
             raise MapError(f"reset of map {self.name}[{index}] failed: {os.strerror(err)}", errno=err)
 
