@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from meshagent.datapath.socklb import SocketLB
+from meshagent.datapath.socklb import LBCapacities, SocketLB
 from meshagent.model.kernel_state import Protocol
 from meshagent.model.services import Frontend, LBBackend, LBEntry, ServiceTranslation
 from meshagent.services.catalog import ServiceCatalog
@@ -211,3 +211,28 @@ def test_ipv6_translations_and_refusals_are_reported(
         (Frontend(VIP6, 81, Protocol.TCP), None),
     ]
     assert socklb.lost_events() == 0
+
+
+def test_a_full_ipv6_service_map_is_reported_and_the_rest_is_written(
+    lb_pin_dir: Path, lb_cgroup: Path
+) -> None:
+    pins = lb_pin_dir.with_name(lb_pin_dir.name + "-full")
+    small = SocketLB(pin_dir=pins, cgroup=lb_cgroup, capacities=LBCapacities(services6=2))
+    small.load()  # not attached: only its maps are used
+    try:
+        entries = [
+            LBEntry(
+                Frontend(IPv6Address(f"fd00:96::f{i}"), 80, Protocol.TCP),
+                (LBBackend(IPv6Address("fd00::1"), 80, 1),),
+            )
+            for i in range(3)
+        ]
+        result = small.apply({e.frontend: e for e in entries})
+        assert len(result.errors) == 1 and "ma_lb6_services is full" in result.errors[0], result.errors
+        assert len(small.entries()) == 2  # the others are in force
+    finally:
+        small.uninstall()
+        if pins.exists():
+            for child in pins.iterdir():
+                child.unlink()
+            pins.rmdir()
