@@ -54,13 +54,13 @@ int ma_sock_getpeername6(struct bpf_sock_addr *ctx)
 #ifdef MA_LB_SOCKMAP
 #include "lib/lb_sockmap.h"
 
-/* sockops on the same cgroup: established IPv4 TCP sockets enter ma_lb_sockhash. */
+/* sockops on the same cgroup: established TCP sockets enter ma_lb_sockhash or ma_lb6_sockhash. */
 int ma_sock_ops(struct bpf_sock_ops *skops)
 {
 	return ma_lb_sockops(skops);
 }
 
-/* sk_msg on ma_lb_sockhash: a send on a socket in the map goes straight to its local peer. */
+/* sk_msg on both sockhashes: a send on a socket in either goes straight to its local peer. */
 int ma_sock_msg(struct sk_msg_md *msg)
 {
 	return ma_lb_sk_msg(msg);

@@ -28,4 +28,9 @@ BPF_TABLE_PINNED("lru_hash", struct ma_lb6_affinity_key, struct ma_lb6_affinity_
  * drained together. Losses share ma_lb_events_lost. */
 BPF_RINGBUF_OUTPUT(ma_lb6_events, MA_LB_EVENTS_PAGES);
 
+#ifdef MA_LB_SOCKMAP
+/* Not pinned, like ma_lb_sockhash; same capacity. */
+BPF_SOCKHASH(ma_lb6_sockhash, struct ma_lb6_sock_key, MA_LB_SOCKHASH_MAX);
+#endif
+
 #endif /* MA_LB6_MAPS_H */

@@ -84,4 +84,15 @@ struct ma_lb6_event {
 	__u8 pad[2];
 };
 
+/* ma_lb6_sockhash (opt-in acceleration): an established local IPv6 TCP socket by its own view of the
+ * connection, ports as in struct ma_lb_sock_key. A socket whose addresses are both v4-mapped goes to the
+ * IPv4 sockhash under its IPv4 key instead, so that it finds an AF_INET peer (and an AF_INET peer finds
+ * it). */
+struct ma_lb6_sock_key {
+	__u32 local_addr[4];  /* network order */
+	__u32 remote_addr[4]; /* network order */
+	__u32 local_port;     /* host order */
+	__u32 remote_port;    /* raw context value */
+};
+
 #endif /* MA_LB6_TYPES_H */

@@ -139,6 +139,7 @@ class SocketLB:
         self._attached: list[tuple[Any, int, int]] = []
         self._cgroup_fd: int | None = None
         self._sockhash_fd: int | None = None
+        self._sockhash6_fd: int | None = None
         self.services: Services4 | None = None
         self.services6: Services6 | None = None
         self._events_thread: threading.Thread | None = None
@@ -190,6 +191,7 @@ class SocketLB:
         if self.accelerate:
             # BCC 0.26 cannot wrap a sockhash in a table object ("Unknown table type 18"): take its fd.
             self._sockhash_fd = int(libbcc.lib.bpf_table_fd(self.bpf.module, lb_sockhash.MAP_NAME.encode()))
+            self._sockhash6_fd = int(libbcc.lib.bpf_table_fd(self.bpf.module, lb_sockhash.MAP6_NAME.encode()))
 
     def attach(self, *, replace_stale: bool = True) -> None:
         """Attaches our programs to the cgroup. With replace_stale, programs of ours that an earlier agent
@@ -207,9 +209,12 @@ class SocketLB:
             (name, attach_type, self._cgroup_fd, BPF_F_ALLOW_MULTI) for name, attach_type in PROGRAMS
         ]
         if self.accelerate:
-            assert self._sockhash_fd is not None
-            # The message verdict first, so that no socket is in the map without it.
-            hooks.insert(0, (SK_MSG_PROGRAM, BPFAttachType.SK_MSG_VERDICT, self._sockhash_fd, 0))
+            assert self._sockhash_fd is not None and self._sockhash6_fd is not None
+            # The message verdict first (on both sockhashes), so that no socket is in a map without it.
+            hooks[:0] = [
+                (SK_MSG_PROGRAM, BPFAttachType.SK_MSG_VERDICT, self._sockhash_fd, 0),
+                (SK_MSG_PROGRAM, BPFAttachType.SK_MSG_VERDICT, self._sockhash6_fd, 0),
+            ]
             hooks.append((SOCKOPS_PROGRAM, BPFAttachType.CGROUP_SOCK_OPS, self._cgroup_fd, BPF_F_ALLOW_MULTI))
         for name, attach_type, target, flags in hooks:
             program = self._programs[name]
@@ -311,6 +316,19 @@ class SocketLB:
             name=lb_sockhash.MAP_NAME,
             fd=self._sockhash_fd,
             key_type=lb_sockhash.SockKey,
+            value_type=lb_sockhash.Cookie,
+            capacity=0,
+        )
+        return table.keys()
+
+    def accelerated_sockets6(self) -> list[lb_sockhash.SockKey6]:
+        """The IPv6 sockets now in ma_lb6_sockhash (v4-mapped ones are in ma_lb_sockhash)."""
+        if self._sockhash6_fd is None:
+            return []
+        table: TypedMap[lb_sockhash.SockKey6, lb_sockhash.Cookie] = TypedMap(
+            name=lb_sockhash.MAP6_NAME,
+            fd=self._sockhash6_fd,
+            key_type=lb_sockhash.SockKey6,
             value_type=lb_sockhash.Cookie,
             capacity=0,
         )
