@@ -57,6 +57,7 @@ def test_a_dual_stack_service_keeps_both_cluster_ips_primary_first() -> None:
         ({"ipFamilyPolicy": "DualStack"}, "'DualStack' is not one of"),
         ({"ipFamilies": ["IPv4", "IPv7"]}, "spec.ipFamilies[1] 'IPv7' is not IPv4 or IPv6"),
         ({"ipFamilies": ["IPv4", "IPv4"]}, "names a family twice"),
+        ({"ipFamilies": ["IPv4", {"family": "IPv6"}]}, "spec.ipFamilies[1] {'family': 'IPv6'} is not IPv4"),
         ({"ipFamilies": ["IPv6", "IPv4"]}, "spec.clusterIPs[0] 10.96.0.1 is not of spec.ipFamilies[0] IPv6"),
         ({"ipFamilies": ["IPv4"]}, "more addresses than spec.ipFamilies has families"),
         ({"clusterIPs": [V4, "10.96.0.2"]}, "two addresses of the same family"),

@@ -99,7 +99,7 @@ def _cluster_ips(spec: Mapping[str, Any]) -> tuple[IPAddress, ...]:
         raise ServiceInputError("spec.clusterIPs holds two addresses of the same family")
     families = _list(spec.get("ipFamilies"), "spec.ipFamilies")
     for index, family in enumerate(families):
-        if family not in FAMILIES:
+        if not isinstance(family, str) or family not in FAMILIES:
             raise ServiceInputError(f"spec.ipFamilies[{index}] {family!r} is not IPv4 or IPv6")
     if len(set(families)) != len(families):
         raise ServiceInputError("spec.ipFamilies names a family twice")
