@@ -82,26 +82,28 @@ static __always_inline struct ma_lb_slot *ma_lb_select(struct bpf_sock_addr *ctx
 	return slot;
 }
 
-/* Rewrites the destination of ctx to a backend of the Service it names. Returns 1 to let the call
- * proceed (translated or not a Service), 0 to refuse it with ECONNREFUSED. */
-static __always_inline int ma_lb_translate(struct bpf_sock_addr *ctx)
+/* What a lookup of an IPv4 Service address decided (the callers own the context's address fields, since
+ * an IPv4 hook and an IPv6 hook with a v4-mapped address hold the same IPv4 address in different ones). */
+#define MA_LB_NOT_A_SERVICE 0
+#define MA_LB_TRANSLATED 1
+#define MA_LB_REFUSED 2
+
+/* Chooses a backend of the IPv4 Service (vip, ctx's port, protocol): on MA_LB_TRANSLATED *backend is the
+ * backend's address, ctx's port is rewritten and the reverse entry is recorded. */
+static __always_inline int __ma_lb_translate_v4(struct bpf_sock_addr *ctx, __u8 protocol, __u32 vip,
+						__u32 *backend)
 {
 	struct ma_lb_service_key key = {};
-	key.protocol = ma_lb_protocol(ctx);
-	if (key.protocol == 0)
-		return 1;
-	key.addr = ctx->user_ip4;
+	key.protocol = protocol;
+	key.addr = vip;
 	key.port = (__u16)ctx->user_port;
 	struct ma_lb_service_value *svc = ma_lb_services.lookup(&key);
 	if (!svc)
-		return 1;
+		return MA_LB_NOT_A_SERVICE;
 	struct ma_lb_slot *slot = ma_lb_select(ctx, &key, svc);
 	if (!slot) {
 		ma_lb_emit(ctx, &key, NULL, MA_LB_EVENT_REFUSED);
-		/* Without this the program's 0 would surface as EPERM; a client expects "refused" and must
-		 * learn it at once rather than time out. */
-		bpf_set_retval(-MA_ECONNREFUSED);
-		return 0;
+		return MA_LB_REFUSED;
 	}
 	struct ma_lb_revnat_key rkey = {};
 	rkey.cookie = bpf_get_socket_cookie(ctx);
@@ -112,23 +114,57 @@ static __always_inline int ma_lb_translate(struct bpf_sock_addr *ctx)
 	rval.port = key.port;
 	ma_lb_revnat.update(&rkey, &rval);
 	ma_lb_emit(ctx, &key, slot, MA_LB_EVENT_TRANSLATED);
-	ctx->user_ip4 = slot->addr;
+	*backend = slot->addr;
 	ctx->user_port = (__u32)slot->port;
+	return MA_LB_TRANSLATED;
+}
+
+/* Refuses the call: without bpf_set_retval the program's 0 would surface as EPERM; a client expects
+ * "refused" and must learn it at once rather than time out. */
+static __always_inline int ma_lb_refuse(void)
+{
+	bpf_set_retval(-MA_ECONNREFUSED);
+	return 0;
+}
+
+/* Rewrites the destination of ctx to a backend of the Service it names. Returns 1 to let the call
+ * proceed (translated or not a Service), 0 to refuse it with ECONNREFUSED. */
+static __always_inline int ma_lb_translate(struct bpf_sock_addr *ctx)
+{
+	__u8 protocol = ma_lb_protocol(ctx);
+	if (protocol == 0)
+		return 1;
+	__u32 backend = 0;
+	int decided = __ma_lb_translate_v4(ctx, protocol, ctx->user_ip4, &backend);
+	if (decided == MA_LB_REFUSED)
+		return ma_lb_refuse();
+	if (decided == MA_LB_TRANSLATED)
+		ctx->user_ip4 = backend;
+	return 1;
+}
+
+/* The Service address an IPv4 backend (ctx's port) stands for on this socket: 1 and *vip set (and ctx's
+ * port rewritten) when the socket asked for a Service. */
+static __always_inline int __ma_lb_reverse_v4(struct bpf_sock_addr *ctx, __u32 backend, __u32 *vip)
+{
+	struct ma_lb_revnat_key rkey = {};
+	rkey.cookie = bpf_get_socket_cookie(ctx);
+	rkey.backend_addr = backend;
+	rkey.backend_port = (__u16)ctx->user_port;
+	struct ma_lb_revnat_value *rval = ma_lb_revnat.lookup(&rkey);
+	if (!rval)
+		return 0;
+	*vip = rval->addr;
+	ctx->user_port = (__u32)rval->port;
 	return 1;
 }
 
 /* Shows the Service address in place of the backend's for a socket that asked for the Service. */
 static __always_inline int ma_lb_reverse(struct bpf_sock_addr *ctx)
 {
-	struct ma_lb_revnat_key rkey = {};
-	rkey.cookie = bpf_get_socket_cookie(ctx);
-	rkey.backend_addr = ctx->user_ip4;
-	rkey.backend_port = (__u16)ctx->user_port;
-	struct ma_lb_revnat_value *rval = ma_lb_revnat.lookup(&rkey);
-	if (rval) {
-		ctx->user_ip4 = rval->addr;
-		ctx->user_port = (__u32)rval->port;
-	}
+	__u32 vip = 0;
+	if (__ma_lb_reverse_v4(ctx, ctx->user_ip4, &vip))
+		ctx->user_ip4 = vip;
 	return 1;
 }
 

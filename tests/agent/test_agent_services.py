@@ -1,6 +1,6 @@
 """The agent with socket load-balancing on: Services and EndpointSlices from the manifest directory are
-translated at connect() for processes in the agent's cgroup, flows name the Service, and a Service whose
-backends all go away refuses at once."""
+translated at connect() for processes in the agent's cgroup, flows name the Service, a Service whose
+backends all go away refuses at once, and a dual-stack Service is reached on both families."""
 
 from __future__ import annotations
 
@@ -141,5 +141,64 @@ def test_services_from_manifests_translate_and_show_in_flows(cgroup: Path, tmp_p
             refused = run_client(client, "tcp", VIP, "80", "--count", "1", cgroup=cgroup)
             assert refused["errors"] and "ECONNREFUSED" in json.dumps(refused["errors"]), refused
             assert refused["slowest_ms"] < 500
+        finally:
+            agent.stop()
+
+
+VIP6 = "fd00:96::7:10"
+
+
+def test_a_dual_stack_service_from_manifests_is_reached_on_both_families(
+    cgroup: Path, tmp_path: Path
+) -> None:
+    with Topology() as topo:
+        client = topo.add_pod("client", "10.244.12.10", ipv6="fd00:244::12:10")
+        backend = topo.add_pod("backend", "10.244.12.20", ipv6="fd00:244::12:20")
+        backend.serve(tcp=(8080,), log=tmp_path / "backend.log")
+        manifests = tmp_path / "manifests"
+        manifests.mkdir()
+        (manifests / "pods.yaml").write_text(
+            "---\n".join(
+                [
+                    pod_manifest("client", "default", client.ip, {"app": "client"}),
+                    pod_manifest("backend", "default", backend.ip, {"app": "web"}),
+                ]
+            )
+        )
+        dual_stack = (
+            f'clusterIPs: [{VIP}, "{VIP6}"]\n  ipFamilies: [IPv4, IPv6]\n  ipFamilyPolicy: RequireDualStack'
+        )
+        (manifests / "service.yaml").write_text(service_yaml().replace(f"clusterIPs: [{VIP}]", dual_stack))
+        ports = [{"name": "http", "port": 8080, "protocol": "TCP"}]
+        (manifests / "slice.yaml").write_text(
+            json.dumps(endpoint_slice("web", ports, [(str(backend.ip), {"ready": True})]))
+            + "\n---\n"
+            + json.dumps(
+                endpoint_slice("web", ports, [(str(backend.ipv6), {"ready": True})], address_type="IPv6")
+            )
+        )
+        config = AgentConfig(
+            node="node-1",
+            node_netns=topo.node,
+            manifests=manifests,
+            manifests_poll_seconds=0.1,
+            pin_dir=Path("/sys/fs/bpf") / f"meshagent-test-{uuid.uuid4().hex[:8]}",
+            observer_socket=tmp_path / "o.sock",
+            metrics_listen=None,
+            health_listen=None,
+            enable_socket_lb=True,
+            socket_lb_cgroup=cgroup,
+            cleanup_on_exit=True,
+        )
+        agent = Agent(config)
+        agent.start()
+        try:
+            assert eventually(agent.ready, timeout=30), agent.status()
+            over4 = run_client(client, "tcp", VIP, "80", "--count", "2", cgroup=cgroup)
+            over6 = run_client(client, "tcp", VIP6, "80", "--count", "3", cgroup=cgroup)
+            assert over4["ok"] == 2 and over4["peers"] == [f"{VIP}:80"], over4
+            assert over6["ok"] == 3 and over6["peers"] == [f"[{VIP6}]:80"], over6
+            assert accepted(tmp_path / "backend.log", client) == 2
+            assert accepted(tmp_path / "backend.log", client, ipv6=True) == 3
         finally:
             agent.stop()

@@ -1,6 +1,7 @@
 """Socket client run inside a pod's network namespace (and, for the tests, inside the test cgroup).
 
-Standard library only; run as a file. Prints one JSON line.
+Standard library only; run as a file. Prints one JSON line. An address with a colon is used on an IPv6
+socket (so ::ffff:a.b.c.d is IPv4 through a dual-stack socket); IPv6 peers are printed as [addr]:port.
 
   client.py tcp IP PORT [--count N]         N connections: connect, getpeername, echo, close
   client.py udp IP PORT [--count N]         N connected UDP sockets: connect, getpeername, echo
@@ -22,6 +23,15 @@ import threading
 import time
 
 PAYLOAD = bytes(range(64))
+
+
+def _family(ip: str) -> int:
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
+
+
+def _endpoint(address: tuple[str, int] | tuple[str, int, int, int]) -> str:
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _error(err: OSError) -> str:
@@ -46,12 +56,11 @@ def _connected(kind: int, ip: str, port: int, count: int, timeout: float) -> dic
     slowest = 0.0
     for _ in range(count):
         start = time.monotonic()
-        sock = socket.socket(socket.AF_INET, kind)
+        sock = socket.socket(_family(ip), kind)
         sock.settimeout(timeout)
         try:
             sock.connect((ip, port))
-            peer = sock.getpeername()
-            peers.add(f"{peer[0]}:{peer[1]}")
+            peers.add(_endpoint(sock.getpeername()))
             if _echo(sock):
                 ok += 1
             else:
@@ -69,15 +78,15 @@ def _unconnected(ip: str, port: int, count: int, timeout: float) -> dict[str, ob
     errors: dict[str, int] = {}
     sources: set[str] = set()
     slowest = 0.0
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock = socket.socket(_family(ip), socket.SOCK_DGRAM)
     sock.settimeout(timeout)
-    sock.bind(("0.0.0.0", 0))
+    sock.bind(("::" if _family(ip) == socket.AF_INET6 else "0.0.0.0", 0))
     for _ in range(count):
         start = time.monotonic()
         try:
             sock.sendto(PAYLOAD, (ip, port))
             data, source = sock.recvfrom(65535)
-            sources.add(f"{source[0]}:{source[1]}")
+            sources.add(_endpoint(source))
             if data == PAYLOAD:
                 ok += 1
         except OSError as err:

@@ -56,11 +56,16 @@ def start_client(pod: Pod, *args: str, cgroup: Path) -> subprocess.Popen[str]:
     )
 
 
-def accepted(log: Path, client: Pod) -> int:
-    """Connections (TCP) or datagrams (UDP) a backend's echo server logged from the client."""
+def accepted(log: Path, client: Pod, *, ipv6: bool = False) -> int:
+    """Connections (TCP) or datagrams (UDP) a backend's echo server logged from the client (from its IPv6
+    address with `ipv6`)."""
     if not log.exists():
         return 0
-    return sum(1 for line in log.read_text().splitlines() if line.split()[1].startswith(f"{client.ip}:"))
+    source = client.ipv6 if ipv6 else client.ip
+    assert source is not None, f"pod {client.name} has no IPv6 address"
+    return sum(
+        1 for line in log.read_text().splitlines() if line.split()[1].rpartition(":")[0] == str(source)
+    )
 
 
 def service(name: str, cluster_ip: str, ports: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
@@ -73,17 +78,21 @@ def service(name: str, cluster_ip: str, ports: list[dict[str, Any]], **spec: Any
 
 
 def endpoint_slice(
-    service_name: str, ports: list[dict[str, Any]], endpoints: list[tuple[str, dict[str, bool]]]
+    service_name: str,
+    ports: list[dict[str, Any]],
+    endpoints: list[tuple[str, dict[str, bool]]],
+    *,
+    address_type: str = "IPv4",
 ) -> dict[str, Any]:
     return {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
         "metadata": {
-            "name": f"{service_name}-abc",
+            "name": f"{service_name}-{address_type.lower()}",
             "namespace": "default",
             "labels": {"kubernetes.io/service-name": service_name},
         },
-        "addressType": "IPv4",
+        "addressType": address_type,
         "ports": ports,
         "endpoints": [{"addresses": [ip], "conditions": conditions} for ip, conditions in endpoints],
     }

@@ -12,8 +12,17 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from meshagent.datapath.maps import lb_affinity, lb_revnat, lb_services
-from meshagent.datapath.socklb import SocketLB, pinned_entries
+from meshagent.datapath.maps import (
+    lb6_affinity,
+    lb6_events,
+    lb6_revnat,
+    lb6_services,
+    lb_affinity,
+    lb_events,
+    lb_revnat,
+    lb_services,
+)
+from meshagent.datapath.socklb import PROGRAMS, SocketLB, pinned_entries
 from meshagent.model.kernel_state import Protocol
 from meshagent.model.services import Frontend, LBBackend, LBEntry
 from meshagent.testing.topology import Topology
@@ -39,6 +48,9 @@ def _layout(struct: type[Any], renames: dict[str, str]) -> dict[str, tuple[int, 
         (lb_services, lb_services.ServiceKey, lb_services.ServiceValue),
         (lb_revnat, lb_revnat.RevNatKey, lb_revnat.RevNatValue),
         (lb_affinity, lb_affinity.AffinityKey, lb_affinity.AffinityValue),
+        (lb6_services, lb6_services.ServiceKey6, lb6_services.ServiceValue6),
+        (lb6_revnat, lb6_revnat.RevNatKey6, lb6_revnat.RevNatValue6),
+        (lb6_affinity, lb6_affinity.AffinityKey6, lb6_affinity.AffinityValue6),
     ],
 )
 def test_map_mirrors_match_compiled_types(
@@ -52,6 +64,9 @@ def test_map_mirrors_match_compiled_types(
     if module is lb_services:
         slot = dict(table.Leaf._fields_)["slots"]._type_  # the compiled struct ma_lb_slot
         assert _layout(lb_services.Slot, renames) == _layout(slot, {})
+    if module is lb6_services:
+        slot = dict(table.Leaf._fields_)["slots"]._type_  # the compiled struct ma_lb6_slot
+        assert _layout(lb6_services.Slot6, renames) == _layout(slot, {})
 
 
 def _entry(port: int, *backends: tuple[str, int], affinity: int = 0) -> LBEntry:
@@ -97,7 +112,7 @@ def test_detach_removes_exactly_our_attachments_and_pinned_state_is_shared(
     entry = _entry(80, ("10.244.5.20", 80))
     socklb.apply({entry.frontend: entry})
     ours = _attached(lb_cgroup)
-    assert len(ours) == 4
+    assert len(ours) == len(PROGRAMS)  # four hooks per family
 
     second = SocketLB(pin_dir=lb_pin_dir, cgroup=lb_cgroup)
     second.load()
@@ -105,7 +120,7 @@ def test_detach_removes_exactly_our_attachments_and_pinned_state_is_shared(
         assert second.entries() == {entry.frontend: entry}  # adopted from the pinned map
         second.attach(replace_stale=False)
         theirs = _attached(lb_cgroup) - ours
-        assert len(theirs) == 4
+        assert len(theirs) == len(PROGRAMS)
         second.detach()
         assert _attached(lb_cgroup) == ours  # only the second object's programs went away
 
@@ -135,34 +150,35 @@ def test_a_restarted_agent_retires_the_attachments_it_finds(
     try:
         successor.attach()  # replaces the session's programs, as a restarted agent would
         after = _attached(lb_cgroup)
-        assert len(after) == 4 and not after & before
+        assert len(after) == len(PROGRAMS) and not after & before
         assert run_client(client, "tcp", str(VIP), "80", "--count", "3", cgroup=lb_cgroup)["ok"] == 3
         socklb.detach()  # its programs are gone already: nothing to do, no error
         assert _attached(lb_cgroup) == after
     finally:
         successor.close()
         socklb.attach()
-    assert len(_attached(lb_cgroup)) == 4
+    assert len(_attached(lb_cgroup)) == len(PROGRAMS)
 
 
 _C_SIZES = {"__u64": 8, "__u32": 4, "__u16": 2, "__u8": 1}
 
 
-def test_event_record_mirror(socklb: SocketLB) -> None:
-    """The ring buffer's record as BCC's front end saw it in ringbuf_output(), field by field."""
+@pytest.mark.parametrize(
+    ("module", "record"),
+    [(lb_events, lb_events.EventRecord), (lb6_events, lb6_events.EventRecord6)],
+)
+def test_event_record_mirror(socklb: SocketLB, module: ModuleType, record: type[Any]) -> None:
+    """Each ring buffer's record as BCC's front end saw it in ringbuf_output(), field by field."""
     from bcc.libbcc import lib
-    from meshagent.datapath.maps import lb_events
 
-    module, name = socklb.bpf.module, lb_events.MAP_NAME.encode()
     compiled = []
-    for index in range(lib.bpf_perf_event_fields(module, name)):
-        field_name, field_type = lib.bpf_perf_event_field(module, name, index).decode().split("#")
+    for index in range(lib.bpf_perf_event_fields(socklb.bpf.module, module.MAP_NAME.encode())):
+        raw = lib.bpf_perf_event_field(socklb.bpf.module, module.MAP_NAME.encode(), index)
+        field_name, field_type = raw.decode().split("#")
         element, _, count = field_type.partition("[")
         compiled.append((field_name, _C_SIZES[element.strip()] * (int(count.rstrip("]")) if count else 1)))
-    ours = [
-        (lb_events.C_FIELD_NAMES.get(field, field), getattr(lb_events.EventRecord, field).size)
-        for field, *_ in lb_events.EventRecord._fields_
-    ]
+    renames = module.C_FIELD_NAMES
+    ours = [(renames.get(field, field), getattr(record, field).size) for field, *_ in record._fields_]
     assert ours == compiled
 
 
@@ -173,11 +189,11 @@ def test_uninstall_from_a_fresh_process_removes_every_attachment_of_ours(
 
     other_pins = tmp_path / "not-a-pin-dir"  # the session's pinned maps must stay
     other_pins.mkdir()
-    assert len(_attached(lb_cgroup)) == 4
+    assert len(_attached(lb_cgroup)) == len(PROGRAMS)
     try:
-        assert uninstall_from(lb_cgroup, pin_dir=other_pins) == 4
+        assert uninstall_from(lb_cgroup, pin_dir=other_pins) == len(PROGRAMS)
         assert _attached(lb_cgroup) == set()
     finally:
         socklb.detach()  # its programs are gone already: nothing to do
         socklb.attach()
-    assert len(_attached(lb_cgroup)) == 4
+    assert len(_attached(lb_cgroup)) == len(PROGRAMS)

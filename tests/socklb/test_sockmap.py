@@ -1,6 +1,7 @@
 """Opt-in sockmap acceleration with real sockets: established TCP connections between two processes of
-the cgroup are spliced socket to socket. Echoes are byte-identical with it on and off, from 1 byte to
-1 MiB; closing either side removes that socket from the map."""
+the cgroup are spliced socket to socket, over IPv4, IPv6 and IPv4 through a dual-stack listener. Echoes
+are byte-identical with it on and off, from 1 byte to 1 MiB; closing either side removes that socket
+from the map."""
 
 from __future__ import annotations
 
@@ -157,16 +158,12 @@ def test_sockhash_key_mirror_matches_the_compiled_size(accelerated: SocketLB) ->
     assert size == ctypes.sizeof(lb_sockhash.SockKey) == 16
 
 
-@pytest.mark.parametrize("case", ["peer outside the cgroup", "dual-stack listener"])
-def test_connections_without_a_local_ipv4_peer_take_the_normal_path(
-    lb_topo: Topology, accelerated: SocketLB, accel_cgroup: Path, lb_cgroup: Path, case: str
+def test_connections_without_a_local_peer_take_the_normal_path(
+    lb_topo: Topology, accelerated: SocketLB, accel_cgroup: Path, lb_cgroup: Path
 ) -> None:
     client = lb_topo.add_pod("client", "10.244.6.10")
     server_pod = lb_topo.add_pod("server", "10.244.6.20")
-    if case == "peer outside the cgroup":
-        server = _server(server_pod, lb_cgroup)  # not accelerated: its sockets never enter the map
-    else:
-        server = _server(server_pod, accel_cgroup, listen="::")  # AF_INET6 sockets are never added
+    server = _server(server_pod, lb_cgroup)  # not accelerated: its sockets never enter the map
     try:
         before = accelerated.accel_counters()
         result = run_client(
@@ -180,3 +177,38 @@ def test_connections_without_a_local_ipv4_peer_take_the_normal_path(
     assert result["sizes"] == {"1": "identical", "65536": "identical"}
     assert after["redirected"] == before["redirected"]  # nothing was spliced...
     assert after["passed"] > before["passed"]  # ...the client's sends went the normal way
+
+
+@pytest.mark.parametrize("case", ["IPv6", "IPv4 to a dual-stack listener"])
+def test_ipv6_and_dual_stack_sockets_are_spliced(
+    lb_topo: Topology, accelerated: SocketLB, accel_cgroup: Path, case: str
+) -> None:
+    client = lb_topo.add_pod("client", "10.244.6.10", ipv6="fd00:244::6:10")
+    server_pod = lb_topo.add_pod("server", "10.244.6.20", ipv6="fd00:244::6:20")
+    # The listener is dual-stack either way: an IPv4 client's accepted socket is AF_INET6 with v4-mapped
+    # addresses, and must still find the client's AF_INET socket.
+    server = _server(server_pod, accel_cgroup, listen="::")
+    target = str(server_pod.ipv6) if case == "IPv6" else str(server_pod.ip)
+    try:
+        before = accelerated.accel_counters()
+        result = run_client(
+            client, "sizes", target, str(PORT), "--sizes", "1,65536,1048576", cgroup=accel_cgroup
+        )
+        after = accelerated.accel_counters()
+    finally:
+        server.kill()
+        server.wait()
+
+    assert result["sizes"] == {"1": "identical", "65536": "identical", "1048576": "identical"}, result
+    assert after["redirected"] - before["redirected"] >= 2 * 3  # both directions, every size
+    assert wait_until(lambda: accelerated.accelerated_sockets6() == [], timeout=3.0)
+
+
+def test_ipv6_sockhash_key_mirror_matches_the_compiled_size(accelerated: SocketLB) -> None:
+    import ctypes
+
+    from bcc import libbcc
+    from meshagent.datapath.maps import lb_sockhash
+
+    size = libbcc.lib.bpf_table_key_size(accelerated.bpf.module, lb_sockhash.MAP6_NAME.encode())
+    assert size == ctypes.sizeof(lb_sockhash.SockKey6) == 40

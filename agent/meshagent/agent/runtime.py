@@ -23,7 +23,7 @@ from meshagent.agent.health import HealthServer
 from meshagent.agent.metrics import ReconcilerCollector
 from meshagent.agent.reaper import ConntrackReaper
 from meshagent.agent.reconciler import Reconciler
-from meshagent.agent.services import ServicesReconciler, translation_event
+from meshagent.agent.services import ServicesReconciler, translation_forwarder
 from meshagent.datapath.datapath import Datapath
 from meshagent.datapath.discovery import EndpointInterfaces
 from meshagent.datapath.loader import Capacities
@@ -157,8 +157,7 @@ class Agent:
         self.services.start()
         self._services.append(self.services)
         if self.pipeline is not None:
-            pipeline = self.pipeline
-            self.socket_lb.start_events(lambda translation: pipeline.on_event(translation_event(translation)))
+            self.socket_lb.start_events(translation_forwarder(self.pipeline.on_event))
         logger.info(
             "socket load-balancing on cgroup %s%s",
             self.socket_lb.cgroup,

@@ -35,12 +35,16 @@ class FrontendWriter(Protocol):
     def apply(self, desired: Any) -> Any: ...
 
 
-def translation_event(translation: ServiceTranslation) -> DatapathEvent:
+def translation_event(translation: ServiceTranslation) -> DatapathEvent | None:
     """A socket load-balancer decision as a datapath event, so it becomes a flow like any other: from the
     Service address to the chosen backend (TRANSLATED), or refused when the Service has no backend. The
-    client's address is not known yet at connect() time."""
+    client's address is not known yet at connect() time. None for an IPv6 frontend: a datapath event
+    holds IPv4 addresses only (the IPv6 decision is still delivered to SocketLB.start_events callers)."""
     frontend = translation.frontend
     backend = translation.backend
+    daddr = backend[0] if backend is not None else frontend.address
+    if not isinstance(daddr, IPv4Address):
+        return None
     return DatapathEvent(
         timestamp_ns=translation.timestamp_ns,
         type=EventType.TRANSLATED,
@@ -50,7 +54,7 @@ def translation_event(translation: ServiceTranslation) -> DatapathEvent:
         endpoint_id=0,
         ifindex=0,
         saddr=IPv4Address(0),
-        daddr=backend[0] if backend is not None else frontend.address,
+        daddr=daddr,
         sport=0,
         dport=backend[1] if backend is not None else frontend.port,
         protocol=int(frontend.protocol),
@@ -60,6 +64,17 @@ def translation_event(translation: ServiceTranslation) -> DatapathEvent:
         src_identity=0,
         dst_identity=0,
     )
+
+
+def translation_forwarder(on_event: Callable[[DatapathEvent], None]) -> Callable[[ServiceTranslation], None]:
+    """A SocketLB.start_events callback handing every decision a datapath event can hold to on_event."""
+
+    def forward(translation: ServiceTranslation) -> None:
+        event = translation_event(translation)
+        if event is not None:
+            on_event(event)
+
+    return forward
 
 
 class ServicesReconciler:

@@ -1,5 +1,6 @@
-"""The socket load-balancer: compiles bpf/sock_lb.c with BCC, attaches its four cgroup v2 socket hooks to
-one cgroup, and writes Service frontends to its maps as a diff.
+"""The socket load-balancer: compiles bpf/sock_lb.c with BCC, attaches its cgroup v2 socket hooks (four
+for IPv4 sockets, four for IPv6 ones) to one cgroup, and writes Service frontends to its maps as a diff:
+IPv4 frontends to ma_lb_services, IPv6 ones to ma_lb6_services.
 
 Programs are attached with BPF_F_ALLOW_MULTI, so programs others attached to the same cgroup keep
 running, and detached by our own program descriptors, so exactly what we added is removed. Maps are
@@ -22,7 +23,17 @@ from bcc import BPF, BPFAttachType, libbcc
 
 from meshagent.datapath.errors import AttachError, CompileError, DatapathError, LoadError, MapError
 from meshagent.datapath.loader import DEFAULT_PIN_DIR, captured_stderr, ensure_bpffs
-from meshagent.datapath.maps import lb_affinity, lb_events, lb_revnat, lb_services, lb_sockhash
+from meshagent.datapath.maps import (
+    lb6_affinity,
+    lb6_events,
+    lb6_revnat,
+    lb6_services,
+    lb_affinity,
+    lb_events,
+    lb_revnat,
+    lb_services,
+    lb_sockhash,
+)
 from meshagent.datapath.maps.base import PerCpuArray, TypedMap
 from meshagent.datapath.pinned import open_pinned
 from meshagent.datapath.program_text import assemble
@@ -42,8 +53,21 @@ PROGRAMS: tuple[tuple[str, int], ...] = (
     ("ma_sock_sendmsg4", BPFAttachType.CGROUP_UDP4_SENDMSG),
     ("ma_sock_recvmsg4", BPFAttachType.CGROUP_UDP4_RECVMSG),
     ("ma_sock_getpeername4", BPFAttachType.CGROUP_INET4_GETPEERNAME),
+    ("ma_sock_connect6", BPFAttachType.CGROUP_INET6_CONNECT),
+    ("ma_sock_sendmsg6", BPFAttachType.CGROUP_UDP6_SENDMSG),
+    ("ma_sock_recvmsg6", BPFAttachType.CGROUP_UDP6_RECVMSG),
+    ("ma_sock_getpeername6", BPFAttachType.CGROUP_INET6_GETPEERNAME),
 )
-MAP_NAMES = (lb_services.MAP_NAME, lb_revnat.MAP_NAME, lb_affinity.MAP_NAME)
+MAP_NAMES = (
+    lb_services.MAP_NAME,
+    lb_revnat.MAP_NAME,
+    lb_affinity.MAP_NAME,
+    lb6_services.MAP_NAME,
+    lb6_revnat.MAP_NAME,
+    lb6_affinity.MAP_NAME,
+)
+Services4 = TypedMap[lb_services.ServiceKey, lb_services.ServiceValue]
+Services6 = TypedMap[lb6_services.ServiceKey6, lb6_services.ServiceValue6]
 SOCKOPS_PROGRAM = "ma_sock_ops"
 SK_MSG_PROGRAM = "ma_sock_msg"
 
@@ -64,17 +88,23 @@ def default_cgroup() -> Path:
 
 @dataclass(frozen=True)
 class LBCapacities:
-    """Map sizes, passed as -D defines (bpf/lib/lb_maps.h has the defaults)."""
+    """Map sizes, passed as -D defines (bpf/lib/lb_maps.h and lb6_maps.h have the defaults)."""
 
     services: int = 16384
     revnat: int = 262144
     affinity: int = 65536
+    services6: int = 16384
+    revnat6: int = 262144
+    affinity6: int = 65536
 
     def cflags(self) -> list[str]:
         return [
             f"-DMA_LB_SERVICES_MAX={self.services}",
             f"-DMA_LB_REVNAT_MAX={self.revnat}",
             f"-DMA_LB_AFFINITY_MAX={self.affinity}",
+            f"-DMA_LB6_SERVICES_MAX={self.services6}",
+            f"-DMA_LB6_REVNAT_MAX={self.revnat6}",
+            f"-DMA_LB6_AFFINITY_MAX={self.affinity6}",
         ]
 
 
@@ -109,7 +139,9 @@ class SocketLB:
         self._attached: list[tuple[Any, int, int]] = []
         self._cgroup_fd: int | None = None
         self._sockhash_fd: int | None = None
-        self.services: TypedMap[lb_services.ServiceKey, lb_services.ServiceValue] | None = None
+        self._sockhash6_fd: int | None = None
+        self.services: Services4 | None = None
+        self.services6: Services6 | None = None
         self._events_thread: threading.Thread | None = None
         self._events_stop = threading.Event()
         self._on_event: Callable[[ServiceTranslation], None] | None = None
@@ -149,9 +181,17 @@ class SocketLB:
             value_type=lb_services.ServiceValue,
             capacity=self.capacities.services,
         )
+        self.services6 = TypedMap(
+            name=lb6_services.MAP_NAME,
+            fd=self.bpf[lb6_services.MAP_NAME.encode()].get_fd(),
+            key_type=lb6_services.ServiceKey6,
+            value_type=lb6_services.ServiceValue6,
+            capacity=self.capacities.services6,
+        )
         if self.accelerate:
             # BCC 0.26 cannot wrap a sockhash in a table object ("Unknown table type 18"): take its fd.
             self._sockhash_fd = int(libbcc.lib.bpf_table_fd(self.bpf.module, lb_sockhash.MAP_NAME.encode()))
+            self._sockhash6_fd = int(libbcc.lib.bpf_table_fd(self.bpf.module, lb_sockhash.MAP6_NAME.encode()))
 
     def attach(self, *, replace_stale: bool = True) -> None:
         """Attaches our programs to the cgroup. With replace_stale, programs of ours that an earlier agent
@@ -169,9 +209,12 @@ class SocketLB:
             (name, attach_type, self._cgroup_fd, BPF_F_ALLOW_MULTI) for name, attach_type in PROGRAMS
         ]
         if self.accelerate:
-            assert self._sockhash_fd is not None
-            # The message verdict first, so that no socket is in the map without it.
-            hooks.insert(0, (SK_MSG_PROGRAM, BPFAttachType.SK_MSG_VERDICT, self._sockhash_fd, 0))
+            assert self._sockhash_fd is not None and self._sockhash6_fd is not None
+            # The message verdict first (on both sockhashes), so that no socket is in a map without it.
+            hooks[:0] = [
+                (SK_MSG_PROGRAM, BPFAttachType.SK_MSG_VERDICT, self._sockhash_fd, 0),
+                (SK_MSG_PROGRAM, BPFAttachType.SK_MSG_VERDICT, self._sockhash6_fd, 0),
+            ]
             hooks.append((SOCKOPS_PROGRAM, BPFAttachType.CGROUP_SOCK_OPS, self._cgroup_fd, BPF_F_ALLOW_MULTI))
         for name, attach_type, target, flags in hooks:
             program = self._programs[name]
@@ -214,8 +257,9 @@ class SocketLB:
             raise DatapathError("load() first")
         self._on_event = on_event
         if not self._ring_open:
-            # Opened once per loaded object; the callback it calls can change.
+            # Opened once per loaded object; the callback it calls can change. One consume drains both.
             self.bpf[lb_events.MAP_NAME.encode()].open_ring_buffer(self._deliver)
+            self.bpf[lb6_events.MAP_NAME.encode()].open_ring_buffer(self._deliver6)
             self._ring_open = True
         if thread:
             self._events_stop.clear()
@@ -223,10 +267,16 @@ class SocketLB:
             self._events_thread.start()
 
     def _deliver(self, _ctx: Any, data: Any, size: int) -> int:
+        return self._hand_over(lb_events.decode, data, size)
+
+    def _deliver6(self, _ctx: Any, data: Any, size: int) -> int:
+        return self._hand_over(lb6_events.decode, data, size)
+
+    def _hand_over(self, decode: Callable[[bytes], ServiceTranslation], data: Any, size: int) -> int:
         on_event = self._on_event
         if on_event is not None:
             try:
-                on_event(lb_events.decode(ctypes.string_at(data, size)))
+                on_event(decode(ctypes.string_at(data, size)))
             except Exception:  # a bad consumer must not stop the reader
                 logger.exception("translation event consumer failed")
         return 0  # BCC wants an int: None costs an exception per event
@@ -271,6 +321,19 @@ class SocketLB:
         )
         return table.keys()
 
+    def accelerated_sockets6(self) -> list[lb_sockhash.SockKey6]:
+        """The IPv6 sockets now in ma_lb6_sockhash (v4-mapped ones are in ma_lb_sockhash)."""
+        if self._sockhash6_fd is None:
+            return []
+        table: TypedMap[lb_sockhash.SockKey6, lb_sockhash.Cookie] = TypedMap(
+            name=lb_sockhash.MAP6_NAME,
+            fd=self._sockhash6_fd,
+            key_type=lb_sockhash.SockKey6,
+            value_type=lb_sockhash.Cookie,
+            capacity=0,
+        )
+        return table.keys()
+
     def accel_counters(self) -> dict[str, int]:
         """Messages redirected to a local peer, and passed to the stack, summed over CPUs."""
         if not self.accelerate or self.bpf is None:
@@ -304,6 +367,7 @@ class SocketLB:
                 self._ring_open = False
                 self._programs.clear()
                 self.services = None
+                self.services6 = None
 
     def uninstall(self) -> None:
         """close() and remove our pinned maps."""
@@ -321,33 +385,46 @@ class SocketLB:
 
     # -- state ----------------------------------------------------------------------------------------
 
-    def _services(self) -> TypedMap[lb_services.ServiceKey, lb_services.ServiceValue]:
-        if self.services is None:
+    def _tables(self) -> tuple[Services4, Services6]:
+        if self.services is None or self.services6 is None:
             raise MapError("the socket load-balancer is not loaded", errno=0)
-        return self.services
+        return self.services, self.services6
 
     def entries(self) -> dict[Frontend, LBEntry]:
-        """What the kernel holds now, decoded."""
-        decoded = (lb_services.decode(k, v) for k, v in self._services().items())
-        return {entry.frontend: entry for entry in decoded}
+        """What the kernel holds now (both families), decoded."""
+        return _decoded(*self._tables())
 
     def apply(self, desired: Mapping[Frontend, LBEntry]) -> ApplyResult:
-        """Writes the difference: changed or new frontends (one atomic update each), then removals."""
-        services = self._services()
+        """Writes the difference: changed or new frontends (one atomic update each), then removals. Each
+        family to its own map; a failed write (a full map) is reported in the result, never skipped."""
+        services, services6 = self._tables()
         result = ApplyResult(diff=diff(self.entries(), desired))
         for entry in result.diff.upserts:
             try:
-                services.update(*lb_services.encode(entry))
+                if entry.frontend.address.version == 6:
+                    services6.update(*lb6_services.encode(entry))
+                else:
+                    services.update(*lb_services.encode(entry))
             except MapError as err:
                 result.errors.append(f"{entry.frontend}: {err}")
         for frontend in result.diff.removals:
             try:
-                services.delete(lb_services.encode_key(frontend))
+                if frontend.address.version == 6:
+                    services6.delete(lb6_services.encode_key(frontend))
+                else:
+                    services.delete(lb_services.encode_key(frontend))
             except MapError as err:
                 result.errors.append(f"removing {frontend}: {err}")
         for error in result.errors:
             logger.error("socket load-balancer: %s", error)
         return result
+
+
+def _decoded(services: Services4, services6: Services6 | None) -> dict[Frontend, LBEntry]:
+    decoded = [lb_services.decode(k, v) for k, v in services.items()]
+    if services6 is not None:
+        decoded += [lb6_services.decode(k, v) for k, v in services6.items()]
+    return {entry.frontend: entry for entry in decoded}
 
 
 # -- programs attached to a cgroup hook (libbpf), to retire what an earlier agent left -----------------
@@ -419,20 +496,32 @@ def _detach_ours(cgroup_fd: int, *, keep: set[int]) -> int:
 
 
 def pinned_entries(pin_dir: Path = DEFAULT_PIN_DIR) -> dict[Frontend, LBEntry]:
-    """What the pinned ma_lb_services holds, read without loading any program (status, inspection)."""
+    """What the pinned service maps hold, read without loading any program (status, inspection). The IPv6
+    map may be missing when an agent from before IPv6 support pinned the IPv4 one."""
     fd = open_pinned(pin_dir / lb_services.MAP_NAME)
+    fd6 = open_pinned(pin_dir / lb6_services.MAP_NAME) if (pin_dir / lb6_services.MAP_NAME).exists() else None
     try:
-        table = TypedMap(
+        table: Services4 = TypedMap(
             name=lb_services.MAP_NAME,
             fd=fd,
             key_type=lb_services.ServiceKey,
             value_type=lb_services.ServiceValue,
             capacity=0,
         )
-        decoded = (lb_services.decode(k, v) for k, v in table.items())
-        return {entry.frontend: entry for entry in decoded}
+        table6: Services6 | None = None
+        if fd6 is not None:
+            table6 = TypedMap(
+                name=lb6_services.MAP_NAME,
+                fd=fd6,
+                key_type=lb6_services.ServiceKey6,
+                value_type=lb6_services.ServiceValue6,
+                capacity=0,
+            )
+        return _decoded(table, table6)
     finally:
         os.close(fd)
+        if fd6 is not None:
+            os.close(fd6)
 
 
 def uninstall_from(cgroup: Path, *, pin_dir: Path = DEFAULT_PIN_DIR) -> int:

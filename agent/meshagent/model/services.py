@@ -8,8 +8,9 @@ kernel.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from meshagent.model.kernel_state import Protocol
 
@@ -19,6 +20,13 @@ MAX_BACKENDS = 64
 DEFAULT_AFFINITY_TIMEOUT = 10800
 # The largest weight sum the kernel's 32-bit arithmetic takes (kept well below 2**32).
 MAX_TOTAL_WEIGHT = 1 << 30
+
+IPAddress = IPv4Address | IPv6Address
+
+
+def address_order(address: IPAddress) -> tuple[int, int]:
+    """A sort key over both families (IPv4 first): addresses of two families do not compare."""
+    return (address.version, int(address))
 
 
 class ServiceInputError(ValueError):
@@ -51,7 +59,8 @@ class ServicePort:
 @dataclass(frozen=True)
 class Service:
     ref: ObjectRef
-    cluster_ips: tuple[IPv4Address, ...]  # IPv4 only; empty for headless and ExternalName Services
+    # Primary family first, at most one per family; empty for headless and ExternalName Services.
+    cluster_ips: tuple[IPAddress, ...]
     ports: tuple[ServicePort, ...]
     affinity_timeout: int = 0  # seconds of ClientIP affinity; 0 without affinity
 
@@ -65,7 +74,7 @@ class EndpointPort:
 
 @dataclass(frozen=True)
 class Endpoint:
-    addresses: tuple[IPv4Address, ...]
+    addresses: tuple[IPAddress, ...]  # all of the slice's addressType
     ready: bool = True
     terminating: bool = False
 
@@ -112,21 +121,41 @@ class ServiceTranslation:
     socket_cookie: int
     netns_cookie: int
     frontend: Frontend
-    backend: tuple[IPv4Address, int] | None
+    backend: tuple[IPAddress, int] | None
 
 
-@dataclass(frozen=True, order=True)
+@functools.total_ordering
+@dataclass(frozen=True)
 class Frontend:
-    address: IPv4Address
+    address: IPAddress
     port: int
     protocol: Protocol
 
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, Frontend):
+            return NotImplemented
+        return (address_order(self.address), self.port, self.protocol) < (
+            address_order(other.address),
+            other.port,
+            other.protocol,
+        )
 
-@dataclass(frozen=True, order=True)
+
+@functools.total_ordering
+@dataclass(frozen=True)
 class LBBackend:
-    address: IPv4Address
+    address: IPAddress
     port: int
     weight: int
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, LBBackend):
+            return NotImplemented
+        return (address_order(self.address), self.port, self.weight) < (
+            address_order(other.address),
+            other.port,
+            other.weight,
+        )
 
 
 @dataclass(frozen=True)
@@ -142,6 +171,8 @@ class LBEntry:
     def __post_init__(self) -> None:
         if len(self.backends) > MAX_BACKENDS:
             raise ValueError(f"{len(self.backends)} backends for {self.frontend}: at most {MAX_BACKENDS}")
+        if any(b.address.version != self.frontend.address.version for b in self.backends):
+            raise ValueError(f"a backend of {self.frontend} is of the other address family")
         if any(b.weight < 0 for b in self.backends):
             raise ValueError("a backend weight is negative")
         if self.total_weight > MAX_TOTAL_WEIGHT:

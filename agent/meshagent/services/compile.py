@@ -1,9 +1,11 @@
 """Compiles Services, EndpointSlices and routes into the frontends the socket load-balancer holds.
 
-One `LBEntry` per (ClusterIP, port, protocol). Its backends are the usable (ready, not terminating)
-endpoints of the Service's port. When a TCPRoute/UDPRoute names the Service as its parent, the backends
-are instead those of the route's backend Services, and each backend Service's weight is shared evenly
-among its endpoints: canary and blue-green are weight changes on the route.
+One `LBEntry` per (ClusterIP, port, protocol): a dual-stack Service has one per family. Its backends are
+the usable (ready, not terminating) endpoints of the Service's port of the ClusterIP's family (a socket
+hook rewrites an address within its family: an IPv4 ClusterIP never leads to an IPv6 backend). When a
+TCPRoute/UDPRoute names the Service as its parent, the backends are instead those of the route's backend
+Services, and each backend Service's weight is shared evenly among its endpoints: canary and blue-green
+are weight changes on the route.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Address
 
 from meshagent.model.kernel_state import Protocol
 from meshagent.model.services import (
@@ -20,12 +21,14 @@ from meshagent.model.services import (
     MAX_TOTAL_WEIGHT,
     EndpointSlice,
     Frontend,
+    IPAddress,
     LBBackend,
     LBEntry,
     ObjectRef,
     Route,
     Service,
     ServicePort,
+    address_order,
 )
 
 logger = logging.getLogger(__name__)
@@ -39,7 +42,7 @@ class CompileResult:
     warnings: tuple[str, ...] = ()
 
 
-Group = tuple[int, tuple[tuple[IPv4Address, int], ...]]  # (weight, backends as (address, port))
+Group = tuple[int, tuple[tuple[IPAddress, int], ...]]  # (weight, backends as (address, port))
 
 
 class _Compiler:
@@ -51,17 +54,22 @@ class _Compiler:
         self.routes = sorted(routes, key=lambda r: r.ref)
         self.warnings: list[str] = []
 
-    def endpoints(self, service: ObjectRef, port: ServicePort) -> tuple[tuple[IPv4Address, int], ...]:
-        """Usable (address, port) pairs of a Service port, from the slices' port of the same name."""
-        found: set[tuple[IPv4Address, int]] = set()
+    def endpoints(
+        self, service: ObjectRef, port: ServicePort, version: int
+    ) -> tuple[tuple[IPAddress, int], ...]:
+        """Usable (address, port) pairs of IP `version` of a Service port, from the slices' port of the
+        same name."""
+        found: set[tuple[IPAddress, int]] = set()
         for item in self.slices.get(service, ()):
             numbers = [p.port for p in item.ports if p.name == port.name and p.protocol == port.protocol]
             if not numbers:
                 continue
             for endpoint in item.endpoints:
                 if endpoint.usable:
-                    found.update((address, numbers[0]) for address in endpoint.addresses)
-        return tuple(sorted(found))
+                    found.update(
+                        (address, numbers[0]) for address in endpoint.addresses if address.version == version
+                    )
+        return tuple(sorted(found, key=lambda pair: (address_order(pair[0]), pair[1])))
 
     def route_for(self, service: Service, port: ServicePort) -> Route | None:
         matching = [
@@ -77,10 +85,10 @@ class _Compiler:
             )
         return matching[0] if matching else None
 
-    def groups(self, service: Service, port: ServicePort) -> list[Group]:
+    def groups(self, service: Service, port: ServicePort, version: int) -> list[Group]:
         route = self.route_for(service, port)
         if route is None:
-            return [(1, self.endpoints(service.ref, port))]
+            return [(1, self.endpoints(service.ref, port, version))]
         groups: list[Group] = []
         for backend in route.backends:
             target = self.services.get(backend.service)
@@ -97,12 +105,12 @@ class _Compiler:
                     f"{backend.service.namespace}/{backend.service.name} port {number} not found"
                 )
                 continue
-            groups.append((backend.weight, self.endpoints(backend.service, target_port)))
+            groups.append((backend.weight, self.endpoints(backend.service, target_port, version)))
         return groups
 
-    def entry(self, service: Service, port: ServicePort, address: IPv4Address) -> LBEntry:
+    def entry(self, service: Service, port: ServicePort, address: IPAddress) -> LBEntry:
         frontend = Frontend(address, port.port, port.protocol)
-        backends = _weighted(self.groups(service, port))
+        backends = _weighted(self.groups(service, port, address.version))
         if len(backends) > MAX_BACKENDS:
             self.warnings.append(
                 f"Service {service.ref.namespace}/{service.ref.name} port {port.port}: "
@@ -127,7 +135,7 @@ def _weighted(groups: list[Group]) -> tuple[LBBackend, ...]:
     scale = math.lcm(*(len(backends) for _, backends in live))
     weight_sum = sum(weight for weight, _ in live)
     exact = weight_sum * scale <= MAX_TOTAL_WEIGHT
-    weights: dict[tuple[IPv4Address, int], int] = {}
+    weights: dict[tuple[IPAddress, int], int] = {}
     for weight, backends in live:
         if exact:
             share = weight * scale // len(backends)
@@ -136,7 +144,7 @@ def _weighted(groups: list[Group]) -> tuple[LBBackend, ...]:
             share = max(1, weight * (MAX_TOTAL_WEIGHT // 2 // weight_sum) // len(backends))
         for backend in backends:
             weights[backend] = weights.get(backend, 0) + share  # one endpoint in two groups: both shares
-    return tuple(LBBackend(address, port, weight) for (address, port), weight in sorted(weights.items()))
+    return tuple(sorted(LBBackend(address, port, weight) for (address, port), weight in weights.items()))
 
 
 def compile_services(

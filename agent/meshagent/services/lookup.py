@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Address
 
 from meshagent.model.kernel_state import Protocol
-from meshagent.model.services import Frontend, LBEntry, ObjectRef
+from meshagent.model.services import Frontend, IPAddress, LBEntry, ObjectRef
 
-BackendKey = tuple[IPv4Address, int, Protocol]
+BackendKey = tuple[IPAddress, int, Protocol]
 
 
 @dataclass(frozen=True, order=True)

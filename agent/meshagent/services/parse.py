@@ -5,7 +5,7 @@ the caller keeps every other object (and the last good version of this one)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from ipaddress import AddressValueError, IPv4Address, ip_address
+from ipaddress import AddressValueError, ip_address
 from typing import Any
 
 from meshagent.model.kernel_state import Protocol
@@ -14,6 +14,7 @@ from meshagent.model.services import (
     Endpoint,
     EndpointPort,
     EndpointSlice,
+    IPAddress,
     ObjectRef,
     Route,
     RouteBackend,
@@ -60,8 +61,14 @@ def _protocol(value: Any, what: str) -> Protocol:
     return _PROTOCOLS[name]
 
 
-def _ipv4s(values: list[Any], what: str) -> tuple[IPv4Address, ...]:
-    out = []
+FAMILIES = {"IPv4": 4, "IPv6": 6}
+FAMILY_POLICIES = ("SingleStack", "PreferDualStack", "RequireDualStack")
+ADDRESS_TYPES = ("IPv4", "IPv6", "FQDN")
+
+
+def _addresses(values: list[Any], what: str, *, version: int | None = None) -> tuple[IPAddress, ...]:
+    """Parsed addresses in their order, duplicates dropped; with `version`, any other family is an error."""
+    out: list[IPAddress] = []
     for value in values:
         if value in ("None", "", None):  # headless
             continue
@@ -69,9 +76,50 @@ def _ipv4s(values: list[Any], what: str) -> tuple[IPv4Address, ...]:
             address = ip_address(value)
         except (ValueError, AddressValueError, TypeError) as err:
             raise ServiceInputError(f"{what} {value!r} is not an IP address") from err
-        if isinstance(address, IPv4Address):
-            out.append(address)
+        if version is not None and address.version != version:
+            raise ServiceInputError(f"{what} {value!r} is not IPv{version}")
+        out.append(address)
     return tuple(dict.fromkeys(out))
+
+
+def _cluster_ips(spec: Mapping[str, Any]) -> tuple[IPAddress, ...]:
+    """spec.clusterIPs (or the older clusterIP), checked against ipFamilies and ipFamilyPolicy the way the
+    API server checks them, so a directory manifest cannot hold what a cluster would refuse."""
+    listed = _list(spec.get("clusterIPs"), "spec.clusterIPs")
+    single = spec.get("clusterIP")
+    if listed and single not in (None, "") and listed[0] != single:
+        raise ServiceInputError(f"spec.clusterIPs[0] {listed[0]!r} is not spec.clusterIP {single!r}")
+    raw = listed or [single]
+    if len(raw) > 2:
+        raise ServiceInputError(f"spec.clusterIPs has {len(raw)} addresses: at most one per family")
+    if "None" in raw and len(raw) > 1:
+        raise ServiceInputError("spec.clusterIPs: a headless Service has the single address 'None'")
+    ips = _addresses(raw, "spec.clusterIPs")
+    if len(ips) == 2 and ips[0].version == ips[1].version:
+        raise ServiceInputError("spec.clusterIPs holds two addresses of the same family")
+    families = _list(spec.get("ipFamilies"), "spec.ipFamilies")
+    for index, family in enumerate(families):
+        if not isinstance(family, str) or family not in FAMILIES:
+            raise ServiceInputError(f"spec.ipFamilies[{index}] {family!r} is not IPv4 or IPv6")
+    if len(set(families)) != len(families):
+        raise ServiceInputError("spec.ipFamilies names a family twice")
+    for index, address in enumerate(ips):
+        if index < len(families) and FAMILIES[families[index]] != address.version:
+            raise ServiceInputError(
+                f"spec.clusterIPs[{index}] {address} is not of spec.ipFamilies[{index}] {families[index]}"
+            )
+    if len(ips) > len(families) > 0:
+        raise ServiceInputError("spec.clusterIPs has more addresses than spec.ipFamilies has families")
+    policy = spec.get("ipFamilyPolicy")
+    if policy is not None and policy not in FAMILY_POLICIES:
+        raise ServiceInputError(f"spec.ipFamilyPolicy {policy!r} is not one of {', '.join(FAMILY_POLICIES)}")
+    # Without a policy the API server defaults to RequireDualStack when two families or addresses are
+    # given, and to SingleStack otherwise: only an explicit SingleStack contradicts two.
+    if policy == "SingleStack" and (len(ips) > 1 or len(families) > 1):
+        raise ServiceInputError("spec.ipFamilyPolicy SingleStack allows one family")
+    if policy == "RequireDualStack" and (len(families) == 1 or len(ips) == 1):
+        raise ServiceInputError("spec.ipFamilyPolicy RequireDualStack needs both families")
+    return ips
 
 
 def _located(err: ServiceInputError, kind: str, ref: ObjectRef) -> ServiceInputError:
@@ -92,7 +140,7 @@ def _parse_service(obj: Mapping[str, Any], ref: ObjectRef) -> Service:
         raise ServiceInputError("spec is not an object")
     if spec.get("type") == "ExternalName":
         return Service(ref=ref, cluster_ips=(), ports=())
-    ips = _list(spec.get("clusterIPs"), "spec.clusterIPs") or [spec.get("clusterIP")]
+    ips = _cluster_ips(spec)
     ports = []
     for index, port in enumerate(_list(spec.get("ports"), "spec.ports")):
         if not isinstance(port, Mapping):
@@ -124,9 +172,7 @@ def _parse_service(obj: Mapping[str, Any], ref: ObjectRef) -> Service:
             )
     elif spec.get("sessionAffinity") not in (None, "None"):
         raise ServiceInputError(f"sessionAffinity {spec.get('sessionAffinity')!r} is not None or ClientIP")
-    return Service(
-        ref=ref, cluster_ips=_ipv4s(ips, "spec.clusterIPs"), ports=tuple(ports), affinity_timeout=affinity
-    )
+    return Service(ref=ref, cluster_ips=ips, ports=tuple(ports), affinity_timeout=affinity)
 
 
 def parse_endpoint_slice(obj: Mapping[str, Any]) -> EndpointSlice:
@@ -151,9 +197,13 @@ def _parse_endpoint_slice(obj: Mapping[str, Any], ref: ObjectRef) -> EndpointSli
     service = labels.get(SERVICE_NAME_LABEL)
     if not isinstance(service, str) or not service:
         raise ServiceInputError(f"label {SERVICE_NAME_LABEL} is missing")
-    if obj.get("addressType", "IPv4") != "IPv4":
-        # IPv6 and FQDN slices carry nothing the IPv4 load-balancer can use.
+    address_type = obj.get("addressType", "IPv4")
+    if address_type not in ADDRESS_TYPES:
+        raise ServiceInputError(f"addressType {address_type!r} is not one of {', '.join(ADDRESS_TYPES)}")
+    if address_type == "FQDN":
+        # Names, not addresses: nothing a socket hook can translate to.
         return EndpointSlice(ref=ref, service=service, ports=(), endpoints=())
+    version = FAMILIES[address_type]
     ports = []
     for index, port in enumerate(_list(obj.get("ports"), "ports")):
         if not isinstance(port, Mapping):
@@ -174,7 +224,11 @@ def _parse_endpoint_slice(obj: Mapping[str, Any], ref: ObjectRef) -> EndpointSli
         conditions = item.get("conditions") or {}
         if not isinstance(conditions, Mapping):
             raise ServiceInputError(f"endpoints[{index}].conditions is not an object")
-        addresses = _ipv4s(_list(item.get("addresses"), f"endpoints[{index}].addresses"), "address")
+        addresses = _addresses(
+            _list(item.get("addresses"), f"endpoints[{index}].addresses"),
+            f"endpoints[{index}].addresses: address",
+            version=version,
+        )
         endpoints.append(
             Endpoint(
                 addresses=addresses,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import socket
+from ipaddress import IPv4Address
 
 from meshagent.datapath.maps.ipcache import addr_from_net, addr_to_net
 from meshagent.model.kernel_state import Protocol
@@ -51,8 +52,15 @@ class ServiceValue(ctypes.Structure):
 C_FIELD_NAMES = {"addr_net": "addr", "port_net": "port"}
 
 
+def _v4(address: object) -> IPv4Address:
+    if not isinstance(address, IPv4Address):
+        raise ValueError(f"{address} is not an IPv4 address")
+    return address
+
+
 def encode_key(frontend: Frontend) -> ServiceKey:
-    return ServiceKey(addr_to_net(frontend.address), socket.htons(frontend.port), int(frontend.protocol), 0)
+    address = addr_to_net(_v4(frontend.address))
+    return ServiceKey(address, socket.htons(frontend.port), int(frontend.protocol), 0)
 
 
 def encode(entry: LBEntry) -> tuple[ServiceKey, ServiceValue]:
@@ -61,7 +69,7 @@ def encode(entry: LBEntry) -> tuple[ServiceKey, ServiceValue]:
     running = 0
     for index, backend in enumerate(entry.backends):
         running += backend.weight
-        value.slots[index] = Slot(addr_to_net(backend.address), socket.htons(backend.port), 0, running)
+        value.slots[index] = Slot(addr_to_net(_v4(backend.address)), socket.htons(backend.port), 0, running)
     return encode_key(entry.frontend), value
 
 

@@ -1,10 +1,12 @@
-"""ma_lb_sockhash (sockhash, opt-in acceleration) and ma_lb_accel_stats (per-CPU counters)."""
+"""ma_lb_sockhash and ma_lb6_sockhash (sockhashes, opt-in acceleration) and ma_lb_accel_stats (per-CPU
+counters)."""
 
 from __future__ import annotations
 
 import ctypes
 
 MAP_NAME = "ma_lb_sockhash"
+MAP6_NAME = "ma_lb6_sockhash"
 STATS_MAP_NAME = "ma_lb_accel_stats"
 ACCEL_REDIRECTED = 0  # MA_LB_ACCEL_REDIRECTED
 ACCEL_PASSED = 1  # MA_LB_ACCEL_PASSED
@@ -16,6 +18,17 @@ class SockKey(ctypes.Structure):
     _fields_ = [
         ("local_addr_net", ctypes.c_uint32),
         ("remote_addr_net", ctypes.c_uint32),
+        ("local_port", ctypes.c_uint32),  # host order
+        ("remote_port_raw", ctypes.c_uint32),  # as the sockops context gives it
+    ]
+
+
+class SockKey6(ctypes.Structure):
+    """Must match struct ma_lb6_sock_key in bpf/lib/lb6_types.h."""
+
+    _fields_ = [
+        ("local_addr_net", ctypes.c_uint32 * 4),
+        ("remote_addr_net", ctypes.c_uint32 * 4),
         ("local_port", ctypes.c_uint32),  # host order
         ("remote_port_raw", ctypes.c_uint32),  # as the sockops context gives it
     ]
