@@ -124,7 +124,7 @@ def test_trace_from_an_address_and_admin_deny(capsys: pytest.CaptureFixture[str]
     [
         (["--from", "nope", "--to", "x/a"], "expected NAMESPACE/POD"),
         (["--from", "x/zzz", "--to", "x/a"], "no pod x/zzz"),
-        (["--from-ip", "1.2.3", "--to", "x/a"], "not an IPv4 address"),
+        (["--from-ip", "1.2.3", "--to", "x/a"], "not an IP address"),
         (["--from-ip", "1.2.3.4", "--to-ip", "5.6.7.8"], "at least one end must be a pod"),
     ],
 )

@@ -26,15 +26,17 @@ from meshagent.datapath.layout import layout_id, other_layouts
 from meshagent.datapath.loader import DEFAULT_PIN_DIR, Capacities, LoadedPrograms, load
 from meshagent.datapath.maps import (
     conntrack,
+    conntrack6,
     endpoints,
     event_budget,
     events_lost,
     frags,
+    frags6,
     ipcache,
     metrics,
     policy,
 )
-from meshagent.datapath.maps.base import PerCpuArray, TypedMap
+from meshagent.datapath.maps.base import FamilyMaps, PerCpuArray, TypedMap
 from meshagent.datapath.migration import LayoutMigration
 from meshagent.datapath.pinned import PolicyTrie, read_state
 from meshagent.model.events import DatapathEvent, DropReason
@@ -212,14 +214,22 @@ class Datapath:
             fd = bpf[name.encode()].map_fd
             return TypedMap(name=name, fd=fd, key_type=key, value_type=value, capacity=capacity)
 
-        self.ipcache_map = typed(ipcache.MAP_NAME, ipcache.IPCacheKey, ipcache.IPCacheValue, caps.ipcache)
-        self.endpoints_map = typed(
-            endpoints.MAP_NAME, endpoints.EndpointKey, endpoints.EndpointValue, caps.endpoints
+        self.ipcache_map = FamilyMaps(
+            typed(ipcache.MAP_NAME, ipcache.IPCacheKey, ipcache.IPCacheValue, caps.ipcache),
+            typed(ipcache.MAP_NAME6, ipcache.IPCache6Key, ipcache.IPCacheValue, caps.ipcache),
+        )
+        self.endpoints_map = endpoints.EndpointMaps(
+            typed(endpoints.MAP_NAME, endpoints.EndpointKey, endpoints.EndpointValue, caps.endpoints),
+            typed(endpoints.MAP_NAME6, endpoints.EndpointKey, endpoints.Endpoint6Value, caps.endpoints),
         )
         self.policy_map = typed(policy.MAP_NAME, policy.PolicyKey, policy.PolicyValue, caps.policy)
         self.ct_map = typed(conntrack.MAP_NAME, conntrack.CTKey, conntrack.CTValue, caps.conntrack)
         self.ct_tcp_map = typed(
             conntrack.TCP_MAP_NAME, conntrack.CTKey, conntrack.CTValue, caps.conntrack_tcp
+        )
+        self.ct6_map = typed(conntrack6.MAP_NAME, conntrack6.CT6Key, conntrack.CTValue, caps.conntrack)
+        self.ct6_tcp_map = typed(
+            conntrack6.TCP_MAP_NAME, conntrack6.CT6Key, conntrack.CTValue, caps.conntrack_tcp
         )
         self.ct_overflow_map = PerCpuArray(
             name=conntrack.TCP_OVERFLOW_MAP_NAME,
@@ -230,7 +240,10 @@ class Datapath:
         self.budget_map = typed(
             event_budget.MAP_NAME, event_budget.BudgetKey, event_budget.BudgetValue, caps.endpoints * 16
         )
-        self.frags_map = typed(frags.MAP_NAME, frags.FragKey, frags.FragValue, caps.frags)
+        self.frags_map = FamilyMaps(
+            typed(frags.MAP_NAME, frags.FragKey, frags.FragValue, caps.frags),
+            typed(frags6.MAP_NAME, frags6.Frag6Key, frags.FragValue, caps.frags),
+        )
         self.metrics_map = PerCpuArray(
             name=metrics.MAP_NAME,
             fd=bpf[metrics.MAP_NAME.encode()].map_fd,
@@ -643,7 +656,9 @@ class Datapath:
         self.fail_closed[ifindex] = reason
 
     @staticmethod
-    def _try_write(table: TypedMap[Any, Any], key: Any, value: Any) -> str | None:
+    def _try_write(
+        table: TypedMap[Any, Any] | FamilyMaps[Any] | endpoints.EndpointMaps, key: Any, value: Any
+    ) -> str | None:
         try:
             table.update(key, value)
         except MapError as err:  # MapFullError included
@@ -689,8 +704,9 @@ class Datapath:
                 out[key.ifindex] += value.suppressed
         return dict(out)
 
-    def ct_tables(self) -> tuple[TypedMap[Any, Any], TypedMap[Any, Any]]:
-        return (self.ct_tcp_map, self.ct_map)
+    def ct_tables(self) -> tuple[TypedMap[Any, Any], ...]:
+        """The conntrack maps: TCP and other, IPv4 then IPv6."""
+        return (self.ct_tcp_map, self.ct_map, self.ct6_tcp_map, self.ct6_map)
 
     def ct_tcp_overflow(self) -> int:
         """New TCP connections that went to the LRU table because ma_ct_tcp was full."""
@@ -705,7 +721,7 @@ class Datapath:
         return out
 
     def connections(self) -> list[conntrack.Connection]:
-        return [conntrack.decode(k, v) for table in self.ct_tables() for k, v in table.items()]
+        return [conntrack6.decode_any(k, v) for table in self.ct_tables() for k, v in table.items()]
 
     def expire_conntrack(
         self, *, timeouts: conntrack.Timeouts | None = None, now_ns: int | None = None

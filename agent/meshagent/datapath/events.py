@@ -13,7 +13,7 @@ import logging
 import struct
 import threading
 from collections.abc import Callable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from meshagent.datapath.ringbuf import RingBufferReader
@@ -23,6 +23,7 @@ from meshagent.model.kernel_state import Direction, Verdict
 logger = logging.getLogger(__name__)
 
 MAP_NAME = "ma_events"
+MAP_NAME6 = "ma_events6"  # IPv6 packets' records (struct ma_event6): an ma_event, then the IPv6 addresses
 FLAG_REPLY = 0x01  # MA_EVENT_F_REPLY
 FLAG_MIDSTREAM = 0x02  # MA_EVENT_F_MIDSTREAM
 
@@ -61,6 +62,17 @@ C_FIELD_NAMES = {"saddr_net": "saddr", "daddr_net": "daddr"}
 # Same layout as EventRecord; addresses kept as 4 raw bytes (network order).
 _RECORD = struct.Struct("=5Q2I4s4s3I2H8B")
 assert _RECORD.size == ctypes.sizeof(EventRecord)
+# struct ma_event6 in bpf/lib/types6.h: the IPv4 record (address fields 0), then source and destination.
+_RECORD6 = struct.Struct("=5Q2I4s4s3I2H8B16s16s")
+
+
+class Event6Record(ctypes.Structure):
+    """Must match struct ma_event6 in bpf/lib/types6.h."""
+
+    _fields_ = [("base", EventRecord), ("saddr_net", ctypes.c_uint8 * 16), ("daddr_net", ctypes.c_uint8 * 16)]
+
+
+assert _RECORD6.size == ctypes.sizeof(Event6Record)
 
 # Plain lookups instead of Enum calls: `EventType(n)` goes through Python-level Enum machinery per event.
 _TYPES = {int(t): t for t in EventType}
@@ -157,7 +169,7 @@ def decode_framed(fields: tuple[Any, ...]) -> DatapathEvent:
             sport,
             dport,
             proto,
-            0 if proto == 1 else tcp_flags,
+            0 if proto == 1 or proto == 58 else tcp_flags,
             (flags & FLAG_REPLY) != 0,
             rule_id,
             src_id,
@@ -167,10 +179,37 @@ def decode_framed(fields: tuple[Any, ...]) -> DatapathEvent:
             pr,
             br,
             (flags & FLAG_MIDSTREAM) != 0,
-            tcp_flags if proto == 1 else 0,
-            icmp_code if proto == 1 else 0,
+            tcp_flags if proto == 1 or proto == 58 else 0,
+            icmp_code if proto == 1 or proto == 58 else 0,
         ),
     )
+
+
+def decode6(data: bytes | memoryview) -> DatapathEvent:
+    """One ma_event6 record (an IPv6 packet's) as an event; ValueError for an unknown event type."""
+    return decode_framed6((0, *_RECORD6.unpack_from(data)))
+
+
+def decode_framed6(fields: tuple[Any, ...]) -> DatapathEvent:
+    """decode_framed for an ma_event6 record: its IPv4 part, then the IPv6 addresses."""
+    event = decode_framed(fields[:-2])
+    return event._replace(saddr=_addr6(fields[-2]), daddr=_addr6(fields[-1]))
+
+
+def _addr6(raw: bytes) -> IPv6Address:
+    found = _ADDRS6.get(raw)
+    if found is None:
+        if len(_ADDRS6) >= ADDR_CACHE_MAX:
+            _ADDRS6.clear()
+        found = _ADDRS6[raw] = IPv6Address(raw)
+    return found
+
+
+_ADDRS6: dict[bytes, IPv6Address] = {}
+
+
+def _timestamp(event: DatapathEvent) -> int:
+    return event.timestamp_ns
 
 
 EventsConsumer = Callable[[list[DatapathEvent]], None]
@@ -203,6 +242,14 @@ class EventReader:
             logger.warning("reading %s through BCC callbacks (mapping it failed: %s)", MAP_NAME, err)
             # BCC registers a ring buffer once per BPF object: the reader lives as long as the programs.
             table.open_ring_buffer(self._callback)
+        # IPv6 packets' records, in a ring buffer of their own (the IPv4 record keeps its size).
+        self._mapped6: RingBufferReader | None = None
+        table6 = bpf[MAP_NAME6.encode()]
+        try:
+            self._mapped6 = RingBufferReader(table6.map_fd, int(table6.max_entries), _RECORD6)
+        except (OSError, ValueError) as err:
+            logger.warning("reading %s through BCC callbacks (mapping it failed: %s)", MAP_NAME6, err)
+            table6.open_ring_buffer(self._callback6)
 
     @property
     def mapped(self) -> bool:
@@ -212,12 +259,19 @@ class EventReader:
     @property
     def malformed(self) -> int:
         """Records of an unexpected size, skipped (mapped reading only)."""
-        return self._mapped.malformed if self._mapped is not None else 0
+        return sum(m.malformed for m in (self._mapped, self._mapped6) if m is not None)
 
     def _callback(self, _ctx: Any, data: Any, size: int) -> int:
         # BCC wants an int back: returning None costs an exception per event.
         try:
             self._pending.append(decode(ctypes.string_at(data, size)))
+        except (ValueError, struct.error):
+            self.decode_errors += 1
+        return 0
+
+    def _callback6(self, _ctx: Any, data: Any, size: int) -> int:
+        try:
+            self._pending.append(decode6(ctypes.string_at(data, size)))
         except (ValueError, struct.error):
             self.decode_errors += 1
         return 0
@@ -253,7 +307,9 @@ class EventReader:
     def _consume(self) -> None:
         if self._mapped is not None:
             self._decode_mapped(self._mapped.read())
-        else:
+        if self._mapped6 is not None:
+            self._decode_mapped6(self._mapped6.read())
+        if self._mapped is None or self._mapped6 is None:
             self._bpf.ring_buffer_consume()
         if not self._pending:
             return
@@ -274,6 +330,19 @@ class EventReader:
                 pending.append(decode_one(fields))
             except ValueError:
                 self.decode_errors += 1
+
+    def _decode_mapped6(self, records: list[tuple[Any, ...]]) -> None:
+        if not records:
+            return
+        had = len(self._pending)
+        for fields in records:
+            try:
+                self._pending.append(decode_framed6(fields))
+            except ValueError:
+                self.decode_errors += 1
+        if had:
+            # Two buffers drained one after the other: the batch goes out in the kernel's time order.
+            self._pending.sort(key=_timestamp)
 
     def _run(self) -> None:
         while not self._stop.is_set():

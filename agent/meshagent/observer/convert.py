@@ -7,7 +7,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from meshagent.model.events import DatapathEvent, DropReason, EventType
 from meshagent.model.kernel_state import (
@@ -62,7 +62,7 @@ _TCP_FLAG_BITS: tuple[tuple[int, str], ...] = (
 RESERVED_WORLD = "reserved:world"
 RESERVED_HOST = "reserved:host"
 
-PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_SCTP = 1, 6, 17, 132
+PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_SCTP, PROTO_ICMPV6 = 1, 6, 17, 132, 58
 
 
 class UuidSource:
@@ -261,7 +261,8 @@ class FlowBuilder:
         f.Type = pb.L3_L4
         f.IP.source = str(ev.saddr)
         f.IP.destination = str(ev.daddr)
-        f.IP.ipVersion = pb.IPv4
+        ipv6 = ev.saddr.version == 6
+        f.IP.ipVersion = pb.IPv6 if ipv6 else pb.IPv4
         if ev.protocol == PROTO_TCP:
             f.l4.TCP.flags.SetInParent()  # present even with no bit set, as Hubble does
             f.Summary = "TCP"
@@ -276,8 +277,13 @@ class FlowBuilder:
             f.l4.ICMPv4.type = ev.icmp_type
             f.l4.ICMPv4.code = ev.icmp_code
             f.Summary = "ICMPv4"
+        elif ev.protocol == PROTO_ICMPV6:
+            f.l4.ICMPv6.SetInParent()
+            f.l4.ICMPv6.type = ev.icmp_type
+            f.l4.ICMPv6.code = ev.icmp_code
+            f.Summary = "ICMPv6"
         else:
-            f.Summary = f"IPv4 protocol {ev.protocol}"
+            f.Summary = f"{'IPv6' if ipv6 else 'IPv4'} protocol {ev.protocol}"
         self._fill_verdict(f, ev)
         egress = ev.direction == Direction.EGRESS
         f.traffic_direction = pb.EGRESS if egress else pb.INGRESS
@@ -326,7 +332,9 @@ class FlowBuilder:
             f.drop_reason_desc = drop  # type: ignore[assignment]
             f.drop_reason = drop
 
-    def _fill_endpoint(self, ep: pb.Endpoint, ip: IPv4Address, identity: int, endpoint_id: int) -> None:
+    def _fill_endpoint(
+        self, ep: pb.Endpoint, ip: IPv4Address | IPv6Address, identity: int, endpoint_id: int
+    ) -> None:
         ep.identity = identity
         if endpoint_id:
             ep.ID = endpoint_id
