@@ -29,8 +29,14 @@ def workloads_of(pod_obj: dict[str, Any]) -> tuple[WorkloadRef, ...]:
 
 
 class ClusterEnricher:
-    def __init__(self, *, rule_lookup: Callable[[int], RuleRef | None]) -> None:
+    def __init__(
+        self,
+        *,
+        rule_lookup: Callable[[int], RuleRef | None],
+        endpoint_address: Callable[[int], IPv4Address | IPv6Address | None] | None = None,
+    ) -> None:
         self._rule_lookup = rule_lookup
+        self._endpoint_address = endpoint_address
         self._endpoints: dict[IPv4Address | IPv6Address, EndpointInfo] = {}
         self._identities: dict[int, tuple[str, ...]] = {}
         self._isolating: dict[tuple[int, bool], tuple[PolicyRef, ...]] = {}
@@ -91,6 +97,9 @@ class ClusterEnricher:
 
     def interface_name(self, ifindex: int) -> str | None:
         return self._ifnames.get(ifindex)
+
+    def endpoint_address(self, endpoint_id: int) -> IPv4Address | IPv6Address | None:
+        return self._endpoint_address(endpoint_id) if self._endpoint_address is not None else None
 
     def service_by_addr(self, ip: IPv4Address | IPv6Address, port: int, protocol: int) -> ServiceRef | None:
         """The Service a backend address serves: flows to a backend name the Service the client used."""

@@ -259,9 +259,16 @@ class FlowBuilder:
         f = pb.Flow()
         f.node_name = self._node_name
         f.Type = pb.L3_L4
-        f.IP.source = str(ev.saddr)
-        f.IP.destination = str(ev.daddr)
-        ipv6 = ev.saddr.version == 6
+        egress = ev.direction == Direction.EGRESS
+        saddr, daddr = ev.saddr, ev.daddr
+        if ev.endpoint_id and saddr.is_unspecified and daddr.is_unspecified:
+            # A frame the datapath could read no addresses from (not IP): its local side is the endpoint.
+            local = self._enricher.endpoint_address(ev.endpoint_id)
+            if local is not None:
+                saddr, daddr = (local, daddr) if egress else (saddr, local)
+        f.IP.source = str(saddr)
+        f.IP.destination = str(daddr)
+        ipv6 = saddr.version == 6 or daddr.version == 6
         f.IP.ipVersion = pb.IPv6 if ipv6 else pb.IPv4
         if ev.protocol == PROTO_TCP:
             f.l4.TCP.flags.SetInParent()  # present even with no bit set, as Hubble does
@@ -285,15 +292,14 @@ class FlowBuilder:
         else:
             f.Summary = f"{'IPv6' if ipv6 else 'IPv4'} protocol {ev.protocol}"
         self._fill_verdict(f, ev)
-        egress = ev.direction == Direction.EGRESS
         f.traffic_direction = pb.EGRESS if egress else pb.INGRESS
         f.trace_observation_point = pb.FROM_ENDPOINT if egress else pb.TO_ENDPOINT
         f.is_reply.value = False
         f.reply = False
         f.interface.index = ev.ifindex
         f.interface.name = self._ifname(ev.ifindex)
-        self._fill_endpoint(f.source, ev.saddr, ev.src_identity, ev.endpoint_id if egress else 0)
-        self._fill_endpoint(f.destination, ev.daddr, ev.dst_identity, 0 if egress else ev.endpoint_id)
+        self._fill_endpoint(f.source, saddr, ev.src_identity, ev.endpoint_id if egress else 0)
+        self._fill_endpoint(f.destination, daddr, ev.dst_identity, 0 if egress else ev.endpoint_id)
         if dst_svc is not None:
             f.destination_service.name = dst_svc.name
             f.destination_service.namespace = dst_svc.namespace

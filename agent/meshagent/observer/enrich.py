@@ -70,6 +70,11 @@ class Enricher(Protocol):
         """The name of an endpoint's interface (None: not known, look it up locally)."""
         ...
 
+    def endpoint_address(self, endpoint_id: int) -> IPv4Address | IPv6Address | None:
+        """A local endpoint's address, for the flows of packets that had none the datapath could read
+        (a frame that is not IP): their local side is the endpoint's. Not on the hot path."""
+        ...
+
 
 @dataclass
 class StaticEnricher:
@@ -80,6 +85,7 @@ class StaticEnricher:
     rules: dict[int, tuple[PolicyRef, ...]] = field(default_factory=dict)
     services: dict[tuple[IPv4Address | IPv6Address, int, int], ServiceRef] = field(default_factory=dict)
     isolating: dict[tuple[int, bool], tuple[PolicyRef, ...]] = field(default_factory=dict)
+    endpoint_addresses: dict[int, IPv4Address | IPv6Address] = field(default_factory=dict)
 
     def endpoint_by_ip(self, ip: IPv4Address | IPv6Address) -> EndpointInfo | None:
         return self.endpoints.get(ip)
@@ -98,6 +104,9 @@ class StaticEnricher:
 
     def interface_name(self, ifindex: int) -> str | None:
         return None
+
+    def endpoint_address(self, endpoint_id: int) -> IPv4Address | IPv6Address | None:
+        return self.endpoint_addresses.get(endpoint_id)
 
     @classmethod
     def from_mappings(
@@ -133,4 +142,7 @@ class NullEnricher:
         return ()
 
     def interface_name(self, ifindex: int) -> str | None:
+        return None
+
+    def endpoint_address(self, endpoint_id: int) -> IPv4Address | IPv6Address | None:
         return None
