@@ -11,11 +11,14 @@ connection rate >= 0.90, connection rate with a follower >= 0.85; program cost o
 <= 200 ns per packet (the kernel's run-time statistics, in a last session of its own, since turning them
 on costs every packet a little).
 
-Drops: any drop of the benchmark's own (TCP) traffic fails the run. Other drops are printed with the flow
-that describes them and do not: an isolated pod's kernel sends IPv6 multicast listener reports, which the
-datapath drops while IPv6 has no rules (docs/datapath.md).
+The pods are dual-stack; `--family ipv6` runs the same workloads between their IPv6 addresses (the IPv6
+programs, entered by tail call, with their own maps), and its lines carry an `_ipv6` suffix.
 
-    .venv/bin/python bench/datapath_overhead.py [--quick] [--rounds N] [--seconds S]
+Drops: any drop of the benchmark's own (TCP) traffic fails the run. Other drops are printed with the flow
+that describes them and do not: a pod's kernel sends packets of its own when its interface comes up
+(IPv6 multicast listener reports, for one), which are no part of what is measured.
+
+    .venv/bin/python bench/datapath_overhead.py [--quick] [--rounds N] [--seconds S] [--family ipv6]
 """
 
 from __future__ import annotations
@@ -119,7 +122,7 @@ def write_manifests(directory: Path, node: ClusterNode, client: Pod, server: Pod
             kind: Pod
             metadata: {{name: client, namespace: {NAMESPACE}, labels: {{app: client}}}}
             spec: {{nodeName: {node.name}, containers: [{{name: main, image: bench}}]}}
-            status: {{podIP: "{client.ip}"}}
+            status: {{podIP: "{client.ip}", podIPs: [{{ip: "{client.ip}"}}, {{ip: "{client.ipv6}"}}]}}
             ---
             apiVersion: v1
             kind: Pod
@@ -128,7 +131,7 @@ def write_manifests(directory: Path, node: ClusterNode, client: Pod, server: Pod
               nodeName: {node.name}
               containers: [{{name: main, image: bench,
                              ports: [{{containerPort: {IPERF_PORT}}}, {{containerPort: {ECHO_PORT}}}]}}]
-            status: {{podIP: "{server.ip}"}}
+            status: {{podIP: "{server.ip}", podIPs: [{{ip: "{server.ip}"}}, {{ip: "{server.ipv6}"}}]}}
             ---
             apiVersion: networking.k8s.io/v1
             kind: NetworkPolicy
@@ -154,17 +157,25 @@ def write_manifests(directory: Path, node: ClusterNode, client: Pod, server: Pod
     )
 
 
-def throughput_gbps(client: Pod, server: Pod, seconds: float) -> float:
-    result = client.run("iperf3", "-c", str(server.ip), "-t", str(seconds), "-J", timeout=seconds + 30)
+def target(server: Pod, family: str) -> str:
+    return str(server.ipv6 if family == "ipv6" else server.ip)
+
+
+def throughput_gbps(client: Pod, server: Pod, seconds: float, family: str) -> float:
+    result = client.run(
+        "iperf3", "-c", target(server, family), "-t", str(seconds), "-J", timeout=seconds + 30
+    )
     data = json.loads(result.stdout)
     return float(data["end"]["sum_received"]["bits_per_second"]) / 1e9
 
 
-def tool_rate(client: Pod, tool: Path, mode: str, server: Pod, seconds: float, *extra: str) -> float:
+def tool_rate(
+    client: Pod, tool: Path, mode: str, server: Pod, seconds: float, family: str, *extra: str
+) -> float:
     result = client.run(
         str(tool),
         mode,
-        str(server.ip),
+        target(server, family),
         str(ECHO_PORT),
         str(seconds),
         *extra,
@@ -289,7 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="two 1-second rounds: a smoke run, no ratios")
     parser.add_argument("--rounds", type=int, help="rounds of every set-up (default 7, quick 2)")
     parser.add_argument("--seconds", type=float, help="seconds per workload (default 3, quick 1)")
+    parser.add_argument("--family", choices=("ipv4", "ipv6"), default="ipv4", help="address family measured")
     args = parser.parse_args(argv)
+    family = args.family
+    suffix = "_ipv6" if family == "ipv6" else ""
     seconds = args.seconds or (1.0 if args.quick else 3.0)
     rounds = args.rounds or (2 if args.quick else 7)
 
@@ -298,8 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, list[float]]] = {s: {w: [] for w, _, _ in WORKLOADS} for s in SETUPS}
     with ClusterTopology(1) as cluster, tempfile.TemporaryDirectory() as tmp:
         node = cluster.nodes[0]
-        client = node.add_pod("client")
-        server = node.add_pod("server")
+        # Dual-stack pods: --family picks the address the workloads connect to.
+        client = node.add_pod("client", ipv6=node.pod_cidr6[10])
+        server = node.add_pod("server", ipv6=node.pod_cidr6[20])
         # Many short connections: let the client reuse ports still in TIME_WAIT.
         client.run("sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1", "net.ipv4.ip_local_port_range=1024 65000")
         write_manifests(Path(tmp) / "manifests", node, client, server)
@@ -309,9 +324,9 @@ def main(argv: list[str] | None = None) -> int:
         echo = server.popen(str(tool), "server", str(ECHO_PORT), stdout=subprocess.PIPE)
         assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
         workloads: dict[str, Callable[[], float]] = {
-            "throughput": lambda: throughput_gbps(client, server, seconds),
-            "rr": lambda: tool_rate(client, tool, "rr", server, seconds),
-            "crr": lambda: tool_rate(client, tool, "crr", server, seconds, "4"),
+            "throughput": lambda: throughput_gbps(client, server, seconds, family),
+            "rr": lambda: tool_rate(client, tool, "rr", server, seconds, family),
+            "crr": lambda: tool_rate(client, tool, "crr", server, seconds, family, "4"),
         }
         agent = NodeAgent(node, Path(tmp), manifests=Path(tmp) / "manifests", log_level="warning")
         try:
@@ -346,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     for workload, name, unit in WORKLOADS:
         print(
             bench_line(
-                name,
+                name + suffix,
                 {
                     f"no_agent_{unit}": median(results["no_agent"][workload]),
                     f"agent_{unit}": median(results["agent"][workload]),
@@ -355,12 +370,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         for setup in ("agent", "agent_follower"):
-            print(bench_line(f"{name}[{setup}]", ratio_figures(results, setup, workload)))
+            print(bench_line(f"{name}{suffix}[{setup}]", ratio_figures(results, setup, workload)))
     for workload, figures in cost.items():
-        print(bench_line(f"datapath_program_cost[{workload}]", figures))
+        print(bench_line(f"datapath_program_cost{suffix}[{workload}]", figures))
     print(
         bench_line(
-            "datapath_agent",
+            "datapath_agent" + suffix,
             {
                 "ready_s_median": median(readings.ready_s),
                 "rss_mib_max": max(readings.rss_mib),
@@ -371,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     drops = sum(readings.drops.values())
     print(
         bench_line(
-            "datapath_run",
+            "datapath_run" + suffix,
             {"quick": int(args.quick), "rounds": rounds, "seconds_per_test": seconds, "drops": drops},
         )
     )

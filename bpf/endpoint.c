@@ -5,6 +5,8 @@
  *
  * Our programs are attached only to endpoints' interfaces. One that is not in ma_endpoints (its entry
  * could not be written) passes nothing but ARP: fail closed.
+ *
+ *   ma_from_endpoint6, ma_to_endpoint6: IPv6 (lib/ipv6.h), entered by a tail call from the two above.
  */
 #include "lib/common.h"
 #include "lib/types.h"
@@ -15,6 +17,7 @@
 #include "lib/conntrack.h"
 #include "lib/events.h"
 #include "lib/metrics.h"
+#include "lib/ipv6.h"
 
 static __always_inline int __ma_drop(__u8 reason, struct ma_event_ctx *ctx, const struct ma_tuple *t,
 				     __u32 bytes)
@@ -81,27 +84,20 @@ static __always_inline int __ma_tracked(struct ma_ct_key *key, struct ma_ct_valu
 	return __ma_pass(ctx->direction, bytes);
 }
 
-/* Frames that are not IPv4. ARP always passes (address resolution for every pod). For a pod under
- * policy, only what the policy can judge: IPv6 has no rules yet, so only neighbour discovery with hop
- * limit 255 passes; other ethertypes (802.1Q and QinQ tags, anything else) are dropped, so that no
+/* Frames that are neither IPv4 nor IPv6. ARP always passes (address resolution for every pod). For a
+ * pod under policy other ethertypes (802.1Q and QinQ tags, anything else) are dropped, so that no
  * encapsulation carries traffic around the rules. A pod not under policy is untouched. In audit mode a
  * drop is reported as audited and the frame passes. */
-static __always_inline int __ma_non_ipv4(struct __sk_buff *skb, __u16 h_proto, int under_policy, int audit,
-					 struct ma_event_ctx *ctx, struct ma_tuple *t, __u32 bytes)
+static __always_inline int __ma_other_ethertype(__u16 h_proto, int under_policy, int audit,
+						struct ma_event_ctx *ctx, struct ma_tuple *t, __u32 bytes)
 {
 	if (h_proto == bpf_htons(ETH_P_ARP) || !under_policy)
 		return __ma_pass(ctx->direction, bytes);
-	__u8 reason = MA_DROP_ETHERTYPE;
-	if (h_proto == bpf_htons(ETH_P_IPV6)) {
-		if (ma_is_ipv6_nd(skb, sizeof(struct ethhdr)))
-			return __ma_pass(ctx->direction, bytes);
-		reason = MA_DROP_IPV6_UNSUPPORTED;
-	}
 	if (audit) {
-		ma_emit(MA_EVENT_POLICY_VERDICT, MA_VERDICT_AUDITED, reason, ctx, t, NULL);
+		ma_emit(MA_EVENT_POLICY_VERDICT, MA_VERDICT_AUDITED, MA_DROP_ETHERTYPE, ctx, t, NULL);
 		return __ma_pass(ctx->direction, bytes);
 	}
-	return __ma_drop(reason, ctx, t, bytes);
+	return __ma_drop(MA_DROP_ETHERTYPE, ctx, t, bytes);
 }
 
 static __always_inline int ma_handle(struct __sk_buff *skb, __u8 direction)
@@ -140,8 +136,12 @@ static __always_inline int ma_handle(struct __sk_buff *skb, __u8 direction)
 	/* A VLAN tag the receive path already took off the frame (into skb metadata, before tc ingress)
 	 * is still a tagged frame. */
 	__u16 h_proto = skb->vlan_present ? bpf_htons(ETH_P_8021Q) : eth->h_proto;
+	if (h_proto == bpf_htons(ETH_P_IPV6)) {
+		ma_enter_ipv6(skb, direction);
+		return __ma_drop(MA_DROP_IPV6_UNSUPPORTED, &ctx, &t, bytes); /* the IPv6 program is missing */
+	}
 	if (h_proto != bpf_htons(ETH_P_IP))
-		return __ma_non_ipv4(skb, h_proto, under_policy, audit, &ctx, &t, bytes);
+		return __ma_other_ethertype(h_proto, under_policy, audit, &ctx, &t, bytes);
 
 	int rc = ma_parse_ipv4(skb, sizeof(*eth), &t);
 	if (rc == MA_PARSE_MALFORMED) {
@@ -260,4 +260,14 @@ int ma_from_endpoint(struct __sk_buff *skb)
 int ma_to_endpoint(struct __sk_buff *skb)
 {
 	return ma_handle(skb, MA_DIR_INGRESS);
+}
+
+int ma_from_endpoint6(struct __sk_buff *skb)
+{
+	return ma_handle_ipv6(skb, MA_DIR_EGRESS);
+}
+
+int ma_to_endpoint6(struct __sk_buff *skb)
+{
+	return ma_handle_ipv6(skb, MA_DIR_INGRESS);
 }

@@ -4,7 +4,8 @@
  *   tcpbench rr  IP PORT SECONDS          one connection, 1-byte request/response ping-pong
  *   tcpbench crr IP PORT SECONDS THREADS  connect, 1-byte request/response, close; repeated
  *
- * Clients print one number: completed transactions per second.
+ * Clients print one number: completed transactions per second. IP may be IPv4 or IPv6; the server
+ * listens on both (an IPv6 socket that also takes IPv4).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -19,7 +20,8 @@
 #include <time.h>
 #include <unistd.h>
 
-static struct sockaddr_in target;
+static struct sockaddr_storage target;
+static socklen_t target_len;
 static double deadline;
 static atomic_long completed;
 
@@ -47,10 +49,11 @@ static void *echo_conn(void *arg)
 
 static int serve(int port)
 {
-	int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-	struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons(port) };
+	int fd = socket(AF_INET6, SOCK_STREAM, 0), one = 1, zero = 0;
+	struct sockaddr_in6 addr = { .sin6_family = AF_INET6, .sin6_port = htons(port), .sin6_addr = in6addr_any };
 
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
 	if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) || listen(fd, 4096)) {
 		perror("listen");
 		return 1;
@@ -75,11 +78,11 @@ static int exchange(int fd)
 
 static int rr(double seconds)
 {
-	int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+	int fd = socket(target.ss_family, SOCK_STREAM, 0), one = 1;
 	long count = 0;
 
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	if (connect(fd, (struct sockaddr *)&target, sizeof(target))) {
+	if (connect(fd, (struct sockaddr *)&target, target_len)) {
 		perror("connect");
 		return 1;
 	}
@@ -95,9 +98,9 @@ static void *crr_worker(void *unused)
 {
 	(void)unused;
 	while (now() < deadline) {
-		int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+		int fd = socket(target.ss_family, SOCK_STREAM, 0), one = 1;
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-		if (connect(fd, (struct sockaddr *)&target, sizeof(target)) == 0 && exchange(fd))
+		if (connect(fd, (struct sockaddr *)&target, target_len) == 0 && exchange(fd))
 			atomic_fetch_add(&completed, 1);
 		close(fd);
 	}
@@ -128,9 +131,20 @@ int main(int argc, char **argv)
 		fprintf(stderr, "usage: tcpbench server PORT | rr IP PORT SECONDS | crr IP PORT SECONDS THREADS\n");
 		return 2;
 	}
-	target.sin_family = AF_INET;
-	target.sin_port = htons(atoi(argv[3]));
-	inet_pton(AF_INET, argv[2], &target.sin_addr);
+	struct sockaddr_in *v4 = (struct sockaddr_in *)&target;
+	struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&target;
+	if (inet_pton(AF_INET, argv[2], &v4->sin_addr) == 1) {
+		v4->sin_family = AF_INET;
+		v4->sin_port = htons(atoi(argv[3]));
+		target_len = sizeof(*v4);
+	} else if (inet_pton(AF_INET6, argv[2], &v6->sin6_addr) == 1) {
+		v6->sin6_family = AF_INET6;
+		v6->sin6_port = htons(atoi(argv[3]));
+		target_len = sizeof(*v6);
+	} else {
+		fprintf(stderr, "tcpbench: %s is not an IP address\n", argv[2]);
+		return 2;
+	}
 	if (!strcmp(argv[1], "rr"))
 		return rr(atof(argv[4]));
 	if (!strcmp(argv[1], "crr"))

@@ -55,6 +55,46 @@ static __always_inline int __ma_event_budget_take(const struct ma_event_ctx *ctx
 	return 1;
 }
 
+/* Fills a zeroed record (IPv4's on the stack, IPv6's in its ring buffer: ipv6.h). */
+static __always_inline void ma_event_fill(struct ma_event *ev, __u64 now, __u8 type, __u8 verdict, __u8 reason,
+					  const struct ma_event_ctx *ctx, const struct ma_tuple *t,
+					  const struct ma_ct_value *counters)
+{
+	ev->ts_ns = now;
+	ev->type = type;
+	ev->verdict = verdict;
+	ev->reason = reason;
+	ev->direction = ctx->direction;
+	ev->endpoint_id = ctx->endpoint_id;
+	ev->ifindex = ctx->ifindex;
+	ev->rule_id = ctx->rule_id;
+	ev->src_identity = ctx->src_identity;
+	ev->dst_identity = ctx->dst_identity;
+	ev->saddr = t->saddr;
+	ev->daddr = t->daddr;
+	ev->sport = t->sport;
+	ev->dport = t->dport;
+	ev->proto = t->proto;
+	/* ICMP has no flags: the byte carries its type (the record keeps its size). */
+	ev->tcp_flags = t->proto == IPPROTO_ICMP || t->proto == IPPROTO_ICMPV6 ? t->icmp_type : t->tcp_flags;
+	ev->icmp_code = t->icmp_code;
+	ev->flags = (ctx->is_reply ? MA_EVENT_F_REPLY : 0) | ctx->flags;
+	if (counters) {
+		ev->packets_fwd = counters->packets_fwd;
+		ev->bytes_fwd = counters->bytes_fwd;
+		ev->packets_rev = counters->packets_rev;
+		ev->bytes_rev = counters->bytes_rev;
+	}
+}
+
+static __always_inline void ma_event_lost(void)
+{
+	__u32 zero = 0;
+	__u64 *lost = ma_events_lost.lookup(&zero);
+	if (lost)
+		*lost += 1;
+}
+
 static __always_inline void ma_emit(__u8 type, __u8 verdict, __u8 reason, const struct ma_event_ctx *ctx,
 				    const struct ma_tuple *t, const struct ma_ct_value *counters)
 {
@@ -63,37 +103,9 @@ static __always_inline void ma_emit(__u8 type, __u8 verdict, __u8 reason, const 
 
 	if (!__ma_event_budget_take(ctx, now))
 		return;
-	ev.ts_ns = now;
-	ev.type = type;
-	ev.verdict = verdict;
-	ev.reason = reason;
-	ev.direction = ctx->direction;
-	ev.endpoint_id = ctx->endpoint_id;
-	ev.ifindex = ctx->ifindex;
-	ev.rule_id = ctx->rule_id;
-	ev.src_identity = ctx->src_identity;
-	ev.dst_identity = ctx->dst_identity;
-	ev.saddr = t->saddr;
-	ev.daddr = t->daddr;
-	ev.sport = t->sport;
-	ev.dport = t->dport;
-	ev.proto = t->proto;
-	/* ICMP has no flags: the byte carries its type (the record keeps its size). */
-	ev.tcp_flags = t->proto == IPPROTO_ICMP ? t->icmp_type : t->tcp_flags;
-	ev.icmp_code = t->icmp_code;
-	ev.flags = (ctx->is_reply ? MA_EVENT_F_REPLY : 0) | ctx->flags;
-	if (counters) {
-		ev.packets_fwd = counters->packets_fwd;
-		ev.bytes_fwd = counters->bytes_fwd;
-		ev.packets_rev = counters->packets_rev;
-		ev.bytes_rev = counters->bytes_rev;
-	}
-	if (ma_events.ringbuf_output(&ev, sizeof(ev), BPF_RB_NO_WAKEUP) != 0) {
-		__u32 zero = 0;
-		__u64 *lost = ma_events_lost.lookup(&zero);
-		if (lost)
-			*lost += 1;
-	}
+	ma_event_fill(&ev, now, type, verdict, reason, ctx, t, counters);
+	if (ma_events.ringbuf_output(&ev, sizeof(ev), BPF_RB_NO_WAKEUP) != 0)
+		ma_event_lost();
 }
 
 #endif /* MA_EVENTS_H */

@@ -151,7 +151,7 @@ struct ma_metrics_value {
 #define MA_DROP_MALFORMED 4
 #define MA_DROP_CT_FULL 5
 #define MA_DROP_FRAG_NO_FIRST 6
-#define MA_DROP_IPV6_UNSUPPORTED 7
+#define MA_DROP_IPV6_UNSUPPORTED 7 /* IPv6 with no IPv6 program in ma_ipv6_progs to judge it: fail closed */
 /* 8 is reserved (UNKNOWN_L4, never emitted). */
 #define MA_DROP_ETHERTYPE 9   /* neither IPv4, ARP nor IPv6 (802.1Q, QinQ, ...) to or from a pod under policy */
 #define MA_DROP_NO_ENDPOINT 10 /* our programs on an interface with no endpoint entry: fail closed */

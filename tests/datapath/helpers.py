@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 
 from meshagent.model.events import DatapathEvent
 from meshagent.model.kernel_state import EndpointEntry, IPCacheEntry, KernelState, PolicyEntry
@@ -21,18 +21,24 @@ def identity_of(pod: Pod) -> int:
 
 def endpoint(pod: Pod, endpoint_id: int, **flags: bool) -> EndpointEntry:
     return EndpointEntry(
-        ifindex=pod.ifindex, endpoint_id=endpoint_id, identity=identity_of(pod), ipv4=pod.ip, **flags
+        ifindex=pod.ifindex,
+        endpoint_id=endpoint_id,
+        identity=identity_of(pod),
+        ipv4=pod.ip,
+        ipv6=pod.ipv6,
+        **flags,
     )
 
 
 def state(
     endpoints: Iterable[EndpointEntry], pods: Iterable[Pod], policy: Iterable[PolicyEntry] = ()
 ) -> KernelState:
-    return KernelState(
-        endpoints=frozenset(endpoints),
-        ipcache=frozenset(IPCacheEntry(IPv4Network(f"{p.ip}/32"), identity_of(p)) for p in pods),
-        policy=frozenset(policy),
-    )
+    pods = list(pods)
+    ipcache = {IPCacheEntry(IPv4Network(f"{p.ip}/32"), identity_of(p)) for p in pods}
+    ipcache |= {
+        IPCacheEntry(IPv6Network(f"{p.ipv6}/128"), identity_of(p)) for p in pods if p.ipv6 is not None
+    }
+    return KernelState(endpoints=frozenset(endpoints), ipcache=frozenset(ipcache), policy=frozenset(policy))
 
 
 class EventLog:

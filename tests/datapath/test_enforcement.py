@@ -261,36 +261,6 @@ print("echoed" if s.recv(100) == b"still here" else "lost", flush=True)
 """
 
 
-def test_ipv6_dropped_under_policy_except_neighbour_discovery(
-    datapath: Datapath, topo: Topology, trio: tuple[Pod, Pod, Pod], events: EventLog
-) -> None:
-    a, b, _c = trio
-    datapath.apply(state([endpoint(a, 1), endpoint(b, 2)], trio))
-    gateway_v6 = f"{_host_link_local(topo, a)}%eth0"
-    # Neighbour discovery runs first (solicitation and advertisement), then the echo.
-    # Both link-local addresses finish duplicate address detection before they answer.
-    assert _eventually(lambda: a.run("ping", "-6", "-c", "1", "-W", "1", gateway_v6).returncode == 0), (
-        "no policy: IPv6 passes"
-    )
-
-    datapath.apply(
-        state(
-            [endpoint(a, 1, enforce_egress=True), endpoint(b, 2)],
-            trio,
-            [allow_in(1, IDENTITY_ANY, Protocol.ANY, direction=Direction.EGRESS)],
-        )
-    )
-    a.run("ip", "-6", "neigh", "flush", "dev", "eth0")
-    assert a.run("ping", "-6", "-c", "1", "-W", "1", gateway_v6).returncode != 0
-    drops = events.wait_for(lambda e: e.drop_reason == DropReason.IPV6_UNSUPPORTED)
-    assert drops and drops[0].endpoint_id == 1
-    # Neighbour discovery still worked under policy: the pod resolved the gateway's link-layer address.
-    neighbours = a.run("ip", "-6", "neigh", "show", "dev", "eth0").stdout
-    assert "lladdr" in neighbours, neighbours
-    # IPv4 keeps working under the same policy (it allows everything).
-    assert a.probe("tcp", b.ip, 80)["ok"]
-
-
 def _eventually(check: Callable[[], bool], *, attempts: int = 5) -> bool:
     for _ in range(attempts):
         if check():

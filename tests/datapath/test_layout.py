@@ -16,7 +16,17 @@ from typing import Any
 import pytest
 from meshagent.datapath import events
 from meshagent.datapath.loader import Capacities, load
-from meshagent.datapath.maps import conntrack, endpoints, events_lost, frags, ipcache, metrics, policy
+from meshagent.datapath.maps import (
+    conntrack,
+    conntrack6,
+    endpoints,
+    events_lost,
+    frags,
+    frags6,
+    ipcache,
+    metrics,
+    policy,
+)
 
 pytestmark = pytest.mark.kernel
 
@@ -65,6 +75,24 @@ def test_map_mirrors_match_compiled_types(
     compiled: Any, module: ModuleType, key: type[Any], value: type[Any]
 ) -> None:
     table = compiled[module.MAP_NAME.encode()]
+    _assert_mirrors(key, table.Key, module)
+    _assert_mirrors(value, table.Leaf, module)
+
+
+@pytest.mark.parametrize(
+    ("module", "map_name", "key", "value"),
+    [
+        (ipcache, ipcache.MAP_NAME6, ipcache.IPCache6Key, ipcache.IPCacheValue),
+        (endpoints, endpoints.MAP_NAME6, endpoints.EndpointKey, endpoints.Endpoint6Value),
+        (conntrack6, conntrack6.MAP_NAME, conntrack6.CT6Key, conntrack.CTValue),
+        (conntrack6, conntrack6.TCP_MAP_NAME, conntrack6.CT6Key, conntrack.CTValue),
+        (frags6, frags6.MAP_NAME, frags6.Frag6Key, frags.FragValue),
+    ],
+)
+def test_ipv6_map_mirrors_match_compiled_types(
+    compiled: Any, module: ModuleType, map_name: str, key: type[Any], value: type[Any]
+) -> None:
+    table = compiled[map_name.encode()]
     _assert_mirrors(key, table.Key, module)
     _assert_mirrors(value, table.Leaf, module)
 

@@ -72,13 +72,19 @@ def test_kernel_enforces_without_agent_and_new_agent_adopts(topo: Topology, own_
     assert sorted(p.name for p in first.maps_dir.iterdir()) == sorted(
         [
             "ma_ct",
+            "ma_ct6",
+            "ma_ct6_tcp",
             "ma_ct_tcp",
             "ma_ct_tcp_overflow",
             "ma_endpoints",
+            "ma_endpoints6",
             "ma_event_budget",
             "ma_events_lost",
             "ma_frags",
+            "ma_frags6",
             "ma_ipcache",
+            "ma_ipcache6",
+            "ma_ipv6_progs",
             "ma_metrics",
             "ma_policy",
         ]

@@ -11,7 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
 import pytest
@@ -70,8 +70,8 @@ class Agent:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Agent, Pod, Pod]]:
     tmp = tmp_path_factory.mktemp("e2e")
     with Topology() as topo:
-        a = topo.add_pod("a", "10.244.7.10")
-        b = topo.add_pod("b", "10.244.7.20")
+        a = topo.add_pod("a", "10.244.7.10", ipv6="fd00:7::10")
+        b = topo.add_pod("b", "10.244.7.20", ipv6="fd00:7::20")
         b.serve(tcp=(80, 81), udp=(53,))
         dp = Datapath(
             pin_dir=Path("/sys/fs/bpf") / f"meshagent-obs-test-{uuid.uuid4().hex[:8]}", netns=topo.node
@@ -82,12 +82,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Agent, Pod
                 KernelState(
                     endpoints=frozenset(
                         {
-                            EndpointEntry(ifindex=a.ifindex, endpoint_id=1, identity=ID_A, ipv4=a.ip),
+                            EndpointEntry(
+                                ifindex=a.ifindex, endpoint_id=1, identity=ID_A, ipv4=a.ip, ipv6=a.ipv6
+                            ),
                             EndpointEntry(
                                 ifindex=b.ifindex,
                                 endpoint_id=2,
                                 identity=ID_B,
                                 ipv4=b.ip,
+                                ipv6=b.ipv6,
                                 enforce_ingress=True,
                             ),
                         }
@@ -96,6 +99,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Agent, Pod
                         {
                             IPCacheEntry(IPv4Network(f"{a.ip}/32"), ID_A),
                             IPCacheEntry(IPv4Network(f"{b.ip}/32"), ID_B),
+                            IPCacheEntry(IPv6Network(f"{a.ipv6}/128"), ID_A),
+                            IPCacheEntry(IPv6Network(f"{b.ipv6}/128"), ID_B),
                         }
                     ),
                     policy=frozenset(
@@ -114,15 +119,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Agent, Pod
                     ),
                 )
             )
+            info_a = EndpointInfo(
+                ID_A, "demo", "client-a", ("k8s:app=client",), (WorkloadRef("client", "Deployment"),)
+            )
+            info_b = EndpointInfo(
+                ID_B, "demo", "server-b", ("k8s:app=server",), (WorkloadRef("server", "Deployment"),)
+            )
+            assert a.ipv6 is not None and b.ipv6 is not None
             enricher = StaticEnricher.from_mappings(
-                endpoints={
-                    a.ip: EndpointInfo(
-                        ID_A, "demo", "client-a", ("k8s:app=client",), (WorkloadRef("client", "Deployment"),)
-                    ),
-                    b.ip: EndpointInfo(
-                        ID_B, "demo", "server-b", ("k8s:app=server",), (WorkloadRef("server", "Deployment"),)
-                    ),
-                },
+                endpoints={a.ip: info_a, b.ip: info_b, a.ipv6: info_a, b.ipv6: info_b},
                 rules={RULE_ALLOW_A: (PolicyRef("NetworkPolicy", "demo", "allow-client"),)},
             )
             pipeline = FlowPipeline(
@@ -193,6 +198,39 @@ def test_allowed_connection_becomes_a_forwarded_flow_with_policy(world: tuple[Ag
     assert f.node_name == "e2e-node" and f.interface.index == b.ifindex
     assert abs(f.time.ToNanoseconds() - time.time_ns()) < 30 * 1_000_000_000  # wall clock, not monotonic
     assert f.is_reply.value is False
+
+
+def test_ipv6_connections_become_ipv6_flows_found_by_ipv6_cidrs(
+    world: tuple[Agent, Pod, Pod], capsys: pytest.CaptureFixture[str]
+) -> None:
+    agent, a, b = world
+    assert b.ipv6 is not None
+    allowed = a.probe("tcp", b.ipv6, 80)
+    assert allowed["ok"], allowed
+    assert not a.probe("tcp", b.ipv6, 81, timeout=0.5)["ok"]
+    assert not a.probe("tcp", b.ip, 81, timeout=0.5)["ok"]
+    to_b6 = pb.FlowFilter(destination_ip=["fd00:7::/64"], traffic_direction=[pb.INGRESS])
+    flows = wait_flows(agent, to_b6, count=2)
+    assert flows and all(f.IP.ipVersion == pb.IPv6 for f in flows)
+    by_port = {f.l4.TCP.destination_port: f for f in flows}
+    forwarded, dropped = by_port[80], by_port[81]
+    assert (forwarded.IP.source, forwarded.IP.destination) == (str(a.ipv6), str(b.ipv6))
+    assert forwarded.verdict == pb.FORWARDED and forwarded.l4.TCP.source_port == allowed["sport"]
+    assert (forwarded.source.pod_name, forwarded.destination.pod_name) == ("client-a", "server-b")
+    assert [p.name for p in forwarded.ingress_allowed_by] == ["allow-client"]
+    assert dropped.verdict == pb.DROPPED and dropped.drop_reason_desc == pb.POLICY_DENIED
+    # An IPv4 CIDR finds none of them; an IPv6 one of another network neither.
+    v4 = wait_flows(agent, pb.FlowFilter(destination_ip=["10.244.7.0/24"], destination_port=["81"]))
+    assert v4 and all(f.IP.ipVersion == pb.IPv4 for f in v4)
+    assert not wait_flows(agent, pb.FlowFilter(destination_ip=["fd00:8::/64"]), count=0)
+    # The CLI's compact line names the pods (enriched by their IPv6 addresses).
+    capsys.readouterr()
+    rc = main(
+        ["flows", "--server", str(agent.sock), "--to-ip", "fd00:7::/64", "--to-port", "81", "--last", "1"]
+    )
+    assert rc == 0
+    line = capsys.readouterr().out
+    assert "demo/client-a" in line and "demo/server-b:81" in line and "DROPPED" in line, line
 
 
 def test_events_are_read_through_the_ring_buffer_mapping(world: tuple[Agent, Pod, Pod]) -> None:

@@ -16,7 +16,8 @@ PAYLOAD = b"meshagent-conformance"
 
 def probe(proto: str, ip: str, port: int, timeout: float) -> bool:
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-    with socket.socket(socket.AF_INET, kind) as sock:
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    with socket.socket(family, kind) as sock:
         sock.settimeout(timeout)
         try:
             sock.connect((ip, port))

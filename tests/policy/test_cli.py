@@ -124,7 +124,7 @@ def test_trace_from_an_address_and_admin_deny(capsys: pytest.CaptureFixture[str]
     [
         (["--from", "nope", "--to", "x/a"], "expected NAMESPACE/POD"),
         (["--from", "x/zzz", "--to", "x/a"], "no pod x/zzz"),
-        (["--from-ip", "1.2.3", "--to", "x/a"], "not an IPv4 address"),
+        (["--from-ip", "1.2.3", "--to", "x/a"], "not an IP address"),
         (["--from-ip", "1.2.3.4", "--to-ip", "5.6.7.8"], "at least one end must be a pod"),
     ],
 )
@@ -155,3 +155,31 @@ def test_reads_the_directory_as_the_agent_does(capsys: pytest.CaptureFixture[str
     data = json.loads(out)
     assert [(e["namespace"], e["name"], e["ip"]) for e in data["endpoints"]] == [("z", "p", "10.0.0.1")]
     assert any("b.yaml:1" in e and "already defined in a.yaml:1" in e for e in data["rejected"])
+
+
+DUAL_STACK_CLIENT = """
+apiVersion: v1
+kind: Pod
+metadata: {name: d, namespace: y, labels: {app: client}}
+spec: {nodeName: node-1, containers: [{name: main}]}
+status: {podIP: 10.0.1.4, podIPs: [{ip: 10.0.1.4}, {ip: 'fd00:1::4'}]}
+"""
+
+
+def test_trace_ipv6_addresses(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    for manifest in MANIFESTS.iterdir():
+        (tmp_path / manifest.name).write_text(manifest.read_text())
+    (tmp_path / "dual.yaml").write_text(DUAL_STACK_CLIENT)
+    # The pod's IPv6 address is the pod: its identity, so the selector rule allows it.
+    code, out, _ = run(
+        capsys, "policy", "trace", "--manifests", str(tmp_path), "--from-ip", "fd00:1::4", "--to", "x/a",
+        "--port", "8080",
+    )  # fmt: skip
+    assert code == 0
+    assert out.startswith("y/d (fd00:1::4) -> x/a (10.0.0.1) tcp/8080: ALLOWED"), out
+    # An IPv6 address nobody holds is the world's.
+    code, out, _ = run(
+        capsys, "policy", "trace", "--manifests", str(tmp_path), "--from-ip", "2001:db8::1", "--to", "x/a",
+        "--port", "8080",
+    )  # fmt: skip
+    assert code == 0 and out.startswith("2001:db8::1 -> x/a (10.0.0.1) tcp/8080: DENIED"), out

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_address
 
 import yaml
 from meshagent.model.cluster import LocalEndpoint, Namespace, Pod
-from meshagent.model.kernel_state import IDENTITY_ANY, IDENTITY_WORLD, Direction, Protocol, Verdict
+from meshagent.model.kernel_state import (
+    IDENTITY_ANY,
+    IDENTITY_WORLD,
+    Direction,
+    IPCacheEntry,
+    Protocol,
+    Verdict,
+)
 from meshagent.policy.compiler import PolicyCompiler
 from meshagent.policy.parse import parse_object
 from meshagent.policy.rules import RuleKind
@@ -226,30 +233,120 @@ def test_attribution_names_the_rule_or_the_isolating_policies() -> None:
     assert attribute(c, endpoint_id=1, direction=Direction.INGRESS, rule_id=12345).rule is None
 
 
-def test_a_pod_known_only_by_ipv6_is_isolated_when_a_policy_selects_it() -> None:
+def test_an_ipv6_only_pod_is_enforced_with_its_own_identity_and_rules() -> None:
     v6_pod = """
 kind: Pod
 metadata: {name: six, namespace: x, labels: {app: six}}
 status: {podIP: 'fd00::6', podIPs: [{ip: 'fd00::6'}]}
 """
-    deny_six = """
+    allow_web = """
 kind: NetworkPolicy
-metadata: {name: deny-six, namespace: x}
-spec: {podSelector: {matchLabels: {app: six}}, policyTypes: [Ingress]}
+metadata: {name: six-from-web, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: six}}
+  policyTypes: [Ingress]
+  ingress: [{from: [{podSelector: {matchLabels: {app: web}}}], ports: [{port: 80}]}]
 """
     compiler = compiler_with(v6_pod)
-    diff = compiler.set_local_endpoint("x", "six", LocalEndpoint(4, 14))
-    # Not selected: nothing to enforce, nothing in the kernel (as for any pod outside every policy).
-    assert compiler.endpoint(("x", "six")) is None and not diff.upsert_endpoints
-    compiler.upsert_policy(parse_object(yaml.safe_load(deny_six)))  # type: ignore[arg-type]
+    compiler.set_local_endpoint("x", "six", LocalEndpoint(4, 14))
+    endpoint = compiler.endpoint(("x", "six"))
+    assert endpoint is not None and not endpoint.enforce_ingress
+    compiler.upsert_policy(parse_object(yaml.safe_load(allow_web)))  # type: ignore[arg-type]
     endpoint = compiler.endpoint(("x", "six"))
     assert endpoint is not None
-    assert (endpoint.ipv4, endpoint.identity) == (IPv4Address(0), IDENTITY_WORLD)
+    six_identity = compiler.identity_of(("x", "six"))
+    assert six_identity is not None and six_identity != IDENTITY_WORLD
+    # Its own identity and address; no IPv4 address, so every IPv4 source it uses is spoofed.
+    assert (endpoint.ipv4, endpoint.ipv6, endpoint.identity) == (
+        IPv4Address(0),
+        IPv6Address("fd00::6"),
+        six_identity,
+    )
     assert endpoint.enforce_ingress and not endpoint.enforce_egress
-    assert not [e for e in compiler.state().policy if e.endpoint_id == 4]
+    assert IPCacheEntry(IPv6Network("fd00::6/128"), six_identity) in compiler.state().ipcache
+    sim = DatapathSimulator(compiler.state())
+    allowed = sim.verdict(
+        endpoint_id=4,
+        direction=Direction.INGRESS,
+        peer=IPv4Address("10.0.0.1"),
+        protocol=Protocol.TCP,
+        port=80,
+    )
+    other = sim.verdict(
+        endpoint_id=4,
+        direction=Direction.INGRESS,
+        peer=IPv4Address("10.0.0.2"),
+        protocol=Protocol.TCP,
+        port=80,
+    )
+    assert (allowed.verdict, other.verdict) == (Verdict.ALLOWED, Verdict.DENIED)
     # The incremental result is the full compile's.
-    full = compiler_with(v6_pod, deny_six)
+    full = compiler_with(v6_pod, allow_web)
     full.set_local_endpoint("x", "six", LocalEndpoint(4, 14))
     assert full.state() == compiler.state()
-    compiler.delete_network_policy("x", "deny-six")
-    assert compiler.endpoint(("x", "six")) is None
+    compiler.delete_network_policy("x", "six-from-web")
+    endpoint = compiler.endpoint(("x", "six"))
+    assert endpoint is not None and not endpoint.enforce_ingress
+
+
+DUAL = """
+kind: Pod
+metadata: {name: d, namespace: y, labels: {app: dual}}
+status: {podIP: 10.0.2.4, podIPs: [{ip: 10.0.2.4}, {ip: 'fd00::4'}]}
+"""
+
+
+def _ingress_from_blocks(*cidrs: str) -> str:
+    blocks = ", ".join(f"{{ipBlock: {{cidr: '{c}'}}}}" for c in cidrs)
+    return f"""
+kind: NetworkPolicy
+metadata: {{name: blocks, namespace: x}}
+spec: {{podSelector: {{matchLabels: {{app: web}}}}, policyTypes: [Ingress], ingress: [{{from: [{blocks}]}}]}}
+"""
+
+
+def _ingress_verdict(compiler: PolicyCompiler, peer: str) -> Verdict:
+    sim = DatapathSimulator(compiler.state())
+    return sim.verdict(
+        endpoint_id=1, direction=Direction.INGRESS, peer=ip_address(peer), protocol=Protocol.TCP, port=80
+    ).verdict
+
+
+def test_ipv6_ip_blocks_with_excepts_match_ipv6_addresses() -> None:
+    policy = """
+kind: NetworkPolicy
+metadata: {name: v6-block, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Ingress]
+  ingress: [{from: [{ipBlock: {cidr: '2001:db8::/32', except: ['2001:db8:1::/48']}}]}]
+"""
+    compiler = compiler_with(policy)
+    assert _ingress_verdict(compiler, "2001:db8:2::1") == Verdict.ALLOWED
+    assert _ingress_verdict(compiler, "2001:db8:1::1") == Verdict.DENIED
+    assert _ingress_verdict(compiler, "2001:db9::1") == Verdict.DENIED
+    # An IPv4 address never falls in an IPv6 block (nor in the ipcache's IPv6 prefixes).
+    assert _ingress_verdict(compiler, "32.1.13.184") == Verdict.DENIED
+    cidrs = {e.cidr for e in compiler.state().ipcache}
+    assert {IPv6Network("2001:db8::/32"), IPv6Network("2001:db8:1::/48")} <= cidrs
+
+
+def test_a_dual_stack_pod_needs_blocks_of_both_families_in_one_rule() -> None:
+    # An IPv4 block alone would let the pod's IPv6 through too (one identity for both addresses): the
+    # rule does not take the pod (fail closed) ...
+    v4_only = compiler_with(DUAL, _ingress_from_blocks("10.0.2.0/24"))
+    assert _ingress_verdict(v4_only, "10.0.2.4") == Verdict.DENIED
+    assert _ingress_verdict(v4_only, "fd00::4") == Verdict.DENIED
+    assert _ingress_verdict(v4_only, "10.0.2.99") == Verdict.ALLOWED  # an address that is no pod's
+    # ... while blocks of both families in the rule take it on both.
+    both = compiler_with(DUAL, _ingress_from_blocks("10.0.2.0/24", "fd00::/64"))
+    assert _ingress_verdict(both, "10.0.2.4") == Verdict.ALLOWED
+    assert _ingress_verdict(both, "fd00::4") == Verdict.ALLOWED
+    # Incrementally: the IPv6 address arrives later (the pod was IPv4-only, matched by the IPv4 block).
+    incremental = compiler_with(_ingress_from_blocks("10.0.2.0/24"))
+    single = DUAL.replace("podIPs: [{ip: 10.0.2.4}, {ip: 'fd00::4'}]", "podIPs: [{ip: 10.0.2.4}]")
+    incremental.upsert_pod(parse_object(yaml.safe_load(single)))  # type: ignore[arg-type]
+    assert _ingress_verdict(incremental, "10.0.2.4") == Verdict.ALLOWED
+    incremental.upsert_pod(parse_object(yaml.safe_load(DUAL)))  # type: ignore[arg-type]
+    assert _ingress_verdict(incremental, "10.0.2.4") == Verdict.DENIED
+    assert incremental.state() == v4_only.state()

@@ -10,6 +10,9 @@ sender's egress and where the receiver's ingress is enforced on different kernel
 The whole path is real: manifests -> parser -> PolicyCompiler -> Datapath.apply (BPF maps) -> tc programs
 on the pods' host-side veths -> packets between network namespaces this test creates (and removes).
 Truth tables are written by hand from the Kubernetes semantics, not computed by our evaluator.
+
+Every scenario runs on both families: once with IPv4 pods, once with IPv6-only pods (the same truth
+tables, IPv6 probes, IPv6 ipBlocks and node addresses), each on the same programs and maps.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
 import pytest
@@ -29,7 +33,7 @@ from meshagent.model.cluster import ContainerPort, LocalEndpoint, Namespace, Pod
 from meshagent.model.kernel_state import KernelState, Protocol
 from meshagent.policy.compiler import PolicyCompiler
 from meshagent.policy.parse import parse_object
-from meshagent.testing.cluster import ClusterNode, ClusterTopology, pod_cidr_of
+from meshagent.testing.cluster import ClusterNode, ClusterTopology, pod_cidr6_of, pod_cidr_of
 from meshagent.testing.topology import Pod as NetnsPod
 
 pytestmark = pytest.mark.kernel
@@ -58,11 +62,26 @@ def node_of(ns: str, name: str) -> int:
     return (NAMESPACES.index(ns) + PODS.index(name)) % NODES
 
 
-def pod_ip(ns: str, name: str) -> str:
-    """In its node's pod CIDR (10.244.<node+1>.0/24), as a real cluster's IPAM would place it."""
-    return str(
-        pod_cidr_of(node_of(ns, name)).network_address + 10 * (NAMESPACES.index(ns) + 1) + PODS.index(name)
-    )
+FAMILIES = ("ipv4", "ipv6")
+
+
+def pod_ip(ns: str, name: str, family: str = "ipv4") -> str:
+    """In its node's pod CIDR (10.244.<node+1>.0/24 or fd00:10:244:<node+1>::/64), as a real cluster's
+    IPAM would place it."""
+    host = 10 * (NAMESPACES.index(ns) + 1) + PODS.index(name)
+    return str(pod_cidr(node_of(ns, name), family).network_address + host)
+
+
+def pod_cidr(node: int, family: str) -> IPv4Network | IPv6Network:
+    return pod_cidr6_of(node) if family == "ipv6" else pod_cidr_of(node)
+
+
+def host_prefix(family: str) -> int:
+    return 128 if family == "ipv6" else 32
+
+
+def cluster_cidr(family: str) -> str:
+    return "fd00:10:244::/48" if family == "ipv6" else "10.244.0.0/16"
 
 
 @dataclass
@@ -80,6 +99,14 @@ class Cluster:
     topology: ClusterTopology
     nodes: list[Node]
     netns_pods: dict[Key, NetnsPod]
+    family: str = "ipv4"  # of the pods' addresses the compilers know and the probes use
+
+    def address(self, key: Key) -> str:
+        pod = self.netns_pods[key]
+        return str(pod.ipv6 if self.family == "ipv6" else pod.ip)
+
+    def node_address(self, node: ClusterNode) -> str:
+        return str(node.address6 if self.family == "ipv6" else node.address)
 
     def reset(self) -> None:
         """Fresh desired state: the 3x3 pods, namespaces labelled ns=<name>, no policy."""
@@ -88,8 +115,10 @@ class Cluster:
                 ns,
                 name,
                 frozenset({("pod", name)}),
-                self.netns_pods[(ns, name)].ip,
+                # IPv6-only pods in the IPv6 run: the cluster knows no IPv4 address of theirs.
+                None if self.family == "ipv6" else self.netns_pods[(ns, name)].ip,
                 ports=CONTAINER_PORTS,
+                ipv6=self.netns_pods[(ns, name)].ipv6 if self.family == "ipv6" else None,
             )
             for ns in NAMESPACES
             for name in PODS
@@ -147,7 +176,7 @@ class Cluster:
         for src, cells in by_source.items():
             request = {
                 "timeout": PROBE_TIMEOUT,
-                "probes": [[proto, str(self.netns_pods[dst].ip), port] for _, dst, proto, port in cells],
+                "probes": [[proto, self.address(dst), port] for _, dst, proto, port in cells],
             }
             proc = subprocess.Popen(
                 self.netns_pods[src].argv(sys.executable, str(PROBER)),
@@ -181,14 +210,19 @@ class Cluster:
         )
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
+@pytest.fixture(scope="module", params=FAMILIES)
+def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     run = uuid.uuid4().hex[:8]
+    family = str(request.param)
     with ClusterTopology(NODES) as topology:
         netns_pods = {}
         for ns in NAMESPACES:
             for name in PODS:
-                pod = topology.nodes[node_of(ns, name)].add_pod(f"{ns}{name}", pod_ip(ns, name))
+                pod = topology.nodes[node_of(ns, name)].add_pod(
+                    f"{ns}{name}",
+                    pod_ip(ns, name),
+                    ipv6=pod_ip(ns, name, "ipv6") if family == "ipv6" else None,
+                )
                 pod.serve(tcp=(80, 81), udp=(80, 81))
                 netns_pods[(ns, name)] = pod
         nodes: list[Node] = []
@@ -198,7 +232,7 @@ def cluster() -> Iterator[Cluster]:
                 datapath = Datapath(pin_dir=pin_dir, netns=cluster_node.netns)
                 datapath.load()
                 nodes.append(Node(cluster_node, datapath))
-            yield Cluster(topology, nodes, netns_pods)
+            yield Cluster(topology, nodes, netns_pods, family)
         finally:
             for node in nodes:
                 node.datapath.apply(KernelState())
@@ -281,19 +315,22 @@ spec:
 
 
 def test_ip_block_with_except(k8s: Cluster) -> None:
+    family, host = k8s.family, host_prefix(k8s.family)
+    not_yb = f"{pod_ip('y', 'b', family)}/{host}"
+    not_za = f"{pod_ip('z', 'a', family)}/{host}"
     k8s.apply(f"""
 kind: NetworkPolicy
 metadata: {{name: egress-cidr, namespace: x}}
 spec:
   podSelector: {{matchLabels: {{pod: a}}}}
   policyTypes: [Egress]
-  egress: [{{to: [{{ipBlock: {{cidr: 10.244.0.0/16, except: ["{pod_ip("y", "b")}/32"]}}}}]}}]
+  egress: [{{to: [{{ipBlock: {{cidr: "{cluster_cidr(family)}", except: ["{not_yb}"]}}}}]}}]
 ---
 kind: NetworkPolicy
 metadata: {{name: ingress-cidr, namespace: x}}
 spec:
   podSelector: {{matchLabels: {{pod: b}}}}
-  ingress: [{{from: [{{ipBlock: {{cidr: {pod_cidr_of(2)}, except: ["{pod_ip("z", "a")}/32"]}}}}]}}]
+  ingress: [{{from: [{{ipBlock: {{cidr: "{pod_cidr(2, family)}", except: ["{not_za}"]}}}}]}}]
 """)
 
     def expect(s: Key, d: Key, proto: str, port: int) -> bool:
@@ -440,14 +477,14 @@ spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
 """)
     # x/a lives on the first node, x/b on the second.
     first = k8s.topology.nodes[node_of("x", "a")]
-    to_xa = [("tcp", pod_ip("x", "a"), 80), ("udp", pod_ip("x", "a"), 81)]
-    to_xb = [("tcp", pod_ip("x", "b"), 80), ("udp", pod_ip("x", "b"), 81)]
+    to_xa = [("tcp", k8s.address(("x", "a")), 80), ("udp", k8s.address(("x", "a")), 81)]
+    to_xb = [("tcp", k8s.address(("x", "b")), 80), ("udp", k8s.address(("x", "b")), 81)]
 
     # Unknown to the compilers, node addresses are "world": isolated pods refuse them.
     assert_from_node(k8s, first, to_xa, False)
     # Each agent knows its own node's InternalIP (from its Node object) as the host.
     for node in k8s.nodes:
-        node.compiler.set_host_addresses([node.topology.address])
+        node.compiler.set_host_addresses([node.topology.address, node.topology.address6])
     k8s.sync()
     assert_from_node(k8s, first, to_xa, True)
     # Another node is not the pod's host: Kubernetes exempts only the pod's own node from isolation.
@@ -464,9 +501,9 @@ kind: NetworkPolicy
 metadata: {{name: from-node-2, namespace: x}}
 spec:
   podSelector: {{matchLabels: {{pod: a}}}}
-  ingress: [{{from: [{{ipBlock: {{cidr: {second.address}/32}}}}]}}]
+  ingress: [{{from: [{{ipBlock: {{cidr: "{k8s.node_address(second)}/{host_prefix(k8s.family)}"}}}}]}}]
 """)
-    to_xa = [("tcp", pod_ip("x", "a"), 80), ("udp", pod_ip("x", "a"), 81)]
+    to_xa = [("tcp", k8s.address(("x", "a")), 80), ("udp", k8s.address(("x", "a")), 81)]
     assert_from_node(k8s, second, to_xa, True)
     assert_from_node(k8s, third, to_xa, False)
     k8s.assert_reachability(lambda s, d, proto, port: d != ("x", "a"))

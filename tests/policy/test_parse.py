@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network, IPv6Address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
 import pytest
@@ -163,11 +163,30 @@ def test_bad_network_policies_are_rejected_with_reason(spec: str, reason: str) -
     assert str(err).startswith("NetworkPolicy x/p: spec.")  # says where in the object
 
 
-def test_ipv6_blocks_are_dropped_not_widened() -> None:
-    policy = parse_object(netpol("{podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 'fd00::/64'}}]}]}"))
+def test_ipv6_blocks_and_their_excepts_are_kept() -> None:
+    policy = parse_object(
+        netpol(
+            "{podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 'fd00::/64', except: ['fd00::/96']}}]}]}"
+        )
+    )
     assert isinstance(policy, NetworkPolicy)
-    # The rule keeps an empty peer list (matches nothing), never None (which would mean every peer).
-    assert policy.ingress[0].peers == ()
+    peers = policy.ingress[0].peers
+    assert peers is not None
+    assert peers[0].ip_block == IPBlock(IPv6Network("fd00::/64"), (IPv6Network("fd00::/96"),))
+
+
+@pytest.mark.parametrize(
+    ("block", "reason"),
+    [
+        ("{cidr: 'fd00::/64', except: [10.0.0.0/8]}", "not the address family of the cidr"),
+        ("{cidr: 10.0.0.0/8, except: ['fd00::/96']}", "not the address family of the cidr"),
+        ("{cidr: 'fd00::/64', except: ['fd01::/96']}", "outside the cidr"),
+        ("{cidr: 'fd00::/129'}", "not a valid CIDR"),
+    ],
+)
+def test_bad_ipv6_blocks_say_why(block: str, reason: str) -> None:
+    with pytest.raises(PolicyInputError, match=reason):
+        parse_object(netpol(f"{{podSelector: {{}}, ingress: [{{from: [{{ipBlock: {block}}}]}}]}}"))
 
 
 ANP = """
@@ -204,7 +223,7 @@ def test_admin_network_policy() -> None:
     assert policy.subject.pod_selector is not None
     assert [r.action for r in policy.ingress] == [AdminAction.DENY, AdminAction.PASS]
     assert [p.describe() for p in policy.ingress[1].ports] == ["tcp/80", "udp/5000-5100", "any/http"]
-    assert policy.egress[0].peers[0].networks == (IPv4Network("10.0.0.0/8"),)
+    assert policy.egress[0].peers[0].networks == (IPv4Network("10.0.0.0/8"), IPv6Network("fd00::/8"))
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ the whole dictionary), which CPython makes atomic, so readers never see half an 
 from __future__ import annotations
 
 from collections.abc import Callable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from meshagent.observer.enrich import EndpointInfo, PolicyRef, ServiceRef, WorkloadRef
@@ -29,17 +29,23 @@ def workloads_of(pod_obj: dict[str, Any]) -> tuple[WorkloadRef, ...]:
 
 
 class ClusterEnricher:
-    def __init__(self, *, rule_lookup: Callable[[int], RuleRef | None]) -> None:
+    def __init__(
+        self,
+        *,
+        rule_lookup: Callable[[int], RuleRef | None],
+        endpoint_address: Callable[[int], IPv4Address | IPv6Address | None] | None = None,
+    ) -> None:
         self._rule_lookup = rule_lookup
-        self._endpoints: dict[IPv4Address, EndpointInfo] = {}
+        self._endpoint_address = endpoint_address
+        self._endpoints: dict[IPv4Address | IPv6Address, EndpointInfo] = {}
         self._identities: dict[int, tuple[str, ...]] = {}
         self._isolating: dict[tuple[int, bool], tuple[PolicyRef, ...]] = {}
-        self._services: dict[tuple[IPv4Address, int, int], ServiceRef] = {}
+        self._services: dict[tuple[IPv4Address | IPv6Address, int, int], ServiceRef] = {}
         self._ifnames: dict[int, str] = {}
 
     # --- written by the reconciler ---------------------------------------------------------------
 
-    def set_endpoint(self, ip: IPv4Address, info: EndpointInfo) -> None:
+    def set_endpoint(self, ip: IPv4Address | IPv6Address, info: EndpointInfo) -> None:
         self._endpoints[ip] = info
         self._identities[info.identity] = info.labels
 
@@ -49,13 +55,13 @@ class ClusterEnricher:
             if (info.namespace, info.pod_name) == (namespace, name):
                 self._endpoints.pop(ip, None)
 
-    def replace_all(self, endpoints: dict[IPv4Address, EndpointInfo]) -> None:
+    def replace_all(self, endpoints: dict[IPv4Address | IPv6Address, EndpointInfo]) -> None:
         self._endpoints = dict(endpoints)
         self._identities = {info.identity: info.labels for info in endpoints.values()}
 
     def set_services(self, index: dict[Any, tuple[Any, ...]]) -> None:
         """(backend address, port, protocol) -> the Services it serves (meshagent.services.lookup)."""
-        services: dict[tuple[IPv4Address, int, int], ServiceRef] = {}
+        services: dict[tuple[IPv4Address | IPv6Address, int, int], ServiceRef] = {}
         for (address, port, protocol), vias in index.items():
             named = [via.service for via in vias if via.service is not None]
             if named:
@@ -74,7 +80,7 @@ class ClusterEnricher:
 
     # --- read on the event path ------------------------------------------------------------------
 
-    def endpoint_by_ip(self, ip: IPv4Address) -> EndpointInfo | None:
+    def endpoint_by_ip(self, ip: IPv4Address | IPv6Address) -> EndpointInfo | None:
         return self._endpoints.get(ip)
 
     def labels_by_identity(self, identity: int) -> tuple[str, ...]:
@@ -92,6 +98,9 @@ class ClusterEnricher:
     def interface_name(self, ifindex: int) -> str | None:
         return self._ifnames.get(ifindex)
 
-    def service_by_addr(self, ip: IPv4Address, port: int, protocol: int) -> ServiceRef | None:
+    def endpoint_address(self, endpoint_id: int) -> IPv4Address | IPv6Address | None:
+        return self._endpoint_address(endpoint_id) if self._endpoint_address is not None else None
+
+    def service_by_addr(self, ip: IPv4Address | IPv6Address, port: int, protocol: int) -> ServiceRef | None:
         """The Service a backend address serves: flows to a backend name the Service the client used."""
         return self._services.get((ip, port, protocol))

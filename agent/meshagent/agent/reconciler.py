@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any, Protocol
 
 from meshagent.agent.attach_retry import AttachRetries
@@ -278,7 +278,7 @@ class Reconciler:
         spec = event.obj.get("spec") or {}
         pod = self.compiler.pod((event.namespace or "default", event.name))
         # The host route to the pod's IPv4 address leads to its interface; an IPv6-only pod is found
-        # by its IPv6 address, so that it is isolated when a policy selects it.
+        # by its IPv6 address.
         address = None if pod is None else (pod.ip or pod.ipv6)
         # A host-network pod shares the node's address and has no interface of its own to attach to.
         local = (
@@ -300,13 +300,13 @@ class Reconciler:
         """This node's addresses are the host identity: pods always talk with their node (probes)."""
         if event.name != self.node:
             return None
-        addresses: list[IPv4Address] = []
+        addresses: list[IPv4Address | IPv6Address] = []
         if event.action != Action.DELETED:
             for entry in (event.obj.get("status") or {}).get("addresses") or []:
                 try:
-                    addresses.append(IPv4Address(str(entry.get("address", ""))))
+                    addresses.append(ip_address(str(entry.get("address", ""))))
                 except ValueError:
-                    continue  # hostnames and IPv6 addresses
+                    continue  # hostnames
         return self.compiler.set_host_addresses(addresses)
 
     # --- local endpoints -------------------------------------------------------------------------
@@ -351,17 +351,21 @@ class Reconciler:
     def _update_enricher(self, namespace: str, name: str, obj: dict[str, Any]) -> None:
         pod = self.compiler.pod((namespace, name))
         info = self._endpoint_info(namespace, name, obj)
-        if pod is not None and pod.ip is not None and info is not None:
-            self.enricher.set_endpoint(pod.ip, info)
+        if pod is not None and info is not None:
+            for address in (pod.ip, pod.ipv6):
+                if address is not None:
+                    self.enricher.set_endpoint(address, info)
 
     def _refresh_enricher(self) -> None:
         """Namespace changes can change many pods' identities: rebuild the address map."""
-        endpoints = {}
+        endpoints: dict[IPv4Address | IPv6Address, EndpointInfo] = {}
         for (namespace, name), pod in self.compiler.pods.items():
             obj = self.store.get(Kind.POD, namespace, name) or {}
             info = self._endpoint_info(namespace, name, obj)
-            if pod.ip is not None and info is not None:
-                endpoints[pod.ip] = info
+            if info is not None:
+                for address in (pod.ip, pod.ipv6):
+                    if address is not None:
+                        endpoints[address] = info
         self.enricher.replace_all(endpoints)
 
 

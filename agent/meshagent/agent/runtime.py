@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address
 from mmap import PAGESIZE as PAGE_SIZE
 from typing import TYPE_CHECKING, Any
 
@@ -77,7 +78,9 @@ class Agent:
             ),
         )
         self.compiler = PolicyCompiler()
-        self.enricher = ClusterEnricher(rule_lookup=self.compiler.rules.lookup)
+        self.enricher = ClusterEnricher(
+            rule_lookup=self.compiler.rules.lookup, endpoint_address=self._endpoint_address
+        )
         self.desired: DesiredState | None = None
         self.reconciler: Reconciler | None = None
         self.pipeline: FlowPipeline | None = None
@@ -89,6 +92,12 @@ class Agent:
         self.metrics_port: int | None = None  # the ports actually bound (an address may ask for port 0)
         self.health_port: int | None = None
         self._stopped = threading.Event()
+
+    def _endpoint_address(self, endpoint_id: int) -> IPv4Address | IPv6Address | None:
+        """The address of the local pod behind a datapath endpoint id (IPv4 first)."""
+        key = self.compiler.pod_of_endpoint(endpoint_id)
+        pod = self.compiler.pod(key) if key is not None else None
+        return None if pod is None else (pod.ip or pod.ipv6)
 
     # --- start -----------------------------------------------------------------------------------
 

@@ -53,6 +53,8 @@ def endpoint_text(ep: pb.Endpoint, ip: str, port: int | None, service: pb.Servic
         name = f"{ep.namespace}/{ep.pod_name}"
     elif service is not None and service.name:
         name = f"{service.namespace}/{service.name}"
+    elif ":" in ip and port:
+        name = f"[{ip}]"  # an IPv6 address: brackets keep its colons apart from the port's
     else:
         name = ip
     if port:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from meshagent.datapath.maps import conntrack
+from meshagent.datapath.maps import conntrack, conntrack6
 from meshagent.model.events import DatapathEvent, DropReason, EventType
 from meshagent.model.kernel_state import Direction, EndpointEntry, Verdict
 
@@ -46,9 +46,12 @@ def expire(
 
 
 def _close_event(
-    key: conntrack.CTKey, value: conntrack.CTValue, endpoint: EndpointEntry | None, now_ns: int
+    key: conntrack.CTKey | conntrack6.CT6Key,
+    value: conntrack.CTValue,
+    endpoint: EndpointEntry | None,
+    now_ns: int,
 ) -> DatapathEvent:
-    connection = conntrack.decode(key, value)
+    connection = conntrack6.decode_any(key, value)
     return DatapathEvent(
         timestamp_ns=now_ns,
         type=EventType.CONN_CLOSE,

@@ -23,6 +23,7 @@ from meshagent.datapath.adoption import StaleEndpoint, check_endpoints
 from meshagent.datapath.compiled import LoadedObjects, load_in_child
 from meshagent.datapath.errors import AttachError, MapError
 from meshagent.datapath.events import MAP_NAME as EVENTS_MAP_NAME
+from meshagent.datapath.events import MAP_NAME6 as EVENTS_MAP_NAME6
 from meshagent.datapath.events import EventReader
 from meshagent.datapath.layout import layout_id, other_layouts
 from meshagent.datapath.loader import (
@@ -33,15 +34,17 @@ from meshagent.datapath.loader import (
 )
 from meshagent.datapath.maps import (
     conntrack,
+    conntrack6,
     endpoints,
     event_budget,
     events_lost,
     frags,
+    frags6,
     ipcache,
     metrics,
     policy,
 )
-from meshagent.datapath.maps.base import PerCpuArray, TypedMap
+from meshagent.datapath.maps.base import FamilyMaps, PerCpuArray, TypedMap
 from meshagent.datapath.migration import LayoutMigration
 from meshagent.datapath.pinned import PolicyTrie, map_capacity, read_state
 from meshagent.model.events import DatapathEvent, DropReason
@@ -219,14 +222,22 @@ class Datapath:
             fd = loaded.map_fd(name)
             return TypedMap(name=name, fd=fd, key_type=key, value_type=value, capacity=capacity)
 
-        self.ipcache_map = typed(ipcache.MAP_NAME, ipcache.IPCacheKey, ipcache.IPCacheValue, caps.ipcache)
-        self.endpoints_map = typed(
-            endpoints.MAP_NAME, endpoints.EndpointKey, endpoints.EndpointValue, caps.endpoints
+        self.ipcache_map = FamilyMaps(
+            typed(ipcache.MAP_NAME, ipcache.IPCacheKey, ipcache.IPCacheValue, caps.ipcache),
+            typed(ipcache.MAP_NAME6, ipcache.IPCache6Key, ipcache.IPCacheValue, caps.ipcache),
+        )
+        self.endpoints_map = endpoints.EndpointMaps(
+            typed(endpoints.MAP_NAME, endpoints.EndpointKey, endpoints.EndpointValue, caps.endpoints),
+            typed(endpoints.MAP_NAME6, endpoints.EndpointKey, endpoints.Endpoint6Value, caps.endpoints),
         )
         self.policy_map = typed(policy.MAP_NAME, policy.PolicyKey, policy.PolicyValue, caps.policy)
         self.ct_map = typed(conntrack.MAP_NAME, conntrack.CTKey, conntrack.CTValue, caps.conntrack)
         self.ct_tcp_map = typed(
             conntrack.TCP_MAP_NAME, conntrack.CTKey, conntrack.CTValue, caps.conntrack_tcp
+        )
+        self.ct6_map = typed(conntrack6.MAP_NAME, conntrack6.CT6Key, conntrack.CTValue, caps.conntrack)
+        self.ct6_tcp_map = typed(
+            conntrack6.TCP_MAP_NAME, conntrack6.CT6Key, conntrack.CTValue, caps.conntrack_tcp
         )
         self.ct_overflow_map = PerCpuArray(
             name=conntrack.TCP_OVERFLOW_MAP_NAME,
@@ -237,7 +248,10 @@ class Datapath:
         self.budget_map = typed(
             event_budget.MAP_NAME, event_budget.BudgetKey, event_budget.BudgetValue, caps.endpoints * 16
         )
-        self.frags_map = typed(frags.MAP_NAME, frags.FragKey, frags.FragValue, caps.frags)
+        self.frags_map = FamilyMaps(
+            typed(frags.MAP_NAME, frags.FragKey, frags.FragValue, caps.frags),
+            typed(frags6.MAP_NAME, frags6.Frag6Key, frags.FragValue, caps.frags),
+        )
         self.metrics_map = PerCpuArray(
             name=metrics.MAP_NAME,
             fd=loaded.map_fd(metrics.MAP_NAME),
@@ -648,7 +662,9 @@ class Datapath:
         self.fail_closed[ifindex] = reason
 
     @staticmethod
-    def _try_write(table: TypedMap[Any, Any], key: Any, value: Any) -> str | None:
+    def _try_write(
+        table: TypedMap[Any, Any] | FamilyMaps[Any] | endpoints.EndpointMaps, key: Any, value: Any
+    ) -> str | None:
         try:
             table.update(key, value)
         except MapError as err:  # MapFullError included
@@ -671,8 +687,9 @@ class Datapath:
         """Delivers decoded events one by one to `on_event`, or a list per drain to `on_events` (from a
         reader thread unless thread=False, in which case the caller drains with EventReader.drain())."""
         if self._reader is None:
-            ring_fd = self._require_programs().map_fd(EVENTS_MAP_NAME)
-            self._reader = EventReader(ring_fd, map_capacity(ring_fd))
+            programs = self._require_programs()
+            ring_fd, ring6_fd = programs.map_fd(EVENTS_MAP_NAME), programs.map_fd(EVENTS_MAP_NAME6)
+            self._reader = EventReader(ring_fd, map_capacity(ring_fd), ring6_fd, map_capacity(ring6_fd))
         self._reader.start(on_event, on_events=on_events, thread=thread)
         return self._reader
 
@@ -695,8 +712,9 @@ class Datapath:
                 out[key.ifindex] += value.suppressed
         return dict(out)
 
-    def ct_tables(self) -> tuple[TypedMap[Any, Any], TypedMap[Any, Any]]:
-        return (self.ct_tcp_map, self.ct_map)
+    def ct_tables(self) -> tuple[TypedMap[Any, Any], ...]:
+        """The conntrack maps: TCP and other, IPv4 then IPv6."""
+        return (self.ct_tcp_map, self.ct_map, self.ct6_tcp_map, self.ct6_map)
 
     def ct_tcp_overflow(self) -> int:
         """New TCP connections that went to the LRU table because ma_ct_tcp was full."""
@@ -711,7 +729,7 @@ class Datapath:
         return out
 
     def connections(self) -> list[conntrack.Connection]:
-        return [conntrack.decode(k, v) for table in self.ct_tables() for k, v in table.items()]
+        return [conntrack6.decode_any(k, v) for table in self.ct_tables() for k, v in table.items()]
 
     def expire_conntrack(
         self, *, timeouts: conntrack.Timeouts | None = None, now_ns: int | None = None

@@ -13,7 +13,7 @@ import logging
 import struct
 import threading
 from collections.abc import Callable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from meshagent.datapath.ringbuf import RingBufferReader
@@ -23,6 +23,7 @@ from meshagent.model.kernel_state import Direction, Verdict
 logger = logging.getLogger(__name__)
 
 MAP_NAME = "ma_events"
+MAP_NAME6 = "ma_events6"  # IPv6 packets' records (struct ma_event6): an ma_event, then the IPv6 addresses
 FLAG_REPLY = 0x01  # MA_EVENT_F_REPLY
 FLAG_MIDSTREAM = 0x02  # MA_EVENT_F_MIDSTREAM
 
@@ -61,6 +62,17 @@ C_FIELD_NAMES = {"saddr_net": "saddr", "daddr_net": "daddr"}
 # Same layout as EventRecord; addresses kept as 4 raw bytes (network order).
 _RECORD = struct.Struct("=5Q2I4s4s3I2H8B")
 assert _RECORD.size == ctypes.sizeof(EventRecord)
+# struct ma_event6 in bpf/lib/types6.h: the IPv4 record (address fields 0), then source and destination.
+_RECORD6 = struct.Struct("=5Q2I4s4s3I2H8B16s16s")
+
+
+class Event6Record(ctypes.Structure):
+    """Must match struct ma_event6 in bpf/lib/types6.h."""
+
+    _fields_ = [("base", EventRecord), ("saddr_net", ctypes.c_uint8 * 16), ("daddr_net", ctypes.c_uint8 * 16)]
+
+
+assert _RECORD6.size == ctypes.sizeof(Event6Record)
 
 # Plain lookups instead of Enum calls: `EventType(n)` goes through Python-level Enum machinery per event.
 _TYPES = {int(t): t for t in EventType}
@@ -161,7 +173,7 @@ def decode_framed(fields: tuple[Any, ...]) -> DatapathEvent:
             sport,
             dport,
             proto,
-            0 if proto == 1 else tcp_flags,
+            0 if proto == 1 or proto == 58 else tcp_flags,
             (flags & FLAG_REPLY) != 0,
             rule_id,
             src_id,
@@ -171,10 +183,37 @@ def decode_framed(fields: tuple[Any, ...]) -> DatapathEvent:
             pr,
             br,
             (flags & FLAG_MIDSTREAM) != 0,
-            tcp_flags if proto == 1 else 0,
-            icmp_code if proto == 1 else 0,
+            tcp_flags if proto == 1 or proto == 58 else 0,
+            icmp_code if proto == 1 or proto == 58 else 0,
         ),
     )
+
+
+def decode6(data: bytes | memoryview) -> DatapathEvent:
+    """One ma_event6 record (an IPv6 packet's) as an event; ValueError for an unknown event type."""
+    return decode_framed6((0, *_RECORD6.unpack_from(data)))
+
+
+def decode_framed6(fields: tuple[Any, ...]) -> DatapathEvent:
+    """decode_framed for an ma_event6 record: its IPv4 part, then the IPv6 addresses."""
+    event = decode_framed(fields[:-2])
+    return event._replace(saddr=_addr6(fields[-2]), daddr=_addr6(fields[-1]))
+
+
+def _addr6(raw: bytes) -> IPv6Address:
+    found = _ADDRS6.get(raw)
+    if found is None:
+        if len(_ADDRS6) >= ADDR_CACHE_MAX:
+            _ADDRS6.clear()
+        found = _ADDRS6[raw] = IPv6Address(raw)
+    return found
+
+
+_ADDRS6: dict[bytes, IPv6Address] = {}
+
+
+def _timestamp(event: DatapathEvent) -> int:
+    return event.timestamp_ns
 
 
 EventsConsumer = Callable[[list[DatapathEvent]], None]
@@ -188,9 +227,12 @@ class EventReader:
     The consumer runs on the reader thread; it should be quick (queue the events, do not block).
     """
 
-    def __init__(self, map_fd: int, data_size: int, *, interval_s: float = 0.01) -> None:
-        """Reads the ring buffer map `map_fd` of `data_size` bytes (Capacities.event_pages) through its
-        memory mapping (ringbuf.py); the descriptor stays the caller's."""
+    def __init__(
+        self, map_fd: int, data_size: int, map_fd6: int, data_size6: int, *, interval_s: float = 0.01
+    ) -> None:
+        """Reads the ring buffer maps `map_fd` (IPv4 packets' records) and `map_fd6` (IPv6), of
+        `data_size` and `data_size6` bytes (Capacities.event_pages), through their memory mappings
+        (ringbuf.py); the descriptors stay the caller's."""
         self._consumer: EventsConsumer | None = None
         self._pending: list[DatapathEvent] = []
         self._interval_s = interval_s
@@ -200,6 +242,8 @@ class EventReader:
         self.delivered = 0
         self.buffer_bytes = data_size
         self._mapped = RingBufferReader(map_fd, data_size, _RECORD)
+        # IPv6 packets' records, in a ring buffer of their own (the IPv4 record keeps its size).
+        self._mapped6 = RingBufferReader(map_fd6, data_size6, _RECORD6)
         # An idle node's reader backs off from interval_s to this, doubling after each empty read, so that
         # it does not wake 100 times a second for nothing; it is kept to a quarter of the time a burst at
         # FILL_RATE events/s takes to fill the ring, so the first read after idling still finds room.
@@ -214,7 +258,7 @@ class EventReader:
     @property
     def malformed(self) -> int:
         """Records of an unexpected size, skipped."""
-        return self._mapped.malformed
+        return self._mapped.malformed + self._mapped6.malformed
 
     def start(
         self,
@@ -245,8 +289,9 @@ class EventReader:
         self._thread.start()
 
     def _consume(self) -> int:
-        """Reads and delivers what is in the ring; returns how many events."""
+        """Reads and delivers what is in the rings; returns how many events."""
         self._decode_mapped(self._mapped.read())
+        self._decode_mapped6(self._mapped6.read())
         if not self._pending:
             return 0
         events, self._pending = self._pending, []
@@ -267,6 +312,19 @@ class EventReader:
                 pending.append(decode_one(fields))
             except ValueError:
                 self.decode_errors += 1
+
+    def _decode_mapped6(self, records: list[tuple[Any, ...]]) -> None:
+        if not records:
+            return
+        had = len(self._pending)
+        for fields in records:
+            try:
+                self._pending.append(decode_framed6(fields))
+            except ValueError:
+                self.decode_errors += 1
+        if had:
+            # Two buffers drained one after the other: the batch goes out in the kernel's time order.
+            self._pending.sort(key=_timestamp)
 
     def _run(self) -> None:
         wait = self._interval_s

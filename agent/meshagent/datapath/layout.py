@@ -17,10 +17,12 @@ from typing import Any
 from meshagent.datapath import events
 from meshagent.datapath.maps import (
     conntrack,
+    conntrack6,
     endpoints,
     event_budget,
     events_lost,
     frags,
+    frags6,
     ipcache,
     metrics,
     policy,
@@ -42,6 +44,10 @@ _MIRRORS: tuple[type[Any], ...] = (
     events.EventRecord,
     event_budget.BudgetKey,
     event_budget.BudgetValue,
+    ipcache.IPCache6Key,
+    endpoints.Endpoint6Value,
+    conntrack6.CT6Key,
+    frags6.Frag6Key,
 )
 
 

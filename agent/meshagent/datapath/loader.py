@@ -7,6 +7,7 @@ imported without it."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import subprocess
@@ -25,6 +26,9 @@ logger = logging.getLogger(__name__)
 ENTRY_SOURCE = "endpoint.c"
 PROGRAM_FROM_ENDPOINT = "ma_from_endpoint"
 PROGRAM_TO_ENDPOINT = "ma_to_endpoint"
+# The IPv6 programs, entered by tail call through this program array, at index MA_DIR_* (bpf/lib/maps6.h).
+IPV6_PROGRAMS = ("ma_to_endpoint6", "ma_from_endpoint6")  # ingress (0), egress (1)
+IPV6_PROGRAM_ARRAY = "ma_ipv6_progs"
 
 
 DEFAULT_EVENT_PAGES = 1024  # 4 MiB: about 0.35 s of events at 150k/s, 0.5 s at 100k/s
@@ -201,11 +205,15 @@ def load(*, pin_dir: Path, capacities: Capacities, extra_cflags: tuple[str, ...]
     bpf = compile_bpf(assemble(ENTRY_SOURCE), cflags, entry=ENTRY_SOURCE)
     log: list[str] = []
     programs = []
-    for name in (PROGRAM_FROM_ENDPOINT, PROGRAM_TO_ENDPOINT):
+    for name in (PROGRAM_FROM_ENDPOINT, PROGRAM_TO_ENDPOINT, *IPV6_PROGRAMS):
         try:
             with captured_stderr() as log:
                 programs.append(bpf.load_func(name.encode(), BPF.SCHED_CLS))
         except Exception as err:
             bpf.cleanup()
             raise LoadError(f"the verifier refused {name}", log="".join(log).strip()) from err
+    # Before anything is attached: without its entries the endpoint programs drop all IPv6.
+    ipv6_programs = bpf.get_table(IPV6_PROGRAM_ARRAY.encode())
+    for index, program in enumerate(programs[2:]):
+        ipv6_programs[ctypes.c_int(index)] = ctypes.c_int(program.fd)
     return LoadedPrograms(bpf=bpf, from_endpoint=programs[0], to_endpoint=programs[1])

@@ -11,7 +11,7 @@ from typing import Any
 
 from meshagent.datapath.errors import MapError
 from meshagent.datapath.maps import endpoints, ipcache, policy
-from meshagent.datapath.maps.base import TypedMap
+from meshagent.datapath.maps.base import FamilyMaps, TypedMap
 from meshagent.model.kernel_state import EndpointEntry, IPCacheEntry
 
 _libbpf = ctypes.CDLL("libbpf.so.1", use_errno=True)
@@ -68,8 +68,8 @@ def open_pinned(path: Path) -> int:
 
 
 def read_state(
-    endpoints_map: TypedMap[endpoints.EndpointKey, endpoints.EndpointValue],
-    ipcache_map: TypedMap[ipcache.IPCacheKey, ipcache.IPCacheValue],
+    endpoints_map: endpoints.EndpointMaps,
+    ipcache_map: FamilyMaps[ipcache.IPCacheValue],
     policy_map: TypedMap[policy.PolicyKey, policy.PolicyValue],
 ) -> tuple[dict[int, EndpointEntry], set[IPCacheEntry], PolicyTrie]:
     """What the maps hold, decoded: endpoints by ifindex, ipcache entries, policy trie entries."""
@@ -84,10 +84,14 @@ class PinnedMaps:
 
     def __init__(self, pin_dir: Path) -> None:
         self._fds: list[int] = []
-        self.endpoints = self._open(
-            pin_dir, endpoints.MAP_NAME, endpoints.EndpointKey, endpoints.EndpointValue
+        self.endpoints = endpoints.EndpointMaps(
+            self._open(pin_dir, endpoints.MAP_NAME, endpoints.EndpointKey, endpoints.EndpointValue),
+            self._open(pin_dir, endpoints.MAP_NAME6, endpoints.EndpointKey, endpoints.Endpoint6Value),
         )
-        self.ipcache = self._open(pin_dir, ipcache.MAP_NAME, ipcache.IPCacheKey, ipcache.IPCacheValue)
+        self.ipcache = FamilyMaps(
+            self._open(pin_dir, ipcache.MAP_NAME, ipcache.IPCacheKey, ipcache.IPCacheValue),
+            self._open(pin_dir, ipcache.MAP_NAME6, ipcache.IPCache6Key, ipcache.IPCacheValue),
+        )
         self.policy = self._open(pin_dir, policy.MAP_NAME, policy.PolicyKey, policy.PolicyValue)
 
     def _open(self, pin_dir: Path, name: str, key: type[Any], value: type[Any]) -> TypedMap[Any, Any]:

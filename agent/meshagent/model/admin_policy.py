@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from ipaddress import IPv4Network
 
+from meshagent.model.ip import IPNetwork
 from meshagent.model.kernel_state import Protocol
 from meshagent.model.selectors import LabelSelector
 
@@ -29,7 +29,7 @@ class AdminSelector:
 
     namespace_selector: LabelSelector
     pod_selector: LabelSelector | None = None  # None: every pod in the selected namespaces
-    networks: tuple[IPv4Network, ...] = ()
+    networks: tuple[IPNetwork, ...] = ()
 
     def describe(self) -> str:
         if self.networks:

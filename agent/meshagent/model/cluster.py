@@ -47,8 +47,8 @@ class Pod:
     node: str = ""
     ports: tuple[ContainerPort, ...] = ()
     host_network: bool = False
-    # The pod's IPv6 address (status.podIPs). Policy is judged on IPv4 only for now, so a pod that
-    # has no IPv4 address but is selected by a policy is isolated: it must never be a way around it.
+    # The pod's IPv6 address (status.podIPs). It carries the pod's identity like `ip`; either may be
+    # missing (a single-family pod).
     ipv6: IPv6Address | None = None
 
     @property

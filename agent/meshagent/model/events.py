@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import NamedTuple
 
 from meshagent.model.kernel_state import Direction, Verdict
@@ -26,7 +26,7 @@ class DropReason(enum.IntEnum):
     MALFORMED = 4  # truncated or invalid headers
     CT_FULL = 5  # the conntrack map refused a new entry
     FRAG_NO_FIRST = 6  # a non-first fragment whose first fragment was not seen
-    IPV6_UNSUPPORTED = 7  # IPv6 (other than neighbour discovery) to or from a pod under policy
+    IPV6_UNSUPPORTED = 7  # IPv6 with no IPv6 program to judge it (ma_ipv6_progs empty): fail closed
     UNKNOWN_L4 = 8  # reserved: not emitted (policies match any IP protocol by number)
     ETHERTYPE = 9  # neither IPv4, ARP nor IPv6 (802.1Q, QinQ, ...) to or from a pod under policy
     NO_ENDPOINT = 10  # our programs on an interface whose endpoint entry could not be written: fail closed
@@ -48,8 +48,8 @@ class DatapathEvent(NamedTuple):
     direction: Direction
     endpoint_id: int
     ifindex: int
-    saddr: IPv4Address
-    daddr: IPv4Address
+    saddr: IPv4Address | IPv6Address
+    daddr: IPv4Address | IPv6Address
     sport: int
     dport: int
     protocol: int

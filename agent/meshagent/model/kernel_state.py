@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 
 # Where the kernel state lives between runs: the maps pinned on bpffs (a restarted agent adopts them).
@@ -98,14 +98,24 @@ class EndpointEntry:
     # Held fail-closed by the datapath (never in a compiled state): one of its deny rules, or an identity,
     # could not be written, so no new connection passes whatever its rules in the map allow.
     isolated: bool = False
+    # The pod's IPv6 address: the only IPv6 source it may use. None: it has none, and may send IPv6 only
+    # on its link. (ipv4 is 0.0.0.0 for a pod with no IPv4 address: every IPv4 source is then spoofed.)
+    ipv6: IPv6Address | None = None
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class IPCacheEntry:
-    """An address or prefix and the identity of whatever holds it."""
+    """An address or prefix (of either family) and the identity of whatever holds it. Ordered IPv4
+    first (networks of two families do not compare)."""
 
-    cidr: IPv4Network
+    cidr: IPv4Network | IPv6Network
     identity: int
+
+    def _order(self) -> tuple[int, int, int, int]:
+        return (self.cidr.version, int(self.cidr.network_address), self.cidr.prefixlen, self.identity)
+
+    def __lt__(self, other: IPCacheEntry) -> bool:
+        return self._order() < other._order()
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
 
+from meshagent.model.ip import IPAddress, IPNetwork
 from meshagent.model.kernel_state import Protocol
 from meshagent.model.selectors import LabelSelector
 
@@ -17,19 +17,23 @@ class PolicyType(enum.StrEnum):
 
 @dataclass(frozen=True)
 class IPBlock:
-    cidr: IPv4Network
-    excepts: tuple[IPv4Network, ...] = ()
+    """A CIDR of either family and its excepts (of the same family: the parser checks)."""
 
-    def contains(self, net: IPv4Network) -> bool:
+    cidr: IPNetwork
+    excepts: tuple[IPNetwork, ...] = ()
+
+    def contains(self, net: IPNetwork) -> bool:
         """Whether the addresses an ipcache prefix `net` stands for are all in the block, outside its excepts.
 
         Meant for prefixes of the ipcache, where every except is a (more specific) prefix of its own: an
         except strictly inside `net` takes its addresses away from `net`, so only `net` inside an except
         disqualifies it.
         """
-        return net.subnet_of(self.cidr) and not any(net.subnet_of(exc) for exc in self.excepts)
+        if net.version != self.cidr.version:
+            return False
+        return net.subnet_of(self.cidr) and not any(net.subnet_of(exc) for exc in self.excepts)  # type: ignore[arg-type]
 
-    def contains_address(self, address: IPv4Address) -> bool:
+    def contains_address(self, address: IPAddress) -> bool:
         return address in self.cidr and not any(address in exc for exc in self.excepts)
 
     def describe(self) -> str:

@@ -7,7 +7,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from meshagent.model.events import DatapathEvent, DropReason, EventType
 from meshagent.model.kernel_state import (
@@ -62,7 +62,7 @@ _TCP_FLAG_BITS: tuple[tuple[int, str], ...] = (
 RESERVED_WORLD = "reserved:world"
 RESERVED_HOST = "reserved:host"
 
-PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_SCTP = 1, 6, 17, 132
+PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_SCTP, PROTO_ICMPV6 = 1, 6, 17, 132, 58
 
 
 class UuidSource:
@@ -259,9 +259,17 @@ class FlowBuilder:
         f = pb.Flow()
         f.node_name = self._node_name
         f.Type = pb.L3_L4
-        f.IP.source = str(ev.saddr)
-        f.IP.destination = str(ev.daddr)
-        f.IP.ipVersion = pb.IPv4
+        egress = ev.direction == Direction.EGRESS
+        saddr, daddr = ev.saddr, ev.daddr
+        if ev.endpoint_id and saddr.is_unspecified and daddr.is_unspecified:
+            # A frame the datapath could read no addresses from (not IP): its local side is the endpoint.
+            local = self._enricher.endpoint_address(ev.endpoint_id)
+            if local is not None:
+                saddr, daddr = (local, daddr) if egress else (saddr, local)
+        f.IP.source = str(saddr)
+        f.IP.destination = str(daddr)
+        ipv6 = saddr.version == 6 or daddr.version == 6
+        f.IP.ipVersion = pb.IPv6 if ipv6 else pb.IPv4
         if ev.protocol == PROTO_TCP:
             f.l4.TCP.flags.SetInParent()  # present even with no bit set, as Hubble does
             f.Summary = "TCP"
@@ -276,18 +284,22 @@ class FlowBuilder:
             f.l4.ICMPv4.type = ev.icmp_type
             f.l4.ICMPv4.code = ev.icmp_code
             f.Summary = "ICMPv4"
+        elif ev.protocol == PROTO_ICMPV6:
+            f.l4.ICMPv6.SetInParent()
+            f.l4.ICMPv6.type = ev.icmp_type
+            f.l4.ICMPv6.code = ev.icmp_code
+            f.Summary = "ICMPv6"
         else:
-            f.Summary = f"IPv4 protocol {ev.protocol}"
+            f.Summary = f"{'IPv6' if ipv6 else 'IPv4'} protocol {ev.protocol}"
         self._fill_verdict(f, ev)
-        egress = ev.direction == Direction.EGRESS
         f.traffic_direction = pb.EGRESS if egress else pb.INGRESS
         f.trace_observation_point = pb.FROM_ENDPOINT if egress else pb.TO_ENDPOINT
         f.is_reply.value = False
         f.reply = False
         f.interface.index = ev.ifindex
         f.interface.name = self._ifname(ev.ifindex)
-        self._fill_endpoint(f.source, ev.saddr, ev.src_identity, ev.endpoint_id if egress else 0)
-        self._fill_endpoint(f.destination, ev.daddr, ev.dst_identity, 0 if egress else ev.endpoint_id)
+        self._fill_endpoint(f.source, saddr, ev.src_identity, ev.endpoint_id if egress else 0)
+        self._fill_endpoint(f.destination, daddr, ev.dst_identity, 0 if egress else ev.endpoint_id)
         if dst_svc is not None:
             f.destination_service.name = dst_svc.name
             f.destination_service.namespace = dst_svc.namespace
@@ -326,7 +338,9 @@ class FlowBuilder:
             f.drop_reason_desc = drop  # type: ignore[assignment]
             f.drop_reason = drop
 
-    def _fill_endpoint(self, ep: pb.Endpoint, ip: IPv4Address, identity: int, endpoint_id: int) -> None:
+    def _fill_endpoint(
+        self, ep: pb.Endpoint, ip: IPv4Address | IPv6Address, identity: int, endpoint_id: int
+    ) -> None:
         ep.identity = identity
         if endpoint_id:
             ep.ID = endpoint_id

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Protocol
 
 
@@ -52,13 +52,15 @@ class ServiceRef:
 class Enricher(Protocol):
     """Metadata lookups; each may return None/empty when it does not know. Called on the hot path: be fast."""
 
-    def endpoint_by_ip(self, ip: IPv4Address) -> EndpointInfo | None: ...
+    def endpoint_by_ip(self, ip: IPv4Address | IPv6Address) -> EndpointInfo | None: ...
 
     def labels_by_identity(self, identity: int) -> tuple[str, ...]: ...
 
     def policies_by_rule(self, rule_id: int) -> tuple[PolicyRef, ...]: ...
 
-    def service_by_addr(self, ip: IPv4Address, port: int, protocol: int) -> ServiceRef | None: ...
+    def service_by_addr(
+        self, ip: IPv4Address | IPv6Address, port: int, protocol: int
+    ) -> ServiceRef | None: ...
 
     def isolating_policies(self, endpoint_id: int, egress: bool) -> tuple[PolicyRef, ...]:
         """For a default deny (no rule matched): the policies that isolate this endpoint's direction."""
@@ -68,18 +70,24 @@ class Enricher(Protocol):
         """The name of an endpoint's interface (None: not known, look it up locally)."""
         ...
 
+    def endpoint_address(self, endpoint_id: int) -> IPv4Address | IPv6Address | None:
+        """A local endpoint's address, for the flows of packets that had none the datapath could read
+        (a frame that is not IP): their local side is the endpoint's. Not on the hot path."""
+        ...
+
 
 @dataclass
 class StaticEnricher:
     """In-memory `Enricher` filled by hand (tests, replay, benchmarks)."""
 
-    endpoints: dict[IPv4Address, EndpointInfo] = field(default_factory=dict)
+    endpoints: dict[IPv4Address | IPv6Address, EndpointInfo] = field(default_factory=dict)
     identities: dict[int, tuple[str, ...]] = field(default_factory=dict)
     rules: dict[int, tuple[PolicyRef, ...]] = field(default_factory=dict)
-    services: dict[tuple[IPv4Address, int, int], ServiceRef] = field(default_factory=dict)
+    services: dict[tuple[IPv4Address | IPv6Address, int, int], ServiceRef] = field(default_factory=dict)
     isolating: dict[tuple[int, bool], tuple[PolicyRef, ...]] = field(default_factory=dict)
+    endpoint_addresses: dict[int, IPv4Address | IPv6Address] = field(default_factory=dict)
 
-    def endpoint_by_ip(self, ip: IPv4Address) -> EndpointInfo | None:
+    def endpoint_by_ip(self, ip: IPv4Address | IPv6Address) -> EndpointInfo | None:
         return self.endpoints.get(ip)
 
     def labels_by_identity(self, identity: int) -> tuple[str, ...]:
@@ -88,7 +96,7 @@ class StaticEnricher:
     def policies_by_rule(self, rule_id: int) -> tuple[PolicyRef, ...]:
         return self.rules.get(rule_id, ())
 
-    def service_by_addr(self, ip: IPv4Address, port: int, protocol: int) -> ServiceRef | None:
+    def service_by_addr(self, ip: IPv4Address | IPv6Address, port: int, protocol: int) -> ServiceRef | None:
         return self.services.get((ip, port, protocol))
 
     def isolating_policies(self, endpoint_id: int, egress: bool) -> tuple[PolicyRef, ...]:
@@ -97,13 +105,16 @@ class StaticEnricher:
     def interface_name(self, ifindex: int) -> str | None:
         return None
 
+    def endpoint_address(self, endpoint_id: int) -> IPv4Address | IPv6Address | None:
+        return self.endpoint_addresses.get(endpoint_id)
+
     @classmethod
     def from_mappings(
         cls,
         *,
-        endpoints: Mapping[IPv4Address, EndpointInfo] | None = None,
+        endpoints: Mapping[IPv4Address | IPv6Address, EndpointInfo] | None = None,
         rules: Mapping[int, tuple[PolicyRef, ...]] | None = None,
-        services: Mapping[tuple[IPv4Address, int, int], ServiceRef] | None = None,
+        services: Mapping[tuple[IPv4Address | IPv6Address, int, int], ServiceRef] | None = None,
     ) -> StaticEnricher:
         return cls(
             endpoints=dict(endpoints or {}),
@@ -115,7 +126,7 @@ class StaticEnricher:
 class NullEnricher:
     """Knows nothing: flows carry only what the datapath event says."""
 
-    def endpoint_by_ip(self, ip: IPv4Address) -> EndpointInfo | None:
+    def endpoint_by_ip(self, ip: IPv4Address | IPv6Address) -> EndpointInfo | None:
         return None
 
     def labels_by_identity(self, identity: int) -> tuple[str, ...]:
@@ -124,11 +135,14 @@ class NullEnricher:
     def policies_by_rule(self, rule_id: int) -> tuple[PolicyRef, ...]:
         return ()
 
-    def service_by_addr(self, ip: IPv4Address, port: int, protocol: int) -> ServiceRef | None:
+    def service_by_addr(self, ip: IPv4Address | IPv6Address, port: int, protocol: int) -> ServiceRef | None:
         return None
 
     def isolating_policies(self, endpoint_id: int, egress: bool) -> tuple[PolicyRef, ...]:
         return ()
 
     def interface_name(self, ifindex: int) -> str | None:
+        return None
+
+    def endpoint_address(self, endpoint_id: int) -> IPv4Address | IPv6Address | None:
         return None

@@ -9,15 +9,20 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
 
 from meshagent.model.cluster import Namespace, Pod
+from meshagent.model.ip import IPAddress, IPNetwork, is_host_prefix
 from meshagent.model.kernel_state import IDENTITY_HOST, Protocol
 from meshagent.policy.addresses import AddressIndex, PodKey
 from meshagent.policy.decide import PortRange
 from meshagent.policy.identity import IdentityAllocator, IdentityLabels, LabelFilter
 
 LabelDicts = tuple[dict[str, str], dict[str, str]]  # (namespace labels, pod labels) of an identity
+
+
+def pod_addresses(pod: Pod) -> tuple[IPAddress, ...]:
+    """The pod's addresses, IPv4 first (status.podIPs: one per family)."""
+    return tuple(ip for ip in (pod.ip, pod.ipv6) if ip is not None)
 
 
 def namespace_labels(namespace: str, known: Namespace | None) -> dict[str, str]:
@@ -46,7 +51,7 @@ class ClusterStore:
         self.id_dicts: dict[int, LabelDicts] = {}
         self.id_members: dict[int, set[PodKey]] = {}
         self.addresses = AddressIndex()  # pod IPs and policy prefixes, for ipBlock peers and the ipcache
-        self.hosts: frozenset[IPv4Address] = frozenset()
+        self.hosts: frozenset[IPAddress] = frozenset()
 
     # ----------------------------------------------------------------- namespaces and pods
 
@@ -63,16 +68,18 @@ class ClusterStore:
         return [self.pods[k] for k in sorted(self.pods_by_ns.get(namespace, ()))]
 
     def add_pod(self, pod: Pod) -> MembershipChange | None:
-        """Store `pod`; None when it holds no identity (no address yet, or the host's network)."""
+        """Store `pod`; None when it holds no identity (no address yet, or the host's network). A pod has
+        one identity whatever its address families: both of its addresses carry it."""
         key = pod.key
         self.pods[key] = pod
         self.pods_by_ns[pod.namespace].add(key)
-        if pod.ip is None or pod.host_network:
+        if not pod_addresses(pod) or pod.host_network:
             return None
         labels = self._identity_labels_of(pod)
         ident = self.identities.labels_identity(labels)
         self.pod_identity[key] = ident
-        self.addresses.add_pod(pod.ip, key)
+        for address in pod_addresses(pod):
+            self.addresses.add_pod(address, key)
         members = self.id_members.get(ident)
         if members is not None:
             members.add(key)
@@ -87,9 +94,10 @@ class ClusterStore:
         del self.pods[key]
         self.pods_by_ns[pod.namespace].discard(key)
         ident = self.pod_identity.pop(key, None)
-        if ident is None or pod.ip is None:
+        if ident is None:
             return None
-        self.addresses.remove_pod(pod.ip, key)
+        for address in pod_addresses(pod):
+            self.addresses.remove_pod(address, key)
         members = self.id_members[ident]
         members.discard(key)
         if members:
@@ -108,8 +116,9 @@ class ClusterStore:
 
     # ----------------------------------------------------------------- identities
 
-    def member_ips(self, ident: int) -> list[IPv4Address | None]:
-        return [self.pods[k].ip for k in self.id_members.get(ident, ())]
+    def member_ips(self, ident: int) -> list[IPAddress]:
+        """Every address (of both families) of the pods holding `ident`."""
+        return [ip for k in self.id_members.get(ident, ()) for ip in pod_addresses(self.pods[k])]
 
     def identity_ports(self, ident: int, name: str, protocol: Protocol) -> set[PortRange]:
         """Ports named `name` on the pods of `ident` (protocol ANY: whatever protocol the port has)."""
@@ -122,23 +131,23 @@ class ClusterStore:
 
     # ----------------------------------------------------------------- addresses
 
-    def set_hosts(self, addresses: Iterable[IPv4Address]) -> frozenset[IPv4Address]:
+    def set_hosts(self, addresses: Iterable[IPAddress]) -> frozenset[IPAddress]:
         """The node's own addresses; returns those that came or went."""
         new = frozenset(addresses)
         moved = new ^ self.hosts
         self.hosts = new
         return moved
 
-    def shadowed(self, prefix: IPv4Network) -> bool:
-        """A /32 that a pod or the node holds: its packets carry that identity, not the prefix's."""
-        return prefix.prefixlen == 32 and (
+    def shadowed(self, prefix: IPNetwork) -> bool:
+        """A /32 (or /128) that a pod or the node holds: its packets carry that identity, not the prefix's."""
+        return is_host_prefix(prefix) and (
             self.addresses.holds_pod(prefix.network_address) or prefix.network_address in self.hosts
         )
 
-    def ipcache_value(self, prefix: IPv4Network) -> int | None:
-        if prefix.prefixlen == 32 and prefix.network_address in self.hosts:
+    def ipcache_value(self, prefix: IPNetwork) -> int | None:
+        if is_host_prefix(prefix) and prefix.network_address in self.hosts:
             return IDENTITY_HOST
-        if prefix.prefixlen == 32:
+        if is_host_prefix(prefix):
             holders = self.addresses.pods_at(prefix.network_address)
             if holders:
                 return self.pod_identity[min(holders)]

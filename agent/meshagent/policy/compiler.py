@@ -16,13 +16,13 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 
 from meshagent.model.admin_policy import AdminNetworkPolicy
 from meshagent.model.cluster import LocalEndpoint, Namespace, Pod
+from meshagent.model.ip import IPAddress, IPNetwork, host_network
 from meshagent.model.kernel_state import (
     IDENTITY_HOST,
-    IDENTITY_WORLD,
     RULE_ID_NONE,
     Action,
     Direction,
@@ -34,7 +34,7 @@ from meshagent.model.kernel_state import (
 )
 from meshagent.model.netpol import NetworkPolicy, PolicyType
 from meshagent.policy.addresses import PodKey
-from meshagent.policy.cluster_store import ClusterStore, MembershipChange, namespace_labels
+from meshagent.policy.cluster_store import ClusterStore, MembershipChange, namespace_labels, pod_addresses
 from meshagent.policy.decide import DirectionRules, PortRange, compile_direction
 from meshagent.policy.diff import KernelDiff, diff_sets, endpoint_key, ipcache_key, policy_key
 from meshagent.policy.endpoint_rules import direction_rules
@@ -97,11 +97,11 @@ class PolicyCompiler:
         self._by_endpoint_id: dict[int, PodKey] = {}
         self._ep_policies: dict[PodKey, set[PolicyKey]] = {}
         self._policy_eps: dict[PolicyKey, set[PodKey]] = defaultdict(set)
-        self._ipcache: dict[IPv4Network, int] = {}
+        self._ipcache: dict[IPNetwork, int] = {}
         self._dirty_eps: set[PodKey] = set()  # recompile whole
         # Recompile only these peers' entries: their membership in some rule's peers changed.
         self._dirty_peers: dict[PodKey, set[int]] = defaultdict(set)
-        self._dirty_prefixes: set[IPv4Network] = set()
+        self._dirty_prefixes: set[IPNetwork] = set()
 
     # ----------------------------------------------------------------- queries
 
@@ -118,7 +118,7 @@ class PolicyCompiler:
     def identity_labels(self, identity: int) -> IdentityLabels | None:
         return self._store.id_labels.get(identity)
 
-    def cidr_of_identity(self, identity: int) -> IPv4Network | None:
+    def cidr_of_identity(self, identity: int) -> IPNetwork | None:
         for cidr, ident in self._ipcache.items():
             if ident == identity and self._store.addresses.has_prefix(cidr):
                 return cidr
@@ -258,14 +258,14 @@ class PolicyCompiler:
             self._dirty_peers[endpoint].update(peers)
 
     @property
-    def host_addresses(self) -> frozenset[IPv4Address]:
+    def host_addresses(self) -> frozenset[IPAddress]:
         return self._store.hosts
 
-    def set_host_addresses(self, addresses: Iterable[IPv4Address]) -> KernelDiff:
+    def set_host_addresses(self, addresses: Iterable[IPAddress]) -> KernelDiff:
         """The node's own addresses: IDENTITY_HOST in the ipcache. Kubernetes always allows traffic between
         a pod and its node (kubelet probes), so every isolated direction allows IDENTITY_HOST."""
         moved = self._store.set_hosts(addresses)
-        self._dirty_prefixes.update(IPv4Network(a) for a in moved)
+        self._dirty_prefixes.update(host_network(a) for a in moved)
         return self._flush()
 
     def set_local_endpoint(self, namespace: str, name: str, endpoint: LocalEndpoint) -> KernelDiff:
@@ -318,7 +318,7 @@ class PolicyCompiler:
         change = self._store.add_pod(pod)
         if change is None:
             return
-        self._dirty_prefixes.add(IPv4Network(change.pod.ip))
+        self._dirty_prefixes.update(host_network(ip) for ip in pod_addresses(change.pod))
         if change.identity_appeared:
             self._affect(self._resolver.identity_appeared(change.identity))
         self._membership_changed(change)
@@ -329,14 +329,14 @@ class PolicyCompiler:
         change = self._store.remove_pod(pod)
         if change is None:
             return
-        self._dirty_prefixes.add(IPv4Network(change.pod.ip))
+        self._dirty_prefixes.update(host_network(ip) for ip in pod_addresses(change.pod))
         self._membership_changed(change)
         if change.identity_vanished:
             self._affect(self._resolver.identity_vanished(change.identity))
 
     def _membership_changed(self, change: MembershipChange) -> None:
         """A pod joined or left an identity: ipBlock peers around its members' IPs, egress named ports."""
-        ips = [*self._store.member_ips(change.identity), change.pod.ip]
+        ips = [*self._store.member_ips(change.identity), *pod_addresses(change.pod)]
         self._affect(self._resolver.addresses_changed(ips))
         if change.pod.ports:
             for key in self._egress_named:
@@ -400,7 +400,7 @@ class PolicyCompiler:
         self._egress_named.discard(key)
         self.rules.release_policy(key[0], key[1], key[2])
 
-    def _prefix_changed(self, prefix: IPv4Network) -> None:
+    def _prefix_changed(self, prefix: IPNetwork) -> None:
         self._dirty_prefixes.add(prefix)
         self._affect(self._resolver.prefix_changed(prefix))
 
@@ -458,8 +458,8 @@ class PolicyCompiler:
         nps, admins = self.selecting_policies(pod)
         used = {policy_key_of(np) for np in nps} | {policy_key_of(anp) for anp in admins}
         ident = self._store.pod_identity.get(key)
-        if ident is None or pod.ip is None:
-            return self._compile_without_ipv4(pod, local, nps, admins), used
+        if ident is None:
+            return None, set()  # no address yet, or the host's network: nothing of its own to enforce
         entries: dict[tuple[Direction, int], list[PolicyEntry]] = {}
         flags: dict[Direction, DirectionRules] = {}
         for direction in (Direction.INGRESS, Direction.EGRESS):
@@ -484,38 +484,15 @@ class PolicyCompiler:
             ifindex=local.ifindex,
             endpoint_id=local.endpoint_id,
             identity=ident,
-            ipv4=pod.ip,
+            # An IPv6-only pod has no IPv4 address: every IPv4 source it uses is then spoofed.
+            ipv4=pod.ip or IPv4Address(0),
+            ipv6=pod.ipv6,
             enforce_ingress=flags[Direction.INGRESS].enforce,
             enforce_egress=flags[Direction.EGRESS].enforce,
             audit_ingress=flags[Direction.INGRESS].audit,
             audit_egress=flags[Direction.EGRESS].audit,
         )
         return _Compiled(endpoint, entries), used
-
-    def _compile_without_ipv4(
-        self, pod: Pod, local: LocalEndpoint, nps: list[NetworkPolicy], admins: list[AdminNetworkPolicy]
-    ) -> _Compiled | None:
-        """A local pod known only by its IPv6 address. Policy is judged on IPv4, so when a policy
-        selects the pod it is isolated in the directions the policy isolates: with no IPv4 address
-        (0.0.0.0) every IPv4 packet it sends is a spoofed source, and the datapath lets nothing but
-        neighbour discovery of IPv6 through for a pod under policy. Not selected: nothing to enforce."""
-        if pod.ipv6 is None or pod.host_network:
-            return None
-        ingress = self._direction_rules(pod, nps, admins, Direction.INGRESS)
-        egress = self._direction_rules(pod, nps, admins, Direction.EGRESS)
-        if not (ingress.enforce or egress.enforce):
-            return None
-        endpoint = EndpointEntry(
-            ifindex=local.ifindex,
-            endpoint_id=local.endpoint_id,
-            identity=IDENTITY_WORLD,
-            ipv4=IPv4Address(0),
-            enforce_ingress=ingress.enforce,
-            enforce_egress=egress.enforce,
-            audit_ingress=ingress.audit,
-            audit_egress=egress.audit,
-        )
-        return _Compiled(endpoint, {})
 
     def _recompile_peers(
         self, key: PodKey, peers: set[int], old_entries: list[PolicyEntry], new_entries: list[PolicyEntry]
@@ -524,8 +501,8 @@ class PolicyCompiler:
         compiled = self._compiled.get(key)
         pod = self._store.pods.get(key)
         local = self._local.get(key)
-        if compiled is None or pod is None or local is None or pod.ip is None:
-            return False  # (a pod without IPv4 has no per-peer entries to recompile)
+        if compiled is None or pod is None or local is None:
+            return False
         nps, admins = self.selecting_policies(pod)
         np_keys = {policy_key_of(np) for np in nps}
         recorded = self._ep_policies.get(key, set())

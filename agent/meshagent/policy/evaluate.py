@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
 
 from meshagent.model.admin_policy import AdminAction, AdminNetworkPolicy, AdminPort, AdminRule, AdminSelector
 from meshagent.model.cluster import Namespace, Pod
+from meshagent.model.ip import IPAddress
 from meshagent.model.kernel_state import Direction, Protocol, Verdict
 from meshagent.model.netpol import IPBlock, NetworkPolicy, PolicyPeer, PolicyPort, PolicyRule, PolicyType
 from meshagent.policy.identity import IdentityLabels, LabelFilter
@@ -36,7 +36,7 @@ PodKey = tuple[str, str]
 class Peer:
     """The other end: a pod (with its IP) or a bare address."""
 
-    ip: IPv4Address
+    ip: IPAddress
     pod: Pod | None = None
 
     def describe(self) -> str:
@@ -82,12 +82,12 @@ class World:
     network_policies: Sequence[NetworkPolicy]
     admin_policies: Sequence[AdminNetworkPolicy]
     label_filter: LabelFilter = field(default_factory=LabelFilter)
-    host_addresses: frozenset[IPv4Address] = frozenset()  # the node's own addresses
+    host_addresses: frozenset[IPAddress] = frozenset()  # the node's own addresses
 
     def __post_init__(self) -> None:
         self._groups: dict[IdentityLabels, list[Pod]] = {}
         for pod in self.pods.values():
-            if pod.ip is not None and not pod.host_network:
+            if (pod.ip is not None or pod.ipv6 is not None) and not pod.host_network:
                 self._groups.setdefault(self.identity_labels(pod), []).append(pod)
 
     def namespace_labels(self, namespace: str) -> dict[str, str]:
@@ -103,23 +103,38 @@ class World:
     def same_identity(self, pod: Pod) -> list[Pod]:
         return self._groups.get(self.identity_labels(pod), [pod])
 
-    def pod_by_ip(self, ip: IPv4Address) -> Pod | None:
+    def pod_by_ip(self, ip: IPAddress) -> Pod | None:
         holders = sorted(
-            (p for p in self.pods.values() if p.ip == ip and not p.host_network), key=lambda p: p.key
+            (p for p in self.pods.values() if ip in (p.ip, p.ipv6) and not p.host_network),
+            key=lambda p: p.key,
         )
         return holders[0] if holders else None
 
 
-def _block_matches(world: World, block: IPBlock, peer: Peer) -> bool:
+def _blocks_match(world: World, blocks: Sequence[IPBlock], peer: Peer) -> bool:
+    """Whether a rule's ipBlocks (together) take `peer`. An address: when some block holds it. A pod: it
+    is known by its identity, which both of its addresses carry, so for every family its identity's pods
+    have addresses in, one of the blocks must hold all of them (an IPv4 block alone never takes a
+    dual-stack pod: that would let its IPv6 through too)."""
+    if not blocks:
+        return False
     if peer.pod is None:
-        return block.contains_address(peer.ip)
-    return all(p.ip is not None and block.contains_address(p.ip) for p in world.same_identity(peer.pod))
+        return any(block.contains_address(peer.ip) for block in blocks)
+    addresses = [ip for p in world.same_identity(peer.pod) for ip in (p.ip, p.ipv6) if ip is not None]
+    families = {ip.version for ip in addresses}
+    return bool(families) and all(
+        any(
+            block.cidr.version == family
+            and all(block.contains_address(ip) for ip in addresses if ip.version == family)
+            for block in blocks
+        )
+        for family in families
+    )
 
 
 def _np_peer_matches(world: World, policy: NetworkPolicy, peer_spec: PolicyPeer, peer: Peer) -> bool:
-    if peer_spec.ip_block is not None:
-        return _block_matches(world, peer_spec.ip_block, peer)
-    if peer.pod is None:
+    """A selector peer (ipBlocks are matched by the whole rule: _blocks_match)."""
+    if peer_spec.ip_block is not None or peer.pod is None:
         return False
     labels = world.identity_labels(peer.pod)
     if peer_spec.namespace_selector is None:
@@ -131,9 +146,8 @@ def _np_peer_matches(world: World, policy: NetworkPolicy, peer_spec: PolicyPeer,
 
 
 def _admin_peer_matches(world: World, selector: AdminSelector, peer: Peer) -> bool:
-    if selector.networks:
-        return any(_block_matches(world, IPBlock(net), peer) for net in selector.networks)
-    if peer.pod is None:
+    """A selector of pods (networks are matched by the whole rule: _blocks_match)."""
+    if selector.networks or peer.pod is None:
         return False
     labels = world.identity_labels(peer.pod)
     if not selector.namespace_selector.matches(dict(labels.namespace_labels)):
@@ -181,8 +195,11 @@ def _check_np_rule(
     protocol: Protocol,
     port: int,
 ) -> tuple[bool, str]:
-    if rule.peers is not None and not any(_np_peer_matches(world, policy, p, peer) for p in rule.peers):
-        wanted = "; ".join(p.describe() for p in rule.peers) or "no IPv4 peer"
+    if rule.peers is not None and not (
+        any(_np_peer_matches(world, policy, p, peer) for p in rule.peers)
+        or _blocks_match(world, [p.ip_block for p in rule.peers if p.ip_block is not None], peer)
+    ):
+        wanted = "; ".join(p.describe() for p in rule.peers) or "no peer"
         return False, f"peer {peer.describe()} is not {wanted}"
     if rule.ports:
         owner = _port_owner(endpoint, peer, direction)
@@ -201,7 +218,10 @@ def _check_admin_rule(
     protocol: Protocol,
     port: int,
 ) -> tuple[bool, str]:
-    if not any(_admin_peer_matches(world, s, peer) for s in rule.peers):
+    if not (
+        any(_admin_peer_matches(world, s, peer) for s in rule.peers)
+        or _blocks_match(world, [IPBlock(net) for s in rule.peers for net in s.networks], peer)
+    ):
         return False, f"peer {peer.describe()} is not " + "; ".join(s.describe() for s in rule.peers)
     if rule.ports:
         owner = _port_owner(endpoint, peer, direction)

@@ -15,10 +15,10 @@ import os
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network
 from pathlib import Path
 
 from meshagent.model.cluster import NAMESPACE_NAME_LABEL
+from meshagent.model.ip import IPNetwork
 from meshagent.model.kernel_state import IDENTITY_FIRST_CIDR, IDENTITY_FIRST_LABELS
 
 logger = logging.getLogger(__name__)
@@ -142,13 +142,13 @@ class IdentityAllocator:
         self._labels.release(labels.canonical())
         self._dirty = True
 
-    def cidr_identity(self, cidr: IPv4Network) -> int:
+    def cidr_identity(self, cidr: IPNetwork) -> int:
         before = len(self._cidrs.by_key)
         number = self._cidrs.allocate(str(cidr))
         self._dirty |= len(self._cidrs.by_key) != before
         return number
 
-    def release_cidr(self, cidr: IPv4Network) -> None:
+    def release_cidr(self, cidr: IPNetwork) -> None:
         self._cidrs.release(str(cidr))
         self._dirty = True
 

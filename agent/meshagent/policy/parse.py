@@ -11,7 +11,6 @@ import re
 from collections.abc import Callable, Mapping
 from ipaddress import (
     IPv4Address,
-    IPv4Network,
     IPv6Address,
     NetmaskValueError,
     ip_address,
@@ -29,6 +28,7 @@ from meshagent.model.admin_policy import (
 )
 from meshagent.model.cluster import AUDIT_ANNOTATION, ContainerPort, Namespace, Pod, is_audit_annotation
 from meshagent.model.errors import PolicyInputError
+from meshagent.model.ip import IPNetwork
 from meshagent.model.kernel_state import Protocol
 from meshagent.model.netpol import IPBlock, NetworkPolicy, PolicyPeer, PolicyPort, PolicyRule, PolicyType
 from meshagent.model.selectors import LabelSelector, SelectorOperator, SelectorRequirement
@@ -224,8 +224,8 @@ def _parse_pod(obj: Mapping[str, Any]) -> Pod:
     )
 
 
-def _ipv4_network(value: Any, where: str) -> IPv4Network | None:
-    """None for an IPv6 network (never matches IPv4 traffic); PolicyInputError for garbage."""
+def _network(value: Any, where: str) -> IPNetwork:
+    """A CIDR of either family; PolicyInputError for garbage."""
     if not isinstance(value, str):
         raise _fail(f"{where}: expected a CIDR string, got {value!r}")
     try:
@@ -234,25 +234,20 @@ def _ipv4_network(value: Any, where: str) -> IPv4Network | None:
         raise _fail(f"{where}: {value!r} is not a valid CIDR") from None
     if "/" not in value:
         raise _fail(f"{where}: {value!r} is not a CIDR (no prefix length)")
-    return net if isinstance(net, IPv4Network) else None
+    return net
 
 
-def _ip_block(value: Any, where: str) -> IPBlock | None:
+def _ip_block(value: Any, where: str) -> IPBlock:
     obj = _mapping(value, where)
-    cidr = _ipv4_network(obj.get("cidr"), f"{where}.cidr")
-    excepts: list[IPv4Network] = []
+    cidr = _network(obj.get("cidr"), f"{where}.cidr")
+    excepts: list[IPNetwork] = []
     for i, raw in enumerate(_list(obj.get("except"), f"{where}.except")):
-        exc = _ipv4_network(raw, f"{where}.except[{i}]")
-        if cidr is None or exc is None:
-            if (cidr is None) != (exc is None):
-                raise _fail(f"{where}.except[{i}]: {raw!r} is not the address family of the cidr")
-            continue
-        if not exc.subnet_of(cidr):
+        exc = _network(raw, f"{where}.except[{i}]")
+        if exc.version != cidr.version:
+            raise _fail(f"{where}.except[{i}]: {raw!r} is not the address family of the cidr")
+        if not exc.subnet_of(cidr):  # type: ignore[arg-type]
             raise _fail(f"{where}.except[{i}]: {exc} is outside the cidr {cidr}")
         excepts.append(exc)
-    if cidr is None:
-        logger.warning("%s: IPv6 ipBlock ignored (IPv4 datapath)", where)
-        return None
     return IPBlock(cidr, tuple(excepts))
 
 
@@ -264,8 +259,7 @@ def _peer(value: Any, where: str) -> PolicyPeer | None:
     if "ipBlock" in obj:
         if "podSelector" in obj or "namespaceSelector" in obj:
             raise _fail(f"{where}: ipBlock cannot be combined with a selector")
-        block = _ip_block(obj["ipBlock"], f"{where}.ipBlock")
-        return None if block is None else PolicyPeer(ip_block=block)
+        return PolicyPeer(ip_block=_ip_block(obj["ipBlock"], f"{where}.ipBlock"))
     if "podSelector" not in obj and "namespaceSelector" not in obj:
         raise _fail(f"{where}: a peer needs podSelector, namespaceSelector or ipBlock")
     return PolicyPeer(
@@ -371,11 +365,7 @@ def _admin_selector(value: Any, where: str, *, allow_networks: bool) -> AdminSel
     if "networks" in keys:
         nets = []
         for i, raw in enumerate(_list(obj["networks"], f"{where}.networks")):
-            net = _ipv4_network(raw, f"{where}.networks[{i}]")
-            if net is None:
-                logger.warning("%s.networks[%d]: IPv6 network ignored (IPv4 datapath)", where, i)
-                continue
-            nets.append(net)
+            nets.append(_network(raw, f"{where}.networks[{i}]"))
         if not nets and not obj["networks"]:
             raise _fail(f"{where}.networks: needs at least one CIDR")
         return AdminSelector(LabelSelector(), networks=tuple(nets))

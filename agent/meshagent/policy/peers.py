@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Network
 
 from meshagent.model.admin_policy import AdminNetworkPolicy, AdminRule, AdminSelector
+from meshagent.model.ip import IPNetwork
 from meshagent.model.netpol import IPBlock, NetworkPolicy, PolicyRule
 from meshagent.model.selectors import LabelSelector
 
@@ -78,9 +78,9 @@ def policy_specs(policy: NetworkPolicy | AdminNetworkPolicy) -> set[PeerSpec]:
     return specs
 
 
-def policy_prefixes(policy: NetworkPolicy | AdminNetworkPolicy) -> set[IPv4Network]:
+def policy_prefixes(policy: NetworkPolicy | AdminNetworkPolicy) -> set[IPNetwork]:
     """Prefixes the ipcache must hold for this policy: ipBlock cidrs, their excepts, admin networks."""
-    prefixes: set[IPv4Network] = set()
+    prefixes: set[IPNetwork] = set()
     for spec in policy_specs(policy):
         if isinstance(spec, BlockPeer):
             prefixes.add(spec.block.cidr)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from ipaddress import IPv4Address
 
+from meshagent.model.ip import IPAddress
 from meshagent.model.kernel_state import (
     IDENTITY_ANY,
     IDENTITY_WORLD,
@@ -60,9 +60,10 @@ class DatapathSimulator:
         # Longest prefix first, so the first containing prefix is the longest match.
         self._ipcache = sorted(state.ipcache, key=lambda e: -e.cidr.prefixlen)
 
-    def identity_of(self, address: IPv4Address) -> int:
+    def identity_of(self, address: IPAddress) -> int:
+        """The ipcache's longest match in the address's own family (two tries in the datapath)."""
         for entry in self._ipcache:
-            if address in entry.cidr:
+            if entry.cidr.version == address.version and address in entry.cidr:
                 return entry.identity
         return IDENTITY_WORLD
 
@@ -71,7 +72,7 @@ class DatapathSimulator:
         return max(candidates, key=_specificity, default=None)
 
     def verdict(
-        self, *, endpoint_id: int, direction: Direction, peer: IPv4Address, protocol: Protocol, port: int
+        self, *, endpoint_id: int, direction: Direction, peer: IPAddress, protocol: Protocol, port: int
     ) -> SimulatedVerdict:
         endpoint = self._endpoints.get(endpoint_id)
         if endpoint is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from ipaddress import AddressValueError, IPv4Address
+from ipaddress import ip_address
 
 from meshagent.model.kernel_state import Direction, Protocol, Verdict
 from meshagent.policy.compiler import PolicyCompiler
@@ -74,16 +74,18 @@ def resolve_pod(compiler: PolicyCompiler, ref: str) -> Peer:
     pod = compiler.pod((namespace, name))
     if pod is None:
         raise TraceError(f"no pod {ref}")
-    if pod.ip is None:
-        raise TraceError(f"pod {ref} has no IPv4 address yet")
-    return Peer(pod.ip, pod)
+    address = pod.ip or pod.ipv6
+    if address is None:
+        raise TraceError(f"pod {ref} has no address yet")
+    return Peer(address, pod)
 
 
 def resolve_ip(compiler: PolicyCompiler, text: str) -> Peer:
+    """An IPv4 or IPv6 address: a pod's (either of its addresses), the node's, or any other."""
     try:
-        ip = IPv4Address(text)
-    except AddressValueError:
-        raise TraceError(f"{text!r} is not an IPv4 address") from None
+        ip = ip_address(text)
+    except ValueError:
+        raise TraceError(f"{text!r} is not an IP address") from None
     holder = world_of(compiler).pod_by_ip(ip)
     return Peer(ip, holder)  # an address that a pod holds is that pod, as the ipcache sees it
 

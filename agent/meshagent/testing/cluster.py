@@ -4,6 +4,8 @@
     node netns i   : a node as in meshagent.testing.topology (forwarding on, `unreachable` default
                      route), plus `ul0` on the underlay with the node's InternalIP, its pods inside its
                      own pod CIDR, and one route per other node: that node's pod CIDR via its InternalIP.
+                     Dual-stack: every node has an IPv6 InternalIP and IPv6 pod CIDR too, routed the
+                     same way; a pod gets an IPv6 address when asked for one.
 
 Traffic between pods of different nodes is plainly routed across the underlay (no tunnel, no NAT), as in
 a cluster whose nodes share a layer-2 network. Routes to local pods carry `src <InternalIP>`, so what the
@@ -21,12 +23,14 @@ import subprocess
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from meshagent.testing.topology import Pod, Topology, _ip
 
 UNDERLAY_NETWORK = IPv4Network("192.168.254.0/24")
 POD_NETWORK = IPv4Network("10.244.0.0/16")
+UNDERLAY_NETWORK6 = IPv6Network("fd00:ff::/64")
+POD_NETWORK6 = IPv6Network("fd00:10:244::/48")
 UNDERLAY_IFNAME = "ul0"
 _counter = itertools.count()
 
@@ -40,6 +44,15 @@ def underlay_address_of(index: int) -> IPv4Address:
     return UNDERLAY_NETWORK.network_address + 11 + index
 
 
+def pod_cidr6_of(index: int) -> IPv6Network:
+    """Node `index` (from 0) owns fd00:10:244:<index+1>::/64."""
+    return IPv6Network(f"{POD_NETWORK6.network_address + ((index + 1) << 64)}/64")
+
+
+def underlay_address6_of(index: int) -> IPv6Address:
+    return UNDERLAY_NETWORK6.network_address + 11 + index
+
+
 @dataclass
 class ClusterNode:
     """One node: its Topology (namespace and pods) and what its Node object says about it."""
@@ -49,6 +62,8 @@ class ClusterNode:
     topology: Topology
     address: IPv4Address  # InternalIP, on the underlay
     pod_cidr: IPv4Network
+    address6: IPv6Address  # the IPv6 InternalIP
+    pod_cidr6: IPv6Network
     _next_host: Iterator[int] = field(default_factory=lambda: itertools.count(10))
 
     @property
@@ -65,13 +80,20 @@ class ClusterNode:
             raise ValueError(f"node {self.name}: pod CIDR {self.pod_cidr} is full")
         return self.pod_cidr.network_address + host
 
-    def add_pod(self, name: str, ip: str | IPv4Address | None = None) -> Pod:
+    def add_pod(
+        self, name: str, ip: str | IPv4Address | None = None, *, ipv6: str | IPv6Address | None = None
+    ) -> Pod:
         """A pod on this node; its address comes from the node's pod CIDR unless given (it must be inside,
-        since other nodes route to this node by that CIDR)."""
+        since other nodes route to this node by that CIDR), and so must an IPv6 one."""
         address = IPv4Address(str(ip)) if ip is not None else self.next_pod_ip()
         if address not in self.pod_cidr:
             raise ValueError(f"pod {name}: {address} is outside node {self.name}'s pod CIDR {self.pod_cidr}")
-        pod = self.topology.add_pod(name, address)
+        if ipv6 is not None and IPv6Address(str(ipv6)) not in self.pod_cidr6:
+            raise ValueError(f"pod {name}: {ipv6} is outside node {self.name}'s pod CIDR {self.pod_cidr6}")
+        pod = self.topology.add_pod(name, address, ipv6=None if ipv6 is None else str(ipv6))
+        if ipv6 is not None:
+            _ip("-6", "route", "replace", f"{ipv6}/128", "dev", pod.host_ifname, "src", str(self.address6),
+                netns=self.netns)  # fmt: skip
         _ip(
             "route",
             "replace",
@@ -95,10 +117,11 @@ class ClusterNode:
             metadata:
               name: {self.name}
               labels: {{kubernetes.io/hostname: {self.name}}}
-            spec: {{podCIDR: {self.pod_cidr}, podCIDRs: [{self.pod_cidr}]}}
+            spec: {{podCIDR: {self.pod_cidr}, podCIDRs: [{self.pod_cidr}, "{self.pod_cidr6}"]}}
             status:
               addresses:
               - {{type: InternalIP, address: {self.address}}}
+              - {{type: InternalIP, address: "{self.address6}"}}
               - {{type: Hostname, address: {self.name}}}
             """)
 
@@ -155,6 +178,8 @@ class ClusterTopology:
                             UNDERLAY_IFNAME,
                             netns=node.netns,
                         )
+                        _ip("-6", "route", "add", str(other.pod_cidr6), "via", str(other.address6),
+                            "dev", UNDERLAY_IFNAME, netns=node.netns)  # fmt: skip
         except Exception:
             self.close()
             raise
@@ -168,6 +193,8 @@ class ClusterTopology:
             topology=topology,
             address=underlay_address_of(index),
             pod_cidr=pod_cidr_of(index),
+            address6=underlay_address6_of(index),
+            pod_cidr6=pod_cidr6_of(index),
         )
         self.nodes.append(node)
         bridge_side = f"{self.prefix[:10]}u{index}"[:15]
@@ -193,6 +220,8 @@ class ClusterTopology:
             UNDERLAY_IFNAME,
             netns=node.netns,
         )
+        _ip("-6", "addr", "add", f"{node.address6}/{UNDERLAY_NETWORK6.prefixlen}", "dev", UNDERLAY_IFNAME,
+            "nodad", netns=node.netns)  # fmt: skip
         _ip("link", "set", UNDERLAY_IFNAME, "up", netns=node.netns)
 
     def manifests(self) -> str:

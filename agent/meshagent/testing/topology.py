@@ -66,7 +66,7 @@ class Pod:
     def probe(
         self,
         protocol: str,
-        ip: IPv4Address | str,
+        ip: IPv4Address | IPv6Address | str,
         port: int,
         *,
         timeout: float = 1.0,
@@ -95,7 +95,9 @@ class Pod:
             parsed = {"ok": False, "error": f"netprobe failed: {result.stderr.strip()[-300:]}"}
         return parsed
 
-    def talk(self, ip: IPv4Address | str, port: int, *, seconds: float) -> subprocess.Popen[str]:
+    def talk(
+        self, ip: IPv4Address | IPv6Address | str, port: int, *, seconds: float
+    ) -> subprocess.Popen[str]:
         """Starts netprobe's `talk` in this pod: one connection kept busy; read its output to judge."""
         return self.popen(
             sys.executable,
@@ -110,7 +112,7 @@ class Pod:
             stderr=subprocess.PIPE,
         )
 
-    def ping(self, ip: IPv4Address | str, *, timeout: float = 1.0) -> bool:
+    def ping(self, ip: IPv4Address | IPv6Address | str, *, timeout: float = 1.0) -> bool:
         result = self.run("ping", "-c", "1", "-W", str(max(1, int(timeout))), str(ip), timeout=timeout + 5)
         return result.returncode == 0
 

@@ -9,6 +9,8 @@ from meshagent.ui.flowfacts import drop_reason_name, node_of, policy_uses, proto
 
 
 def _endpoint_text(ip: str, port: int, node: str) -> str:
+    if port and ":" in ip:
+        return f"{node} ([{ip}]:{port})"  # IPv6: brackets keep its colons apart from the port's
     return f"{node} ({ip}:{port})" if port else f"{node} ({ip})"
 
 

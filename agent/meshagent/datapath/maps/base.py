@@ -12,7 +12,7 @@ import ctypes
 import errno as errno_codes
 import os
 from collections.abc import Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from meshagent.datapath.errors import MapError, MapFullError
 from meshagent.datapath.libbpf import address, lib, possible_cpus
@@ -113,3 +113,37 @@ class PerCpuArray(Generic[V]):
 
 def _copy(struct: K) -> K:
     return type(struct).from_buffer_copy(struct)
+
+
+class FamilyMaps(Generic[V]):
+    """An IPv4 map and its IPv6 counterpart seen as one: a key of the IPv6 map's key type goes to the
+    IPv6 map, any other to the IPv4 one; reads cover both."""
+
+    def __init__(self, ipv4: TypedMap[Any, V], ipv6: TypedMap[Any, V]) -> None:
+        self.ipv4 = ipv4
+        self.ipv6 = ipv6
+        self.name = ipv4.name
+        self.capacity = ipv4.capacity
+
+    def _of(self, key: Any) -> TypedMap[Any, V]:
+        return self.ipv6 if isinstance(key, self.ipv6.key_type) else self.ipv4
+
+    def lookup(self, key: Any) -> V | None:
+        return self._of(key).lookup(key)
+
+    def update(self, key: Any, value: V) -> None:
+        self._of(key).update(key, value)
+
+    def delete(self, key: Any) -> bool:
+        return self._of(key).delete(key)
+
+    def items(self) -> Iterator[tuple[Any, V]]:
+        yield from self.ipv4.items()
+        yield from self.ipv6.items()
+
+    def clear(self) -> None:
+        self.ipv4.clear()
+        self.ipv6.clear()
+
+    def __len__(self) -> int:
+        return len(self.ipv4) + len(self.ipv6)

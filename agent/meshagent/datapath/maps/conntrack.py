@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ctypes
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from meshagent.datapath.maps.ipcache import addr_from_net
 
@@ -69,8 +69,8 @@ class Connection:
     """A conntrack entry as the agent reads it (host order)."""
 
     ifindex: int
-    saddr: IPv4Address
-    daddr: IPv4Address
+    saddr: IPv4Address | IPv6Address
+    daddr: IPv4Address | IPv6Address
     sport: int
     dport: int
     proto: int
