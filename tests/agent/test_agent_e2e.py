@@ -33,8 +33,12 @@ def eventually(check: Callable[[], bool], timeout: float = EFFECT_TIMEOUT) -> fl
     return seconds_until(check, timeout, interval=0.05)
 
 
-def pod_manifest(name: str, namespace: str, ip: object, labels: dict[str, str], node: str = NODE) -> str:
+def pod_manifest(
+    name: str, namespace: str, ip: object, labels: dict[str, str], node: str = NODE, ipv6: object = None
+) -> str:
     label_text = ", ".join(f"{k}: {v}" for k, v in labels.items())
+    # A dual-stack pod lists both addresses, as the API server reports them.
+    addresses = f', podIPs: [{{ip: "{ip}"}}, {{ip: "{ipv6}"}}]' if ipv6 is not None else ""
     return textwrap.dedent(f"""\
         apiVersion: v1
         kind: Pod
@@ -42,7 +46,7 @@ def pod_manifest(name: str, namespace: str, ip: object, labels: dict[str, str], 
         spec:
           nodeName: {node}
           containers: [{{name: main, image: app, ports: [{{name: http, containerPort: 80}}]}}]
-        status: {{podIP: "{ip}"}}
+        status: {{podIP: "{ip}"{addresses}}}
         """)
 
 

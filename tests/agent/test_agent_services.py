@@ -11,6 +11,7 @@ import textwrap
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from meshagent.agent.config import AgentConfig
@@ -160,8 +161,8 @@ def test_a_dual_stack_service_from_manifests_is_reached_on_both_families(
         (manifests / "pods.yaml").write_text(
             "---\n".join(
                 [
-                    pod_manifest("client", "default", client.ip, {"app": "client"}),
-                    pod_manifest("backend", "default", backend.ip, {"app": "web"}),
+                    pod_manifest("client", "default", client.ip, {"app": "client"}, ipv6=client.ipv6),
+                    pod_manifest("backend", "default", backend.ip, {"app": "web"}, ipv6=backend.ipv6),
                 ]
             )
         )
@@ -200,5 +201,23 @@ def test_a_dual_stack_service_from_manifests_is_reached_on_both_families(
             assert over6["ok"] == 3 and over6["peers"] == [f"[{VIP6}]:80"], over6
             assert accepted(tmp_path / "backend.log", client) == 2
             assert accepted(tmp_path / "backend.log", client, ipv6=True) == 3
+
+            # The IPv6 translations are flows too, read through the flow API by the backend's IPv6.
+            def translated6() -> list[dict[str, Any]]:
+                flows = subprocess.run(
+                    [sys.executable, "-m", "meshagent.cli.main", "flows", "--server",
+                     f"unix://{tmp_path}/o.sock", "--all", "-o", "json", "--to-ip", str(backend.ipv6)],
+                    capture_output=True, text=True, timeout=30,
+                )  # fmt: skip
+                records = [json.loads(line) for line in flows.stdout.splitlines() if line.strip()]
+                return [r.get("flow", r) for r in records if r.get("flow", r).get("verdict") == "TRANSLATED"]
+
+            assert eventually(lambda: bool(translated6()), timeout=10) is not None, "no IPv6 TRANSLATED flows"
+            translated = translated6()
+            assert {t["IP"]["destination"] for t in translated} == {str(backend.ipv6)}
+            assert {t["IP"]["ipVersion"] for t in translated} == {"IPv6"}
+            assert all(
+                t.get("destinationService") == {"name": "web", "namespace": "default"} for t in translated
+            )
         finally:
             agent.stop()

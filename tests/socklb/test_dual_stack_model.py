@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from meshagent.agent.services import translation_event
 from meshagent.datapath.maps import lb6_events, lb6_services, lb_events
-from meshagent.model.kernel_state import Protocol
+from meshagent.model.kernel_state import Protocol, Verdict
 from meshagent.model.services import (
     MAX_BACKENDS,
     Frontend,
@@ -208,7 +208,7 @@ def test_ipv6_translation_event_decoding() -> None:
     assert ctypes.sizeof(record) == 64
 
 
-def test_only_ipv4_decisions_become_datapath_events() -> None:
+def test_decisions_of_both_families_become_datapath_events() -> None:
     def decided(frontend: Frontend, backend: Any) -> ServiceTranslation:
         return ServiceTranslation(1, 2, 3, frontend, backend)
 
@@ -217,4 +217,8 @@ def test_only_ipv4_decisions_become_datapath_events() -> None:
     )
     assert four is not None and four.daddr == IPv4Address("10.244.0.1") and four.dport == 8080
     six = decided(Frontend(IPv6Address(V6), 80, Protocol.TCP), (IPv6Address("fd00::1"), 8080))
-    assert translation_event(six) is None  # a datapath event has IPv4 addresses only
+    event = translation_event(six)
+    # The client is not known at connect() time: the unspecified address of the Service's family.
+    assert event.saddr == IPv6Address(0) and event.daddr == IPv6Address("fd00::1") and event.dport == 8080
+    refused = translation_event(decided(Frontend(IPv6Address(V6), 80, Protocol.TCP), None))
+    assert refused.verdict == Verdict.DENIED and refused.daddr == IPv6Address(V6)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Protocol
 
 from meshagent.agent.enricher import ClusterEnricher
@@ -35,16 +35,15 @@ class FrontendWriter(Protocol):
     def apply(self, desired: Any) -> Any: ...
 
 
-def translation_event(translation: ServiceTranslation) -> DatapathEvent | None:
+def translation_event(translation: ServiceTranslation) -> DatapathEvent:
     """A socket load-balancer decision as a datapath event, so it becomes a flow like any other: from the
     Service address to the chosen backend (TRANSLATED), or refused when the Service has no backend. The
-    client's address is not known yet at connect() time. None for an IPv6 frontend: a datapath event
-    holds IPv4 addresses only (the IPv6 decision is still delivered to SocketLB.start_events callers)."""
+    client's address is not known yet at connect() time: the unspecified address of the Service's family
+    stands for it, so an IPv6 decision is an IPv6 flow."""
     frontend = translation.frontend
     backend = translation.backend
     daddr = backend[0] if backend is not None else frontend.address
-    if not isinstance(daddr, IPv4Address):
-        return None
+    unknown_client = IPv4Address(0) if isinstance(daddr, IPv4Address) else IPv6Address(0)
     return DatapathEvent(
         timestamp_ns=translation.timestamp_ns,
         type=EventType.TRANSLATED,
@@ -53,7 +52,7 @@ def translation_event(translation: ServiceTranslation) -> DatapathEvent | None:
         direction=Direction.EGRESS,
         endpoint_id=0,
         ifindex=0,
-        saddr=IPv4Address(0),
+        saddr=unknown_client,
         daddr=daddr,
         sport=0,
         dport=backend[1] if backend is not None else frontend.port,
@@ -67,12 +66,10 @@ def translation_event(translation: ServiceTranslation) -> DatapathEvent | None:
 
 
 def translation_forwarder(on_event: Callable[[DatapathEvent], None]) -> Callable[[ServiceTranslation], None]:
-    """A SocketLB.start_events callback handing every decision a datapath event can hold to on_event."""
+    """A SocketLB.start_events callback handing every decision, of either family, to on_event."""
 
     def forward(translation: ServiceTranslation) -> None:
-        event = translation_event(translation)
-        if event is not None:
-            on_event(event)
+        on_event(translation_event(translation))
 
     return forward
 
