@@ -1,0 +1,283 @@
+"""Node-to-node encryption in the agent: the key pair, the WireGuard device and its peers kept in step
+with the Node and Pod objects, the mode (changeable at run time) and key rotation.
+
+One thread owns the device's netlink sockets: store events only mark the peers stale and wake it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+from meshagent.datapath.wireguard import WIREGUARD_OVERHEAD, WireguardDevice, WireguardError
+from meshagent.sources.events import ObjectEvent, SourceEvent
+from meshagent.sources.kinds import Kind
+from meshagent.sources.store import ObjectStore
+from meshagent.wireguard.control import requested_mode, take_rotation_request
+from meshagent.wireguard.keys import KeyPair, KeyStore
+from meshagent.wireguard.modes import EncryptionMode
+from meshagent.wireguard.peers import PeerPlan, node_from_object, plan_peers
+from meshagent.wireguard.updates import plan_update
+
+logger = logging.getLogger(__name__)
+
+# How often the worker looks for run-time requests (mode, rotation) when nothing else wakes it.
+POLL_SECONDS = 0.25
+DEFAULT_MTU = 1500
+
+
+@dataclass
+class EncryptionState:
+    """What the worker last applied, read by status and metrics."""
+
+    mode: EncryptionMode = EncryptionMode.OFF
+    public_key: str = ""
+    ifindex: int | None = None
+    plan: PeerPlan | None = None
+    errors: list[str] = field(default_factory=list)
+    rotations: int = 0
+    last_rotation: float = 0.0
+
+
+class Encryption:
+    def __init__(
+        self,
+        *,
+        node: str,
+        mode: EncryptionMode,
+        port: int,
+        mtu: int,
+        state_dir: Path,
+        netns: str | None,
+        store: ObjectStore,
+        publish_key: Callable[[str], None] | None = None,
+        on_mode: Callable[[EncryptionMode, int | None], None] | None = None,
+    ) -> None:
+        self.node = node
+        self.configured_mode = mode
+        self.port = port
+        self.mtu = mtu
+        self.state_dir = state_dir
+        self.keys = KeyStore(state_dir)
+        self.device = WireguardDevice(netns=netns)
+        self.store = store
+        self.publish_key = publish_key
+        self.on_mode = on_mode  # the datapath's part of the mode (strict drops), with the device's ifindex
+        self.state = EncryptionState()
+        self._pair: KeyPair | None = None
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._rotate = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self._off_checked = False
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Subscribes before the source starts (every Node and Pod event wakes the worker). While the
+        mode is off no key is made and no device touched, beyond removing one a previous run left."""
+        self._unsubscribe = self.store.subscribe(self._on_event)
+        self._thread = threading.Thread(target=self._run, name="encryption", daemon=True)
+        self._thread.start()
+
+    def stop(self, *, remove_device: bool = False) -> None:
+        """Stops updating; the device and its peers stay (traffic keeps flowing encrypted) unless
+        `remove_device` (the agent's cleanup on exit)."""
+        self._stop.set()
+        self._wake.set()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if remove_device:
+            self.device.delete()
+            if self.on_mode is not None:
+                self.on_mode(EncryptionMode.OFF, None)
+
+    def request_rotation(self) -> None:
+        """Rotate the key pair on the worker thread (safe from a signal handler)."""
+        self._rotate.set()
+        self._wake.set()
+
+    # --- events -------------------------------------------------------------------------------
+
+    def _on_event(self, event: SourceEvent) -> None:
+        if isinstance(event, ObjectEvent) and event.kind in (Kind.NODE, Kind.POD):
+            self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(POLL_SECONDS)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self._step()
+            except Exception as err:  # the loop must survive one bad round; the next retries
+                with self._lock:
+                    repeated = self.state.errors == [str(err)]
+                    self.state.errors = [str(err)]
+                if not repeated:  # retried four times a second: say it once, not each time
+                    logger.error(
+                        "encryption update failed: %s", err, exc_info=not isinstance(err, ValueError)
+                    )
+
+    def _step(self) -> None:
+        mode = self._mode()
+        if take_rotation_request(self.state_dir):
+            self._rotate.set()
+        if self._rotate.is_set():
+            self._rotate.clear()
+            self._rotate_now()
+        if mode is EncryptionMode.OFF:
+            self._turn_off()
+            return
+        if self._pair is None:
+            self._pair = self.keys.load_or_create()
+            with self._lock:
+                self.state.public_key = self._pair.public_key
+            self._publish()
+        if self.state.ifindex is None or self.state.mode is EncryptionMode.OFF:
+            self.state.ifindex = self.device.ensure(
+                private_key=self._pair.private_key, port=self.port, mtu=self._device_mtu()
+            )
+        if not self.store.synced:
+            # Until the first full read, a missing Node or pod means "not read yet", not "gone".
+            self._set_mode(mode)
+            return
+        plan = plan_peers(
+            self.store.objects(Kind.NODE),
+            self.store.objects(Kind.POD),
+            local_node=self.node,
+            local_public_key=self._pair.public_key,
+        )
+        update = plan_update(self.device.peers(), plan.peers, self.device.routes(), port=self.port)
+        if not update.empty:
+            self.device.apply(update, port=self.port, source=self._local_address())
+            logger.info(
+                "WireGuard peers: %d set, %d removed, routes +%d -%d",
+                len(update.set_peers),
+                len(update.remove_peers),
+                len(update.add_routes),
+                len(update.remove_routes),
+            )
+        if plan.rejected != (self.state.plan.rejected if self.state.plan else []):
+            for reason in plan.rejected:
+                logger.warning("no WireGuard peer for node %s", reason)
+        with self._lock:
+            self.state.plan = plan
+            self.state.errors = []
+        self._set_mode(mode)
+
+    def _mode(self) -> EncryptionMode:
+        try:
+            return requested_mode(self.state_dir) or self.configured_mode
+        except ValueError as err:
+            # A bad request keeps the mode in force: fail closed rather than fall back to the config.
+            with self._lock:
+                self.state.errors = [f"run-time mode request ignored: {err}"]
+            return self.state.mode if self.state.public_key else self.configured_mode
+
+    def _set_mode(self, mode: EncryptionMode) -> None:
+        if mode is not self.state.mode:
+            logger.info("encryption mode %s", mode.value)
+        if self.on_mode is not None:
+            self.on_mode(mode, self.state.ifindex)
+        self.state.mode = mode
+
+    def _turn_off(self) -> None:
+        if self.state.ifindex is not None or not self._off_checked:
+            # Once at start (a previous run may have left its device), then on each switch to off.
+            self._off_checked = True
+            self._set_mode(EncryptionMode.OFF)
+            if self.device.delete():
+                logger.info("removed WireGuard device %s: encryption is off", self.device.name)
+            self.state.ifindex = None
+            with self._lock:
+                self.state.plan = None
+
+    def _rotate_now(self) -> None:
+        if self._pair is None:
+            logger.warning("key rotation asked while encryption is off: nothing to rotate")
+            return
+        started = time.monotonic()
+        pair = self.keys.rotate()
+        self._pair = pair
+        if self.state.ifindex is not None:
+            self.device.set_private_key(pair.private_key)
+        with self._lock:
+            self.state.public_key = pair.public_key
+            self.state.rotations += 1
+            self.state.last_rotation = time.time()
+        self._publish()
+        logger.info("key rotated in %.3f s", time.monotonic() - started)
+
+    def _publish(self) -> None:
+        if self.publish_key is None or self._pair is None:
+            return
+        try:
+            self.publish_key(self._pair.public_key)
+        except Exception as err:
+            with self._lock:
+                self.state.errors = [f"cannot publish the public key: {err}"]
+            logger.error("cannot publish the public key: %s", err)
+
+    def _local_address(self) -> IPv4Address | None:
+        obj = self.store.get(Kind.NODE, "", self.node)
+        return node_from_object(obj).address if obj is not None else None
+
+    def _device_mtu(self) -> int:
+        if self.mtu:
+            return self.mtu
+        local = self._local_address()
+        try:
+            underlay = self.device.underlay_mtu(local) if local is not None else DEFAULT_MTU
+        except (WireguardError, OSError, IndexError):
+            underlay = DEFAULT_MTU
+        return underlay - WIREGUARD_OVERHEAD
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            plan = self.state.plan
+            errors = list(self.state.errors)
+            result: dict[str, Any] = {
+                "mode": self.state.mode.value,
+                "public_key": self.state.public_key,
+                "port": self.port,
+                "rotations": self.state.rotations,
+                "errors": errors,
+                "rejected": list(plan.rejected) if plan else [],
+                "plaintext_nodes": sorted(plan.plaintext_nodes) if plan else [],
+            }
+        peers = []
+        if self.state.ifindex is not None:
+            try:
+                device_peers = self.device.peers()
+            except (WireguardError, OSError) as err:
+                result["errors"].append(f"cannot read the device: {err}")
+                device_peers = {}
+            node_of = {key: peer.node for key, peer in (plan.peers.items() if plan else [])}
+            for key, peer in sorted(device_peers.items()):
+                peers.append(
+                    {
+                        "node": node_of.get(key, "?"),
+                        "public_key": key,
+                        "endpoint": peer.endpoint,
+                        "allowed_ips": len(peer.allowed_ips),
+                        "last_handshake": peer.last_handshake,
+                        "rx_bytes": peer.rx_bytes,
+                        "tx_bytes": peer.tx_bytes,
+                    }
+                )
+        result["peers"] = peers
+        return result
