@@ -28,10 +28,14 @@ from typing import Any
 
 import pytest
 import yaml
+from meshagent.observer.client import ObserverClient
+from meshagent.observer.proto.flow import flow_pb2
+from meshagent.observer.proto.observer import observer_pb2 as opb
 from meshagent.testing.agents import NodeAgent, meshagent_command
 from meshagent.testing.cluster import ClusterNode, ClusterTopology
 from meshagent.testing.topology import Pod
 from meshagent.wireguard.peers import PUBLIC_KEY_ANNOTATION
+from prometheus_client.parser import text_string_to_metric_families
 from underlay import Capture, capture
 
 from tests.agent.test_agent_e2e import pod_manifest
@@ -276,6 +280,66 @@ def test_permissive_accepts_plaintext_from_a_node_without_a_key(encrypted: Clust
     with capture(encrypted.topology.underlay) as seen:
         assert encrypted.exchange("c1", "b1", marker), "node-3 has no key: permissive lets it in"
     assert seen.contains(marker), "sent in the clear, as node-3 cannot encrypt"
+
+
+def flows(agent: NodeAgent, *filters: flow_pb2.FlowFilter) -> list[flow_pb2.Flow]:
+    with ObserverClient(agent.server) as client:
+        request = opb.GetFlowsRequest(number=5000, whitelist=list(filters))
+        return [r.flow for r in client.get_flows(request) if r.HasField("flow")]
+
+
+def scrape(agent: NodeAgent) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{agent.metrics_port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def metric(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def test_strict_drops_plaintext_from_and_to_a_node_without_a_key(encrypted: Cluster) -> None:
+    second = encrypted.agents[1]
+    encrypted.set_mode(1, "strict")
+    assert (
+        seconds_until(lambda: encrypted.status(1)["mode"] == "strict", EFFECT_TIMEOUT, interval=0.2)
+        is not None
+    )
+    assert not encrypted.exchange("c1", "b1", b"plain-in"), "strict: plaintext from node-3 is dropped"
+    assert not encrypted.exchange("b1", "c1", b"plain-out"), "strict: nothing leaves for node-3 in plaintext"
+    assert encrypted.exchange("a1", "b1", b"encrypted"), "node-1 encrypts: strict lets it in"
+    # The drop has a reason of its own, in flows (Hubble's UNENCRYPTED_TRAFFIC) and in metrics.
+    b1, c1 = str(encrypted.pods["b1"].ip), str(encrypted.pods["c1"].ip)
+    drops = flows(second, flow_pb2.FlowFilter(drop_reason_desc=[flow_pb2.UNENCRYPTED_TRAFFIC]))
+    directions = {(f.IP.source, f.IP.destination, f.traffic_direction) for f in drops}
+    assert (c1, b1, flow_pb2.INGRESS) in directions
+    assert (b1, c1, flow_pb2.EGRESS) in directions
+    assert all(f.verdict == flow_pb2.DROPPED and not f.IP.encrypted for f in drops)
+    samples = scrape(second)
+    assert metric(samples, "meshagent_drop_total", reason="UNENCRYPTED_TRAFFIC", protocol="TCP") > 0
+    # The numbers to decide by: per remote node, encrypted and plaintext traffic.
+    plain = dict(peer_node="node-3", direction="ingress", encrypted="false")
+    assert metric(samples, "meshagent_encryption_packets_total", **plain) > 0
+    assert metric(samples, "meshagent_encryption_bytes_total", **plain) > 0
+    secure = dict(peer_node="node-1", direction="ingress", encrypted="true")
+    assert metric(samples, "meshagent_encryption_flows_total", **secure) > 0
+    assert metric(samples, "meshagent_encryption_bytes_total", **secure) > 0
+    assert metric(samples, "meshagent_encryption_mode", mode="strict") == 1.0
+    # The encrypted filter: only what crossed through the device, and the node-1 traffic is among it.
+    only_encrypted = flows(second, flow_pb2.FlowFilter(encrypted=[True]))
+    assert only_encrypted and all(f.IP.encrypted for f in only_encrypted)
+    assert any(f.IP.source == str(encrypted.pods["a1"].ip) for f in only_encrypted)
+    assert all(not f.IP.encrypted for f in flows(second, flow_pb2.FlowFilter(encrypted=[False])))
+    # Back to permissive at run time: node-3's plaintext is accepted again.
+    encrypted.set_mode(1, "permissive")
+    assert (
+        seconds_until(lambda: encrypted.exchange("c1", "b1", b"plain-again"), EFFECT_TIMEOUT, interval=0.5)
+        is not None
+    )
 
 
 def test_a_pod_added_on_one_node_is_reached_encrypted_from_the_others(encrypted: Cluster) -> None:

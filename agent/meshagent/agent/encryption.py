@@ -15,6 +15,8 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
+from meshagent.datapath.encryption_maps import EncryptionMaps
+from meshagent.datapath.maps.wireguard import MODE_VALUES, node_id
 from meshagent.datapath.wireguard import WIREGUARD_OVERHEAD, WireguardDevice, WireguardError
 from meshagent.sources.events import ObjectEvent, SourceEvent
 from meshagent.sources.kinds import Kind
@@ -57,7 +59,7 @@ class Encryption:
         netns: str | None,
         store: ObjectStore,
         publish_key: Callable[[str], None] | None = None,
-        on_mode: Callable[[EncryptionMode, int | None], None] | None = None,
+        maps: EncryptionMaps | None = None,
     ) -> None:
         self.node = node
         self.configured_mode = mode
@@ -68,7 +70,7 @@ class Encryption:
         self.device = WireguardDevice(netns=netns)
         self.store = store
         self.publish_key = publish_key
-        self.on_mode = on_mode  # the datapath's part of the mode (strict drops), with the device's ifindex
+        self.maps = maps  # the datapath's part: mode and device it judges by, remote pod ranges, counters
         self.state = EncryptionState()
         self._pair: KeyPair | None = None
         self._lock = threading.Lock()
@@ -98,9 +100,9 @@ class Encryption:
         if self._thread is not None:
             self._thread.join(timeout=10)
         if remove_device:
+            if self.maps is not None:
+                self.maps.set_mode(EncryptionMode.OFF.value, None)
             self.device.delete()
-            if self.on_mode is not None:
-                self.on_mode(EncryptionMode.OFF, None)
 
     def request_rotation(self) -> None:
         """Rotate the key pair on the worker thread (safe from a signal handler)."""
@@ -172,6 +174,10 @@ class Encryption:
         if plan.rejected != (self.state.plan.rejected if self.state.plan else []):
             for reason in plan.rejected:
                 logger.warning("no WireGuard peer for node %s", reason)
+        if self.maps is not None:
+            # Every remote node's pod ranges, with a key or not: in strict mode a node without one is
+            # exactly what the datapath must refuse.
+            self.maps.set_remote(plan.remote_pod_cidrs)
         with self._lock:
             self.state.plan = plan
             self.state.errors = []
@@ -189,8 +195,8 @@ class Encryption:
     def _set_mode(self, mode: EncryptionMode) -> None:
         if mode is not self.state.mode:
             logger.info("encryption mode %s", mode.value)
-        if self.on_mode is not None:
-            self.on_mode(mode, self.state.ifindex)
+        if self.maps is not None and self.maps.mode() != (MODE_VALUES[mode.value], self.state.ifindex or 0):
+            self.maps.set_mode(mode.value, self.state.ifindex)
         self.state.mode = mode
 
     def _turn_off(self) -> None:
@@ -245,6 +251,12 @@ class Encryption:
         return underlay - WIREGUARD_OVERHEAD
 
     # --- reading ------------------------------------------------------------------------------
+
+    def node_names(self) -> dict[int, str]:
+        """Remote nodes by the id the datapath counts them by."""
+        with self._lock:
+            plan = self.state.plan
+        return {node_id(name): name for name in (plan.remote_pod_cidrs if plan else {})}
 
     def status(self) -> dict[str, Any]:
         with self._lock:

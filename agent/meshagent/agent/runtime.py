@@ -19,6 +19,7 @@ from meshagent import __version__
 from meshagent.agent.config import SOCKET_LB_DIR, AgentConfig
 from meshagent.agent.datapath_metrics import DatapathCollector
 from meshagent.agent.encryption import Encryption
+from meshagent.agent.encryption_metrics import EncryptionCollector
 from meshagent.agent.enricher import ClusterEnricher
 from meshagent.agent.health import HealthServer
 from meshagent.agent.metrics import ReconcilerCollector
@@ -164,8 +165,11 @@ class Agent:
             netns=cfg.node_netns,
             store=self.desired.store,
             publish_key=publish,
+            maps=self.datapath.encryption_maps,
         )
         self.encryption.start()
+        if self.metrics is not None:
+            self.metrics.registry.register(EncryptionCollector(self.encryption))
 
     def _start_socket_lb(self) -> None:
         cfg = self.config

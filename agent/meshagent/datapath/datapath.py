@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from meshagent.datapath import ct_expiry, tc
 from meshagent.datapath.adoption import StaleEndpoint, check_endpoints
+from meshagent.datapath.encryption_maps import EncryptionMaps
 from meshagent.datapath.errors import AttachError, MapError
 from meshagent.datapath.events import EventReader
 from meshagent.datapath.layout import layout_id, other_layouts
@@ -243,6 +244,7 @@ class Datapath:
             value_type=events_lost.LostValue,
             capacity=1,
         )
+        self.encryption_maps = EncryptionMaps(bpf)
         self._adopt()
 
     def _adopt(self) -> None:
