@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 # How often the worker looks for run-time requests (mode, rotation) when nothing else wakes it.
 POLL_SECONDS = 0.25
+# How often a public key the API server did not take is offered again.
+PUBLISH_RETRY_SECONDS = 5.0
 DEFAULT_MTU = 1500
 
 
@@ -80,6 +82,8 @@ class Encryption:
         self._thread: threading.Thread | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._off_checked = False
+        self._published: str | None = None  # the public key the Node carries, as far as we know
+        self._publish_tried = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -146,6 +150,10 @@ class Encryption:
             self._pair = self.keys.load_or_create()
             with self._lock:
                 self.state.public_key = self._pair.public_key
+        if (
+            self._published != self._pair.public_key
+            and time.monotonic() - self._publish_tried >= PUBLISH_RETRY_SECONDS
+        ):
             self._publish()
         if self.state.ifindex is None or self.state.mode is EncryptionMode.OFF:
             self.state.ifindex = self.device.ensure(
@@ -223,18 +231,24 @@ class Encryption:
             self.state.public_key = pair.public_key
             self.state.rotations += 1
             self.state.last_rotation = time.time()
-        self._publish()
+        self._publish_tried = 0.0  # publish the new key in this very step
         logger.info("key rotated in %.3f s", time.monotonic() - started)
 
     def _publish(self) -> None:
+        """Offers the public key to the API server; one refused is offered again later (the step
+        retries every PUBLISH_RETRY_SECONDS until the Node carries it)."""
         if self.publish_key is None or self._pair is None:
             return
+        key = self._pair.public_key
+        self._publish_tried = time.monotonic()
         try:
-            self.publish_key(self._pair.public_key)
+            self.publish_key(key)
         except Exception as err:
             with self._lock:
                 self.state.errors = [f"cannot publish the public key: {err}"]
-            logger.error("cannot publish the public key: %s", err)
+            logger.error("cannot publish the public key (retried in %.0f s): %s", PUBLISH_RETRY_SECONDS, err)
+            return
+        self._published = key
 
     def _local_address(self) -> IPv4Address | None:
         obj = self.store.get(Kind.NODE, "", self.node)
