@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,6 @@ class EncryptionState:
     public_key: str = ""
     ifindex: int | None = None
     plan: PeerPlan | None = None
-    errors: list[str] = field(default_factory=list)
     rotations: int = 0
     last_rotation: float = 0.0
 
@@ -83,6 +82,9 @@ class Encryption:
         self._unsubscribe: Callable[[], None] | None = None
         self._off_checked = False
         self._published: str | None = None  # the public key the Node carries, as far as we know
+        # Problems reported in status until they clear, each by its source: the last step, the last
+        # publication of the key, the last run-time mode request.
+        self._problems: dict[str, str] = {}
         self._publish_tried = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -129,8 +131,8 @@ class Encryption:
                 self._step()
             except Exception as err:  # the loop must survive one bad round; the next retries
                 with self._lock:
-                    repeated = self.state.errors == [str(err)]
-                    self.state.errors = [str(err)]
+                    repeated = self._problems.get("step") == str(err)
+                    self._problems["step"] = str(err)
                 if not repeated:  # retried four times a second: say it once, not each time
                     logger.error(
                         "encryption update failed: %s", err, exc_info=not isinstance(err, ValueError)
@@ -188,17 +190,20 @@ class Encryption:
             self.maps.set_remote(plan.remote_pod_cidrs)
         with self._lock:
             self.state.plan = plan
-            self.state.errors = []
+            self._problems.pop("step", None)
         self._set_mode(mode)
 
     def _mode(self) -> EncryptionMode:
         try:
-            return requested_mode(self.state_dir) or self.configured_mode
+            requested = requested_mode(self.state_dir)
         except ValueError as err:
             # A bad request keeps the mode in force: fail closed rather than fall back to the config.
             with self._lock:
-                self.state.errors = [f"run-time mode request ignored: {err}"]
+                self._problems["mode"] = f"run-time mode request ignored: {err}"
             return self.state.mode if self.state.public_key else self.configured_mode
+        with self._lock:
+            self._problems.pop("mode", None)
+        return requested or self.configured_mode
 
     def _set_mode(self, mode: EncryptionMode) -> None:
         if mode is not self.state.mode:
@@ -211,10 +216,11 @@ class Encryption:
         if self.state.ifindex is not None or not self._off_checked:
             # Once at start (a previous run may have left its device), then on each switch to off.
             self._off_checked = True
+            # The datapath stops judging first: with no device, strict mode would drop everything.
+            self.state.ifindex = None
             self._set_mode(EncryptionMode.OFF)
             if self.device.delete():
                 logger.info("removed WireGuard device %s: encryption is off", self.device.name)
-            self.state.ifindex = None
             with self._lock:
                 self.state.plan = None
 
@@ -245,10 +251,12 @@ class Encryption:
             self.publish_key(key)
         except Exception as err:
             with self._lock:
-                self.state.errors = [f"cannot publish the public key: {err}"]
+                self._problems["publish"] = f"cannot publish the public key: {err}"
             logger.error("cannot publish the public key (retried in %.0f s): %s", PUBLISH_RETRY_SECONDS, err)
             return
         self._published = key
+        with self._lock:
+            self._problems.pop("publish", None)
 
     def _local_address(self) -> IPv4Address | None:
         obj = self.store.get(Kind.NODE, "", self.node)
@@ -275,7 +283,7 @@ class Encryption:
     def status(self) -> dict[str, Any]:
         with self._lock:
             plan = self.state.plan
-            errors = list(self.state.errors)
+            errors = [self._problems[source] for source in sorted(self._problems)]
             result: dict[str, Any] = {
                 "mode": self.state.mode.value,
                 "public_key": self.state.public_key,
