@@ -320,7 +320,7 @@ def test_strict_drops_plaintext_from_and_to_a_node_without_a_key(encrypted: Clus
     assert (b1, c1, flow_pb2.EGRESS) in directions
     assert all(f.verdict == flow_pb2.DROPPED and not f.IP.encrypted for f in drops)
     samples = scrape(second)
-    assert metric(samples, "meshagent_drop_total", reason="UNENCRYPTED_TRAFFIC", protocol="TCP") > 0
+    assert metric(samples, "meshagent_drop_total", reason="UNENCRYPTED_TRAFFIC", protocol="tcp") > 0
     # The numbers to decide by: per remote node, encrypted and plaintext traffic.
     plain = dict(peer_node="node-3", direction="ingress", encrypted="false")
     assert metric(samples, "meshagent_encryption_packets_total", **plain) > 0
