@@ -385,6 +385,7 @@ def test_an_agent_restart_keeps_the_device_and_peers_without_a_gap(
     record_property("restart_agent_start_seconds", round(took, 1))
     record_property("restart_stream_longest_gap_ms", result["max_gap_ms"])
     assert device_index(node) == before_index, "the restarted agent adopted the device, not a new one"
+    # The status reads the device: the peers the killed agent left are there, unchanged.
     after = encrypted.status(1)["peers"]
     assert [(p["public_key"], p["allowed_ips"]) for p in after] == [
         (p["public_key"], p["allowed_ips"]) for p in before

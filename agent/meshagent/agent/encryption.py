@@ -293,25 +293,26 @@ class Encryption:
                 "rejected": list(plan.rejected) if plan else [],
                 "plaintext_nodes": sorted(plan.plaintext_nodes) if plan else [],
             }
+        # The peers as the kernel has them, whatever this run did so far: a restarted agent shows the
+        # device it found before its first update.
         peers = []
-        if self.state.ifindex is not None:
-            try:
-                device_peers = self.device.peers()
-            except (WireguardError, OSError) as err:
-                result["errors"].append(f"cannot read the device: {err}")
-                device_peers = {}
-            node_of = {key: peer.node for key, peer in (plan.peers.items() if plan else [])}
-            for key, peer in sorted(device_peers.items()):
-                peers.append(
-                    {
-                        "node": node_of.get(key, "?"),
-                        "public_key": key,
-                        "endpoint": peer.endpoint,
-                        "allowed_ips": len(peer.allowed_ips),
-                        "last_handshake": peer.last_handshake,
-                        "rx_bytes": peer.rx_bytes,
-                        "tx_bytes": peer.tx_bytes,
-                    }
-                )
+        try:
+            device_peers = self.device.peers()
+        except (WireguardError, OSError) as err:
+            result["errors"].append(f"cannot read the device: {err}")
+            device_peers = {}
+        node_of = {key: peer.node for key, peer in (plan.peers.items() if plan else [])}
+        for key, peer in sorted(device_peers.items()):
+            peers.append(
+                {
+                    "node": node_of.get(key, "?"),
+                    "public_key": key,
+                    "endpoint": peer.endpoint,
+                    "allowed_ips": len(peer.allowed_ips),
+                    "last_handshake": peer.last_handshake,
+                    "rx_bytes": peer.rx_bytes,
+                    "tx_bytes": peer.tx_bytes,
+                }
+            )
         result["peers"] = peers
         return result
