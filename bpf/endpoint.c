@@ -18,6 +18,7 @@
 #include "lib/events.h"
 #include "lib/metrics.h"
 #include "lib/ipv6.h"
+#include "lib/wireguard.h"
 
 static __always_inline int __ma_drop(__u8 reason, struct ma_event_ctx *ctx, const struct ma_tuple *t,
 				     __u32 bytes)
@@ -157,6 +158,15 @@ static __always_inline int ma_handle(struct __sk_buff *skb, __u8 direction)
 		return __ma_drop(MA_DROP_SPOOFED_SOURCE, &ctx, &t, bytes);
 	}
 
+	struct ma_wg_verdict wg = {};
+	if (ma_wg_classify(skb, direction, &t, bytes, &wg)) {
+		ctx.src_identity = ma_identity_of(t.saddr);
+		ctx.dst_identity = ma_identity_of(t.daddr);
+		return __ma_drop(MA_DROP_UNENCRYPTED, &ctx, &t, bytes);
+	}
+	if (wg.cls == MA_WG_ENCRYPTED)
+		ctx.flags |= MA_EVENT_F_ENCRYPTED;
+
 	struct ma_frag_key frag_key = {
 		.saddr = t.saddr, .daddr = t.daddr, .ip_id = t.ip_id, .proto = t.proto,
 	};
@@ -200,7 +210,7 @@ static __always_inline int ma_handle(struct __sk_buff *skb, __u8 direction)
 	 * same way (its entry may have been lost) and flagged as mid-stream. */
 	int midstream = tcp && !(t.tcp_flags & MA_TCP_SYN);
 	if (midstream)
-		ctx.flags = MA_EVENT_F_MIDSTREAM;
+		ctx.flags |= MA_EVENT_F_MIDSTREAM;
 	ctx.src_identity = direction == MA_DIR_EGRESS ? ep->identity : ma_identity_of(t.saddr);
 	ctx.dst_identity = direction == MA_DIR_EGRESS ? ma_identity_of(t.daddr) : ep->identity;
 	__u32 peer_identity = direction == MA_DIR_EGRESS ? ctx.dst_identity : ctx.src_identity;
@@ -247,6 +257,7 @@ static __always_inline int ma_handle(struct __sk_buff *skb, __u8 direction)
 	ma_ct_key_fill(&ct_key, skb->ifindex, &t, 0);
 	if (ma_ct_create(&ct_key, &new_entry, tcp && !midstream) != 0)
 		return __ma_drop(MA_DROP_CT_FULL, &ctx, &t, bytes);
+	ma_wg_count_flow(&wg, direction);
 
 	ma_emit(MA_EVENT_POLICY_VERDICT, res.verdict, res.reason, &ctx, &t, NULL);
 	return __ma_pass(direction, bytes);

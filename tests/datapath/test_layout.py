@@ -27,6 +27,7 @@ from meshagent.datapath.maps import (
     metrics,
     policy,
 )
+from meshagent.datapath.maps import wireguard as wg
 
 pytestmark = pytest.mark.kernel
 
@@ -125,3 +126,22 @@ def test_event_record_mirror(compiled: Any) -> None:
         for field, *_ in events.EventRecord._fields_
     ]
     assert ours == compiled
+
+
+@pytest.mark.parametrize(
+    ("map_name", "key", "value"),
+    [
+        (wg.REMOTE_MAP, wg.RemoteKey, wg.RemoteValue),
+        (wg.STATS_MAP, wg.StatsKey, wg.StatsValue),
+    ],
+)
+def test_encryption_map_mirrors_match_compiled_types(
+    compiled: Any, map_name: str, key: type[Any], value: type[Any]
+) -> None:
+    table = compiled[map_name.encode()]
+    _assert_mirrors(key, table.Key, wg)
+    _assert_mirrors(value, table.Leaf, wg)
+
+
+def test_encryption_config_mirror_matches_compiled_type(compiled: Any) -> None:
+    _assert_mirrors(wg.ConfigValue, compiled[wg.CONFIG_MAP.encode()].Leaf, wg)

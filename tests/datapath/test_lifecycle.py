@@ -87,6 +87,9 @@ def test_kernel_enforces_without_agent_and_new_agent_adopts(topo: Topology, own_
             "ma_ipv6_progs",
             "ma_metrics",
             "ma_policy",
+            "ma_wg_config",
+            "ma_wg_remote",
+            "ma_wg_stats",
         ]
     )
     first.close()  # the agent goes away; programs stay attached, maps stay pinned

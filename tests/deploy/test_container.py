@@ -206,6 +206,9 @@ def test_state_lives_on_host_paths_the_daemonset_mounts(tmp_path: Path) -> None:
     assert config.observer_socket is not None
     _, host = host_path_of(PurePosixPath(str(config.observer_socket)).parent)
     assert host == "/var/run/meshagent"
+    # The node's WireGuard private key, kept across pod restarts.
+    _, host = host_path_of(PurePosixPath(str(config.state_dir)))
+    assert host == "/var/lib/meshagent"
     # No kernel headers from the host: the image carries its own (test_image.py runs it without them).
     for path in (PurePosixPath("/lib/modules"), PurePosixPath("/usr/src")):
         for mount in agent["volumeMounts"]:

@@ -191,6 +191,7 @@ def daemonset_pod(topo: Topology, tmp_path: Path, api_server: str) -> Iterator[R
             "/sys/fs/bpf": bpf_root,  # a directory on the host's bpffs, not the production pin root
             "/sys/fs/cgroup": Path("/sys/fs/cgroup"),  # the host's cgroups, read-only in the spec
             "/var/run/meshagent": tmp_path / "run",
+            "/var/lib/meshagent": tmp_path / "state",
         },
         pod_dir=tmp_path / "pod",
     )

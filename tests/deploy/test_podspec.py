@@ -23,6 +23,7 @@ def node_for(tmp_path: Path) -> Node:
             "/sys/fs/bpf": tmp_path / "bpf",
             "/sys/fs/cgroup": tmp_path / "cgroup",
             "/var/run/meshagent": tmp_path / "run",
+            "/var/lib/meshagent": tmp_path / "state",
         },
         pod_dir=tmp_path / "pod",
     )

@@ -8,7 +8,10 @@ import time
 import pytest
 from meshagent.sources.kinds import KINDS
 from meshagent.sources.kube_events import ObjectRef
+from meshagent.sources.node_annotation import NodeKeyPublisher
 from meshagent.sources.source import open_desired_state
+from meshagent.wireguard.keys import generate_key_pair
+from meshagent.wireguard.peers import PUBLIC_KEY_ANNOTATION
 
 from tests.deploy.api_recorder import ApiRecorder, Permission, permission_of
 from tests.deploy.manifests import Obj, agent_manifests, one
@@ -51,6 +54,11 @@ def used_by_the_agent() -> set[Permission]:
             )
             desired.source.report_rejected(ref, "InvalidPolicy", "endPort without port")
             assert wait_until(lambda: api.permissions != before, 10), "no request for the rejected object"
+            # With encryption on, the agent publishes its WireGuard public key on its own Node.
+            publisher = NodeKeyPublisher(
+                node="node-a", annotation=PUBLIC_KEY_ANNOTATION, kubeconfig=None, api_host=api.url
+            )
+            publisher.publish(generate_key_pair().public_key)
         finally:
             desired.stop()
         assert not api.unparsed, f"requests outside the resource API: {api.unparsed}"

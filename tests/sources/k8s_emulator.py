@@ -69,6 +69,19 @@ class Counters:
         table[plural] = table.get(plural, 0) + 1
 
 
+def _merge(target: Any, patch: Any) -> Any:
+    """RFC 7386: maps merge key by key, null removes, anything else replaces."""
+    if not isinstance(patch, dict) or not isinstance(target, dict):
+        return copy.deepcopy(patch)
+    merged = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = _merge(merged.get(key), value)
+    return merged
+
+
 def _status(code: int, reason: str, message: str) -> Obj:
     return {
         "kind": "Status",
@@ -514,6 +527,25 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send_json(409, _status(409, "AlreadyExists", "already exists"))
         else:
             self._send_json(201, created)
+
+    def do_PATCH(self) -> None:
+        """A merge patch (JSON merge and strategic merge agree on maps such as annotations)."""
+        if self._refuse_if_failing():
+            return
+        route = self._route()
+        try:
+            body = self._body()
+        except ValueError as err:
+            self._send_json(400, _status(400, "BadRequest", str(err)))
+            return
+        if route is None or route.info is None or route.name is None:
+            self._send_json(404, _status(404, "NotFound", f"no route for {self.path}"))
+            return
+        current = self.emu.get(str(route.info.kind), route.namespace or "", route.name)
+        if current is None:
+            self._send_json(404, _status(404, "NotFound", f"{route.plural} {route.name!r} not found"))
+            return
+        self._send_json(200, self.emu.apply(_merge(current, body)))
 
     def do_DELETE(self) -> None:
         if self._refuse_if_failing():

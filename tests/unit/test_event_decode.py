@@ -106,6 +106,7 @@ def test_decode_equals_the_constructed_event(
         midstream=bool(flags & 0x02),
         icmp_type=tcp_flags if proto == 1 else 0,
         icmp_code=tcp_flags // 3 if proto == 1 else 0,
+        encrypted=bool(flags & 0x80),
     )
     got = dp.decode(raw)
     assert got == want

@@ -17,6 +17,9 @@ import yaml
 from meshagent.model.kernel_state import DEFAULT_PIN_DIR
 from meshagent.observer.limits import DEFAULT_LIMITS, LimitsError, ServerLimits
 from meshagent.observer.listen import group_id
+from meshagent.wireguard.modes import MODES
+
+DEFAULT_STATE_DIR = Path("/var/lib/meshagent")
 
 DEFAULT_OBSERVER_SOCKET = Path("/var/run/meshagent/observer.sock")
 SOCKET_LB_DIR = "socket-lb"  # under pin_dir: the socket load-balancer's maps
@@ -67,6 +70,11 @@ class AgentConfig:
     cleanup_on_exit: bool = False
     log_format: str = "auto"  # auto | json | text
     log_level: str = "info"
+    # Node-to-node encryption with WireGuard (agent/encryption.py): off | permissive | strict.
+    encryption: str = "off"
+    wireguard_port: int = 51871
+    wireguard_mtu: int = 0  # 0: the underlay's MTU less what WireGuard adds
+    state_dir: Path = DEFAULT_STATE_DIR  # the node's private key and run-time requests, owner-only
 
     def __post_init__(self) -> None:
         if not self.node:
@@ -97,6 +105,12 @@ class AgentConfig:
             raise ConfigError("enable_sockmap needs enable_socket_lb")
         if self.log_format not in LOG_FORMATS:
             raise ConfigError(f"log_format must be auto, json or text, not {self.log_format!r}")
+        if self.encryption not in MODES:
+            raise ConfigError(f"encryption must be off, permissive or strict, not {self.encryption!r}")
+        if not 1 <= self.wireguard_port <= 65535:
+            raise ConfigError(f"wireguard_port must be 1 to 65535, not {self.wireguard_port}")
+        if self.wireguard_mtu and not 1280 <= self.wireguard_mtu <= 65535:
+            raise ConfigError(f"wireguard_mtu must be 0 (auto) or 1280 to 65535, not {self.wireguard_mtu}")
         if self.log_level.lower() not in LOG_LEVELS:
             raise ConfigError(f"log_level must be debug, info, warning or error, not {self.log_level!r}")
 

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 from meshagent import __version__
 from meshagent.agent.config import SOCKET_LB_DIR, AgentConfig
 from meshagent.agent.datapath_metrics import DatapathCollector
+from meshagent.agent.encryption import Encryption
+from meshagent.agent.encryption_metrics import EncryptionCollector
 from meshagent.agent.enricher import ClusterEnricher
 from meshagent.agent.health import HealthServer
 from meshagent.agent.metrics import ReconcilerCollector
@@ -39,6 +41,8 @@ from meshagent.policy.compiler import PolicyCompiler
 from meshagent.sources.kube_events import ObjectRef
 from meshagent.sources.metrics import SourceStatusCollector
 from meshagent.sources.source import DesiredState, open_desired_state
+from meshagent.wireguard.modes import EncryptionMode
+from meshagent.wireguard.peers import PUBLIC_KEY_ANNOTATION
 
 if TYPE_CHECKING:
     from meshagent.datapath.socklb import SocketLB
@@ -62,6 +66,8 @@ class AgentStatus:
     flow_api: dict[str, Any]  # how flows are served: {"mode", and for a front process "pid", "restarts"}
     # Endpoints held isolated (or entry-less) because a map write failed, each with its reason.
     fail_closed: list[str] = field(default_factory=list)
+    # Node-to-node encryption: mode, public key, peers with last handshake and counters.
+    encryption: dict[str, Any] = field(default_factory=dict)
 
 
 class Agent:
@@ -86,6 +92,7 @@ class Agent:
         self.pipeline: FlowPipeline | None = None
         self.socket_lb: SocketLB | None = None
         self.services: ServicesReconciler | None = None
+        self.encryption: Encryption | None = None
         self._services: list[Any] = []  # things with stop(), stopped in reverse order
         self.metrics: FlowMetrics | None = None
         self.observer_server: ObserverServer | None = None
@@ -136,6 +143,7 @@ class Agent:
             self.metrics.registry.register(SourceStatusCollector(self.desired.source.status))
         if cfg.enable_socket_lb:
             self._start_socket_lb()
+        self._start_encryption()
         self.desired.start()
         reaper = ConntrackReaper(self.datapath, self.pipeline.on_event if self.pipeline else None)
         reaper.start()
@@ -145,6 +153,34 @@ class Agent:
             health.start()
             self.health_port = health.port
             self._services.append(health)
+
+    def _start_encryption(self) -> None:
+        cfg = self.config
+        assert self.desired is not None
+        publish = None
+        if cfg.manifests is None:  # from the API server; standalone, keys come from the Node manifests
+            from meshagent.sources.node_annotation import NodeKeyPublisher
+
+            publish = NodeKeyPublisher(
+                node=cfg.node,
+                annotation=PUBLIC_KEY_ANNOTATION,
+                kubeconfig=cfg.kubeconfig,
+                api_host=cfg.api_server,
+            ).publish
+        self.encryption = Encryption(
+            node=cfg.node,
+            mode=EncryptionMode(cfg.encryption),
+            port=cfg.wireguard_port,
+            mtu=cfg.wireguard_mtu,
+            state_dir=cfg.state_dir,
+            netns=cfg.node_netns,
+            store=self.desired.store,
+            publish_key=publish,
+            maps=self.datapath.encryption_maps,
+        )
+        self.encryption.start()
+        if self.metrics is not None:
+            self.metrics.registry.register(EncryptionCollector(self.encryption))
 
     def _start_socket_lb(self) -> None:
         # Imported here: it compiles in this process with BCC, whose library alone is ~60 MiB resident.
@@ -270,6 +306,7 @@ class Agent:
                 f"ifindex {ifindex}: {reason}"
                 for ifindex, reason in sorted(self.datapath.fail_closed.items())
             ],
+            encryption=self.encryption.status() if self.encryption else {},
         )
 
     def _flow_api(self) -> dict[str, Any]:
@@ -320,6 +357,8 @@ class Agent:
             self.desired.stop()
         if self.reconciler is not None:
             self.reconciler.stop()
+        if self.encryption is not None:
+            self.encryption.stop(remove_device=self.config.cleanup_on_exit)
         for service in reversed(self._services):
             try:
                 service.stop()

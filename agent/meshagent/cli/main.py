@@ -24,6 +24,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 from meshagent.agent.logs import setup_logging
 from meshagent.cli.context import VERBOSE
 from meshagent.cli.demo import demo_command
+from meshagent.cli.encryption import encryption_group
 from meshagent.cli.flows import flows_command
 from meshagent.cli.policy import policy_group
 from meshagent.cli.relay import relay_command
@@ -57,6 +58,7 @@ for _command in (
     policy_group,
     ui_command,
     relay_command,
+    encryption_group,
 ):
     cli.add_command(_command)
 

@@ -28,6 +28,7 @@ from meshagent.agent.config import (
 )
 from meshagent.agent.logs import setup_logging
 from meshagent.cli.context import is_verbose
+from meshagent.wireguard.modes import MODES
 
 logger = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -92,6 +93,10 @@ SETTING_FLAGS: dict[str, tuple[str, str]] = {
     ),
     "log_format": ("--log-format", "JSON when not a terminal (auto), json or text"),
     "log_level": ("--log-level", "the lowest level logged"),
+    "encryption": ("--encryption", "WireGuard between nodes: off, permissive or strict"),
+    "wireguard_port": ("--wireguard-port", "UDP port of the WireGuard device"),
+    "wireguard_mtu": ("--wireguard-mtu", "MTU of the WireGuard device (0: underlay MTU less 80)"),
+    "state_dir": ("--state-dir", "where the node's private key is kept (owner-only)"),
 }
 
 
@@ -117,6 +122,9 @@ _CHOICES: dict[str, click.ParamType] = {
     "event_burst_per_endpoint": click.IntRange(min=1, max=10_000_000),
     "manifests_poll_seconds": click.FloatRange(min=0, min_open=True),
     "observer_limits": _LimitsParam(),
+    "encryption": click.Choice(MODES),
+    "wireguard_port": click.IntRange(min=1, max=65535),
+    "wireguard_mtu": click.IntRange(min=0, max=65535),
 }
 _EXTRA_ENV = {"node": ("NODE_NAME",)}  # the downward API's name, after MESHAGENT_NODE
 _HINTS = typing.get_type_hints(AgentConfig)
@@ -250,8 +258,13 @@ def run_command(ctx: click.Context, **_settings: Any) -> int:
         )
         agent.stop()
 
+    def on_rotate(_signum: int, _frame: object) -> None:
+        if os.getpid() == agent_pid and agent.encryption is not None:
+            agent.encryption.request_rotation()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGUSR1, on_rotate)
     try:
         agent.start()
     except Exception:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TextIO
 
 from meshagent.observer.proto.observer import observer_pb2 as opb
@@ -39,6 +40,39 @@ def print_status(out: TextIO, status: opb.ServerStatusResponse, nodes: opb.GetNo
     out.flush()
 
 
+def _ago(epoch_seconds: float, now: float) -> str:
+    if not epoch_seconds:
+        return "never"
+    return _duration(int(max(0.0, now - epoch_seconds) * 1e9)) + " ago"
+
+
+def print_encryption(out: TextIO, encryption: dict[str, object], now: float) -> None:
+    """The WireGuard part of the agent's status: mode, key, one line per peer, nodes left in plaintext."""
+    out.write(f"Encryption:       {encryption.get('mode')}")
+    if encryption.get("public_key"):
+        out.write(f", public key {encryption.get('public_key')}, port {encryption.get('port')}")
+    out.write("\n")
+    peers = encryption.get("peers") or []
+    assert isinstance(peers, list)
+    if peers:
+        header = ("NODE", "ENDPOINT", "PODS", "HANDSHAKE", "RX BYTES", "TX BYTES")
+        out.write("  {:<16} {:<22} {:>5} {:>14} {:>12} {:>12}\n".format(*header))
+    for peer in peers:
+        out.write(
+            f"  {peer['node']:<16} {peer['endpoint'] or '-':<22} {peer['allowed_ips']:>5} "
+            f"{_ago(peer['last_handshake'], now):>14} {peer['rx_bytes']:>12} {peer['tx_bytes']:>12}\n"
+        )
+    for title, field in (
+        ("Plaintext nodes", "plaintext_nodes"),
+        ("Rejected keys", "rejected"),
+        ("Errors", "errors"),
+    ):
+        items = encryption.get(field) or []
+        assert isinstance(items, list)
+        if items:
+            out.write(f"  {title}: {', '.join(str(item) for item in items)}\n")
+
+
 def print_agent_status(out: TextIO, status: dict[str, object]) -> None:
     """The agent's own view (its /status health endpoint): readiness, source, endpoints, rejections."""
     source = status.get("source") or {}
@@ -63,6 +97,10 @@ def print_agent_status(out: TextIO, status: dict[str, object]) -> None:
             out.write(f"Flow API:         front process pid {api.get('pid')}{again}\n")
     elif api:
         out.write(f"Flow API:         {api.get('mode')}\n")
+    encryption = status.get("encryption") or {}
+    assert isinstance(encryption, dict)
+    if encryption:
+        print_encryption(out, encryption, time.time())
     endpoints = status.get("endpoints") or {}
     assert isinstance(endpoints, dict)
     out.write(f"Endpoints:        {len(endpoints)}\n")

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from meshagent.datapath import ct_expiry, tc
 from meshagent.datapath.adoption import StaleEndpoint, check_endpoints
 from meshagent.datapath.compiled import LoadedObjects, load_in_child
+from meshagent.datapath.encryption_maps import EncryptionMaps
 from meshagent.datapath.errors import AttachError, MapError
 from meshagent.datapath.events import MAP_NAME as EVENTS_MAP_NAME
 from meshagent.datapath.events import MAP_NAME6 as EVENTS_MAP_NAME6
@@ -264,6 +265,7 @@ class Datapath:
             value_type=events_lost.LostValue,
             capacity=1,
         )
+        self.encryption_maps = EncryptionMaps(loaded.map_fd)
         self._adopt()
 
     def _adopt(self) -> None:

@@ -26,6 +26,7 @@ MAP_NAME = "ma_events"
 MAP_NAME6 = "ma_events6"  # IPv6 packets' records (struct ma_event6): an ma_event, then the IPv6 addresses
 FLAG_REPLY = 0x01  # MA_EVENT_F_REPLY
 FLAG_MIDSTREAM = 0x02  # MA_EVENT_F_MIDSTREAM
+FLAG_ENCRYPTED = 0x80  # MA_EVENT_F_ENCRYPTED (bpf/lib/wireguard.h)
 
 
 class EventRecord(ctypes.Structure):
@@ -157,7 +158,7 @@ def decode_framed(fields: tuple[Any, ...]) -> DatapathEvent:
         etype = _TYPES[type_]
     except KeyError:
         raise ValueError(f"unknown event type {type_}") from None
-    # One C call (tuple.__new__) for the 24 fields: see DatapathEvent.
+    # One C call (tuple.__new__) for all the fields: see DatapathEvent.
     return _new_tuple(
         DatapathEvent,
         (
@@ -185,6 +186,7 @@ def decode_framed(fields: tuple[Any, ...]) -> DatapathEvent:
             (flags & FLAG_MIDSTREAM) != 0,
             tcp_flags if proto == 1 or proto == 58 else 0,
             icmp_code if proto == 1 or proto == 58 else 0,
+            (flags & FLAG_ENCRYPTED) != 0,
         ),
     )
 

@@ -11,8 +11,12 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 from pyroute2 import IPRoute
+
+T = TypeVar("T")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _CLONE_NEWNET = 0x40000000
@@ -27,8 +31,13 @@ def _setns(fd: int) -> None:
 
 def iproute(netns: str | None) -> IPRoute:
     """An IPRoute whose netlink socket lives in `netns` (a name under /run/netns; None: our own)."""
+    return open_in_netns(netns, IPRoute)
+
+
+def open_in_netns(netns: str | None, opener: Callable[[], T]) -> T:
+    """What `opener` returns, called inside `netns`: a socket it opens stays bound to that namespace."""
     if netns is None:
-        return IPRoute()
+        return opener()
     with _lock:
         original = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
         try:
@@ -36,7 +45,7 @@ def iproute(netns: str | None) -> IPRoute:
             try:
                 _setns(target)
                 try:
-                    return IPRoute()
+                    return opener()
                 finally:
                     _setns(original)
             finally:

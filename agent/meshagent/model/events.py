@@ -31,6 +31,7 @@ class DropReason(enum.IntEnum):
     ETHERTYPE = 9  # neither IPv4, ARP nor IPv6 (802.1Q, QinQ, ...) to or from a pod under policy
     NO_ENDPOINT = 10  # our programs on an interface whose endpoint entry could not be written: fail closed
     ISOLATED = 11  # a new connection of an endpoint held fail-closed: one of its denies could not be written
+    UNENCRYPTED = 20  # strict encryption: pod traffic to or from a remote node that is not encrypted
 
 
 class DatapathEvent(NamedTuple):
@@ -67,3 +68,5 @@ class DatapathEvent(NamedTuple):
     midstream: bool = False
     icmp_type: int = 0  # ICMP only
     icmp_code: int = 0
+    # Crossed between nodes through the WireGuard device (bpf/lib/wireguard.h).
+    encrypted: bool = False

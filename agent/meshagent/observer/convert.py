@@ -40,6 +40,7 @@ DROP_REASON_TO_HUBBLE: dict[DropReason, int] = {
     DropReason.ETHERTYPE: pb.UNSUPPORTED_L2_PROTOCOL,
     DropReason.NO_ENDPOINT: pb.DROP_EP_NOT_READY,
     DropReason.ISOLATED: pb.POLICY_DENIED,
+    DropReason.UNENCRYPTED: pb.UNENCRYPTED_TRAFFIC,
 }
 
 _VERDICT_TO_HUBBLE: dict[Verdict, int] = {
@@ -247,6 +248,7 @@ class FlowBuilder:
                 src_svc,
                 ev.icmp_type,  # ICMP type and code are in the template (0 for other protocols)
                 ev.icmp_code,
+                ev.encrypted,
             )
             shared = templates.get(key)
             if shared is None:
@@ -270,6 +272,7 @@ class FlowBuilder:
         f.IP.destination = str(daddr)
         ipv6 = saddr.version == 6 or daddr.version == 6
         f.IP.ipVersion = pb.IPv6 if ipv6 else pb.IPv4
+        f.IP.encrypted = ev.encrypted
         if ev.protocol == PROTO_TCP:
             f.l4.TCP.flags.SetInParent()  # present even with no bit set, as Hubble does
             f.Summary = "TCP"

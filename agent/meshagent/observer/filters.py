@@ -284,6 +284,9 @@ def compile_filter(flt: pb.FlowFilter) -> FlowPredicate:
     if flt.ip_version:
         versions = frozenset(flt.ip_version)
         add(lambda f: f.IP.ipVersion in versions)
+    if flt.encrypted:
+        encrypted = frozenset(flt.encrypted)
+        add(lambda f: f.IP.encrypted in encrypted)
     # Layer 7 and tracing fields: validated, and (correctly) matching nothing, since no flow carries them.
     for code in flt.http_status_code:
         if not _STATUS_RE.match(code):
