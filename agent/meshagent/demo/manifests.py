@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import textwrap
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 
@@ -80,8 +80,11 @@ POLICIES = textwrap.dedent("""\
     """)
 
 
-def pod_yaml(pod: DemoPod, node: str, ip: IPv4Address | None = None) -> str:
+def pod_yaml(pod: DemoPod, node: str, ip: IPv4Address | None = None, ipv6: IPv6Address | None = None) -> str:
     ports = f"ports: [{{containerPort: {pod.port}}}]" if pod.port else "ports: []"
+    address = ip or pod.ip
+    # A dual-stack pod lists both addresses, as the API server reports them.
+    both = f', podIPs: [{{ip: "{address}"}}, {{ip: "{ipv6}"}}]' if ipv6 is not None else ""
     return textwrap.dedent(f"""\
         apiVersion: v1
         kind: Pod
@@ -89,7 +92,7 @@ def pod_yaml(pod: DemoPod, node: str, ip: IPv4Address | None = None) -> str:
         spec:
           nodeName: {node}
           containers: [{{name: main, image: demo, {ports}}}]
-        status: {{podIP: "{ip or pod.ip}"}}
+        status: {{podIP: "{address}"{both}}}
         """)
 
 
@@ -97,11 +100,11 @@ def write(
     directory: Path,
     node: str,
     *,
-    placement: dict[str, tuple[str, IPv4Address]] | None = None,
+    placement: dict[str, tuple[str, IPv4Address, IPv6Address]] | None = None,
     nodes_yaml: str = "",
 ) -> None:
     """The demo's objects; `placement` puts pods on other nodes with other addresses (by pod name:
-    node, address), and `nodes_yaml` adds the Node objects of a multi-node cluster."""
+    node, IPv4 and IPv6 address), and `nodes_yaml` adds the Node objects of a multi-node cluster."""
     placed = placement or {}
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "namespaces.yaml").write_text(NAMESPACES)

@@ -12,6 +12,7 @@ of it is removed at the end (also on Ctrl-C), unless --keep leaves it for explor
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 from meshagent.demo import manifests
@@ -41,6 +42,7 @@ CALLS = (
     ("cart", "db", "allowed: db accepts the cart"),
     ("frontend", "db", "audited: data is in audit mode"),
 )
+IPV6_SUFFIX = " (IPv6)"  # the outcome of a call made to the server's IPv6 address
 
 
 def node_names(nodes: int) -> list[str]:
@@ -72,6 +74,7 @@ class Demo:
         )
         self.pods: dict[str, Pod] = {}
         self.addresses: dict[str, IPv4Address] = {}
+        self.addresses6: dict[str, IPv6Address] = {}
         self.agents: list[NodeAgent] = []
         self.relay: subprocess.Popen[bytes] | None = None
         self.relay_socket = self.workdir / "relay.sock"
@@ -88,13 +91,17 @@ class Demo:
 
     def build(self) -> None:
         self.cluster.create()
-        placement: dict[str, tuple[str, IPv4Address]] = {}
+        placement: dict[str, tuple[str, IPv4Address, IPv6Address]] = {}
         for index, spec in enumerate(PODS):
             node = self.node_of(index)
-            pod = node.add_pod(spec.name)
+            # Dual-stack pods, as in a dual-stack cluster: the same host part in both pod ranges.
+            ip = node.next_pod_ip()
+            ipv6 = node.pod_cidr6[int(ip) - int(node.pod_cidr.network_address)]
+            pod = node.add_pod(spec.name, ip, ipv6=ipv6)
             self.pods[spec.name] = pod
             self.addresses[spec.name] = pod.ip
-            placement[spec.name] = (node.name, pod.ip)
+            self.addresses6[spec.name] = ipv6
+            placement[spec.name] = (node.name, pod.ip, ipv6)
             if spec.port:
                 pod.serve(tcp=(spec.port,))
         manifests.write(
@@ -104,7 +111,8 @@ class Demo:
         for index, spec in enumerate(PODS):
             node = self.node_of(index)
             print(
-                f"  {spec.namespace}/{spec.name:<9} {self.addresses[spec.name]!s:<12} on {node.name}"
+                f"  {spec.namespace}/{spec.name:<9} {self.addresses[spec.name]!s:<12}"
+                f" {self.addresses6[spec.name]!s:<14} on {node.name}"
                 f" (netns {node.netns})" + (f"  serving TCP {spec.port}" if spec.port else "")
             )
 
@@ -156,12 +164,16 @@ class Demo:
 
     def drive_traffic(self) -> None:
         by_name = {spec.name: spec for spec in PODS}
-        while not self._stop.is_set():
+        for cycle in itertools.count():
+            # Every other round of calls goes over IPv6: the same policies must give the same outcomes.
+            over_ipv6 = cycle % 2 == 1
+            addresses = self.addresses6 if over_ipv6 else self.addresses
             for client, server, _ in CALLS:
                 spec: DemoPod = by_name[server]
                 # A loaded machine can take most of a second to answer even an allowed call across nodes.
-                result = self.pods[client].probe("tcp", self.addresses[server], spec.port, timeout=1.0)
-                self.outcomes[f"{client}->{server} {'ok' if result['ok'] else 'blocked'}"] += 1
+                result = self.pods[client].probe("tcp", addresses[server], spec.port, timeout=1.0)
+                outcome = f"{client}->{server} {'ok' if result['ok'] else 'blocked'}"
+                self.outcomes[outcome + (IPV6_SUFFIX if over_ipv6 else "")] += 1
                 if self._stop.wait(0.3):
                     return
 
@@ -280,11 +292,15 @@ class Demo:
             print(f"  {outcome:<28} x{count}")
         print(f"  flows by verdict: {verdicts}")
         wanted = {
-            "stray->cart blocked",
-            "frontend->cart ok",
-            "frontend->db ok",
-            "cart->db ok",
-            "stray->frontend ok",
+            outcome + suffix
+            for outcome in (
+                "stray->cart blocked",
+                "frontend->cart ok",
+                "frontend->db ok",
+                "cart->db ok",
+                "stray->frontend ok",
+            )
+            for suffix in ("", IPV6_SUFFIX)
         }
         missing = sorted(wanted - set(self.outcomes))
         unexpected = sorted(o for o in self.outcomes if o not in wanted)
