@@ -158,7 +158,8 @@ def test_410_after_changes_while_disconnected_emits_exactly_the_differences(rig:
         ]
     )
     assert {o["metadata"]["name"] for o in rig.store.objects(Kind.POD)} == {"p1", "p2", "p3", "p9"}
-    assert all(k.relists >= 1 for k in rig.source.status().kinds)
+    # Each kind relists when its own watch reconnects, which a loaded machine may leave for later.
+    assert wait_until(lambda: all(k.relists >= 1 for k in rig.source.status().kinds), timeout=10)
 
 
 def test_api_down_keeps_last_state_and_reports_it(rig: KubeRig) -> None:
