@@ -4,6 +4,7 @@ a compile failure still reaches it as our error with the compiler's log."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -60,8 +61,12 @@ def test_the_agent_process_keeps_no_compiler(pin_dir: Path) -> None:
     assert [path.name for path in pin_dir.glob(f"*/{endpoints.MAP_NAME}")] == [endpoints.MAP_NAME]
 
 
-def test_descriptors_cover_programs_and_every_map(pin_dir: Path) -> None:
+def test_descriptors_cover_programs_and_every_map(pin_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
     loaded = load_in_child(pin_dir=pin_dir, capacities=Capacities())
+    # What the child logged is logged by the agent: which kernel headers it compiled against.
+    compiled = [r for r in caplog.records if r.name == "meshagent.datapath.loader"]
+    assert any(r.getMessage().startswith("compiled endpoint.c against ") for r in compiled), caplog.text
     try:
         assert set(loaded.programs) == {PROGRAM_FROM_ENDPOINT, PROGRAM_TO_ENDPOINT}
         assert {endpoints.MAP_NAME, ipcache.MAP_NAME, "ma_events"} <= set(loaded.maps)

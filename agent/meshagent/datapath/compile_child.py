@@ -5,14 +5,17 @@ loading BCC's library, about 75 MiB more after a compile), so live only as long 
 
     python -m meshagent.datapath.compile_child <socket fd> <request JSON>
 
-On success it sends one message: the JSON {"programs": [names], "maps": [names]} with the descriptors in
-that order, and waits for one byte of acknowledgement. On failure it writes {"error": kind, "message",
-"log"} to stdout and exits 1 (see compiled.py, the agent's side).
+On success it sends one message: the JSON {"programs": [names], "maps": [names], "logs": [records]} with
+the descriptors in that order, and waits for one byte of acknowledgement. On failure it writes {"error":
+kind, "message", "log", "logs"} to stdout and exits 1 (see compiled.py, the agent's side). "logs" holds
+what this process logged at the agent's level or above, for the agent to log as its own: the agent's
+format and destination (an operator reads which kernel headers were compiled against there).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import sys
 from pathlib import Path
@@ -42,9 +45,24 @@ def map_descriptors(bpf: Any) -> dict[str, int]:
     return out
 
 
+class KeptRecords(logging.Handler):
+    """Keeps this process's log records for the agent (name, level and message)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append({"logger": record.name, "level": record.levelno, "msg": record.getMessage()})
+
+
 def main(argv: list[str]) -> int:
     channel = socket.socket(fileno=int(argv[0]))
     request = json.loads(argv[1])
+    kept = KeptRecords()
+    root = logging.getLogger()
+    root.addHandler(kept)
+    root.setLevel(int(request.get("log_level", logging.INFO)))
     try:
         loaded = load(
             pin_dir=Path(request["pin_dir"]),
@@ -56,11 +74,12 @@ def main(argv: list[str]) -> int:
         kind = next((name for cls, name in kinds if isinstance(err, cls)), "other")
         log = getattr(err, "log", "")
         message = str(err)[: -len(log) - 1] if log else str(err)  # our errors append the log to it
-        sys.stdout.write(json.dumps({"error": kind, "message": message, "log": log}))
+        answer = {"error": kind, "message": message, "log": log, "logs": kept.records}
+        sys.stdout.write(json.dumps(answer))
         return 1
     maps = map_descriptors(loaded.bpf)
     programs = {PROGRAM_FROM_ENDPOINT: loaded.from_endpoint.fd, PROGRAM_TO_ENDPOINT: loaded.to_endpoint.fd}
-    header = json.dumps({"programs": list(programs), "maps": list(maps)}).encode()
+    header = json.dumps({"programs": list(programs), "maps": list(maps), "logs": kept.records}).encode()
     socket.send_fds(channel, [header], [*programs.values(), *maps.values()])
     channel.recv(1)  # the agent holds its copies: ours may go
     return 0

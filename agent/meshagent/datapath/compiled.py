@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from meshagent.datapath.errors import CompileError, DatapathError, LoadError
 from meshagent.datapath.loader import Capacities
@@ -52,6 +54,7 @@ def load_in_child(
             "pin_dir": str(pin_dir),
             "capacities": dataclasses.asdict(capacities),
             "extra_cflags": list(extra_cflags),
+            "log_level": logging.getLogger().getEffectiveLevel(),
         }
     )
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -77,8 +80,15 @@ def load_in_child(
         raise _failure(report.read().decode(errors="replace"), code)
 
 
+def _log_as_ours(records: list[dict[str, Any]]) -> None:
+    """What the compile process logged, logged by us under the same logger names and levels."""
+    for record in records:
+        logging.getLogger(str(record["logger"])).log(int(record["level"]), "%s", record["msg"])
+
+
 def _objects(header: bytes, fds: list[int]) -> LoadedObjects:
     names = json.loads(header)
+    _log_as_ours(names.get("logs", []))
     programs, maps = names["programs"], names["maps"]
     if len(fds) != len(programs) + len(maps):
         for fd in fds:
@@ -96,6 +106,7 @@ def _failure(report: str, code: int) -> DatapathError:
         answer = json.loads(report)
     except json.JSONDecodeError:
         return DatapathError(f"the compile process failed (exit status {code}; its messages are in our log)")
+    _log_as_ours(answer.get("logs", []))
     kind, message, log = answer.get("error"), str(answer.get("message", "")), str(answer.get("log", ""))
     if kind == "compile":
         return CompileError(message, log=log)
