@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
+from typing import Any
 
 from meshagent.datapath.maps.ipcache import addr_from_net
 
@@ -101,10 +102,17 @@ class Connection:
 
 
 def decode(key: CTKey, value: CTValue) -> Connection:
+    return connection(key, value, addr_from_net(key.saddr_net), addr_from_net(key.daddr_net))
+
+
+def connection(
+    key: Any, value: CTValue, saddr: IPv4Address | IPv6Address, daddr: IPv4Address | IPv6Address
+) -> Connection:
+    """An entry of either family's table (the keys differ only in their addresses, decoded by the caller)."""
     return Connection(
         ifindex=key.ifindex,
-        saddr=addr_from_net(key.saddr_net),
-        daddr=addr_from_net(key.daddr_net),
+        saddr=saddr,
+        daddr=daddr,
         sport=key.sport,
         dport=key.dport,
         proto=key.proto,
