@@ -122,9 +122,9 @@ def test_kernel_enforces_without_agent_and_new_agent_adopts(topo: Topology, own_
 def test_new_map_layout_migrates_without_a_gap(topo: Topology, own_pin_dir: Path) -> None:
     """An agent whose maps differ (here: another conntrack size, which needs new maps just as a changed
     struct does) takes over from the old programs: enforcement never lapses, established connections
-    survive, and the old maps are removed."""
-    a = topo.add_pod("a", "10.244.3.40")
-    b = topo.add_pod("b", "10.244.3.50")
+    of both families survive, and the old maps are removed."""
+    a = topo.add_pod("a", "10.244.3.40", ipv6="fd00:3::40")
+    b = topo.add_pod("b", "10.244.3.50", ipv6="fd00:3::50")
     b.serve(tcp=(80, 81))
     desired = state(
         [endpoint(a, 1, enforce_ingress=True), endpoint(b, 2, enforce_ingress=True)],
@@ -135,10 +135,12 @@ def test_new_map_layout_migrates_without_a_gap(topo: Topology, own_pin_dir: Path
     old.load()
     old.apply(desired)
     old.close()
-    # a is isolated for ingress: the replies of its connection pass only because conntrack knows it.
-    long_lived = a.talk(b.ip, 80, seconds=6.0)
+    # a is isolated for ingress: the replies of its connections pass only because conntrack knows them.
+    assert b.ipv6 is not None
+    talks = [a.talk(b.ip, 80, seconds=6.0), a.talk(b.ipv6, 80, seconds=6.0)]
     try:
-        assert long_lived.stdout is not None and long_lived.stdout.readline().strip() == "connected"
+        for talk in talks:
+            assert talk.stdout is not None and talk.stdout.readline().strip() == "connected"
         new = Datapath(pin_dir=own_pin_dir, netns=topo.node)
         new.load()
         assert new.maps_dir != old.maps_dir
@@ -147,15 +149,22 @@ def test_new_map_layout_migrates_without_a_gap(topo: Topology, own_pin_dir: Path
         result = new.apply(desired)
         assert result.ok and result.attached == 2
         assert not old.maps_dir.exists(), "the old layout's maps are removed"
+        # Carried, not picked up again mid-stream: a lost entry would be re-judged and flagged so.
+        talked = [c for c in new.connections() if c.dport == 80 and c.saddr in (a.ip, a.ipv6)]
+        assert {c.saddr for c in talked} == {a.ip, a.ipv6}, talked
+        assert not [c for c in talked if c.midstream], talked
         assert a.probe("tcp", b.ip, 80)["ok"] and not a.probe("tcp", b.ip, 81, timeout=0.5)["ok"]
-        out, err = long_lived.communicate(timeout=30)
-        exchanged, failed = (int(x) for x in out.split())
-        assert failed == 0 and exchanged > 10, (out, err)
+        assert a.probe("tcp", b.ipv6, 80)["ok"] and not a.probe("tcp", b.ipv6, 81, timeout=0.5)["ok"]
+        for talk in talks:
+            out, err = talk.communicate(timeout=30)
+            exchanged, failed = (int(x) for x in out.split())
+            assert failed == 0 and exchanged > 10, (talk.args, out, err)
         new.apply(KernelState())
         new.uninstall()
     finally:
-        if long_lived.poll() is None:
-            long_lived.kill()
+        for talk in talks:
+            if talk.poll() is None:
+                talk.kill()
         for ifindex in (a.ifindex, b.ifindex):
             tc.detach(ifindex=ifindex, netns=topo.node)
 

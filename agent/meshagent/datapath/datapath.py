@@ -399,7 +399,9 @@ class Datapath:
             # Connections first, so that the new programs know them from their first packet; then the
             # state, which attaches the new programs in place; then the old maps go.
             migration = LayoutMigration(self._migrating_from, netns=self.netns)
-            migration.carry_connections(tcp=self.ct_tcp_map, other=self.ct_map)
+            migration.carry_connections(
+                tcp=self.ct_tcp_map, other=self.ct_map, tcp6=self.ct6_tcp_map, other6=self.ct6_map
+            )
             result = self._apply_full(state)
             migration.retire(self._attached)
             self._migrating_from = []

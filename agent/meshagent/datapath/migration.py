@@ -2,9 +2,9 @@
 
 An agent that finds only other layouts' map directories (datapath/layout.py) attaches nothing at load:
 the old programs keep enforcing with the old maps. On its first full apply it first copies the old
-conntrack entries (when their entry layout is ours), so that established connections are not judged again
-by the new programs; the apply then attaches the new programs in place; then the old programs are detached
-from interfaces that are no longer endpoints and the old maps are removed.
+conntrack entries of both families (when their entry layout is ours), so that established connections
+are not judged again by the new programs; the apply then attaches the new programs in place; then the old
+programs are detached from interfaces that are no longer endpoints and the old maps are removed.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 from meshagent.datapath import tc
 from meshagent.datapath.errors import DatapathError, MapError
-from meshagent.datapath.maps import conntrack
+from meshagent.datapath.maps import conntrack, conntrack6
 from meshagent.datapath.maps.base import TypedMap
 from meshagent.datapath.pinned import PinnedMaps, map_sizes, open_pinned
 
@@ -31,15 +31,34 @@ class LayoutMigration:
         self.netns = netns
         self.carried = 0
 
-    def carry_connections(self, *, tcp: TypedMap[Any, Any], other: TypedMap[Any, Any]) -> int:
-        """Copies the old layouts' conntrack entries: TCP ones into `tcp`, the rest into `other`. An old
-        layout may keep TCP in a table of its own or not."""
+    def carry_connections(
+        self,
+        *,
+        tcp: TypedMap[Any, Any],
+        other: TypedMap[Any, Any],
+        tcp6: TypedMap[Any, Any] | None = None,
+        other6: TypedMap[Any, Any] | None = None,
+    ) -> int:
+        """Copies the old layouts' conntrack entries: TCP ones into `tcp`, the rest into `other`, and
+        IPv6 ones likewise into `tcp6` and `other6`. An old layout may keep TCP in a table of its own or
+        not, and layouts from before IPv6 have no IPv6 tables."""
+        tables: list[tuple[str, type[ctypes.Structure], TypedMap[Any, Any], TypedMap[Any, Any]]] = [
+            (conntrack.TCP_MAP_NAME, conntrack.CTKey, tcp, other),
+            (conntrack.MAP_NAME, conntrack.CTKey, tcp, other),
+        ]
+        if tcp6 is not None and other6 is not None:
+            tables += [
+                (conntrack6.TCP_MAP_NAME, conntrack6.CT6Key, tcp6, other6),
+                (conntrack6.MAP_NAME, conntrack6.CT6Key, tcp6, other6),
+            ]
         for old_dir in self.old_dirs:
-            for name in (conntrack.TCP_MAP_NAME, conntrack.MAP_NAME):
+            for name, key_type, tcp_table, other_table in tables:
                 if not (old_dir / name).exists():
                     continue
                 try:
-                    self.carried += _copy_conntrack(old_dir / name, tcp=tcp, other=other)
+                    self.carried += _copy_conntrack(
+                        old_dir / name, key_type=key_type, tcp=tcp_table, other=other_table
+                    )
                 except MapError as err:
                     logger.warning("connections in %s not carried over: %s", old_dir / name, err)
         return self.carried
@@ -82,17 +101,19 @@ def prefix_value_type(size: int) -> type[ctypes.Structure] | None:
     return found
 
 
-def _copy_conntrack(path: Path, *, tcp: TypedMap[Any, Any], other: TypedMap[Any, Any]) -> int:
+def _copy_conntrack(
+    path: Path, *, key_type: type[ctypes.Structure], tcp: TypedMap[Any, Any], other: TypedMap[Any, Any]
+) -> int:
     old_fd = open_pinned(path)
     try:
         old_key, old_value = map_sizes(old_fd)
         value_type = prefix_value_type(old_value)
-        if old_key != ctypes.sizeof(conntrack.CTKey) or value_type is None:
+        if old_key != ctypes.sizeof(key_type) or value_type is None:
             return 0  # another entry layout: those connections will be judged again
         old_ct = TypedMap(
             name="old " + path.name,
             fd=old_fd,
-            key_type=conntrack.CTKey,
+            key_type=key_type,
             value_type=value_type,
             capacity=0,
         )
