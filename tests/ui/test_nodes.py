@@ -15,7 +15,7 @@ status:
   - {type: InternalIP, address: 192.168.254.11}
   - {type: ExternalIP, address: 198.51.100.4}
   - {type: Hostname, address: node-1}
-  - {type: InternalIP, address: "fd00::11"}
+  - {type: InternalIP, address: "fd00:0:0::0011"}
 ---
 apiVersion: v1
 kind: Node
@@ -29,11 +29,12 @@ metadata: {name: shop}
 """
 
 
-def test_every_ipv4_address_of_every_node(tmp_path: Path) -> None:
+def test_every_address_of_every_node_in_the_flows_form(tmp_path: Path) -> None:
     (tmp_path / "nodes.yaml").write_text(NODES)
     assert node_addresses(tmp_path) == {
         "192.168.254.11": "node-1",
         "198.51.100.4": "node-1",
+        "fd00::11": "node-1",  # a dual-stack node's IPv6 address, compressed as flows print it
         "192.168.254.12": "node-2",
     }
 

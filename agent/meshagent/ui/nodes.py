@@ -4,7 +4,7 @@ shows it as that node instead."""
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address
+from ipaddress import ip_address
 from pathlib import Path
 
 from meshagent.sources.directory_source import DirectorySource
@@ -13,7 +13,7 @@ from meshagent.sources.kinds import Kind
 
 
 def node_addresses(directory: Path) -> dict[str, str]:
-    """address -> node name, for every IPv4 address a Node object lists (hostnames are skipped); read
+    """address -> node name, for every IP address a Node object lists (hostnames are skipped); read
     with the same directory source as `meshagent run --manifests`."""
     events: list[SourceEvent] = []
     DirectorySource(directory, events.append).scan_now()
@@ -23,7 +23,8 @@ def node_addresses(directory: Path) -> dict[str, str]:
             continue
         for entry in (event.obj.get("status") or {}).get("addresses") or []:
             try:
-                found[str(IPv4Address(str(entry.get("address", ""))))] = event.name
+                # The flows' form of the address: an IPv6 one compressed, as Hubble prints it.
+                found[str(ip_address(str(entry.get("address", ""))))] = event.name
             except ValueError:
-                continue  # a hostname or an IPv6 address
+                continue  # a hostname
     return found
