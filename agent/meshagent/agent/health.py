@@ -10,6 +10,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from meshagent.observer.listen_address import make_server
+
 logger = logging.getLogger(__name__)
 
 
@@ -17,9 +19,6 @@ class HealthServer:
     def __init__(
         self, address: str, *, ready: Callable[[], bool], status: Callable[[], dict[str, Any]]
     ) -> None:
-        host, _, port = address.rpartition(":")
-        if not port.isdigit():
-            raise ValueError(f"health address must be host:port, got {address!r}")
         ready_check, status_of = ready, status
 
         class Handler(BaseHTTPRequestHandler):
@@ -45,7 +44,7 @@ class HealthServer:
             def log_message(self, format: str, *args: Any) -> None:  # probes every few seconds: stay quiet
                 return
 
-        self._server = ThreadingHTTPServer((host or "0.0.0.0", int(port)), Handler)
+        self._server = make_server(ThreadingHTTPServer, address, Handler, setting="health_listen")
         self.port: int = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="ma-health", daemon=True)
 

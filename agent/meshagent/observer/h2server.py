@@ -32,6 +32,7 @@ import h2.errors
 from meshagent.observer.grpcwire import RpcError, Status, parse_messages
 from meshagent.observer.h2conn import Call, Connection, StreamClosed
 from meshagent.observer.limits import DEFAULT_LIMITS, ServerLimits
+from meshagent.observer.listen_address import bound_socket
 
 logger = logging.getLogger(__name__)
 
@@ -142,11 +143,11 @@ class H2GrpcServer:
     def listen_tcp(self, host: str, port: int, ssl_context: ssl.SSLContext | None) -> int:
         """Binds host:port (port 0: any) and returns the bound port."""
         name = f"tcp:{host}:{port}"
+        sock = bound_socket(host, port)
         server = self._run(
             self._loop.create_server(
                 lambda: Connection(self, name),
-                host or None,
-                port,
+                sock=sock,
                 ssl=ssl_context,
                 ssl_handshake_timeout=self.limits.tls_handshake_timeout_seconds if ssl_context else None,
             )

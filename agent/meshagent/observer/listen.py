@@ -14,6 +14,7 @@ from pathlib import Path
 
 from meshagent.observer.h2server import H2GrpcServer
 from meshagent.observer.limits import DEFAULT_LIMITS, ServerLimits
+from meshagent.observer.listen_address import ListenAddressError, split_listen_address
 
 DEFAULT_SOCKET = Path("/var/run/meshagent/observer.sock")
 DEFAULT_TCP_PORT = 4245  # Hubble's port
@@ -75,10 +76,11 @@ def group_id(group: str | int) -> int:
 
 
 def split_address(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ServerConfigError(f"TCP address must be host:port, got {address!r}")
-    return host.strip("[]"), int(port)
+    """HOST:PORT, [IPV6]:PORT, or :PORT for every address of both families (host "")."""
+    try:
+        return split_listen_address(address, setting="TCP address")
+    except ListenAddressError as err:
+        raise ServerConfigError(str(err)) from None
 
 
 def bind_unix(server: H2GrpcServer, path: Path, group: str | None = None) -> None:

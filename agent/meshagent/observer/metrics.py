@@ -7,17 +7,20 @@ and per-IP labels are never used. Namespace labels are opt-in (`namespace_labels
 from __future__ import annotations
 
 import logging
+import socketserver
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Info, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Info, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from meshagent.model.events import DatapathEvent
 from meshagent.observer.convert import PreparedFlow
+from meshagent.observer.listen_address import make_server
 from meshagent.observer.proto.flow import flow_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -316,14 +319,25 @@ class MetricsServer:
     """Serves a registry's exposition over HTTP on host:port (port 0 picks a free one)."""
 
     def __init__(self, registry: CollectorRegistry, address: str) -> None:
-        host, _, port = address.rpartition(":")
-        if not port.isdigit():
-            raise ValueError(f"metrics address must be host:port, got {address!r}")
-        self._server, self._thread = start_http_server(int(port), addr=host or "0.0.0.0", registry=registry)
+        self._server = make_server(_ThreadingWSGIServer, address, _QuietHandler, setting="metrics_listen")
+        self._server.set_app(make_wsgi_app(registry))
         self.port: int = self._server.server_address[1]
-        logger.info("metrics on %s:%d", host or "0.0.0.0", self.port)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="ma-metrics", daemon=True)
+        self._thread.start()
+        logger.info("metrics on %s port %d", self._server.server_address[0], self.port)
 
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+
+class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+    """A scrape is answered on its own thread, so a slow scraper never holds up the next."""
+
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # every scrape would be a line
+        return
