@@ -138,7 +138,7 @@ static __always_inline int ma_handle(struct __sk_buff *skb, __u8 direction)
 	 * is still a tagged frame. */
 	__u16 h_proto = skb->vlan_present ? bpf_htons(ETH_P_8021Q) : eth->h_proto;
 	if (h_proto == bpf_htons(ETH_P_IPV6)) {
-		ma_enter_ipv6(skb, direction);
+		ma_enter_ipv6(skb, direction, ep);
 		return __ma_drop(MA_DROP_IPV6_UNSUPPORTED, &ctx, &t, bytes); /* the IPv6 program is missing */
 	}
 	if (h_proto != bpf_htons(ETH_P_IP))

@@ -117,6 +117,32 @@ static __always_inline int ma_ct6_create(struct ma_ct6_key *key, struct ma_ct_va
 	return ma_ct6.update(key, entry);
 }
 
+/* --- the endpoint, handed over by the endpoint program -------------------------------------------- */
+
+/* The endpoint program has looked the endpoint up already: it hands the entry's fields to the IPv6
+ * program in the packet's control block (skb->cb, which a tail call keeps) instead of a second lookup.
+ * The interface and a marker say the values are ours and this packet's on this interface; anything else
+ * in the control block (another program's, or ours from another interface the packet crossed) is not
+ * taken, and the IPv6 program looks the endpoint up itself. */
+#define MA_CB_ENDPOINT_ID 0
+#define MA_CB_IDENTITY 1
+#define MA_CB_FLAGS 2
+#define MA_CB_IFINDEX 3
+#define MA_CB_MARK 4
+#define MA_CB_HANDED 0x6d613665 /* "ma6e" */
+
+static __always_inline struct ma_endpoint_value *__ma_endpoint_handed(struct __sk_buff *skb,
+								   struct ma_endpoint_value *handed)
+{
+	if (skb->cb[MA_CB_MARK] != MA_CB_HANDED || skb->cb[MA_CB_IFINDEX] != skb->ifindex)
+		return NULL;
+	skb->cb[MA_CB_MARK] = 0; /* read once: a later program on another interface looks up its own */
+	handed->endpoint_id = skb->cb[MA_CB_ENDPOINT_ID];
+	handed->identity = skb->cb[MA_CB_IDENTITY];
+	handed->flags = skb->cb[MA_CB_FLAGS];
+	return handed;
+}
+
 /* --- the packet path ------------------------------------------------------------------------------- */
 
 static __always_inline int __ma6_pass(__u8 direction, __u32 bytes)
@@ -218,7 +244,10 @@ static __always_inline int ma_handle_ipv6(struct __sk_buff *skb, __u8 direction)
 	struct ma_frag6_key *frag_key = &scratch->frag_key;
 
 	struct ma_endpoint_key ep_key = { .ifindex = skb->ifindex };
-	struct ma_endpoint_value *ep = ma_endpoints.lookup(&ep_key);
+	struct ma_endpoint_value handed = {};
+	struct ma_endpoint_value *ep = __ma_endpoint_handed(skb, &handed);
+	if (!ep)
+		ep = ma_endpoints.lookup(&ep_key);
 	if (!ep) /* removed between the two programs: fail closed, as the endpoint program does */
 		return __ma6_drop(MA_DROP_NO_ENDPOINT, ctx, t, bytes);
 	__u8 flags = ep->flags;
@@ -343,11 +372,19 @@ static __always_inline int ma_handle_ipv6(struct __sk_buff *skb, __u8 direction)
 	return __ma6_pass(direction, bytes);
 }
 
-/* From the endpoint program: the IPv6 program of this direction. Returns only when that program is not
- * in ma_ipv6_progs (never once the agent has loaded): the caller then drops. */
-static __always_inline void ma_enter_ipv6(struct __sk_buff *skb, __u8 direction)
+/* From the endpoint program: the IPv6 program of this direction, handed the endpoint's entry. Returns
+ * only when that program is not in ma_ipv6_progs (never once the agent has loaded): the caller then
+ * drops. */
+static __always_inline void ma_enter_ipv6(struct __sk_buff *skb, __u8 direction,
+					  const struct ma_endpoint_value *ep)
 {
+	skb->cb[MA_CB_ENDPOINT_ID] = ep->endpoint_id;
+	skb->cb[MA_CB_IDENTITY] = ep->identity;
+	skb->cb[MA_CB_FLAGS] = ep->flags;
+	skb->cb[MA_CB_IFINDEX] = skb->ifindex;
+	skb->cb[MA_CB_MARK] = MA_CB_HANDED;
 	ma_ipv6_progs.call(skb, direction);
+	skb->cb[MA_CB_MARK] = 0;
 }
 
 #endif /* MA_IPV6_H */
