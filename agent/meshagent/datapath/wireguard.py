@@ -152,6 +152,10 @@ class WireguardDevice:
         try:
             _write_sysctl(self.netns, f"net/ipv6/conf/{self.name}/disable_ipv6", "0")
             _write_sysctl(self.netns, f"net/ipv6/conf/{self.name}/forwarding", "1")
+        except FileNotFoundError:
+            # A kernel without IPv6 (ipv6.disable=1), or a device MTU below IPv6's 1280: IPv4 is carried
+            # as before, and there is no pod IPv6 this device could carry.
+            logger.warning("no IPv6 on %s (kernel without IPv6, or MTU below 1280)", self.name)
         except OSError as err:
             raise WireguardError(f"cannot enable IPv6 on {self.name}: {err}") from err
 
