@@ -4,6 +4,9 @@
     node-2 (agent, key): b1 (serves 80)
     node-3 (no agent, no key): c1 (serves 80), a node that has not joined encryption yet
 
+a1, b1 and c1 are dual-stack: their IPv6 traffic between nodes is held to the same claims as their IPv4
+traffic (carried inside the IPv4 underlay's WireGuard when encrypted, over the IPv6 underlay when not).
+
 The underlay is captured with an AF_PACKET socket in its own namespace: the wire between nodes. Each
 claim that something is encrypted is checked against the same capture seeing plaintext when encryption
 is off, so the probe can fail. Standalone source: each node's public key goes into its Node manifest, as
@@ -22,7 +25,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,7 @@ pytestmark = [pytest.mark.kernel, pytest.mark.timeout(1200)]
 
 NAMESPACE = "default"
 PLACEMENT = {"a1": (0, "10.244.1.10"), "b1": (1, "10.244.2.10"), "c1": (2, "10.244.3.10")}
+IPV6_HOST = 0x10  # a pod's IPv6 address: this host number in its node's IPv6 pod CIDR
 ADDED_POD = ("a2", 0, "10.244.1.20")
 PORT = 51871
 DEVICE = "mawg0"
@@ -83,7 +87,7 @@ class Cluster:
 
     def write_pods(self) -> None:
         texts = [
-            pod_manifest(name, NAMESPACE, pod.ip, {"app": name}, node=self.pod_node(name).name)
+            pod_manifest(name, NAMESPACE, pod.ip, {"app": name}, node=self.pod_node(name).name, ipv6=pod.ipv6)
             for name, pod in self.pods.items()
         ]
         (self.manifests / "pods.yaml").write_text("---\n".join(texts))
@@ -112,10 +116,11 @@ class Cluster:
                 return False
         return True
 
-    def exchange(self, client: str, server: str, marker: bytes) -> bool:
-        """One TCP echo of `marker` from `client` to `server`:80."""
+    def exchange(self, client: str, server: str, marker: bytes, *, family: int = 4) -> bool:
+        """One TCP echo of `marker` from `client` to `server`:80, over IPv4 or IPv6."""
+        target = address_of(self.pods[server], family)
         result = self.pods[client].run(
-            sys.executable, STREAMPROBE, "once", str(self.pods[server].ip), "80", marker.decode(), timeout=60
+            sys.executable, STREAMPROBE, "once", str(target), "80", marker.decode(), timeout=60
         )
         return result.returncode == 0
 
@@ -135,6 +140,13 @@ class Cluster:
             process.stderr.read() if process.stderr else ""
         )
         return process, stop
+
+
+def address_of(pod: Pod, family: int) -> IPv4Address | IPv6Address:
+    if family == 6:
+        assert pod.ipv6 is not None, f"{pod.name} has no IPv6 address"
+        return pod.ipv6
+    return pod.ip
 
 
 def end_stream(process: subprocess.Popen[str], stop: Path) -> dict[str, Any]:
@@ -171,8 +183,14 @@ def routed_through_device(node: ClusterNode, address: IPv4Address) -> bool:
 
 
 def plaintext_seen(seen: Capture, pods: list[Pod], marker: bytes) -> list[str]:
-    """What of the pods' traffic an observer of the underlay could read."""
-    leaks = [f"pod address {pod.ip}" for pod in pods if pod.ip in seen.addresses()]
+    """What of the pods' traffic (both families) an observer of the underlay could read."""
+    on_wire = seen.addresses()
+    leaks = [
+        f"pod address {address}"
+        for pod in pods
+        for address in (pod.ip, pod.ipv6)
+        if address is not None and address in on_wire
+    ]
     if seen.contains(marker):
         leaks.append("the payload")
     return leaks
@@ -184,7 +202,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     manifests = workdir / "manifests"
     manifests.mkdir()
     with ClusterTopology(3) as topology:
-        pods = {name: topology.nodes[node].add_pod(name, ip) for name, (node, ip) in PLACEMENT.items()}
+        pods = {
+            name: topology.nodes[node].add_pod(
+                name, ip, ipv6=topology.nodes[node].pod_cidr6.network_address + IPV6_HOST
+            )
+            for name, (node, ip) in PLACEMENT.items()
+        }
         for pod in pods.values():
             pod.serve(tcp=(80,))
         state_dirs = [workdir / f"state-{i}" for i in (1, 2)]
@@ -249,6 +272,24 @@ def test_cross_node_traffic_carries_no_plaintext_on_the_underlay(encrypted: Clus
     assert peer["rx_bytes"] > 0 and peer["tx_bytes"] > 0
 
 
+def test_cross_node_ipv6_traffic_carries_no_plaintext_on_the_underlay(encrypted: Cluster) -> None:
+    marker = f"SECRET-{uuid.uuid4().hex}".encode()
+    a1, b1 = encrypted.pods["a1"], encrypted.pods["b1"]
+    assert a1.ipv6 is not None and b1.ipv6 is not None
+    secure_in = dict(peer_node="node-1", direction="ingress", encrypted="true")
+    before = metric(scrape(encrypted.agents[1]), "meshagent_encryption_flows_total", **secure_in)
+    with capture(encrypted.topology.underlay) as seen:
+        assert encrypted.exchange("a1", "b1", marker, family=6)
+        assert encrypted.exchange("b1", "a1", marker, family=6)
+    assert plaintext_seen(seen, [a1, b1], marker) == []
+    assert seen.udp_to_port(PORT) >= 4, "the IPv6 exchanges crossed inside the IPv4 underlay's WireGuard"
+    # Counted per node in the same counters as IPv4, and flows with IPv6 addresses flagged encrypted.
+    after = metric(scrape(encrypted.agents[1]), "meshagent_encryption_flows_total", **secure_in)
+    assert after >= before + 1, (before, after)
+    found = [f for f in flows(encrypted.agents[1]) if f.IP.destination == str(b1.ipv6)]
+    assert found and all(f.IP.encrypted for f in found), found
+
+
 def test_the_capture_sees_plaintext_when_encryption_is_off(encrypted: Cluster) -> None:
     marker = f"SECRET-{uuid.uuid4().hex}".encode()
     for index in (0, 1):
@@ -264,12 +305,20 @@ def test_the_capture_sees_plaintext_when_encryption_is_off(encrypted: Cluster) -
         )
         is not None
     )
+    a1, b1 = encrypted.pods["a1"], encrypted.pods["b1"]
     with capture(encrypted.topology.underlay) as seen:
         assert encrypted.exchange("a1", "b1", marker)
-    leaks = plaintext_seen(seen, [encrypted.pods["a1"], encrypted.pods["b1"]], marker)
-    assert leaks == [
-        f"pod address {encrypted.pods['a1'].ip}",
-        f"pod address {encrypted.pods['b1'].ip}",
+    assert plaintext_seen(seen, [a1, b1], marker) == [
+        f"pod address {a1.ip}",
+        f"pod address {b1.ip}",
+        "the payload",
+    ]
+    # The same capture reads IPv6 pod traffic in the clear: the IPv6 claims above can fail.
+    with capture(encrypted.topology.underlay) as seen6:
+        assert encrypted.exchange("a1", "b1", marker, family=6)
+    assert plaintext_seen(seen6, [a1, b1], marker) == [
+        f"pod address {a1.ipv6}",
+        f"pod address {b1.ipv6}",
         "the payload",
     ]
 
@@ -279,7 +328,9 @@ def test_permissive_accepts_plaintext_from_a_node_without_a_key(encrypted: Clust
     assert encrypted.status(1)["plaintext_nodes"] == ["node-3"]
     with capture(encrypted.topology.underlay) as seen:
         assert encrypted.exchange("c1", "b1", marker), "node-3 has no key: permissive lets it in"
+        assert encrypted.exchange("c1", "b1", marker, family=6), "and over IPv6 likewise"
     assert seen.contains(marker), "sent in the clear, as node-3 cannot encrypt"
+    assert encrypted.pods["c1"].ipv6 in seen.addresses()
 
 
 def flows(agent: NodeAgent, *filters: flow_pb2.FlowFilter) -> list[flow_pb2.Flow]:
@@ -312,12 +363,19 @@ def test_strict_drops_plaintext_from_and_to_a_node_without_a_key(encrypted: Clus
     assert not encrypted.exchange("c1", "b1", b"plain-in"), "strict: plaintext from node-3 is dropped"
     assert not encrypted.exchange("b1", "c1", b"plain-out"), "strict: nothing leaves for node-3 in plaintext"
     assert encrypted.exchange("a1", "b1", b"encrypted"), "node-1 encrypts: strict lets it in"
+    # IPv6 is held to the same: a dual-stack pod is not reachable in plaintext by its other address.
+    assert not encrypted.exchange("c1", "b1", b"plain-in6", family=6), "strict: IPv6 from node-3 is dropped"
+    assert not encrypted.exchange("b1", "c1", b"plain-out6", family=6), "strict: no IPv6 leaves for node-3"
+    assert encrypted.exchange("a1", "b1", b"encrypted6", family=6), "node-1 encrypts IPv6: strict lets it in"
     # The drop has a reason of its own, in flows (Hubble's UNENCRYPTED_TRAFFIC) and in metrics.
     b1, c1 = str(encrypted.pods["b1"].ip), str(encrypted.pods["c1"].ip)
     drops = flows(second, flow_pb2.FlowFilter(drop_reason_desc=[flow_pb2.UNENCRYPTED_TRAFFIC]))
     directions = {(f.IP.source, f.IP.destination, f.traffic_direction) for f in drops}
     assert (c1, b1, flow_pb2.INGRESS) in directions
     assert (b1, c1, flow_pb2.EGRESS) in directions
+    b1_6, c1_6 = str(encrypted.pods["b1"].ipv6), str(encrypted.pods["c1"].ipv6)
+    assert (c1_6, b1_6, flow_pb2.INGRESS) in directions
+    assert (b1_6, c1_6, flow_pb2.EGRESS) in directions
     assert all(f.verdict == flow_pb2.DROPPED and not f.IP.encrypted for f in drops)
     samples = scrape(second)
     assert metric(samples, "meshagent_drop_total", reason="UNENCRYPTED_TRAFFIC", protocol="tcp") > 0
@@ -333,6 +391,7 @@ def test_strict_drops_plaintext_from_and_to_a_node_without_a_key(encrypted: Clus
     only_encrypted = flows(second, flow_pb2.FlowFilter(encrypted=[True]))
     assert only_encrypted and all(f.IP.encrypted for f in only_encrypted)
     assert any(f.IP.source == str(encrypted.pods["a1"].ip) for f in only_encrypted)
+    assert any(f.IP.source == str(encrypted.pods["a1"].ipv6) for f in only_encrypted)
     assert all(not f.IP.encrypted for f in flows(second, flow_pb2.FlowFilter(encrypted=[False])))
     # Back to permissive at run time: node-3's plaintext is accepted again.
     encrypted.set_mode(1, "permissive")

@@ -12,12 +12,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from meshagent.datapath.netns import open_in_netns
 
 ETH_P_ALL = 0x0003
 ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
 PACKET_OUTGOING = 4
 
 
@@ -33,8 +34,22 @@ class Capture:
             packet = frame[14:]
             yield IPv4Address(packet[12:16]), IPv4Address(packet[16:20]), packet[9], packet
 
-    def addresses(self) -> set[IPv4Address]:
-        return {address for src, dst, _, _ in self.ipv4() for address in (src, dst)}
+    def ipv6(self) -> Iterator[tuple[IPv6Address, IPv6Address]]:
+        """(source, destination) of each IPv6 frame."""
+        for frame in self.frames:
+            if len(frame) < 54 or struct.unpack_from("!H", frame, 12)[0] != ETH_P_IPV6:
+                continue
+            packet = frame[14:]
+            yield IPv6Address(packet[8:24]), IPv6Address(packet[24:40])
+
+    def addresses(self) -> set[IPv4Address | IPv6Address]:
+        """Every address in an IP header on the wire, of both families."""
+        found: set[IPv4Address | IPv6Address] = set()
+        for src, dst, _, _ in self.ipv4():
+            found |= {src, dst}
+        for src6, dst6 in self.ipv6():
+            found |= {src6, dst6}
+        return found
 
     def contains(self, data: bytes) -> bool:
         return any(data in frame for frame in self.frames)

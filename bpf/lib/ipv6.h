@@ -5,9 +5,9 @@
  * Order for each packet: neighbour discovery (hop limit 255, RFC 4861) always passes; a malformed packet
  * (or an extension-header chain longer than the walk) is dropped for a pod under policy; multicast
  * listener discovery (hop limit 1, link-scope) passes like neighbour discovery; a packet from the pod must
- * come from its IPv6 address (ma_endpoints6); then fragments, ICMPv6 errors related to a known
- * connection, conntrack, and the policy for a new connection. Every map that cannot take an entry fails
- * closed as on IPv4.
+ * come from its IPv6 address (ma_endpoints6); then the encryption check between nodes (wireguard6.h),
+ * fragments, ICMPv6 errors related to a known connection, conntrack, and the policy for a new
+ * connection. Every map that cannot take an entry fails closed as on IPv4.
  *
  * Link-scope traffic is never forwarded by a router (the kernel refuses to forward a packet to a
  * link-local or link-scope multicast destination, or from a link-local source), so the only peer a pod
@@ -25,6 +25,7 @@
 #include "conntrack.h"
 #include "events.h"
 #include "metrics.h"
+#include "wireguard6.h"
 
 static __always_inline __u32 ma_identity_of6(const struct ma_ipv6_addr *addr)
 {
@@ -280,6 +281,15 @@ static __always_inline int ma_handle_ipv6(struct __sk_buff *skb, __u8 direction)
 		}
 	}
 
+	struct ma_wg_verdict wg = {};
+	if (ma_wg_classify6(skb, direction, t, bytes, &wg)) {
+		ctx->src_identity = ma_identity_of6(&t->saddr);
+		ctx->dst_identity = ma_identity_of6(&t->daddr);
+		return __ma6_drop(MA_DROP_UNENCRYPTED, ctx, t, bytes);
+	}
+	if (wg.cls == MA_WG_ENCRYPTED)
+		ctx->flags |= MA_EVENT_F_ENCRYPTED;
+
 	frag_key->saddr = t->saddr;
 	frag_key->daddr = t->daddr;
 	frag_key->id = t->frag_id;
@@ -317,7 +327,7 @@ static __always_inline int ma_handle_ipv6(struct __sk_buff *skb, __u8 direction)
 
 	int midstream = tcp && !(t->l4.tcp_flags & MA_TCP_SYN);
 	if (midstream)
-		ctx->flags = MA_EVENT_F_MIDSTREAM;
+		ctx->flags |= MA_EVENT_F_MIDSTREAM;
 	if (link_scope) {
 		ctx->src_identity = direction == MA_DIR_EGRESS ? ep->identity : MA_IDENTITY_HOST;
 		ctx->dst_identity = direction == MA_DIR_EGRESS ? MA_IDENTITY_HOST : ep->identity;
@@ -367,6 +377,7 @@ static __always_inline int ma_handle_ipv6(struct __sk_buff *skb, __u8 direction)
 	ma_ct6_key_fill(ct_key, skb->ifindex, t, 0);
 	if (ma_ct6_create(ct_key, &new_entry, tcp && !midstream) != 0)
 		return __ma6_drop(MA_DROP_CT_FULL, ctx, t, bytes);
+	ma_wg_count_flow(&wg, direction);
 
 	__ma6_emit(MA_EVENT_POLICY_VERDICT, res.verdict, res.reason, ctx, t);
 	return __ma6_pass(direction, bytes);

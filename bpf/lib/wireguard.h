@@ -4,7 +4,8 @@
  * A packet towards a pod came in encrypted when the node received it on the WireGuard device (its
  * ingress interface, which forwarding keeps). A packet from a pod leaves encrypted when the node's routing
  * table sends it out of the device (a FIB lookup, so a remote pod without a route through the device yet
- * counts as plaintext). Only packets to or from remote nodes' pod ranges (ma_wg_remote) are judged. */
+ * counts as plaintext). Only packets to or from remote nodes' pod ranges (ma_wg_remote, and ma_wg_remote6
+ * for IPv6 in wireguard6.h) are judged. */
 #ifndef MA_WIREGUARD_H
 #define MA_WIREGUARD_H
 
@@ -85,7 +86,22 @@ static __always_inline int __ma_wg_leaves_by(struct __sk_buff *skb, const struct
 	return fib.ifindex == ifindex;
 }
 
-/* Classifies a pod's packet; returns 1 when strict mode must drop it. */
+/* One packet between this node's pods and a remote node, in ma_wg_stats (both families). */
+static __always_inline void __ma_wg_count(__u32 node_id, __u8 direction, int encrypted, __u32 bytes)
+{
+	struct ma_wg_stats_key skey = { .node_id = node_id, .direction = direction, .encrypted = encrypted };
+	struct ma_wg_stats_value *stats = ma_wg_stats.lookup(&skey);
+	if (stats) {
+		__sync_fetch_and_add(&stats->packets, 1);
+		__sync_fetch_and_add(&stats->bytes, bytes);
+	} else {
+		struct ma_wg_stats_value fresh = { .packets = 1, .bytes = bytes };
+		ma_wg_stats.update(&skey, &fresh);
+	}
+}
+
+/* Classifies a pod's IPv4 packet (IPv6: ma_wg_classify6 in wireguard6.h); returns 1 when strict mode must
+ * drop it. */
 static __always_inline int ma_wg_classify(struct __sk_buff *skb, __u8 direction, const struct ma_tuple *t,
 					  __u32 bytes, struct ma_wg_verdict *v)
 {
@@ -107,16 +123,7 @@ static __always_inline int ma_wg_classify(struct __sk_buff *skb, __u8 direction,
 		encrypted = cfg->ifindex && __ma_wg_leaves_by(skb, t, cfg->ifindex);
 	v->node_id = remote->node_id;
 	v->cls = encrypted ? MA_WG_ENCRYPTED : MA_WG_PLAINTEXT;
-
-	struct ma_wg_stats_key skey = { .node_id = remote->node_id, .direction = direction, .encrypted = encrypted };
-	struct ma_wg_stats_value *stats = ma_wg_stats.lookup(&skey);
-	if (stats) {
-		__sync_fetch_and_add(&stats->packets, 1);
-		__sync_fetch_and_add(&stats->bytes, bytes);
-	} else {
-		struct ma_wg_stats_value fresh = { .packets = 1, .bytes = bytes };
-		ma_wg_stats.update(&skey, &fresh);
-	}
+	__ma_wg_count(remote->node_id, direction, encrypted, bytes);
 	return !encrypted && cfg->mode == MA_WG_MODE_STRICT;
 }
 

@@ -28,6 +28,7 @@ from meshagent.datapath.maps import (
     policy,
 )
 from meshagent.datapath.maps import wireguard as wg
+from meshagent.datapath.maps import wireguard6 as wg6
 
 pytestmark = pytest.mark.kernel
 
@@ -141,6 +142,12 @@ def test_encryption_map_mirrors_match_compiled_types(
     table = compiled[map_name.encode()]
     _assert_mirrors(key, table.Key, wg)
     _assert_mirrors(value, table.Leaf, wg)
+
+
+def test_encryption_ipv6_map_mirror_matches_compiled_types(compiled: Any) -> None:
+    table = compiled[wg6.REMOTE_MAP.encode()]
+    _assert_mirrors(wg6.Remote6Key, table.Key, wg6)
+    _assert_mirrors(wg.RemoteValue, table.Leaf, wg)
 
 
 def test_encryption_config_mirror_matches_compiled_type(compiled: Any) -> None:

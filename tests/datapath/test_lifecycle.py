@@ -89,6 +89,7 @@ def test_kernel_enforces_without_agent_and_new_agent_adopts(topo: Topology, own_
             "ma_policy",
             "ma_wg_config",
             "ma_wg_remote",
+            "ma_wg_remote6",
             "ma_wg_stats",
         ]
     )

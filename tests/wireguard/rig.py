@@ -3,8 +3,9 @@ and an encryption worker wired to them over a real object store: the worker's un
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,8 @@ from meshagent.sources.kinds import KINDS, Kind
 from meshagent.sources.store import ObjectStore
 from meshagent.wireguard.keys import generate_key_pair
 from meshagent.wireguard.modes import EncryptionMode
-from meshagent.wireguard.peers import PUBLIC_KEY_ANNOTATION
-from meshagent.wireguard.updates import DevicePeer, DeviceUpdate
+from meshagent.wireguard.peers import PUBLIC_KEY_ANNOTATION, Address
+from meshagent.wireguard.updates import DevicePeer, DeviceUpdate, endpoint_text
 
 REMOTE_KEY = generate_key_pair().public_key
 
@@ -31,8 +32,9 @@ class RecordingDevice:
     port: int | None = None
     mtu: int | None = None
     device_peers: dict[str, DevicePeer] = field(default_factory=dict)
-    device_routes: set[IPv4Address] = field(default_factory=set)
+    device_routes: set[Address] = field(default_factory=set)
     created: int = 0
+    forwards_ipv6: bool = True  # the node's net.ipv6.conf.all.forwarding
 
     def ifindex(self) -> int | None:
         return self.index
@@ -50,22 +52,25 @@ class RecordingDevice:
     def peers(self) -> dict[str, DevicePeer]:
         return dict(self.device_peers)
 
-    def routes(self) -> set[IPv4Address]:
+    def routes(self) -> set[Address]:
         return set(self.device_routes)
 
-    def apply(self, update: DeviceUpdate, *, port: int, source: IPv4Address | None) -> None:
+    def ipv6_forwarding(self) -> bool:
+        return self.forwards_ipv6
+
+    def apply(self, update: DeviceUpdate, *, port: int, source: Address | None) -> None:
         for change in update.set_peers:
             have = self.device_peers.get(change.peer.public_key)
             ips = (have.allowed_ips if have else frozenset()) | change.add_allowed_ips
             self.device_peers[change.peer.public_key] = DevicePeer(
-                change.peer.public_key, f"{change.peer.endpoint}:{port}", ips
+                change.peer.public_key, endpoint_text(change.peer.endpoint, port), ips
             )
         self.device_routes |= set(update.add_routes)
         self.device_routes -= set(update.remove_routes)
         for key in update.remove_peers:
             del self.device_peers[key]
 
-    def underlay_mtu(self, address: IPv4Address) -> int:
+    def underlay_mtu(self, address: Address) -> int:
         return 1500
 
     def delete(self) -> bool:
@@ -77,7 +82,7 @@ class RecordingDevice:
 @dataclass
 class RecordingMaps:
     config: tuple[int, int] = (0, 0)
-    ranges: dict[str, tuple[IPv4Network, ...]] = field(default_factory=dict)
+    ranges: dict[str, tuple[IPv4Network | IPv6Network, ...]] = field(default_factory=dict)
 
     def set_mode(self, mode: str, ifindex: int | None) -> None:
         self.config = (MODE_VALUES[mode], ifindex or 0)
@@ -85,26 +90,29 @@ class RecordingMaps:
     def mode(self) -> tuple[int, int]:
         return self.config
 
-    def set_remote(self, ranges: dict[str, tuple[IPv4Network, ...]]) -> None:
-        self.ranges = dict(ranges)
+    def set_remote(self, ranges: Mapping[str, Iterable[IPv4Network | IPv6Network]]) -> None:
+        self.ranges = {name: tuple(networks) for name, networks in ranges.items()}
 
 
-def node(name: str, address: str, cidr: str, key: str | None = None) -> dict[str, Any]:
+def node(
+    name: str, address: str, cidr: str, key: str | None = None, cidr6: str | None = None
+) -> dict[str, Any]:
     annotations = {PUBLIC_KEY_ANNOTATION: key} if key else {}
     return {
         "kind": "Node",
         "metadata": {"name": name, "annotations": annotations},
-        "spec": {"podCIDR": cidr},
+        "spec": {"podCIDR": cidr, "podCIDRs": [cidr, cidr6] if cidr6 else [cidr]},
         "status": {"addresses": [{"type": "InternalIP", "address": address}]},
     }
 
 
-def pod(name: str, node_name: str, ip: str) -> dict[str, Any]:
+def pod(name: str, node_name: str, ip: str, ipv6: str | None = None) -> dict[str, Any]:
+    ips = [{"ip": ip}, {"ip": ipv6}] if ipv6 else [{"ip": ip}]
     return {
         "kind": "Pod",
         "metadata": {"name": name, "namespace": "default"},
         "spec": {"nodeName": node_name},
-        "status": {"podIP": ip},
+        "status": {"podIP": ip, "podIPs": ips},
     }
 
 

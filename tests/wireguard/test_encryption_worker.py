@@ -4,7 +4,7 @@ WireGuard here; vm-tests/test_wireguard.py runs the same worker against real dev
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 from meshagent.agent import encryption as encryption_module
@@ -14,7 +14,7 @@ from meshagent.wireguard.control import request_mode, request_rotation
 from meshagent.wireguard.keys import KeyStore
 from meshagent.wireguard.modes import EncryptionMode
 
-from tests.wireguard.rig import REMOTE_KEY, Rig, pod, put
+from tests.wireguard.rig import REMOTE_KEY, Rig, node, pod, put
 
 
 def test_permissive_sets_up_device_peers_routes_and_the_datapath(rig: Rig) -> None:
@@ -99,3 +99,35 @@ def test_a_refused_key_is_offered_again(rig: Rig, monkeypatch: pytest.MonkeyPatc
     rig.encryption._step()
     rig.encryption._step()
     assert len(attempts) == 2, "offered again once, then no more: the Node carries it"
+
+
+def _dual_stack_node_2(rig: Rig) -> None:
+    put(rig.store, node("node-2", "192.168.254.12", "10.244.2.0/24", REMOTE_KEY, cidr6="fd00:2::/64"))
+    put(rig.store, pod("b", "node-2", "10.244.2.10", ipv6="fd00:2::10"))
+
+
+def test_a_dual_stack_remote_pod_is_routed_and_judged_on_both_families(rig: Rig) -> None:
+    _dual_stack_node_2(rig)
+    rig.encryption._step()
+    (peer,) = rig.device.device_peers.values()
+    assert peer.endpoint == "192.168.254.12:51871", "the IPv4 underlay carries the IPv6 pod traffic"
+    assert peer.allowed_ips == {IPv4Address("10.244.2.10"), IPv6Address("fd00:2::10")}
+    assert rig.device.device_routes == {IPv4Address("10.244.2.10"), IPv6Address("fd00:2::10")}
+    assert rig.maps.ranges["node-2"] == (IPv4Network("10.244.2.0/24"), IPv6Network("fd00:2::/64"))
+    assert rig.encryption.status()["errors"] == []
+    put(rig.store, pod("b", "node-2", "10.244.2.10", ipv6="fd00:2::10"), Action.DELETED)
+    rig.encryption._step()
+    assert rig.device.device_routes == set(), "both routes of a gone pod go"
+
+
+def test_ipv6_forwarding_off_is_reported_not_changed(rig: Rig) -> None:
+    rig.device.forwards_ipv6 = False
+    rig.encryption._step()
+    assert rig.encryption.status()["errors"] == [], "no IPv6 pod range anywhere: nothing to say"
+    _dual_stack_node_2(rig)
+    rig.encryption._step()
+    (error,) = rig.encryption.status()["errors"]
+    assert "IPv6 forwarding is off" in error
+    rig.device.forwards_ipv6 = True
+    rig.encryption._step()
+    assert rig.encryption.status()["errors"] == []

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Any
 
 from meshagent.wireguard.keys import generate_key_pair
-from meshagent.wireguard.peers import PUBLIC_KEY_ANNOTATION, Peer, plan_peers
-from meshagent.wireguard.updates import DevicePeer, plan_update
+from meshagent.wireguard.peers import PUBLIC_KEY_ANNOTATION, Peer, node_from_object, plan_peers
+from meshagent.wireguard.updates import DevicePeer, endpoint_text, plan_update
 
 OWN = generate_key_pair().public_key
 KEY_2 = generate_key_pair().public_key
@@ -94,11 +94,11 @@ def test_invalid_key_and_missing_address_are_rejected_with_reasons() -> None:
 
 
 def _peer(*ips: str, key: str = KEY_2, endpoint: str = "192.168.254.12") -> Peer:
-    return Peer("node-2", key, IPv4Address(endpoint), frozenset(IPv4Address(ip) for ip in ips))
+    return Peer("node-2", key, ip_address(endpoint), frozenset(ip_address(ip) for ip in ips))
 
 
 def _device_peer(*ips: str, key: str = KEY_2, endpoint: str = "192.168.254.12:51871") -> DevicePeer:
-    return DevicePeer(key, endpoint, frozenset(IPv4Address(ip) for ip in ips))
+    return DevicePeer(key, endpoint, frozenset(ip_address(ip) for ip in ips))
 
 
 def test_new_peer_gets_its_pods_and_routes() -> None:
@@ -146,3 +146,71 @@ def test_node_gone_or_rekeyed_replaces_its_peer_and_moves_endpoint() -> None:
     assert update.add_routes == [] and update.remove_routes == [], "the route stays: no gap for the pod"
     moved = plan_update(current, {KEY_2: _peer("10.244.2.10", endpoint="192.168.254.99")}, [], port=51871)
     assert moved.set_peers[0].endpoint_changed
+
+
+def dual_stack_node(name: str, addresses: list[str], key: str | None, cidrs: list[str]) -> dict[str, Any]:
+    obj = node(name, None, key)
+    obj["spec"] = {"podCIDR": cidrs[0], "podCIDRs": cidrs}
+    obj["status"] = {"addresses": [{"type": "InternalIP", "address": a} for a in addresses]}
+    return obj
+
+
+def dual_stack_pod(name: str, node_name: str, *ips: str) -> dict[str, Any]:
+    obj = pod(name, node_name, ips[0])
+    obj["status"]["podIPs"] = [{"ip": ip} for ip in ips]
+    return obj
+
+
+def test_ipv6_pod_addresses_and_ranges_belong_to_the_nodes_peer() -> None:
+    nodes = [
+        NODES[0],
+        dual_stack_node("node-2", ["192.168.254.12", "fd00:ff::12"], KEY_2, ["10.244.2.0/24", "fd00:2::/64"]),
+        dual_stack_node("node-3", ["192.168.254.13"], None, ["10.244.3.0/24", "fd00:3::/64"]),
+    ]
+    pods = [
+        dual_stack_pod("b", "node-2", "10.244.2.10", "fd00:2::10"),
+        dual_stack_pod("ipv6-only", "node-2", "fd00:2::11"),
+        dual_stack_pod("d", "node-3", "10.244.3.10", "fd00:3::10"),
+    ]
+    plan = plan_peers(nodes, pods, local_node="node-1", local_public_key=OWN)
+    (peer,) = plan.peers.values()
+    assert peer.endpoint == IPv4Address("192.168.254.12"), "IPv4 underlay preferred: it carries IPv6 too"
+    assert peer.allowed_ips == {
+        IPv4Address("10.244.2.10"),
+        IPv6Address("fd00:2::10"),
+        IPv6Address("fd00:2::11"),
+    }
+    assert plan.remote_pod_cidrs["node-2"] == (IPv4Network("10.244.2.0/24"), IPv6Network("fd00:2::/64"))
+    assert plan.remote_pod_cidrs["node-3"] == (IPv4Network("10.244.3.0/24"), IPv6Network("fd00:3::/64"))
+    assert set(plan.plaintext_nodes) == {"node-3"}, "a keyless node's IPv6 range is judged too"
+
+
+def test_an_ipv6_internal_ip_is_the_endpoint_only_when_it_is_the_only_one() -> None:
+    ipv6_only = node_from_object(dual_stack_node("n", ["fd00:ff::12"], KEY_2, ["fd00:2::/64"]))
+    assert ipv6_only.address == IPv6Address("fd00:ff::12")
+    assert ipv6_only.pod_cidrs == (IPv6Network("fd00:2::/64"),)
+    ipv6_first = node_from_object(
+        dual_stack_node("n", ["fd00:ff::12", "192.168.254.12"], KEY_2, ["fd00:2::/64"])
+    )
+    assert ipv6_first.address == IPv4Address("192.168.254.12")
+    garbled = node_from_object(dual_stack_node("n", ["not-an-address"], KEY_2, ["fd00:2::1/64", "bad"]))
+    assert garbled.address is None and garbled.pod_cidrs == (), "unparsable entries are skipped, not guessed"
+
+
+def test_ipv6_pods_get_routes_and_allowed_ips_in_the_same_steps() -> None:
+    update = plan_update({}, {KEY_2: _peer("10.244.2.10", "fd00:2::10")}, [], port=51871)
+    (change,) = update.set_peers
+    assert change.add_allowed_ips == {IPv4Address("10.244.2.10"), IPv6Address("fd00:2::10")}
+    assert update.add_routes == [IPv4Address("10.244.2.10"), IPv6Address("fd00:2::10")], "IPv4 first"
+    current = {KEY_2: _device_peer("10.244.2.10", "fd00:2::10", "fd00:2::11")}
+    routes = [IPv4Address("10.244.2.10"), IPv6Address("fd00:2::10"), IPv6Address("fd00:2::11")]
+    gone = plan_update(current, {KEY_2: _peer("10.244.2.10", "fd00:2::10")}, routes, port=51871)
+    assert gone.set_peers == [], "the staying pods' entries are not rewritten"
+    assert gone.remove_routes == [IPv6Address("fd00:2::11")]
+
+
+def test_an_ipv6_endpoint_is_compared_in_brackets() -> None:
+    peer = _peer("fd00:2::10", endpoint="fd00:ff::12")
+    assert endpoint_text(peer.endpoint, 51871) == "[fd00:ff::12]:51871"
+    current = {KEY_2: _device_peer("fd00:2::10", endpoint="[fd00:ff::12]:51871")}
+    assert plan_update(current, {KEY_2: peer}, [IPv6Address("fd00:2::10")], port=51871).empty

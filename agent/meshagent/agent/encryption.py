@@ -11,7 +11,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from meshagent.sources.store import ObjectStore
 from meshagent.wireguard.control import requested_mode, take_rotation_request
 from meshagent.wireguard.keys import KeyPair, KeyStore
 from meshagent.wireguard.modes import EncryptionMode
-from meshagent.wireguard.peers import PeerPlan, node_from_object, plan_peers
+from meshagent.wireguard.peers import Address, PeerPlan, node_from_object, plan_peers
 from meshagent.wireguard.updates import plan_update
 
 logger = logging.getLogger(__name__)
@@ -188,10 +187,31 @@ class Encryption:
             # Every remote node's pod ranges, with a key or not: in strict mode a node without one is
             # exactly what the datapath must refuse.
             self.maps.set_remote(plan.remote_pod_cidrs)
+        self._check_ipv6_forwarding(plan)
         with self._lock:
             self.state.plan = plan
             self._problems.pop("step", None)
         self._set_mode(mode)
+
+    def _check_ipv6_forwarding(self, plan: PeerPlan) -> None:
+        """A node that does not forward IPv6 carries no pod's IPv6 to another node, encrypted or not:
+        said in status while remote nodes have IPv6 pod ranges, rather than switched on behind the
+        node's back."""
+        wants_ipv6 = any(net.version == 6 for nets in plan.remote_pod_cidrs.values() for net in nets)
+        problem = None
+        if wants_ipv6 and not self.device.ipv6_forwarding():
+            problem = (
+                "IPv6 forwarding is off on this node (net.ipv6.conf.all.forwarding=0): "
+                "pods' IPv6 traffic to other nodes is not forwarded"
+            )
+        with self._lock:
+            before = self._problems.get("ipv6")
+            if problem is None:
+                self._problems.pop("ipv6", None)
+            else:
+                self._problems["ipv6"] = problem
+        if problem is not None and problem != before:
+            logger.warning("%s", problem)
 
     def _mode(self) -> EncryptionMode:
         try:
@@ -258,7 +278,7 @@ class Encryption:
         with self._lock:
             self._problems.pop("publish", None)
 
-    def _local_address(self) -> IPv4Address | None:
+    def _local_address(self) -> Address | None:
         obj = self.store.get(Kind.NODE, "", self.node)
         return node_from_object(obj).address if obj is not None else None
 

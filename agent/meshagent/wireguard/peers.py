@@ -1,7 +1,8 @@
 """Which WireGuard peers a node should have, from the Node and Pod objects the source reports.
 
 One peer per remote node whose Node object carries a valid public key of its own: its InternalIP is the
-endpoint, its pods' addresses the allowed IPs. A key that is invalid, or that two nodes share (or that
+endpoint (an IPv4 one when it has one, since an IPv4 underlay carries IPv6 inside just as well), its pods'
+addresses of both families the allowed IPs. A key that is invalid, or that two nodes share (or that
 equals ours), is rejected with a reason: a shared key would let one node read the other's traffic, so
 neither gets a peer (fail closed: in strict mode their pods' traffic is dropped, not sent in the clear).
 """
@@ -10,12 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
-from typing import Any
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from typing import Any, TypeAlias
 
 from meshagent.wireguard.keys import WireguardKeyError, parse_public_key
 
 PUBLIC_KEY_ANNOTATION = "meshagent.io/wireguard-public-key"
+
+Address: TypeAlias = IPv4Address | IPv6Address
+Network: TypeAlias = IPv4Network | IPv6Network
 
 
 @dataclass(frozen=True)
@@ -23,8 +27,8 @@ class RemoteNode:
     """What the Node object of another node says (key not yet checked)."""
 
     name: str
-    address: IPv4Address | None  # InternalIP
-    pod_cidrs: tuple[IPv4Network, ...]
+    address: Address | None  # InternalIP
+    pod_cidrs: tuple[Network, ...]  # both families
     public_key: str | None
 
 
@@ -32,8 +36,8 @@ class RemoteNode:
 class Peer:
     node: str
     public_key: str
-    endpoint: IPv4Address
-    allowed_ips: frozenset[IPv4Address]
+    endpoint: Address
+    allowed_ips: frozenset[Address]
 
 
 @dataclass(frozen=True)
@@ -42,26 +46,19 @@ class PeerPlan:
     # Remote nodes with no peer (no key yet, or rejected), by name: their pods' traffic is plaintext.
     plaintext_nodes: dict[str, RemoteNode]
     rejected: list[str] = field(default_factory=list)  # "node: reason", for logs and status
-    remote_pod_cidrs: dict[str, tuple[IPv4Network, ...]] = field(default_factory=dict)  # by node name
+    remote_pod_cidrs: dict[str, tuple[Network, ...]] = field(default_factory=dict)  # by node name
 
 
 def node_from_object(obj: Mapping[str, Any]) -> RemoteNode:
     metadata = obj.get("metadata") or {}
     spec = obj.get("spec") or {}
-    address = None
-    for entry in (obj.get("status") or {}).get("addresses") or []:
-        if entry.get("type") == "InternalIP":
-            try:
-                address = IPv4Address(str(entry.get("address")))
-            except ValueError:
-                continue
-            break
-    cidrs: list[IPv4Network] = []
+    address = _internal_ip(obj)
+    cidrs: list[Network] = []
     for text in spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else []):
         try:
-            cidrs.append(IPv4Network(str(text)))
+            cidrs.append(ip_network(str(text)))
         except ValueError:
-            continue  # an IPv6 pod CIDR: this datapath encrypts IPv4 pod traffic
+            continue
     annotations = metadata.get("annotations") or {}
     key = annotations.get(PUBLIC_KEY_ANNOTATION)
     return RemoteNode(
@@ -72,9 +69,24 @@ def node_from_object(obj: Mapping[str, Any]) -> RemoteNode:
     )
 
 
-def pod_addresses_by_node(pods: Iterable[Mapping[str, Any]]) -> dict[str, set[IPv4Address]]:
-    """Pod IPv4 addresses by node name; host-network pods have the node's address, not one of their own."""
-    by_node: dict[str, set[IPv4Address]] = {}
+def _internal_ip(obj: Mapping[str, Any]) -> Address | None:
+    """The node's IPv4 InternalIP, or its IPv6 one when it has no IPv4 one. IPv4 first, so that a node
+    that becomes dual-stack keeps the endpoint its peers already have."""
+    found: list[Address] = []
+    for entry in (obj.get("status") or {}).get("addresses") or []:
+        if entry.get("type") != "InternalIP":
+            continue
+        try:
+            found.append(ip_address(str(entry.get("address"))))
+        except ValueError:
+            continue
+    return min(found, key=lambda address: address.version, default=None)
+
+
+def pod_addresses_by_node(pods: Iterable[Mapping[str, Any]]) -> dict[str, set[Address]]:
+    """Pod addresses of both families by node name; host-network pods have the node's address, not one of
+    their own."""
+    by_node: dict[str, set[Address]] = {}
     for pod in pods:
         spec = pod.get("spec") or {}
         status = pod.get("status") or {}
@@ -84,7 +96,7 @@ def pod_addresses_by_node(pods: Iterable[Mapping[str, Any]]) -> dict[str, set[IP
         texts = [entry.get("ip") for entry in status.get("podIPs") or []] or [status.get("podIP")]
         for text in texts:
             try:
-                by_node.setdefault(str(node), set()).add(IPv4Address(str(text)))
+                by_node.setdefault(str(node), set()).add(ip_address(str(text)))
             except ValueError:
                 continue
     return by_node

@@ -12,9 +12,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
 
-from meshagent.wireguard.peers import Peer
+from meshagent.wireguard.peers import Address, Peer
+
+
+def address_order(address: Address) -> tuple[int, int]:
+    """A sort key for addresses of both families (Python refuses to compare an IPv4 with an IPv6 one)."""
+    return (address.version, int(address))
+
+
+def endpoint_text(address: Address, port: int) -> str:
+    """ "address:port", an IPv6 address in brackets; the device's endpoints are read back in this form."""
+    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
 
 
 @dataclass(frozen=True)
@@ -22,8 +31,8 @@ class DevicePeer:
     """A peer as the device reports it."""
 
     public_key: str
-    endpoint: str | None  # "address:port"
-    allowed_ips: frozenset[IPv4Address]
+    endpoint: str | None  # endpoint_text()
+    allowed_ips: frozenset[Address]
     last_handshake: float = 0.0  # seconds since the epoch, 0: never
     rx_bytes: int = 0
     tx_bytes: int = 0
@@ -32,7 +41,7 @@ class DevicePeer:
 @dataclass(frozen=True)
 class PeerChange:
     peer: Peer
-    add_allowed_ips: frozenset[IPv4Address]
+    add_allowed_ips: frozenset[Address]
     endpoint_changed: bool
 
 
@@ -40,8 +49,8 @@ class PeerChange:
 class DeviceUpdate:
     set_peers: list[PeerChange] = field(default_factory=list)  # new peers, or more allowed IPs / endpoint
     remove_peers: list[str] = field(default_factory=list)  # public keys
-    add_routes: list[IPv4Address] = field(default_factory=list)
-    remove_routes: list[IPv4Address] = field(default_factory=list)
+    add_routes: list[Address] = field(default_factory=list)
+    remove_routes: list[Address] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -51,7 +60,7 @@ class DeviceUpdate:
 def plan_update(
     current: Mapping[str, DevicePeer],
     desired: Mapping[str, Peer],
-    current_routes: Iterable[IPv4Address],
+    current_routes: Iterable[Address],
     *,
     port: int,
 ) -> DeviceUpdate:
@@ -60,7 +69,7 @@ def plan_update(
     set_peers: list[PeerChange] = []
     for key, peer in sorted(desired.items()):
         have = current.get(key)
-        wanted_endpoint = f"{peer.endpoint}:{port}"
+        wanted_endpoint = endpoint_text(peer.endpoint, port)
         if have is None:
             set_peers.append(PeerChange(peer, peer.allowed_ips, endpoint_changed=True))
             continue
@@ -69,11 +78,11 @@ def plan_update(
         if missing or endpoint_changed:
             set_peers.append(PeerChange(peer, frozenset(missing), endpoint_changed))
     remove_peers = sorted(key for key in current if key not in desired)
-    wanted_routes = set().union(*(peer.allowed_ips for peer in desired.values())) if desired else set()
+    wanted_routes: set[Address] = set().union(*(peer.allowed_ips for peer in desired.values()))
     routes = set(current_routes)
     return DeviceUpdate(
         set_peers=set_peers,
         remove_peers=remove_peers,
-        add_routes=sorted(wanted_routes - routes),
-        remove_routes=sorted(routes - wanted_routes),
+        add_routes=sorted(wanted_routes - routes, key=address_order),
+        remove_routes=sorted(routes - wanted_routes, key=address_order),
     )
