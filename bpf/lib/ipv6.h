@@ -290,24 +290,26 @@ static __always_inline int ma_handle_ipv6(struct __sk_buff *skb, __u8 direction)
 	if (wg.cls == MA_WG_ENCRYPTED)
 		ctx->flags |= MA_EVENT_F_ENCRYPTED;
 
-	frag_key->saddr = t->saddr;
-	frag_key->daddr = t->daddr;
-	frag_key->id = t->frag_id;
-	frag_key->proto = t->l4.proto;
-	if (rc == MA_PARSE_FRAG_NO_L4) {
-		struct ma_frag_value *ports = ma_frags6.lookup(frag_key);
-		if (!ports) {
-			ctx->src_identity = ma_identity_of6(&t->saddr);
-			ctx->dst_identity = ma_identity_of6(&t->daddr);
-			if (enforce)
-				return __ma6_drop(MA_DROP_FRAG_NO_FIRST, ctx, t, bytes);
-			return __ma6_pass(direction, bytes);
+	if (t->l4.is_fragment) { /* the key only for fragments: most packets are not */
+		frag_key->saddr = t->saddr;
+		frag_key->daddr = t->daddr;
+		frag_key->id = t->frag_id;
+		frag_key->proto = t->l4.proto;
+		if (rc == MA_PARSE_FRAG_NO_L4) {
+			struct ma_frag_value *ports = ma_frags6.lookup(frag_key);
+			if (!ports) {
+				ctx->src_identity = ma_identity_of6(&t->saddr);
+				ctx->dst_identity = ma_identity_of6(&t->daddr);
+				if (enforce)
+					return __ma6_drop(MA_DROP_FRAG_NO_FIRST, ctx, t, bytes);
+				return __ma6_pass(direction, bytes);
+			}
+			t->l4.sport = ports->sport;
+			t->l4.dport = ports->dport;
+		} else if (t->l4.more_frags) {
+			struct ma_frag_value ports = { .sport = t->l4.sport, .dport = t->l4.dport };
+			ma_frags6.update(frag_key, &ports);
 		}
-		t->l4.sport = ports->sport;
-		t->l4.dport = ports->dport;
-	} else if (t->l4.more_frags) {
-		struct ma_frag_value ports = { .sport = t->l4.sport, .dport = t->l4.dport };
-		ma_frags6.update(frag_key, &ports);
 	}
 
 	if (t->l4.icmp_error && ma_ct6_lookup_quoted(skb->ifindex, t, ct_key))
