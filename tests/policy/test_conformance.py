@@ -118,7 +118,9 @@ class Cluster:
                 # IPv6-only pods in the IPv6 run: the cluster knows no IPv4 address of theirs.
                 None if self.family == "ipv6" else self.netns_pods[(ns, name)].ip,
                 ports=CONTAINER_PORTS,
-                ipv6=self.netns_pods[(ns, name)].ipv6 if self.family == "ipv6" else None,
+                # Dual-stack pods in the IPv4 run, as the topology makes them: the agent must know
+                # both addresses (an undeclared IPv6 source is dropped as spoofed).
+                ipv6=self.netns_pods[(ns, name)].ipv6,
             )
             for ns in NAMESPACES
             for name in PODS
@@ -221,7 +223,7 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
                 pod = topology.nodes[node_of(ns, name)].add_pod(
                     f"{ns}{name}",
                     pod_ip(ns, name),
-                    ipv6=pod_ip(ns, name, "ipv6") if family == "ipv6" else None,
+                    ipv6=pod_ip(ns, name, "ipv6"),
                 )
                 pod.serve(tcp=(80, 81), udp=(80, 81))
                 netns_pods[(ns, name)] = pod
