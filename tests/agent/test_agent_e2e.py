@@ -124,6 +124,10 @@ def test_directory_drives_enforcement_flows_and_metrics(
         assert allowed(web, db, 80)
         assert not allowed(web, db, 81)
         assert not allowed(other, db, 80)
+        # The pods are dual-stack: the same policy decides on their IPv6 addresses.
+        assert allowed(web, db, 80, ipv6=True)
+        assert not allowed(web, db, 81, ipv6=True)
+        assert not allowed(other, db, 80, ipv6=True)
 
         # Edit the policy file: port 81 opens, within the stated time, without restarting anything.
         (manifests / "policy.yaml").write_text(db_policy("[{port: 80}, {port: 81}]"))

@@ -120,6 +120,10 @@ def test_policy_across_nodes_and_the_node_as_host(two_nodes: Running) -> None:
     assert allowed(web, db, 80)
     assert not allowed(web, db, 81), "db's ingress (enforced on node-2) admits port 80 only"
     assert not allowed(other, db, 80), "other is not web, though it shares web's node"
+    # The pods are dual-stack: across the underlay's IPv6 network the same policy decides.
+    assert allowed(web, db, 80, ipv6=True)
+    assert not allowed(web, db, 81, ipv6=True)
+    assert not allowed(other, db, 80, ipv6=True)
     # The Node objects tell each agent its own InternalIP: db's node is its host, the other node is not.
     assert from_node(two_nodes, 1, db, 81)
     assert not from_node(two_nodes, 0, db, 80)
