@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         pods["stray"].run(
             "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1", "net.ipv4.ip_local_port_range=1024 65000"
         )
-        manifests.write(Path(tmp) / "manifests", NODE)
+        # Dual-stack pods: their manifests list the IPv6 addresses the topology gave them.
+        placement = {name: (NODE, pod.ip, pod.ipv6) for name, pod in pods.items() if pod.ipv6 is not None}
+        manifests.write(Path(tmp) / "manifests", NODE, placement=placement)
         pin_dir = Path("/sys/fs/bpf") / f"meshagent-bench-{uuid.uuid4().hex[:8]}"
         command = [
             sys.executable,

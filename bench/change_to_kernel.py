@@ -29,23 +29,24 @@ from meshagent.datapath.layout import current_maps_dir  # noqa: E402
 from meshagent.datapath.loader import Capacities  # noqa: E402
 from meshagent.datapath.pinned import PinnedMaps  # noqa: E402
 from meshagent.testing.benchtools import bench_line  # noqa: E402
-from meshagent.testing.topology import Topology  # noqa: E402
+from meshagent.testing.topology import Pod, Topology  # noqa: E402
 
 from tests.sources.k8s_emulator import KubeEmulator  # noqa: E402
 
 NODE = "bench-node"
 
 
-def cluster_yaml(web_ip: str, db_ip: str) -> list[str]:
+def cluster_yaml(web: Pod, db: Pod) -> list[str]:
+    """The namespace and both (dual-stack) pods, each listing both its addresses."""
     pods = [
         textwrap.dedent(f"""\
             apiVersion: v1
             kind: Pod
             metadata: {{name: {name}, namespace: shop, labels: {{app: {name}}}}}
             spec: {{nodeName: {NODE}, containers: [{{name: c, image: x}}]}}
-            status: {{podIP: "{ip}"}}
+            status: {{podIP: "{pod.ip}", podIPs: [{{ip: "{pod.ip}"}}, {{ip: "{pod.ipv6}"}}]}}
             """)
-        for name, ip in (("web", web_ip), ("db", db_ip))
+        for name, pod in (("web", web), ("db", db))
     ]
     return ["apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n", *pods]
 
@@ -115,7 +116,7 @@ def run(source: str, changes: int, poll: float) -> list[float]:
         if source == "kubernetes":
             emulator = KubeEmulator()
             emulator.start()
-            for doc in [*cluster_yaml(str(web.ip), str(db.ip)), policy_yaml(80)]:
+            for doc in [*cluster_yaml(web, db), policy_yaml(80)]:
                 emulator.apply(yaml.safe_load(doc))
             agent = Agent(AgentConfig(api_server=emulator.url, **common))  # type: ignore[arg-type]
 
@@ -125,7 +126,7 @@ def run(source: str, changes: int, poll: float) -> list[float]:
         else:
             manifests = Path(tmp) / "manifests"
             manifests.mkdir()
-            (manifests / "cluster.yaml").write_text("---\n".join(cluster_yaml(str(web.ip), str(db.ip))))
+            (manifests / "cluster.yaml").write_text("---\n".join(cluster_yaml(web, db)))
             (manifests / "policy.yaml").write_text(policy_yaml(80))
             agent = Agent(AgentConfig(manifests=manifests, manifests_poll_seconds=poll, **common))  # type: ignore[arg-type]
 

@@ -34,7 +34,7 @@ import threading
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
 from meshagent.model.kernel_state import (
@@ -74,17 +74,27 @@ WORKLOADS = (
 def policy_state(client: Pod, server: Pod) -> KernelState:
     """Both pods isolated both ways, with rules allowing exactly the benchmark's traffic (the kernel state
     that bench/datapath_overhead_cross_node.py writes itself)."""
+    # Dual-stack pods: each endpoint declares both addresses (an undeclared IPv6 source is spoofed) and
+    # both are in the ipcache, so either family's traffic is judged by the same rules.
     endpoints = frozenset(
-        {
-            EndpointEntry(client.ifindex, 1, CLIENT_ID, client.ip, enforce_ingress=True, enforce_egress=True),
-            EndpointEntry(server.ifindex, 2, SERVER_ID, server.ip, enforce_ingress=True, enforce_egress=True),
-        }
+        EndpointEntry(
+            pod.ifindex,
+            endpoint_id,
+            identity,
+            pod.ip,
+            ipv6=pod.ipv6,
+            enforce_ingress=True,
+            enforce_egress=True,
+        )
+        for pod, endpoint_id, identity in ((client, 1, CLIENT_ID), (server, 2, SERVER_ID))
     )
     ipcache = frozenset(
-        {
-            IPCacheEntry(cidr=IPv4Network(f"{client.ip}/32"), identity=CLIENT_ID),
-            IPCacheEntry(cidr=IPv4Network(f"{server.ip}/32"), identity=SERVER_ID),
-        }
+        IPCacheEntry(cidr=cidr, identity=identity)
+        for pod, identity in ((client, CLIENT_ID), (server, SERVER_ID))
+        for cidr in (
+            IPv4Network(f"{pod.ip}/32"),
+            *([IPv6Network(f"{pod.ipv6}/128")] if pod.ipv6 is not None else []),
+        )
     )
     policy = frozenset(
         PolicyEntry(
@@ -312,9 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, list[float]]] = {s: {w: [] for w, _, _ in WORKLOADS} for s in SETUPS}
     with ClusterTopology(1) as cluster, tempfile.TemporaryDirectory() as tmp:
         node = cluster.nodes[0]
-        # Dual-stack pods: --family picks the address the workloads connect to.
-        client = node.add_pod("client", ipv6=node.pod_cidr6[10])
-        server = node.add_pod("server", ipv6=node.pod_cidr6[20])
+        # Dual-stack pods (the topology's default): --family picks the address the workloads connect to.
+        client = node.add_pod("client")
+        server = node.add_pod("server")
         # Many short connections: let the client reuse ports still in TIME_WAIT.
         client.run("sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1", "net.ipv4.ip_local_port_range=1024 65000")
         write_manifests(Path(tmp) / "manifests", node, client, server)

@@ -5,7 +5,11 @@ tracking) and a policy allowing the traffic. Rounds alternate the two set-ups; p
 bench/datapath_overhead.py's same-node figures.
 
 Figures: TCP throughput (iperf3), request/response rate (1-byte ping-pong on one connection), and
-connection rate (connect, 1-byte exchange, close).
+connection rate (connect, 1-byte exchange, close). The pods are dual-stack; `--family ipv6` runs the
+same workloads between their IPv6 addresses (routed across the underlay's IPv6 network), and its lines
+carry an `_ipv6` suffix.
+
+    .venv/bin/python bench/datapath_overhead_cross_node.py [--quick] [--family ipv6]
 """
 
 from __future__ import annotations
@@ -39,7 +43,10 @@ def local_state(whole: KernelState, local: Pod) -> KernelState:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short rounds, for a smoke run")
+    parser.add_argument("--family", choices=("ipv4", "ipv6"), default="ipv4", help="address family measured")
     args = parser.parse_args(argv)
+    family = args.family
+    suffix = "_ipv6" if family == "ipv6" else ""
     seconds = 1.0 if args.quick else 4.0
     rounds = 2 if args.quick else 3
 
@@ -62,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         whole = policy_state(client, server)
         states = [local_state(whole, client), local_state(whole, server)]
         workloads = {
-            "throughput": lambda: throughput_gbps(client, server, seconds),
-            "rr": lambda: tool_rate(client, tool, "rr", server, seconds),
-            "crr": lambda: tool_rate(client, tool, "crr", server, seconds, "4"),
+            "throughput": lambda: throughput_gbps(client, server, seconds, family),
+            "rr": lambda: tool_rate(client, tool, "rr", server, seconds, family),
+            "crr": lambda: tool_rate(client, tool, "crr", server, seconds, family, "4"),
         }
         results: dict[str, dict[str, list[float]]] = {
             setup: {w: [] for w in workloads} for setup in ("baseline", "agent")
@@ -104,11 +111,16 @@ def main(argv: list[str] | None = None) -> int:
         spread = {f"agent_{unit}_min": min(agent[key]), f"agent_{unit}_max": max(agent[key])}
         print(
             bench_line(
-                name, {f"baseline_{unit}": b, f"agent_{unit}": a, **spread}, ratio=a / b if b else None
+                name + suffix,
+                {f"baseline_{unit}": b, f"agent_{unit}": a, **spread},
+                ratio=a / b if b else None,
             )
         )
     print(
-        bench_line("datapath_cross_node_run", {"rounds": rounds, "seconds_per_test": seconds, "drops": drops})
+        bench_line(
+            "datapath_cross_node_run" + suffix,
+            {"rounds": rounds, "seconds_per_test": seconds, "drops": drops},
+        )
     )
     return 0 if drops == 0 else 1
 

@@ -717,8 +717,9 @@ def kernel_phases_with(args: argparse.Namespace, mode: str) -> None:
                 ],
                 check=True,
             )
-            spray = topo.add_pod("spray", SPRAY_IP)
-            topo.add_pod("sink", SINK_IP)
+            # IPv4-only pods (the node has IPv6 off): the figures count every flow event exactly.
+            spray = topo.add_pod("spray", SPRAY_IP, ipv6=False)
+            topo.add_pod("sink", SINK_IP, ipv6=False)
             for pod in topo.pods.values():
                 pod.run("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", check=True)
             (tmp / "manifests").mkdir()

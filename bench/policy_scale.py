@@ -361,8 +361,10 @@ def iptables_comparison(*, quick: bool) -> int:
                 compiler.load(
                     namespaces=[Namespace("bench")],
                     pods=[
-                        Pod("bench", "client", frozenset({("app", "client")}), client.ip),
-                        Pod("bench", "server", frozenset({("app", "server")}), server.ip),
+                        # Dual-stack pods: the agent must know both addresses (an undeclared IPv6
+                        # source is spoofed); the measured traffic is IPv4, as iptables' rules are.
+                        Pod("bench", "client", frozenset({("app", "client")}), client.ip, ipv6=client.ipv6),
+                        Pod("bench", "server", frozenset({("app", "server")}), server.ip, ipv6=server.ipv6),
                     ],
                     policies=[policy],
                     local=[(("bench", "server"), LocalEndpoint(2, server.ifindex))],

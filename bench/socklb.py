@@ -10,8 +10,10 @@ A client pod connects (tcpbench crr: connect, 1-byte request/response, close) an
 At 100, 1,000 and 10,000 Services (the others point at the same backend), ours is one hash lookup per
 connect; kube-proxy's first packet walks the KUBE-SERVICES list.
 Sockmap acceleration: iperf3 between two pods with the splice on and off, 1, 16 and 128 KiB writes.
+The pods are dual-stack; `--family ipv6` runs everything over IPv6 (IPv6 ClusterIPs through the connect6
+hook, ip6tables for kube-proxy's rules, IPv6 sockets spliced), and its lines carry an `_ipv6` suffix.
 
-    .venv/bin/python bench/socklb.py [--quick]
+    .venv/bin/python bench/socklb.py [--quick] [--family ipv6]
 
 Prints BENCH lines (ratio = socklb / direct for the plain runs).
 """
@@ -27,7 +29,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 from meshagent.datapath.socklb import SocketLB, cgroup2_mount
@@ -40,26 +42,44 @@ ECHO_PORT = 5201
 SERVICE_PORT = 80
 SCALES = (100, 1000, 10000)
 BASE_VIP = int(IPv4Address("10.96.0.0"))
+BASE_VIP6 = int(IPv6Address("fd00:10:96::"))  # a Service CIDR of a dual-stack cluster's IPv6 family
+
+Address = IPv4Address | IPv6Address
 
 
-def vip(index: int) -> IPv4Address:
+def vip(index: int, family: str = "ipv4") -> Address:
+    if family == "ipv6":
+        return IPv6Address(BASE_VIP6 + 10 + index)
     return IPv4Address(BASE_VIP + 10 + index)
 
 
-def kube_proxy_rules(count: int, backend: IPv4Address) -> str:
-    """iptables-restore input shaped like kube-proxy's iptables mode for `count` one-endpoint Services."""
+def address_of(pod: Pod, family: str) -> Address:
+    if family == "ipv6":
+        if pod.ipv6 is None:
+            raise ValueError(f"pod {pod.name} has no IPv6 address")
+        return pod.ipv6
+    return pod.ip
+
+
+def kube_proxy_rules(count: int, backend: Address) -> str:
+    """iptables-restore input shaped like kube-proxy's iptables mode for `count` one-endpoint Services
+    (ip6tables-restore input for an IPv6 backend: the same rules, /128 and a bracketed destination)."""
+    ipv6 = isinstance(backend, IPv6Address)
+    family = "ipv6" if ipv6 else "ipv4"
+    host = 128 if ipv6 else 32
+    destination = f"[{backend}]:{ECHO_PORT}" if ipv6 else f"{backend}:{ECHO_PORT}"
     lines = ["*nat", ":KUBE-SERVICES - [0:0]"]
     for index in range(count):
         lines += [f":KUBE-SVC-{index} - [0:0]", f":KUBE-SEP-{index} - [0:0]"]
     lines.append("-A OUTPUT -m comment --comment kubernetes-services -j KUBE-SERVICES")
     for index in range(count):
         lines.append(
-            f"-A KUBE-SERVICES -d {vip(index)}/32 -p tcp -m comment --comment svc-{index} "
+            f"-A KUBE-SERVICES -d {vip(index, family)}/{host} -p tcp -m comment --comment svc-{index} "
             f"-m tcp --dport {SERVICE_PORT} -j KUBE-SVC-{index}"
         )
     for index in range(count):
         lines.append(f"-A KUBE-SVC-{index} -j KUBE-SEP-{index}")
-        lines.append(f"-A KUBE-SEP-{index} -p tcp -m tcp -j DNAT --to-destination {backend}:{ECHO_PORT}")
+        lines.append(f"-A KUBE-SEP-{index} -p tcp -m tcp -j DNAT --to-destination {destination}")
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
 
@@ -73,7 +93,7 @@ def _in_cgroup(cgroup: Path) -> Callable[[], None]:
 
 
 def rate(
-    client: Pod, tool: Path, mode: str, ip: IPv4Address, port: int, seconds: float, cgroup: Path | None
+    client: Pod, tool: Path, mode: str, ip: Address, port: int, seconds: float, cgroup: Path | None
 ) -> float:
     argv = client.argv(str(tool), mode, str(ip), str(port), str(seconds), *(["2"] if mode == "crr" else []))
     result = subprocess.run(
@@ -90,7 +110,9 @@ def rate(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short rounds, for a smoke run")
+    parser.add_argument("--family", choices=("ipv4", "ipv6"), default="ipv4", help="address family measured")
     args = parser.parse_args(argv)
+    family = args.family
     seconds = 1.0 if args.quick else 3.0
     rounds = 1 if args.quick else 5
     tool = build_tcpbench()
@@ -108,10 +130,10 @@ def main(argv: list[str] | None = None) -> int:
             lb.load()
             lb.attach()
             try:
-                results = run(lb, client, server, tool, seconds, rounds, cgroup)
-                results += sockmap(client, server, seconds, rounds, cgroup)
+                results = run(lb, client, server, tool, seconds, rounds, cgroup, family)
+                results += sockmap(client, server, seconds, rounds, cgroup, family)
             finally:
-                client.run("iptables", "-t", "nat", "-F")
+                client.run(iptables_command(family), "-t", "nat", "-F")
                 echo.kill()
                 echo.wait()
     finally:
@@ -126,19 +148,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def entries(count: int, backend: IPv4Address) -> dict[Frontend, LBEntry]:
+def iptables_command(family: str) -> str:
+    return "ip6tables" if family == "ipv6" else "iptables"
+
+
+def entries(count: int, backend: Address) -> dict[Frontend, LBEntry]:
+    family = "ipv6" if isinstance(backend, IPv6Address) else "ipv4"
     out = {}
     for index in range(count):
-        frontend = Frontend(vip(index), SERVICE_PORT, Protocol.TCP)
+        frontend = Frontend(vip(index, family), SERVICE_PORT, Protocol.TCP)
         out[frontend] = LBEntry(frontend, (LBBackend(backend, ECHO_PORT, 1),))
     return out
 
 
 def run(
-    lb: SocketLB, client: Pod, server: Pod, tool: Path, seconds: float, rounds: int, cgroup: Path
+    lb: SocketLB, client: Pod, server: Pod, tool: Path, seconds: float, rounds: int, cgroup: Path, family: str
 ) -> list[str]:
     lines = []
-    lb.apply(entries(1, server.ip))
+    suffix = "_ipv6" if family == "ipv6" else ""
+    backend = address_of(server, family)
+    lb.apply(entries(1, backend))
     figures: dict[str, list[float]] = {k: [] for k in ("direct_crr", "lb_crr", "direct_rr", "lb_rr")}
     for round_index in range(rounds):
         order = ("direct", "lb") if round_index % 2 == 0 else ("lb", "direct")
@@ -146,11 +175,11 @@ def run(
             for setup in order:
                 if setup == "direct":
                     figures[f"direct_{kind}"].append(
-                        rate(client, tool, kind, server.ip, ECHO_PORT, seconds, None)
+                        rate(client, tool, kind, backend, ECHO_PORT, seconds, None)
                     )
                 else:
                     figures[f"lb_{kind}"].append(
-                        rate(client, tool, kind, vip(0), SERVICE_PORT, seconds, cgroup)
+                        rate(client, tool, kind, vip(0, family), SERVICE_PORT, seconds, cgroup)
                     )
     for kind in ("crr", "rr"):
         direct, ours = median(figures[f"direct_{kind}"]), median(figures[f"lb_{kind}"])
@@ -160,31 +189,32 @@ def run(
             [b / a for a, b in zip(figures[f"direct_{kind}"], figures[f"lb_{kind}"], strict=True)]
         )
         name = "socklb_connection_rate" if kind == "crr" else "socklb_request_response"
-        lines.append(bench_line(name, {"direct_per_s": direct, "vip_per_s": ours}, ratio=paired))
-    if shutil.which("iptables-restore") is None:
+        lines.append(bench_line(name + suffix, {"direct_per_s": direct, "vip_per_s": ours}, ratio=paired))
+    iptables = iptables_command(family)
+    if shutil.which(f"{iptables}-restore") is None:
         # Not installed by scripts/install.sh; the comparison needs Debian's `iptables` package.
-        lines.append("BENCH socklb_vs_iptables skipped=1 (iptables-restore not installed)")
+        lines.append(f"BENCH socklb_vs_iptables{suffix} skipped=1 ({iptables}-restore not installed)")
         return lines
     for count in SCALES:
-        last = vip(count - 1)  # the Service kube-proxy's list reaches last
-        lb.apply(entries(count, server.ip))
-        rules = kube_proxy_rules(count, server.ip)
+        last = vip(count - 1, family)  # the Service kube-proxy's list reaches last
+        lb.apply(entries(count, backend))
+        rules = kube_proxy_rules(count, backend)
         ours_runs, theirs_runs = [], []
         for _ in range(rounds):
             # Alternate, and never both at once: a node with our load-balancer has no kube-proxy rules.
             ours_runs.append(rate(client, tool, "crr", last, SERVICE_PORT, seconds, cgroup))
             restore = subprocess.run(
-                client.argv("iptables-restore"), input=rules, text=True, capture_output=True, timeout=600
+                client.argv(f"{iptables}-restore"), input=rules, text=True, capture_output=True, timeout=600
             )
             if restore.returncode != 0:
-                raise RuntimeError(f"iptables-restore: {restore.stderr.strip()}")
+                raise RuntimeError(f"{iptables}-restore: {restore.stderr.strip()}")
             theirs_runs.append(rate(client, tool, "crr", last, SERVICE_PORT, seconds, None))
-            client.run("iptables", "-t", "nat", "-F")
-            client.run("iptables", "-t", "nat", "-X")
+            client.run(iptables, "-t", "nat", "-F")
+            client.run(iptables, "-t", "nat", "-X")
         ours, theirs = median(ours_runs), median(theirs_runs)
         lines.append(
             bench_line(
-                f"socklb_vs_iptables_crr_{count}_services",
+                f"socklb_vs_iptables_crr_{count}_services{suffix}",
                 {"socklb_per_s": ours, "iptables_per_s": theirs},
                 ratio=ours / theirs,
             )
@@ -193,9 +223,9 @@ def run(
     return lines
 
 
-def iperf_gbps(client: Pod, server: Pod, port: int, size: int, seconds: float, cgroup: Path) -> float:
+def iperf_gbps(client: Pod, server: Address, port: int, size: int, seconds: float, cgroup: Path) -> float:
     argv = client.argv(
-        "iperf3", "-c", str(server.ip), "-p", str(port), "-t", str(seconds), "-l", str(size), "-J"
+        "iperf3", "-c", str(server), "-p", str(port), "-t", str(seconds), "-l", str(size), "-J"
     )
     result = subprocess.run(
         argv, capture_output=True, text=True, timeout=seconds + 30, preexec_fn=_in_cgroup(cgroup)
@@ -203,8 +233,10 @@ def iperf_gbps(client: Pod, server: Pod, port: int, size: int, seconds: float, c
     return float(json.loads(result.stdout)["end"]["sum_received"]["bits_per_second"]) / 1e9
 
 
-def sockmap(client: Pod, server: Pod, seconds: float, rounds: int, plain: Path) -> list[str]:
+def sockmap(client: Pod, server: Pod, seconds: float, rounds: int, plain: Path, family: str) -> list[str]:
     """iperf3 between two pods of a cgroup with the splice (on) and of one without (off)."""
+    suffix = "_ipv6" if family == "ipv6" else ""
+    address = address_of(server, family)
     accel_cgroup = cgroup2_mount() / f"meshagent-lbaccel-{uuid.uuid4().hex[:8]}"
     accel_cgroup.mkdir()
     pin_dir = Path("/sys/fs/bpf") / f"meshagent-lbaccel-{uuid.uuid4().hex[:8]}"
@@ -217,7 +249,7 @@ def sockmap(client: Pod, server: Pod, seconds: float, rounds: int, plain: Path) 
         for port, cgroup in ((5301, accel_cgroup), (5302, plain)):
             servers.append(
                 subprocess.Popen(
-                    server.argv("iperf3", "-s", "-B", str(server.ip), "-p", str(port)),
+                    server.argv("iperf3", "-s", "-B", str(address), "-p", str(port)),
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                     preexec_fn=_in_cgroup(cgroup),
@@ -227,17 +259,19 @@ def sockmap(client: Pod, server: Pod, seconds: float, rounds: int, plain: Path) 
         for size in (1024, 16384, 131072):
             on, off = [], []
             for _ in range(rounds):
-                on.append(iperf_gbps(client, server, 5301, size, seconds, accel_cgroup))
-                off.append(iperf_gbps(client, server, 5302, size, seconds, plain))
+                on.append(iperf_gbps(client, address, 5301, size, seconds, accel_cgroup))
+                off.append(iperf_gbps(client, address, 5302, size, seconds, plain))
             lines.append(
                 bench_line(
-                    f"sockmap_tcp_{size // 1024}k_writes",
+                    f"sockmap_tcp_{size // 1024}k_writes{suffix}",
                     {"off_gbps": median(off), "on_gbps": median(on)},
                     ratio=median(on) / median(off),
                 )
             )
         lines.append(
-            bench_line("sockmap_redirected_messages", {"count": accel.accel_counters()["redirected"]})
+            bench_line(
+                f"sockmap_redirected_messages{suffix}", {"count": accel.accel_counters()["redirected"]}
+            )
         )
     finally:
         for process in servers:

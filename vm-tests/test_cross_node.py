@@ -201,7 +201,9 @@ def cluster_of_two(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoNode
                     [
                         cluster.manifests(),
                         *(
-                            pod_manifest(name, NAMESPACE, pod.ip, {"app": name}, node=node_of[name])
+                            pod_manifest(
+                                name, NAMESPACE, pod.ip, {"app": name}, node=node_of[name], ipv6=pod.ipv6
+                            )
                             for name, pod in pods.items()
                         ),
                     ]

@@ -91,9 +91,12 @@ def start_agent(topo: Topology, tmp_path: Path, **settings: Any) -> Agent:
     return agent
 
 
-def allowed(client: Pod, server: Pod, port: int) -> bool:
+def allowed(client: Pod, server: Pod, port: int, *, ipv6: bool = False) -> bool:
+    """One TCP exchange to the server's IPv4 address (or its IPv6 one) went through."""
+    address = server.ipv6 if ipv6 else server.ip
+    assert address is not None, f"pod {server.name} has no IPv6 address"
     # A loaded 2-core machine can take a good part of a second to answer even an allowed exchange.
-    return bool(client.probe("tcp", server.ip, port, timeout=1.0)["ok"])
+    return bool(client.probe("tcp", address, port, timeout=1.0)["ok"])
 
 
 def test_directory_drives_enforcement_flows_and_metrics(
@@ -106,9 +109,9 @@ def test_directory_drives_enforcement_flows_and_metrics(
     (manifests / "pods.yaml").write_text(
         "---\n".join(
             [
-                pod_manifest("web", "shop", web.ip, {"app": "web"}),
-                pod_manifest("db", "shop", db.ip, {"app": "db"}),
-                pod_manifest("other", "shop", other.ip, {"app": "other"}),
+                pod_manifest("web", "shop", web.ip, {"app": "web"}, ipv6=web.ipv6),
+                pod_manifest("db", "shop", db.ip, {"app": "db"}, ipv6=db.ipv6),
+                pod_manifest("other", "shop", other.ip, {"app": "other"}, ipv6=other.ipv6),
             ]
         )
     )
@@ -121,6 +124,10 @@ def test_directory_drives_enforcement_flows_and_metrics(
         assert allowed(web, db, 80)
         assert not allowed(web, db, 81)
         assert not allowed(other, db, 80)
+        # The pods are dual-stack: the same policy decides on their IPv6 addresses.
+        assert allowed(web, db, 80, ipv6=True)
+        assert not allowed(web, db, 81, ipv6=True)
+        assert not allowed(other, db, 80, ipv6=True)
 
         # Edit the policy file: port 81 opens, within the stated time, without restarting anything.
         (manifests / "policy.yaml").write_text(db_policy("[{port: 80}, {port: 81}]"))
@@ -231,14 +238,16 @@ def test_kubernetes_api_drives_enforcement_and_reports_rejections(
     try:
         emulator.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}})
         for pod, labels in ((web, {"app": "web"}), (db, {"app": "db"}), (other, {"app": "other"})):
-            emulator.apply(yaml.safe_load(pod_manifest(pod.name, "shop", pod.ip, labels)))
+            emulator.apply(yaml.safe_load(pod_manifest(pod.name, "shop", pod.ip, labels, ipv6=pod.ipv6)))
         emulator.apply(yaml.safe_load(db_policy("[{port: 80}]")))
         agent = start_agent(topo, tmp_path, api_server=emulator.url)
         try:
             assert allowed(web, db, 80)
             assert not allowed(other, db, 80)
             # Relabel "other" as web through the API: it is let in.
-            emulator.apply(yaml.safe_load(pod_manifest("other", "shop", other.ip, {"app": "web"})))
+            emulator.apply(
+                yaml.safe_load(pod_manifest("other", "shop", other.ip, {"app": "web"}, ipv6=other.ipv6))
+            )
             assert eventually(lambda: allowed(other, db, 80)) is not None
             # An invalid policy is rejected, and a Kubernetes Event says why.
             bad = yaml.safe_load(db_policy("[{port: 80, endPort: 70}]"))

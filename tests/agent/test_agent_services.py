@@ -66,8 +66,8 @@ def test_services_from_manifests_translate_and_show_in_flows(cgroup: Path, tmp_p
         (manifests / "pods.yaml").write_text(
             "---\n".join(
                 [
-                    pod_manifest("client", "default", client.ip, {"app": "client"}),
-                    pod_manifest("backend", "default", backend.ip, {"app": "web"}),
+                    pod_manifest("client", "default", client.ip, {"app": "client"}, ipv6=client.ipv6),
+                    pod_manifest("backend", "default", backend.ip, {"app": "web"}, ipv6=backend.ipv6),
                 ]
             )
         )

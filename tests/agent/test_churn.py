@@ -12,12 +12,13 @@ import sys
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any
 
 import pytest
 from meshagent.datapath import tc
-from meshagent.testing.topology import Pod, Topology
+from meshagent.testing.topology import Pod, Topology, derived_ipv6_of
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.agent.test_agent_e2e import allowed, db_policy, eventually, pod_manifest, start_agent
@@ -27,6 +28,11 @@ from tests.sources.k8s_emulator import KubeEmulator
 pytestmark = pytest.mark.kernel
 
 ADDRESSES = {"web": "10.244.9.10", "db": "10.244.9.20", "other": "10.244.9.30"}
+
+
+def _ipv6(name: str) -> IPv6Address:
+    """The IPv6 address the topology gives the pod by default (its manifest must list it too)."""
+    return derived_ipv6_of(IPv4Address(ADDRESSES[name]))
 
 
 def _add_pods(topo: Topology, names: tuple[str, ...]) -> dict[str, Pod]:
@@ -41,7 +47,10 @@ def _write_cluster(manifests: Path, names: tuple[str, ...]) -> None:
         "---\n".join(
             [
                 "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n",
-                *(pod_manifest(name, "shop", ADDRESSES[name], {"app": name}) for name in names),
+                *(
+                    pod_manifest(name, "shop", ADDRESSES[name], {"app": name}, ipv6=_ipv6(name))
+                    for name in names
+                ),
             ]
         )
     )
@@ -223,7 +232,9 @@ def test_attach_failure_is_a_kubernetes_event_on_the_pod(tmp_path: Path) -> None
         )
         emulator.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}})
         for name in ("web", "db", "other"):
-            emulator.apply(yaml.safe_load(pod_manifest(name, "shop", ADDRESSES[name], {"app": name})))
+            emulator.apply(
+                yaml.safe_load(pod_manifest(name, "shop", ADDRESSES[name], {"app": name}, ipv6=_ipv6(name)))
+            )
         emulator.apply(yaml.safe_load(db_policy("[{port: 80}]")))
         agent = start_agent(topo, tmp_path, api_server=emulator.url)
         try:

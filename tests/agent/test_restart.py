@@ -103,7 +103,10 @@ def cluster(tmp_path: Path) -> Iterator[tuple[Topology, dict[str, Pod], Path]]:
             "---\n".join(
                 [
                     "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n",
-                    *(pod_manifest(name, "shop", pod.ip, {"app": name}) for name, pod in pods.items()),
+                    *(
+                        pod_manifest(name, "shop", pod.ip, {"app": name}, ipv6=pod.ipv6)
+                        for name, pod in pods.items()
+                    ),
                 ]
             )
         )

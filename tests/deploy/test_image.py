@@ -171,7 +171,9 @@ def cluster_objects(pods: dict[str, Pod]) -> list[dict[str, object]]:
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}
     ]
     for name, pod in pods.items():
-        objects.append(yaml.safe_load(pod_manifest(name, "shop", pod.ip, {"app": name}, node=NODE)))
+        objects.append(
+            yaml.safe_load(pod_manifest(name, "shop", pod.ip, {"app": name}, node=NODE, ipv6=pod.ipv6))
+        )
     objects.append(yaml.safe_load(db_policy("[{port: 80}]")))
     return objects
 

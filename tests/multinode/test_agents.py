@@ -64,7 +64,7 @@ def cluster_of_two(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running
                     "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n",
                     cluster.manifests(),
                     *(
-                        pod_manifest(name, "shop", pod.ip, {"app": name}, node=placed[name])
+                        pod_manifest(name, "shop", pod.ip, {"app": name}, node=placed[name], ipv6=pod.ipv6)
                         for name, pod in pods.items()
                     ),
                 ]
@@ -89,8 +89,11 @@ def two_nodes(cluster_of_two: Running) -> Running:
     return cluster_of_two
 
 
-def allowed(client: Pod, server: Pod, port: int) -> bool:
-    return bool(client.probe("tcp", server.ip, port, timeout=1.0)["ok"])
+def allowed(client: Pod, server: Pod, port: int, *, ipv6: bool = False) -> bool:
+    """One TCP exchange to the server's IPv4 address (or its IPv6 one) went through."""
+    address = server.ipv6 if ipv6 else server.ip
+    assert address is not None, f"pod {server.name} has no IPv6 address"
+    return bool(client.probe("tcp", address, port, timeout=1.0)["ok"])
 
 
 def from_node(running: Running, node: int, server: Pod, port: int) -> bool:
@@ -117,6 +120,10 @@ def test_policy_across_nodes_and_the_node_as_host(two_nodes: Running) -> None:
     assert allowed(web, db, 80)
     assert not allowed(web, db, 81), "db's ingress (enforced on node-2) admits port 80 only"
     assert not allowed(other, db, 80), "other is not web, though it shares web's node"
+    # The pods are dual-stack: across the underlay's IPv6 network the same policy decides.
+    assert allowed(web, db, 80, ipv6=True)
+    assert not allowed(web, db, 81, ipv6=True)
+    assert not allowed(other, db, 80, ipv6=True)
     # The Node objects tell each agent its own InternalIP: db's node is its host, the other node is not.
     assert from_node(two_nodes, 1, db, 81)
     assert not from_node(two_nodes, 0, db, 80)
@@ -242,7 +249,11 @@ def test_one_api_server_feeds_the_agents_of_both_nodes(tmp_path: Path) -> None:
                 (other, {"app": "other"}, first.name),
                 (db, {"app": "db"}, second.name),
             ):
-                emulator.apply(yaml.safe_load(pod_manifest(pod.name, "shop", pod.ip, labels, node=node_name)))
+                emulator.apply(
+                    yaml.safe_load(
+                        pod_manifest(pod.name, "shop", pod.ip, labels, node=node_name, ipv6=pod.ipv6)
+                    )
+                )
             emulator.apply(yaml.safe_load(POLICY))
             agents = [NodeAgent(node, tmp_path, api_server=emulator.url) for node in cluster.nodes]
             try:
@@ -250,7 +261,11 @@ def test_one_api_server_feeds_the_agents_of_both_nodes(tmp_path: Path) -> None:
                 assert allowed(web, db, 80)
                 assert not allowed(other, db, 80)
                 emulator.apply(
-                    yaml.safe_load(pod_manifest("other", "shop", other.ip, {"app": "web"}, node=first.name))
+                    yaml.safe_load(
+                        pod_manifest(
+                            "other", "shop", other.ip, {"app": "web"}, node=first.name, ipv6=other.ipv6
+                        )
+                    )
                 )
                 assert seconds_until(lambda: allowed(other, db, 80), 10, interval=0.2) is not None
             finally:

@@ -92,7 +92,9 @@ def services(tmp_path: Path) -> Iterator[ServiceCluster]:
                     [
                         cluster.manifests(),
                         *(
-                            pod_manifest(name, "default", pod.ip, {"app": name}, node=placed[name])
+                            pod_manifest(
+                                name, "default", pod.ip, {"app": name}, node=placed[name], ipv6=pod.ipv6
+                            )
                             for name, pod in pods.items()
                         ),
                     ]

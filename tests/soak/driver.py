@@ -25,7 +25,7 @@ import time
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +54,17 @@ def namespace_obj(name: str, team: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": {"team": team}}}
 
 
-def pod_obj(namespace: str, name: str, ip: IPv4Address, app: str) -> dict[str, Any]:
+def pod_obj(
+    namespace: str, name: str, ip: IPv4Address, app: str, ipv6: IPv6Address | None = None
+) -> dict[str, Any]:
+    """A Running pod; a dual-stack one lists both its addresses in status.podIPs, as the API server does."""
+    addresses = [str(ip), *([str(ipv6)] if ipv6 is not None else [])]
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "namespace": namespace, "labels": {"app": app}},
         "spec": {"nodeName": NODE, "containers": [{"name": "main", "image": "app"}]},
-        "status": {"podIP": str(ip), "phase": "Running"},
+        "status": {"podIP": str(ip), "podIPs": [{"ip": a} for a in addresses], "phase": "Running"},
     }
 
 
@@ -265,7 +269,7 @@ class Soak:
         pod = self.topo.add_pod(f"{namespace[:2]}{name}", ip)
         pod.serve(tcp=(PORT, PORT + 1))
         self.pods[(namespace, name)] = pod
-        self.put(pod_obj(namespace, name, ip, self.rng.choice(APPS)))
+        self.put(pod_obj(namespace, name, ip, self.rng.choice(APPS), ipv6=pod.ipv6))
 
     def delete_pod(self, key: tuple[str, str]) -> None:
         self.remove("Pod", *key)

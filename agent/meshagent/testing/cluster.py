@@ -5,7 +5,7 @@
                      route), plus `ul0` on the underlay with the node's InternalIP, its pods inside its
                      own pod CIDR, and one route per other node: that node's pod CIDR via its InternalIP.
                      Dual-stack: every node has an IPv6 InternalIP and IPv6 pod CIDR too, routed the
-                     same way; a pod gets an IPv6 address when asked for one.
+                     same way; every pod gets an IPv6 address too, inside its node's IPv6 pod CIDR.
 
 Traffic between pods of different nodes is plainly routed across the underlay (no tunnel, no NAT), as in
 a cluster whose nodes share a layer-2 network. Routes to local pods carry `src <InternalIP>`, so what the
@@ -80,20 +80,35 @@ class ClusterNode:
             raise ValueError(f"node {self.name}: pod CIDR {self.pod_cidr} is full")
         return self.pod_cidr.network_address + host
 
+    def ipv6_of(self, ip: IPv4Address) -> IPv6Address:
+        """The IPv6 address a pod with IPv4 address `ip` gets by default: the same host number in the
+        node's IPv6 pod CIDR (10.244.1.10 -> fd00:10:244:1::a), so both are told apart the same way."""
+        return self.pod_cidr6.network_address + (int(ip) - int(self.pod_cidr.network_address))
+
     def add_pod(
-        self, name: str, ip: str | IPv4Address | None = None, *, ipv6: str | IPv6Address | None = None
+        self, name: str, ip: str | IPv4Address | None = None, *, ipv6: str | IPv6Address | bool = True
     ) -> Pod:
-        """A pod on this node; its address comes from the node's pod CIDR unless given (it must be inside,
-        since other nodes route to this node by that CIDR), and so must an IPv6 one."""
+        """A dual-stack pod on this node; its address comes from the node's pod CIDR unless given (it must
+        be inside, since other nodes route to this node by that CIDR), and so must an IPv6 one. `ipv6`
+        True derives that from the IPv4 address (ipv6_of), False leaves the pod IPv4-only."""
         address = IPv4Address(str(ip)) if ip is not None else self.next_pod_ip()
         if address not in self.pod_cidr:
             raise ValueError(f"pod {name}: {address} is outside node {self.name}'s pod CIDR {self.pod_cidr}")
-        if ipv6 is not None and IPv6Address(str(ipv6)) not in self.pod_cidr6:
-            raise ValueError(f"pod {name}: {ipv6} is outside node {self.name}'s pod CIDR {self.pod_cidr6}")
-        pod = self.topology.add_pod(name, address, ipv6=None if ipv6 is None else str(ipv6))
-        if ipv6 is not None:
-            _ip("-6", "route", "replace", f"{ipv6}/128", "dev", pod.host_ifname, "src", str(self.address6),
-                netns=self.netns)  # fmt: skip
+        address6: IPv6Address | None
+        if ipv6 is True:
+            address6 = self.ipv6_of(address)
+        elif ipv6 is False:
+            address6 = None
+        else:
+            address6 = IPv6Address(str(ipv6))
+            if address6 not in self.pod_cidr6:
+                raise ValueError(
+                    f"pod {name}: {address6} is outside node {self.name}'s pod CIDR {self.pod_cidr6}"
+                )
+        pod = self.topology.add_pod(name, address, ipv6=address6 if address6 is not None else False)
+        if address6 is not None:
+            _ip("-6", "route", "replace", f"{address6}/128", "dev", pod.host_ifname, "src",
+                str(self.address6), netns=self.netns)  # fmt: skip
         _ip(
             "route",
             "replace",

@@ -4,7 +4,9 @@
                    and its default route is `unreachable`: nothing in it can reach the real network.
     pod netns    : one per pod, `eth0` with the pod's /32 and a default route via 169.254.1.1, an
                    address of the node's loopback that every host-side veth answers ARP for (routed
-                   veths, one /32 route per pod in the node, as Calico and Cilium do).
+                   veths, one /32 route per pod in the node, as Calico and Cilium do). Dual-stack by
+                   default: the pod also gets an IPv6 /128 (derived from its IPv4 address unless given)
+                   with a default route via fe80::1, which every host-side veth holds.
 
 Everything is deleted by close() (also on failure: use it as a context manager). Names carry a per-run
 prefix so that runs never collide with one another or with anything else on the machine.
@@ -19,13 +21,21 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Any
 
 GATEWAY = "169.254.1.1"
 GATEWAY6 = "fe80::1"  # the pods' IPv6 gateway: a link-local address on every host-side veth
+# Where a pod's IPv6 address comes from when none is given: its IPv4 address in the last 32 bits, so
+# that distinct IPv4 addresses give distinct IPv6 ones and a reader can tell which pod an address is.
+DERIVED_POD_NETWORK6 = IPv6Network("fd00:64::/96")
 _counter = itertools.count()
+
+
+def derived_ipv6_of(ip: IPv4Address) -> IPv6Address:
+    """The IPv6 address a pod with IPv4 address `ip` gets when its caller names none."""
+    return DERIVED_POD_NETWORK6.network_address + int(ip)
 
 
 def _ip(*args: str, netns: str | None = None) -> str:
@@ -38,6 +48,15 @@ def _ip(*args: str, netns: str | None = None) -> str:
 
 def _sysctl(netns: str, key: str, value: str) -> None:
     subprocess.run(["ip", "netns", "exec", netns, "sysctl", "-qw", f"{key}={value}"], check=True)
+
+
+def _no_duplicate_address_detection(netns: str) -> None:
+    """Interfaces made in `netns` from now on use their IPv6 link-local addresses at once. With the
+    kernel's duplicate detection, a new veth's link-local address stays tentative for a second or more,
+    and until then neighbour discovery (for the pod's gateway, or across the underlay) cannot start: a
+    pod's first IPv6 connection would stall. Every address here is ours; none can be a duplicate."""
+    _sysctl(netns, "net.ipv6.conf.default.accept_dad", "0")
+    _sysctl(netns, "net.ipv6.conf.all.accept_dad", "0")
 
 
 @dataclass
@@ -149,6 +168,14 @@ class Pod:
         self.servers.clear()
 
 
+def _ipv6_for(ip: IPv4Address, ipv6: str | IPv6Address | bool) -> IPv6Address | None:
+    if ipv6 is True:
+        return derived_ipv6_of(ip)
+    if ipv6 is False:
+        return None
+    return IPv6Address(str(ipv6))
+
+
 class Topology:
     """A node namespace with pods; use as a context manager so it is always torn down."""
 
@@ -179,18 +206,28 @@ class Topology:
         _ip("route", "add", "unreachable", "default", netns=self.node)
         _ip("-6", "route", "add", "unreachable", "default", netns=self.node)
         _sysctl(self.node, "net.ipv6.conf.all.forwarding", "1")
+        _no_duplicate_address_detection(self.node)
 
     def add_pod(
-        self, name: str, ip: str | IPv4Address, *, ifindex: int | None = None, ipv6: str | None = None
+        self,
+        name: str,
+        ip: str | IPv4Address,
+        *,
+        ifindex: int | None = None,
+        ipv6: str | IPv6Address | bool = True,
     ) -> Pod:
-        """A pod with one address (and an IPv6 one if `ipv6` is given); `ifindex` asks for that number for
-        its host-side veth (to make an interface that takes a deleted one's number, as the kernel may do
-        on its own)."""
+        """A dual-stack pod: its IPv4 address and an IPv6 one, `ipv6` if it is an address, derived from
+        the IPv4 address if it is True (derived_ipv6_of), none if it is False (an IPv4-only pod, for the
+        tests that need one). `ifindex` asks for that number for its host-side veth (to make an interface
+        that takes a deleted one's number, as the kernel may do on its own)."""
+        address = IPv4Address(str(ip))
+        address6 = _ipv6_for(address, ipv6)
         index = next(self._index)
         netns = f"{self.prefix}-{name}"
         host_ifname = f"{self.prefix[:9]}h{index}"[:15]
         _ip("netns", "add", netns)
         try:
+            _no_duplicate_address_detection(netns)
             _ip(
                 "link",
                 "add",
@@ -214,13 +251,13 @@ class Topology:
             _sysctl(self.node, f"net.ipv4.conf.{host_ifname}.rp_filter", "0")
             _ip("link", "set", host_ifname, "up", netns=self.node)
             _ip("route", "add", f"{ip}/32", "dev", host_ifname, netns=self.node)
-            if ipv6 is not None:
+            if address6 is not None:
                 # Routed like IPv4: a /128 per pod on the node, the pod's default via a link-local
                 # gateway that the host-side veth holds. No duplicate detection: the addresses are ours.
                 _ip("-6", "addr", "add", f"{GATEWAY6}/64", "dev", host_ifname, "nodad", netns=self.node)
-                _ip("-6", "addr", "add", f"{ipv6}/128", "dev", "eth0", "nodad", netns=netns)
+                _ip("-6", "addr", "add", f"{address6}/128", "dev", "eth0", "nodad", netns=netns)
                 _ip("-6", "route", "add", "default", "via", GATEWAY6, "dev", "eth0", netns=netns)
-                _ip("-6", "route", "add", f"{ipv6}/128", "dev", host_ifname, netns=self.node)
+                _ip("-6", "route", "add", f"{address6}/128", "dev", host_ifname, netns=self.node)
             info = json.loads(_ip("-j", "link", "show", host_ifname, netns=self.node))
         except Exception:
             subprocess.run(["ip", "netns", "del", netns], capture_output=True)
@@ -228,10 +265,10 @@ class Topology:
         pod = Pod(
             name=name,
             netns=netns,
-            ip=IPv4Address(str(ip)),
+            ip=address,
             host_ifname=host_ifname,
             ifindex=int(info[0]["ifindex"]),
-            ipv6=IPv6Address(ipv6) if ipv6 is not None else None,
+            ipv6=address6,
         )
         self.pods[name] = pod
         return pod
