@@ -121,6 +121,9 @@ class IdentityAllocator:
             data = json.loads(path.read_text())
             for space, name in ((self._labels, "labels"), (self._cidrs, "cidrs")):
                 for key, number in data.get(name, {}).items():
+                    if space is self._cidrs and isinstance(number, int) and space.last < number < 1 << 32:
+                        # Written before IDENTITY_FAMILY6_BIT was reserved: derived again, in range.
+                        continue
                     if not isinstance(number, int) or not space.first <= number <= space.last:
                         raise ValueError(f"identity {number!r} for {key!r} out of range")
                     space.by_key[key] = number
