@@ -1,6 +1,7 @@
 """IPv6 policy enforcement with real packets between dual-stack and IPv6-only pods: the same policy
-entries judge both families (identities do not depend on the family), the pod's own IPv6 address is the
-only source it may use, and neighbour discovery keeps working under policy."""
+entries judge both families when the ipcache gives both addresses one identity (the compiler marks a
+pod's IPv6 one, so that ipBlocks judge each family apart), the pod's own IPv6 address is the only source
+it may use, and neighbour discovery keeps working under policy."""
 
 from __future__ import annotations
 

@@ -72,7 +72,7 @@ class ClusterStore:
 
     def add_pod(self, pod: Pod) -> MembershipChange | None:
         """Store `pod`; None when it holds no identity (no address yet, or the host's network). A pod has
-        one identity whatever its address families: both of its addresses carry it."""
+        one identity whatever its address families (its IPv6 address carries it marked: ipcache_value)."""
         key = pod.key
         self.pods[key] = pod
         self.pods_by_ns[pod.namespace].add(key)
