@@ -1,12 +1,13 @@
 """IPv6 policy enforcement with real packets between dual-stack and IPv6-only pods: the same policy
-entries judge both families (identities do not depend on the family), the pod's own IPv6 address is the
-only source it may use, and neighbour discovery keeps working under policy."""
+entries judge both families when the ipcache gives both addresses one identity (the compiler marks a
+pod's IPv6 one, so that ipBlocks judge each family apart), the pod's own IPv6 address is the only source
+it may use, and neighbour discovery keeps working under policy."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Network
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,12 @@ from meshagent.model.kernel_state import (
     Action,
     Direction,
     EndpointEntry,
+    IPCacheEntry,
+    KernelState,
     PolicyEntry,
     Protocol,
     Verdict,
+    family6_identity,
 )
 from meshagent.testing.topology import GATEWAY6, Pod, Topology
 
@@ -218,3 +222,42 @@ def _eventually(check: Callable[[], bool], *, attempts: int = 4) -> bool:
             return True
         time.sleep(0.5)
     return False
+
+
+def test_a_pods_ipv6_traffic_is_judged_by_its_marked_identity_and_shown_unmarked(
+    datapath: Datapath, dual: tuple[Pod, Pod, Pod], events: EventLog
+) -> None:
+    """The ipcache as the compiler writes it: a's IPv6 address carries a's identity marked, so an entry
+    for a's identity (an IPv4 ipBlock's) admits a's IPv4 traffic only. Events and conntrack entries show
+    a's identity unmarked."""
+    a, b, c = dual
+    assert a.ipv6 is not None and b.ipv6 is not None
+    plain = state([], dual)
+    marked = IPCacheEntry(IPv6Network(f"{a.ipv6}/128"), family6_identity(identity_of(a)))
+    ipcache = {e for e in plain.ipcache if e.cidr != marked.cidr} | {marked}
+    endpoints = frozenset({endpoint(a, 1), endpoint(b, 2, enforce_ingress=True), endpoint(c, 3)})
+    v4_rule = rule(2, identity_of(a), Protocol.TCP, 80)
+    datapath.apply(KernelState(endpoints=endpoints, ipcache=frozenset(ipcache), policy=frozenset({v4_rule})))
+    assert a.probe("tcp", b.ip, 80)["ok"], "a's IPv4 traffic is admitted"
+    assert not a.probe("tcp", b.ipv6, 80, timeout=0.5)["ok"], "a's IPv6 traffic is not"
+    denied = events.wait_for(
+        lambda e: e.type == EventType.DROP and e.endpoint_id == 2 and e.saddr == a.ipv6 and e.dport == 80
+    )
+    assert denied and denied[0].src_identity == identity_of(a)
+
+    v6_rule = rule(2, family6_identity(identity_of(a)), Protocol.TCP, 80)
+    datapath.apply(
+        KernelState(endpoints=endpoints, ipcache=frozenset(ipcache), policy=frozenset({v4_rule, v6_rule}))
+    )
+    events.clear()
+    assert a.probe("tcp", b.ipv6, 80)["ok"], "the marked identity's entry admits a's IPv6 traffic"
+    allowed = events.wait_for(
+        lambda e: (
+            e.type == EventType.POLICY_VERDICT and e.saddr == a.ipv6 and e.direction == Direction.INGRESS
+        )
+    )
+    assert allowed and allowed[0].verdict == Verdict.ALLOWED and allowed[0].src_identity == identity_of(a)
+    tracked = [c6 for c6 in datapath.connections() if c6.saddr == a.ipv6 and c6.ifindex == b.ifindex]
+    assert tracked and {(t.src_identity, t.dst_identity) for t in tracked} == {
+        (identity_of(a), identity_of(b))
+    }

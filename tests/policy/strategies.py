@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from hypothesis import strategies as st
 from meshagent.model.admin_policy import AdminAction, AdminNetworkPolicy, AdminPort, AdminRule, AdminSelector
@@ -19,8 +19,13 @@ PORTS = (53, 80, 81, 9090)
 # Pod IPs come from 10.0.0.0/28; bare addresses probe CIDR peers inside and outside the blocks below.
 POD_IPS = tuple(IPv4Address(f"10.0.0.{i}") for i in range(1, 15))
 HOST_IP = IPv4Address("10.0.0.254")  # the node: inside several blocks below, yet always allowed
-EXTERNAL_IPS = tuple(
-    IPv4Address(a) for a in ("10.0.0.200", "10.0.1.7", "192.168.1.5", "192.168.2.9", "8.8.8.8", "10.0.0.254")
+HOST_IP6 = IPv6Address("fd00::fe")
+EXTERNAL_IPS = (
+    *(
+        IPv4Address(a)
+        for a in ("10.0.0.200", "10.0.1.7", "192.168.1.5", "192.168.2.9", "8.8.8.8", "10.0.0.254")
+    ),
+    *(IPv6Address(a) for a in ("fd00::c8", "fd00:1::7", "2001:db8::5", "2001:db9::9", "fd00::fe")),
 )
 BLOCKS = (
     IPBlock(IPv4Network("10.0.0.0/24")),
@@ -30,7 +35,20 @@ BLOCKS = (
     IPBlock(IPv4Network("192.168.0.0/16"), (IPv4Network("192.168.1.0/24"),)),
     IPBlock(IPv4Network("0.0.0.0/0"), (IPv4Network("10.0.0.0/8"),)),
     IPBlock(IPv4Network("10.0.0.3/32")),
+    # IPv6 blocks, judged on dual-stack pods' IPv6 traffic only.
+    IPBlock(IPv6Network("fd00::/64")),
+    IPBlock(IPv6Network("fd00::/120"), (IPv6Network("fd00::/126"),)),
+    IPBlock(IPv6Network("fd00::3/128")),
+    IPBlock(IPv6Network("::/0"), (IPv6Network("fd00::/16"),)),
+    IPBlock(IPv6Network("2001:db8::/32")),
 )
+
+
+def ipv6_of(ip: IPv4Address) -> IPv6Address:
+    """A dual-stack pod's IPv6 address, paired with its IPv4 one (so unique as they are)."""
+    return IPv6Address(f"fd00::{int(ip) & 0xFF:x}")
+
+
 # Named ports depend on the app label only, so pods sharing an identity share their named ports
 # (the compiler's per-identity resolution of egress named ports relies on it; docs/policy.md).
 APP_PORTS = {
@@ -61,12 +79,14 @@ def namespaces(draw: st.DrawFn, name: str) -> Namespace:
 def pods(draw: st.DrawFn, ip: IPv4Address | None, name: str, namespace: str | None = None) -> Pod:
     labels = draw(pod_labels())
     app = dict(labels).get("app")
+    dual_stack = ip is not None and draw(st.booleans())
     return Pod(
         namespace=namespace or draw(st.sampled_from(NAMESPACES)),
         name=name,
         labels=labels,
         ip=ip,
         ports=APP_PORTS.get(app, ()) if app else (),
+        ipv6=ipv6_of(ip) if dual_stack and ip is not None else None,
     )
 
 

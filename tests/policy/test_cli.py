@@ -183,3 +183,23 @@ def test_trace_ipv6_addresses(capsys: pytest.CaptureFixture[str], tmp_path: Path
         "--port", "8080",
     )  # fmt: skip
     assert code == 0 and out.startswith("2001:db8::1 -> x/a (10.0.0.1) tcp/8080: DENIED"), out
+
+
+def test_trace_shows_a_pods_identity_unmarked_for_its_ipv6_address(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The ipcache marks a pod's IPv6 address for the policy map; the trace shows the pod's identity."""
+    for manifest in MANIFESTS.iterdir():
+        (tmp_path / manifest.name).write_text(manifest.read_text())
+    (tmp_path / "dual.yaml").write_text(DUAL_STACK_CLIENT)
+    shown = []
+    for source in ("fd00:1::4", "10.0.1.4"):
+        code, out, _ = run(
+            capsys, "policy", "trace", "--manifests", str(tmp_path), "--from-ip", source, "--to", "x/a",
+            "--port", "8080", "-o", "json",
+        )  # fmt: skip
+        assert code == 0
+        ingress = [d for d in json.loads(out)["directions"] if d["direction"] == "ingress"]
+        assert ingress and ingress[0]["compiled"]["verdict"] == "ALLOWED"
+        shown.append(ingress[0]["compiled"]["peer_identity"])
+    assert shown[0] == shown[1] and shown[0] < 1 << 24

@@ -11,8 +11,10 @@ from meshagent.model.kernel_state import (
     IDENTITY_WORLD,
     Direction,
     IPCacheEntry,
+    PolicyEntry,
     Protocol,
     Verdict,
+    family6_identity,
 )
 from meshagent.policy.compiler import PolicyCompiler
 from meshagent.policy.parse import parse_object
@@ -263,7 +265,10 @@ spec:
         six_identity,
     )
     assert endpoint.enforce_ingress and not endpoint.enforce_egress
-    assert IPCacheEntry(IPv6Network("fd00::6/128"), six_identity) in compiler.state().ipcache
+    # Its IPv6 address carries its identity marked for the policy map.
+    assert (
+        IPCacheEntry(IPv6Network("fd00::6/128"), family6_identity(six_identity)) in compiler.state().ipcache
+    )
     sim = DatapathSimulator(compiler.state())
     allowed = sim.verdict(
         endpoint_id=4,
@@ -331,22 +336,90 @@ spec:
     assert {IPv6Network("2001:db8::/32"), IPv6Network("2001:db8:1::/48")} <= cidrs
 
 
-def test_a_dual_stack_pod_needs_blocks_of_both_families_in_one_rule() -> None:
-    # An IPv4 block alone would let the pod's IPv6 through too (one identity for both addresses): the
-    # rule does not take the pod (fail closed) ...
+def test_a_dual_stack_pods_ip_blocks_are_judged_per_family() -> None:
+    # An IPv4 block takes the pod's IPv4 traffic and nothing of its IPv6 (Kubernetes matches addresses).
     v4_only = compiler_with(DUAL, _ingress_from_blocks("10.0.2.0/24"))
-    assert _ingress_verdict(v4_only, "10.0.2.4") == Verdict.DENIED
+    assert _ingress_verdict(v4_only, "10.0.2.4") == Verdict.ALLOWED
     assert _ingress_verdict(v4_only, "fd00::4") == Verdict.DENIED
     assert _ingress_verdict(v4_only, "10.0.2.99") == Verdict.ALLOWED  # an address that is no pod's
-    # ... while blocks of both families in the rule take it on both.
+    # An IPv6 block: the other way round.
+    v6_only = compiler_with(DUAL, _ingress_from_blocks("fd00::/64"))
+    assert _ingress_verdict(v6_only, "10.0.2.4") == Verdict.DENIED
+    assert _ingress_verdict(v6_only, "fd00::4") == Verdict.ALLOWED
+    # Blocks of both families in a rule take it on both.
     both = compiler_with(DUAL, _ingress_from_blocks("10.0.2.0/24", "fd00::/64"))
     assert _ingress_verdict(both, "10.0.2.4") == Verdict.ALLOWED
     assert _ingress_verdict(both, "fd00::4") == Verdict.ALLOWED
-    # Incrementally: the IPv6 address arrives later (the pod was IPv4-only, matched by the IPv4 block).
-    incremental = compiler_with(_ingress_from_blocks("10.0.2.0/24"))
+    # Incrementally: the IPv6 address arrives later, then goes; the IPv4 verdict never moves.
+    incremental = compiler_with(_ingress_from_blocks("fd00::/64"))
     single = DUAL.replace("podIPs: [{ip: 10.0.2.4}, {ip: 'fd00::4'}]", "podIPs: [{ip: 10.0.2.4}]")
     incremental.upsert_pod(parse_object(yaml.safe_load(single)))  # type: ignore[arg-type]
-    assert _ingress_verdict(incremental, "10.0.2.4") == Verdict.ALLOWED
-    incremental.upsert_pod(parse_object(yaml.safe_load(DUAL)))  # type: ignore[arg-type]
     assert _ingress_verdict(incremental, "10.0.2.4") == Verdict.DENIED
-    assert incremental.state() == v4_only.state()
+    incremental.upsert_pod(parse_object(yaml.safe_load(DUAL)))  # type: ignore[arg-type]
+    assert _ingress_verdict(incremental, "fd00::4") == Verdict.ALLOWED
+    assert incremental.state() == v6_only.state()
+    incremental.upsert_pod(parse_object(yaml.safe_load(single)))  # type: ignore[arg-type]
+    assert incremental.state() == compiler_with(single, _ingress_from_blocks("fd00::/64")).state()
+
+
+DUAL_TWIN = """
+kind: Pod
+metadata: {name: e, namespace: y, labels: {app: dual}}
+status: {podIP: 10.0.3.5, podIPs: [{ip: 10.0.3.5}, {ip: 'fd00:1::5'}]}
+"""
+
+
+def test_a_block_holding_some_pods_of_an_identity_in_its_family_takes_none_of_them() -> None:
+    # d and e share an identity; 10.0.2.0/24 holds d's IPv4 address, not e's: one identity cannot tell
+    # them apart, so the block takes neither (fail closed), in IPv4; IPv6 is untouched by an IPv4 block.
+    partial = compiler_with(DUAL, DUAL_TWIN, _ingress_from_blocks("10.0.2.0/24", "fd00::/16"))
+    assert _ingress_verdict(partial, "10.0.2.4") == Verdict.DENIED
+    assert _ingress_verdict(partial, "10.0.3.5") == Verdict.DENIED
+    assert _ingress_verdict(partial, "fd00::4") == Verdict.ALLOWED
+    assert _ingress_verdict(partial, "fd00:1::5") == Verdict.ALLOWED
+
+
+def _peer_entries(compiler: PolicyCompiler, peer: int) -> list[PolicyEntry]:
+    return [e for e in compiler.state().policy if e.endpoint_id == 1 and e.peer_identity == peer]
+
+
+SELECT_DUAL = """
+kind: NetworkPolicy
+metadata: {name: from-dual, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Ingress]
+  ingress: [{from: [{namespaceSelector: {}, podSelector: {matchLabels: {app: dual}}}], ports: [{port: 80}]}]
+"""
+
+
+def test_a_selector_gives_a_pod_identity_and_its_ipv6_identity_the_same_entries() -> None:
+    compiler = compiler_with(DUAL, SELECT_DUAL)
+    ident = compiler.identity_of(("y", "d"))
+    assert ident is not None
+    plain = _peer_entries(compiler, ident)
+    marked = _peer_entries(compiler, family6_identity(ident))
+    assert plain and [(e.protocol, e.port_lo, e.port_hi, e.action, e.rule_id) for e in plain] == [
+        (e.protocol, e.port_lo, e.port_hi, e.action, e.rule_id) for e in marked
+    ]
+    assert _ingress_verdict(compiler, "10.0.2.4") == Verdict.ALLOWED
+    assert _ingress_verdict(compiler, "fd00::4") == Verdict.ALLOWED
+    # An IPv4-only identity gets no marked entries: IPv4 clusters keep their policy map size.
+    single = DUAL.replace("podIPs: [{ip: 10.0.2.4}, {ip: 'fd00::4'}]", "podIPs: [{ip: 10.0.2.4}]")
+    incremental = compiler_with(single, SELECT_DUAL)
+    assert _peer_entries(incremental, ident) and not _peer_entries(incremental, family6_identity(ident))
+    # The pod gains its IPv6 address: the marked entries follow, as a full compile makes them.
+    incremental.upsert_pod(parse_object(yaml.safe_load(DUAL)))  # type: ignore[arg-type]
+    assert incremental.state() == compiler.state()
+    incremental.upsert_pod(parse_object(yaml.safe_load(single)))  # type: ignore[arg-type]
+    assert not _peer_entries(incremental, family6_identity(ident))
+    assert incremental.state() == compiler_with(single, SELECT_DUAL).state()
+
+
+def test_the_simulator_shows_the_pods_identity_for_its_ipv6_address() -> None:
+    compiler = compiler_with(DUAL, SELECT_DUAL)
+    sim = DatapathSimulator(compiler.state())
+    shown = sim.verdict(
+        endpoint_id=1, direction=Direction.INGRESS, peer=ip_address("fd00::4"), protocol=Protocol.TCP, port=80
+    )
+    assert shown.verdict == Verdict.ALLOWED and shown.peer_identity == compiler.identity_of(("y", "d"))

@@ -99,7 +99,7 @@ class Cluster:
     topology: ClusterTopology
     nodes: list[Node]
     netns_pods: dict[Key, NetnsPod]
-    family: str = "ipv4"  # of the pods' addresses the compilers know and the probes use
+    family: str = "ipv4"  # of the addresses the probes use (the pods have both)
 
     def address(self, key: Key) -> str:
         pod = self.netns_pods[key]
@@ -115,10 +115,10 @@ class Cluster:
                 ns,
                 name,
                 frozenset({("pod", name)}),
-                # IPv6-only pods in the IPv6 run: the cluster knows no IPv4 address of theirs.
-                None if self.family == "ipv6" else self.netns_pods[(ns, name)].ip,
+                # Dual-stack pods in both runs; the probes use the run's family.
+                self.netns_pods[(ns, name)].ip,
                 ports=CONTAINER_PORTS,
-                ipv6=self.netns_pods[(ns, name)].ipv6 if self.family == "ipv6" else None,
+                ipv6=self.netns_pods[(ns, name)].ipv6,
             )
             for ns in NAMESPACES
             for name in PODS
@@ -221,12 +221,9 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
                 pod = topology.nodes[node_of(ns, name)].add_pod(
                     f"{ns}{name}",
                     pod_ip(ns, name),
-                    # IPv4-only pods in the IPv4 run: it checks NetworkPolicy's meaning on IPv4 pods,
-                    # ipBlock included. A dual-stack pod is taken by an IPv4 ipBlock only with an IPv6
-                    # block covering its other address in the same rule (one identity for both
-                    # families, see meshagent.policy.peer_resolver), so test_ip_block_with_except
-                    # would deny what Kubernetes allows on IPv4.
-                    ipv6=pod_ip(ns, name, "ipv6") if family == "ipv6" else False,
+                    # Dual-stack pods in both runs: each family's ipBlocks are judged on that family's
+                    # traffic alone, as Kubernetes does.
+                    ipv6=pod_ip(ns, name, "ipv6"),
                 )
                 pod.serve(tcp=(80, 81), udp=(80, 81))
                 netns_pods[(ns, name)] = pod

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from ipaddress import IPv4Network
 from pathlib import Path
 
-from meshagent.model.kernel_state import IDENTITY_FIRST_CIDR, IDENTITY_FIRST_LABELS
+from meshagent.model.kernel_state import IDENTITY_FAMILY6_BIT, IDENTITY_FIRST_CIDR, IDENTITY_FIRST_LABELS
 from meshagent.policy.identity import IdentityAllocator, IdentityLabels, LabelFilter, _Space
 
 
@@ -54,3 +55,19 @@ def test_collisions_probe_and_the_file_keeps_them(tmp_path: Path) -> None:
     path.write_text("{not json")
     damaged = IdentityAllocator(path=path)  # a damaged file falls back to derivation, loses nothing
     assert damaged.labels_identity(labels(app="web")) == number
+
+
+def test_cidr_identities_stay_clear_of_the_family6_bit(tmp_path: Path) -> None:
+    alloc = IdentityAllocator()
+    numbers = [alloc.cidr_identity(IPv4Network(f"10.{i // 256}.{i % 256}.0/24")) for i in range(2000)]
+    assert all(IDENTITY_FIRST_CIDR <= n < IDENTITY_FAMILY6_BIT for n in numbers)
+    # A file written when CIDR identities went up to 2^32 keeps its labels; such CIDRs are derived again.
+    path = tmp_path / "identities.json"
+    web = labels(app="web")
+    old_cidr = IPv4Network("192.168.0.0/16")
+    path.write_text(
+        json.dumps({"labels": {web.canonical(): 4242}, "cidrs": {str(old_cidr): IDENTITY_FAMILY6_BIT + 7}})
+    )
+    restarted = IdentityAllocator(path=path)
+    assert restarted.labels_identity(web) == 4242
+    assert IDENTITY_FIRST_CIDR <= restarted.cidr_identity(old_cidr) < IDENTITY_FAMILY6_BIT

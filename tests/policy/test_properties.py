@@ -18,6 +18,7 @@ from meshagent.policy.simulate import DatapathSimulator
 from .strategies import (
     EXTERNAL_IPS,
     HOST_IP,
+    HOST_IP6,
     NAMESPACES,
     POD_IPS,
     Cluster,
@@ -54,7 +55,7 @@ def full_compile(cluster: Cluster) -> PolicyCompiler:
         policies=cluster.policies,
         local=cluster.local.items(),
     )
-    compiler.set_host_addresses([HOST_IP])
+    compiler.set_host_addresses([HOST_IP, HOST_IP6])
     return compiler
 
 
@@ -73,7 +74,7 @@ def check_against_semantics(compiler: PolicyCompiler) -> int:
     state = compiler.state()
     sim = DatapathSimulator(state)
     world = world_of(compiler)
-    peers = [Peer(p.ip, p) for p in compiler.pods.values() if p.ip is not None]
+    peers = [Peer(ip, p) for p in compiler.pods.values() for ip in (p.ip, p.ipv6) if ip is not None]
     peers += [Peer(ip) for ip in EXTERNAL_IPS if world.pod_by_ip(ip) is None]
     checked = 0
     for key, local in compiler.local_endpoints.items():

@@ -14,7 +14,7 @@ from typing import Any
 
 from meshagent.datapath.maps import conntrack, conntrack6
 from meshagent.model.events import DatapathEvent, DropReason, EventType
-from meshagent.model.kernel_state import Direction, EndpointEntry, Verdict
+from meshagent.model.kernel_state import Direction, EndpointEntry, Verdict, user_identity
 
 
 def expire(
@@ -68,8 +68,8 @@ def _close_event(
         tcp_flags=value.tcp_flags,
         is_reply=False,
         rule_id=value.rule_id,
-        src_identity=value.src_identity,
-        dst_identity=value.dst_identity,
+        src_identity=user_identity(value.src_identity),
+        dst_identity=user_identity(value.dst_identity),
         packets_fwd=value.packets_fwd,
         bytes_fwd=value.bytes_fwd,
         packets_rev=value.packets_rev,

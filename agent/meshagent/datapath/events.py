@@ -18,7 +18,7 @@ from typing import Any
 
 from meshagent.datapath.ringbuf import RingBufferReader
 from meshagent.model.events import DatapathEvent, DropReason, EventType
-from meshagent.model.kernel_state import Direction, Verdict
+from meshagent.model.kernel_state import Direction, Verdict, user_identity
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +199,13 @@ def decode6(data: bytes | memoryview) -> DatapathEvent:
 def decode_framed6(fields: tuple[Any, ...]) -> DatapathEvent:
     """decode_framed for an ma_event6 record: its IPv4 part, then the IPv6 addresses."""
     event = decode_framed(fields[:-2])
-    return event._replace(saddr=_addr6(fields[-2]), daddr=_addr6(fields[-1]))
+    # A pod's IPv6 address carries its identity marked for the policy map: users see the pod's identity.
+    return event._replace(
+        saddr=_addr6(fields[-2]),
+        daddr=_addr6(fields[-1]),
+        src_identity=user_identity(event.src_identity),
+        dst_identity=user_identity(event.dst_identity),
+    )
 
 
 def _addr6(raw: bytes) -> IPv6Address:

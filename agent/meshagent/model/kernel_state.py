@@ -20,6 +20,26 @@ IDENTITY_HOST = 1  # the node itself
 IDENTITY_WORLD = 2  # an address the ipcache does not know
 IDENTITY_FIRST_LABELS = 256  # first identity allocated for a set of labels
 IDENTITY_FIRST_CIDR = 1 << 24  # first identity allocated for a CIDR peer (ipBlock)
+# Set on a pod identity for its pods' IPv6 addresses in the ipcache, so that policy entries can tell a
+# pod's IPv6 traffic from its IPv4 traffic: an ipBlock matches addresses, one family at a time. No
+# allocated identity reaches this bit (labels end below IDENTITY_FIRST_CIDR, CIDRs far below 1 << 30).
+# Internal to the policy map: decoders clear it, so users only ever see the pod's identity.
+IDENTITY_FAMILY6_BIT = 1 << 30
+
+
+def family6_identity(identity: int) -> int:
+    """The identity a pod identity's IPv6 addresses carry in the ipcache."""
+    return identity | IDENTITY_FAMILY6_BIT
+
+
+def is_family6_identity(identity: int) -> bool:
+    return bool(identity & IDENTITY_FAMILY6_BIT)
+
+
+def user_identity(identity: int) -> int:
+    """The identity as users know it: the pod's, whichever of its addresses the packet used."""
+    return identity & ~IDENTITY_FAMILY6_BIT
+
 
 RULE_ID_NONE = 0  # no rule matched: a default verdict
 

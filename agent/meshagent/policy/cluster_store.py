@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from meshagent.model.cluster import Namespace, Pod
 from meshagent.model.ip import IPAddress, IPNetwork, is_host_prefix
-from meshagent.model.kernel_state import IDENTITY_HOST, Protocol
+from meshagent.model.kernel_state import IDENTITY_HOST, Protocol, family6_identity, user_identity
 from meshagent.policy.addresses import AddressIndex, PodKey
 from meshagent.policy.decide import PortRange
 from meshagent.policy.identity import IdentityAllocator, IdentityLabels, LabelFilter
@@ -37,6 +37,8 @@ class MembershipChange:
     pod: Pod
     identity_appeared: bool = False
     identity_vanished: bool = False
+    # The identity's pods gained their first IPv6 address with this pod, or lost their last.
+    family6_changed: bool = False
 
 
 class ClusterStore:
@@ -50,6 +52,7 @@ class ClusterStore:
         self.id_labels: dict[int, IdentityLabels] = {}
         self.id_dicts: dict[int, LabelDicts] = {}
         self.id_members: dict[int, set[PodKey]] = {}
+        self._ipv6_members: dict[int, int] = {}  # identity -> how many of its pods have an IPv6 address
         self.addresses = AddressIndex()  # pod IPs and policy prefixes, for ipBlock peers and the ipcache
         self.hosts: frozenset[IPAddress] = frozenset()
 
@@ -69,7 +72,7 @@ class ClusterStore:
 
     def add_pod(self, pod: Pod) -> MembershipChange | None:
         """Store `pod`; None when it holds no identity (no address yet, or the host's network). A pod has
-        one identity whatever its address families: both of its addresses carry it."""
+        one identity whatever its address families (its IPv6 address carries it marked: ipcache_value)."""
         key = pod.key
         self.pods[key] = pod
         self.pods_by_ns[pod.namespace].add(key)
@@ -80,14 +83,19 @@ class ClusterStore:
         self.pod_identity[key] = ident
         for address in pod_addresses(pod):
             self.addresses.add_pod(address, key)
+        first6 = False
+        if pod.ipv6 is not None:
+            count = self._ipv6_members.get(ident, 0)
+            self._ipv6_members[ident] = count + 1
+            first6 = count == 0
         members = self.id_members.get(ident)
         if members is not None:
             members.add(key)
-            return MembershipChange(ident, pod)
+            return MembershipChange(ident, pod, family6_changed=first6)
         self.id_members[ident] = {key}
         self.id_labels[ident] = labels
         self.id_dicts[ident] = (labels.namespace_dict(), labels.pod_dict())
-        return MembershipChange(ident, pod, identity_appeared=True)
+        return MembershipChange(ident, pod, identity_appeared=True, family6_changed=first6)
 
     def remove_pod(self, pod: Pod) -> MembershipChange | None:
         key = pod.key
@@ -98,14 +106,22 @@ class ClusterStore:
             return None
         for address in pod_addresses(pod):
             self.addresses.remove_pod(address, key)
+        last6 = False
+        if pod.ipv6 is not None:
+            count = self._ipv6_members[ident] - 1
+            last6 = count == 0
+            if last6:
+                del self._ipv6_members[ident]
+            else:
+                self._ipv6_members[ident] = count
         members = self.id_members[ident]
         members.discard(key)
         if members:
-            return MembershipChange(ident, pod)
+            return MembershipChange(ident, pod, family6_changed=last6)
         del self.id_members[ident]
         self.identities.release_labels(self.id_labels.pop(ident))
         del self.id_dicts[ident]
-        return MembershipChange(ident, pod, identity_vanished=True)
+        return MembershipChange(ident, pod, identity_vanished=True, family6_changed=last6)
 
     def _identity_labels_of(self, pod: Pod) -> IdentityLabels:
         return IdentityLabels(
@@ -116,14 +132,19 @@ class ClusterStore:
 
     # ----------------------------------------------------------------- identities
 
+    def has_ipv6_members(self, ident: int) -> bool:
+        """Whether some pod of `ident` has an IPv6 address (its traffic then carries the marked identity)."""
+        return ident in self._ipv6_members
+
     def member_ips(self, ident: int) -> list[IPAddress]:
         """Every address (of both families) of the pods holding `ident`."""
         return [ip for k in self.id_members.get(ident, ()) for ip in pod_addresses(self.pods[k])]
 
     def identity_ports(self, ident: int, name: str, protocol: Protocol) -> set[PortRange]:
-        """Ports named `name` on the pods of `ident` (protocol ANY: whatever protocol the port has)."""
+        """Ports named `name` on the pods of `ident`, marked or not (protocol ANY: whatever protocol the
+        port has)."""
         ranges = set()
-        for key in self.id_members.get(ident, ()):
+        for key in self.id_members.get(user_identity(ident), ()):
             for port in self.pods[key].ports:
                 if port.name == name and protocol in (Protocol.ANY, port.protocol):
                     ranges.add(PortRange(port.protocol, port.port, port.port))
@@ -150,7 +171,9 @@ class ClusterStore:
         if is_host_prefix(prefix):
             holders = self.addresses.pods_at(prefix.network_address)
             if holders:
-                return self.pod_identity[min(holders)]
+                ident = self.pod_identity[min(holders)]
+                # A pod's IPv6 traffic is judged apart from its IPv4 traffic (ipBlocks are per family).
+                return family6_identity(ident) if prefix.version == 6 else ident
         if self.addresses.has_prefix(prefix):
             return self.identities.cidr_identity(prefix)
         return None

@@ -22,6 +22,8 @@ from meshagent.model.admin_policy import AdminNetworkPolicy
 from meshagent.model.cluster import LocalEndpoint, Namespace, Pod
 from meshagent.model.ip import IPAddress, IPNetwork, host_network
 from meshagent.model.kernel_state import (
+    IDENTITY_FIRST_CIDR,
+    IDENTITY_FIRST_LABELS,
     IDENTITY_HOST,
     RULE_ID_NONE,
     Action,
@@ -31,6 +33,8 @@ from meshagent.model.kernel_state import (
     KernelState,
     PolicyEntry,
     Protocol,
+    family6_identity,
+    user_identity,
 )
 from meshagent.model.netpol import NetworkPolicy, PolicyType
 from meshagent.policy.addresses import PodKey
@@ -338,7 +342,9 @@ class PolicyCompiler:
         """A pod joined or left an identity: ipBlock peers around its members' IPs, egress named ports."""
         ips = [*self._store.member_ips(change.identity), *pod_addresses(change.pod)]
         self._affect(self._resolver.addresses_changed(ips))
-        if change.pod.ports:
+        if change.family6_changed:
+            self._affect(self._resolver.family6_changed(change.identity))
+        if change.pod.ports or change.family6_changed:
             for key in self._egress_named:
                 self._affect_policy(key, {change.identity})
 
@@ -353,8 +359,15 @@ class PolicyCompiler:
         if identities is None:
             self._dirty_eps.update(endpoints)
             return
+        # A pod identity's entries and its IPv6 identity's are made from the same rules: one moves, both
+        # are recompiled.
+        both = set(identities)
+        for ident in identities:
+            if IDENTITY_FIRST_LABELS <= user_identity(ident) < IDENTITY_FIRST_CIDR:
+                both.add(family6_identity(ident))
+                both.add(user_identity(ident))
         for endpoint in endpoints:
-            self._dirty_peers[endpoint].update(identities)
+            self._dirty_peers[endpoint].update(both)
 
     # ----------------------------------------------------------------- policies
 
@@ -418,7 +431,11 @@ class PolicyCompiler:
         return self._store.identity_ports(ident, name, protocol)
 
     def label_identities(self) -> frozenset[int]:
-        return frozenset(self._store.id_members)
+        """Every pod identity, and the IPv6 identity of those with IPv6 addresses."""
+        store = self._store
+        return frozenset(store.id_members) | frozenset(
+            family6_identity(ident) for ident in store.id_members if store.has_ipv6_members(ident)
+        )
 
     def rule_id(self, ref: RuleRef) -> int:
         return self.rules.id_for(ref)

@@ -113,22 +113,23 @@ class World:
 
 def _blocks_match(world: World, blocks: Sequence[IPBlock], peer: Peer) -> bool:
     """Whether a rule's ipBlocks (together) take `peer`. An address: when some block holds it. A pod: it
-    is known by its identity, which both of its addresses carry, so for every family its identity's pods
-    have addresses in, one of the blocks must hold all of them (an IPv4 block alone never takes a
-    dual-stack pod: that would let its IPv6 through too)."""
+    is known by its identity (marked for its IPv6 addresses), so a block of the packet's family must hold
+    that family's addresses of every pod of its identity (a block holding only some of them takes none:
+    the identity cannot tell them apart)."""
     if not blocks:
         return False
     if peer.pod is None:
         return any(block.contains_address(peer.ip) for block in blocks)
-    addresses = [ip for p in world.same_identity(peer.pod) for ip in (p.ip, p.ipv6) if ip is not None]
-    families = {ip.version for ip in addresses}
-    return bool(families) and all(
-        any(
-            block.cidr.version == family
-            and all(block.contains_address(ip) for ip in addresses if ip.version == family)
-            for block in blocks
-        )
-        for family in families
+    family = peer.ip.version
+    addresses = [
+        ip
+        for p in world.same_identity(peer.pod)
+        for ip in (p.ip, p.ipv6)
+        if ip is not None and ip.version == family
+    ]
+    return bool(addresses) and any(
+        block.cidr.version == family and all(block.contains_address(ip) for ip in addresses)
+        for block in blocks
     )
 
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 from meshagent.model.cluster import NAMESPACE_NAME_LABEL
 from meshagent.model.ip import IPNetwork
-from meshagent.model.kernel_state import IDENTITY_FIRST_CIDR, IDENTITY_FIRST_LABELS
+from meshagent.model.kernel_state import IDENTITY_FAMILY6_BIT, IDENTITY_FIRST_CIDR, IDENTITY_FIRST_LABELS
 
 logger = logging.getLogger(__name__)
 
-IDENTITY_LAST = 0xFFFF_FFFF
+IDENTITY_LAST = IDENTITY_FAMILY6_BIT - 1  # the bit marks a pod identity's IPv6 addresses, never allocated
 
 # Labels that differ between replicas of one workload (or between its revisions): each would split a
 # workload into many identities without any policy ever selecting on them.
@@ -105,7 +105,8 @@ class _Space:
 
 class IdentityAllocator:
     """Allocates label identities in [IDENTITY_FIRST_LABELS, IDENTITY_FIRST_CIDR) and CIDR identities in
-    [IDENTITY_FIRST_CIDR, 2**32). Optional `path`: a JSON file keeping the allocations across restarts."""
+    [IDENTITY_FIRST_CIDR, IDENTITY_FAMILY6_BIT). Optional `path`: a JSON file keeping the allocations
+    across restarts."""
 
     def __init__(self, *, path: Path | None = None) -> None:
         self._labels = _Space(IDENTITY_FIRST_LABELS, IDENTITY_FIRST_CIDR - 1)
@@ -120,6 +121,9 @@ class IdentityAllocator:
             data = json.loads(path.read_text())
             for space, name in ((self._labels, "labels"), (self._cidrs, "cidrs")):
                 for key, number in data.get(name, {}).items():
+                    if space is self._cidrs and isinstance(number, int) and space.last < number < 1 << 32:
+                        # Written before IDENTITY_FAMILY6_BIT was reserved: derived again, in range.
+                        continue
                     if not isinstance(number, int) or not space.first <= number <= space.last:
                         raise ValueError(f"identity {number!r} for {key!r} out of range")
                     space.by_key[key] = number

@@ -3,22 +3,22 @@
 Selector peers are kept up to date per identity that comes or goes; ipBlock peers are re-resolved when a
 pod address or a policy prefix inside them changes.
 
-A pod's identity covers both of its addresses, while an ipBlock is of one family. So a block alone takes a
-pod identity only when the block holds every address of every pod of it; a block that holds only the
-members' addresses of its own family covers that family, and a rule takes the identity when its blocks
-together cover every family its pods have addresses in (a dual-stack pod needs an IPv4 and an IPv6 block
-in the same rule). Otherwise the rule does not match those pods: an IPv4 block must never let a pod's
-IPv6 traffic through. Every change returns the peers whose identities
-moved, with the identities that moved, so the compiler recompiles only the entries of those identities.
+An ipBlock matches addresses, one family at a time, while a pod identity stands for every address of its
+pods. So the ipcache gives a pod's IPv6 address its identity marked (`family6_identity`): a pod identity X
+judges its pods' IPv4 traffic, and X6 their IPv6 traffic. A selector peer takes X, and X6 when X has pods
+with an IPv6 address. A block takes X (an IPv4 block) or X6 (an IPv6 block) when it holds every address
+of X's pods in its family; a block holding only some of them does not take those pods at all (one
+identity cannot tell them apart: fail closed). Every change returns the peers whose identities moved, with
+the identities that moved, so the compiler recompiles only the entries of those identities.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from meshagent.model.ip import IPAddress, IPNetwork
+from meshagent.model.kernel_state import family6_identity
 from meshagent.policy.cluster_store import ClusterStore
 from meshagent.policy.peers import BlockPeer, PeerSpec, SelectorPeer
 from meshagent.policy.rules import RuleKind
@@ -27,24 +27,13 @@ PolicyKey = tuple[RuleKind, str, str]  # (kind, namespace or "", name)
 Moved = list[tuple[PeerSpec, frozenset[int]]]
 
 
-@dataclass(frozen=True)
-class _BlockPeers:
-    """What one ipBlock resolves to: identities it takes alone, and (identity, family) pairs it covers."""
-
-    whole: frozenset[int] = frozenset()
-    partial: frozenset[tuple[int, int]] = frozenset()
-
-    def moved(self, other: _BlockPeers) -> frozenset[int]:
-        return (self.whole ^ other.whole) | frozenset(ident for ident, _ in self.partial ^ other.partial)
-
-
 class PeerResolver:
     def __init__(self, store: ClusterStore) -> None:
         self._store = store
         self._users: dict[PeerSpec, set[PolicyKey]] = defaultdict(set)
         self._selectors: dict[SelectorPeer, set[int]] = {}
         self._selectors_frozen: dict[SelectorPeer, frozenset[int]] = {}  # read copies, dropped on change
-        self._blocks: dict[BlockPeer, _BlockPeers] = {}
+        self._blocks: dict[BlockPeer, frozenset[int]] = {}
 
     def users(self, spec: PeerSpec) -> Iterable[PolicyKey]:
         return self._users.get(spec, ())
@@ -119,7 +108,7 @@ class PeerResolver:
         old = self._blocks[spec]
         new = self._resolve_block(spec)
         self._blocks[spec] = new
-        return [(spec, old.moved(new))] if old != new else []
+        return [(spec, old ^ new)] if old != new else []
 
     # ----------------------------------------------------------------- resolution
 
@@ -130,9 +119,9 @@ class PeerResolver:
             if frozen is None:
                 frozen = self._selectors_frozen[spec] = frozenset(self._selectors[spec])
             return frozen
-        return self._block(spec).whole
+        return self._block(spec)
 
-    def _block(self, spec: BlockPeer) -> _BlockPeers:
+    def _block(self, spec: BlockPeer) -> frozenset[int]:
         cached = self._blocks.get(spec)
         if cached is None:
             cached = self._resolve_block(spec)
@@ -144,44 +133,40 @@ class PeerResolver:
         if specs is None:
             return None
         result: set[int] = set()
-        covered: dict[int, set[int]] = {}
         for spec in specs:
-            result |= self.resolve(spec)
-            if isinstance(spec, BlockPeer):
-                for ident, family in self._block(spec).partial:
-                    covered.setdefault(ident, set()).add(family)
-        for ident, families in covered.items():
-            if ident not in result and families >= self._families(ident):
-                result.add(ident)
+            if isinstance(spec, SelectorPeer):
+                for ident in self.resolve(spec):
+                    result.add(ident)
+                    if self._store.has_ipv6_members(ident):
+                        result.add(family6_identity(ident))
+            else:
+                result |= self._block(spec)
         return frozenset(result)
 
-    def _families(self, ident: int) -> set[int]:
-        return {ip.version for ip in self._store.member_ips(ident)}
+    def family6_changed(self, ident: int) -> Moved:
+        """Pods of `ident` gained their first IPv6 address or lost their last: the selector peers taking
+        `ident` now take its IPv6 identity too, or no longer."""
+        marked = frozenset({family6_identity(ident)})
+        return [(spec, marked) for spec, ids in self._selectors.items() if ident in ids]
 
-    def _resolve_block(self, spec: BlockPeer) -> _BlockPeers:
+    def _resolve_block(self, spec: BlockPeer) -> frozenset[int]:
         store = self._store
         block = spec.block
-        whole: set[int] = set()
+        taken: set[int] = set()
         for prefix in store.addresses.prefixes_within(block.cidr):
             if not store.shadowed(prefix) and block.contains(prefix):
-                whole.add(store.identities.cidr_identity(prefix))
-        # Pod IPs are host prefixes in the ipcache, so a packet from a pod carries the pod's identity:
-        # take that identity when every address of its pods in the block's family is inside the block
-        # (never more than the block allows); alone when the pods have no address of another family.
+                taken.add(store.identities.cidr_identity(prefix))
+        # Pod IPs are host prefixes in the ipcache, so a packet from a pod carries the pod's identity (its
+        # IPv6 addresses the marked one): take it when every address of its pods in the block's family is
+        # inside the block (never more than the block allows).
         candidates = {
             store.pod_identity[k]
             for ip in store.addresses.pod_ips_within(block.cidr)
             for k in store.addresses.pods_at(ip)
         }
         family = block.cidr.version
-        partial: set[tuple[int, int]] = set()
         for ident in candidates:
-            ips = store.member_ips(ident)
-            own = [ip for ip in ips if ip.version == family]
-            if not own or not all(block.contains_address(ip) for ip in own):
-                continue
-            if len(own) == len(ips):
-                whole.add(ident)
-            else:
-                partial.add((ident, family))
-        return _BlockPeers(frozenset(whole), frozenset(partial))
+            own = [ip for ip in store.member_ips(ident) if ip.version == family]
+            if own and all(block.contains_address(ip) for ip in own):
+                taken.add(family6_identity(ident) if family == 6 else ident)
+        return frozenset(taken)

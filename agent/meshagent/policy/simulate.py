@@ -26,6 +26,7 @@ from meshagent.model.kernel_state import (
     PolicyEntry,
     Protocol,
     Verdict,
+    user_identity,
 )
 
 
@@ -78,6 +79,7 @@ class DatapathSimulator:
         if endpoint is None:
             raise KeyError(f"no endpoint {endpoint_id} in the compiled state")
         peer_identity = self.identity_of(peer)
+        shown = user_identity(peer_identity)  # a pod's IPv6 identity is marked for the policy map only
         enforce = endpoint.enforce_ingress if direction is Direction.INGRESS else endpoint.enforce_egress
         found = [
             e
@@ -89,14 +91,14 @@ class DatapathSimulator:
         ]
         for entry in found:
             if entry.action == Action.DENY and not entry.audit:
-                return SimulatedVerdict(Verdict.DENIED, entry.rule_id, peer_identity, default=False)
+                return SimulatedVerdict(Verdict.DENIED, entry.rule_id, shown, default=False)
         for entry in found:
             if entry.action == Action.DENY:
-                return SimulatedVerdict(Verdict.AUDITED, entry.rule_id, peer_identity, default=False)
+                return SimulatedVerdict(Verdict.AUDITED, entry.rule_id, shown, default=False)
         for entry in found:
-            return SimulatedVerdict(Verdict.ALLOWED, entry.rule_id, peer_identity, default=False)
+            return SimulatedVerdict(Verdict.ALLOWED, entry.rule_id, shown, default=False)
         if not enforce:
-            return SimulatedVerdict(Verdict.ALLOWED, RULE_ID_NONE, peer_identity, default=True)
+            return SimulatedVerdict(Verdict.ALLOWED, RULE_ID_NONE, shown, default=True)
         audit = endpoint.audit_ingress if direction is Direction.INGRESS else endpoint.audit_egress
         verdict = Verdict.AUDITED if audit else Verdict.DENIED
-        return SimulatedVerdict(verdict, RULE_ID_NONE, peer_identity, default=True)
+        return SimulatedVerdict(verdict, RULE_ID_NONE, shown, default=True)

@@ -11,6 +11,7 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from meshagent.datapath.maps.ipcache import addr_from_net
+from meshagent.model.kernel_state import user_identity
 
 MAP_NAME = "ma_ct"
 TCP_MAP_NAME = "ma_ct_tcp"
@@ -123,8 +124,9 @@ def connection(
         created_ns=value.created_ns,
         last_seen_ns=value.last_seen_ns,
         rule_id=value.rule_id,
-        src_identity=value.src_identity,
-        dst_identity=value.dst_identity,
+        # IPv6 peers carry their pod identity marked for the policy map: users see the pod's identity.
+        src_identity=user_identity(value.src_identity),
+        dst_identity=user_identity(value.dst_identity),
         direction=value.direction,
         verdict=value.verdict,
         flags=value.flags,
