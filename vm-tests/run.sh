@@ -4,7 +4,7 @@
 # Exit status is non-zero when any kernel has a failing test or its guest does not finish in time.
 #
 # Environment: MESHAGENT_VM_CACHE (default /var/lib/meshagent/vm), MESHAGENT_VM_KERNELS (Debian meta
-# packages, see scripts/vm-setup.sh), MESHAGENT_VM_TIMEOUT (seconds per guest, default 3600),
+# packages, see scripts/vm-setup.sh), MESHAGENT_VM_TIMEOUT (seconds per guest, default 4200),
 # MESHAGENT_VM_BOOT_TIMEOUT (seconds for a guest to reach our script, default 300),
 # MESHAGENT_VM_RESULTS (default $MESHAGENT_VM_CACHE/results), MESHAGENT_VM_TESTS (pytest paths or node ids,
 # space-separated, to run instead of the whole suite; for working on one test).
@@ -20,7 +20,7 @@ main() {
   # side, so the matrix takes about one guest's time: keep it within CI's budget (90 min, `make test` ~20).
   # The two-node tests (three agent starts, each compiling its programs) add 4-10 min per guest, the
   # WireGuard tests (three agent starts, three nodes) up to 28 min on a busy machine.
-  guest_timeout=${MESHAGENT_VM_TIMEOUT:-3600}
+  guest_timeout=${MESHAGENT_VM_TIMEOUT:-4200}
   boot_timeout=${MESHAGENT_VM_BOOT_TIMEOUT:-300}
   results=${MESHAGENT_VM_RESULTS:-$MESHAGENT_VM_CACHE/results}
   selected=${MESHAGENT_VM_TESTS:-}
